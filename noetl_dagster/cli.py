@@ -1,0 +1,94 @@
+"""``noetl-dagster``: validate and run playbooks from the shell.
+
+    noetl-dagster validate playbooks/
+    noetl-dagster run playbooks/risk/score_application.yaml --workload '{"threshold": 0.8}' --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import PlaybookError
+
+
+def _workload(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    source = "--workload"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SystemExit(f"noetl-dagster: cannot read workload file {source}: {exc.strerror}")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"noetl-dagster: {source} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"noetl-dagster: {source} must be a JSON object of workload keys")
+    return value
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .translator.definitions import find_playbooks, load_playbooks
+
+    files = find_playbooks(args.paths)
+    if not files:
+        print(f"noetl-dagster: no playbooks (*.yaml, *.yml) under {' '.join(args.paths)}", file=sys.stderr)
+        return 1
+    loaded = load_playbooks(files)
+    for issue in loaded.issues:
+        print(issue, file=sys.stderr)
+    if loaded.issues:
+        bad = len({i.file for i in loaded.issues})
+        print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
+        return 1
+    print(f"{len(files)} playbook(s) valid")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import default_instance, run_playbook
+
+    workload = _workload(args.workload)
+    try:
+        report = run_playbook(args.playbook, workload, instance=default_instance())
+    except PlaybookError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"run {report.run_id}: {report.status}")
+        for name, step in report.steps.items():
+            line = f"  {step.status:<8} {name}"
+            if step.runs > 1:
+                line += f" (runs: {step.runs})"
+            if step.error:
+                line += f": {step.error}"
+            print(line)
+    return 0 if report.status == "success" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="noetl-dagster", description="Run NoETL playbooks on Dagster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="check playbooks; print every problem")
+    validate.add_argument("paths", nargs="+", help="playbook files or folders (searched recursively)")
+    validate.set_defaults(func=cmd_validate)
+    run = sub.add_parser("run", help="run a playbook through Dagster, in process")
+    run.add_argument("playbook")
+    run.add_argument("--workload", help="JSON object, or @file.json, merged over the playbook's workload")
+    run.add_argument("--json", action="store_true", help="print the machine-readable report")
+    run.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Parse and validate playbooks (pydantic models with YAML line numbers)."""

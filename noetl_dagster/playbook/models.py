@@ -1,0 +1,305 @@
+"""Pydantic models of a NoETL playbook (``apiVersion: noetl.io/v2``), normalised.
+
+Every form the NoETL engine accepts is read and normalised to one shape:
+
+* ``next`` (a name, a list of names, legacy ``[{step, when}]`` targets, or the router
+  ``{spec: {mode}, arcs: [...]}``) becomes :class:`Next` with ordered :class:`Arc` s;
+* ``tool`` (one spec, or a pipeline list of flat ``{name, kind, ...}`` or nested
+  ``{label: {kind, ...}}`` items) becomes a list of :class:`Task` plus ``pipeline=True|False``;
+* ``set`` keys lose their ``ctx.``/``iter.``/``step.`` scope prefix.
+
+Each model keeps ``line`` (1-based) of the YAML it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .source import SourceMap
+
+SCOPE_PREFIXES = ("ctx.", "iter.", "step.")
+
+
+def strip_scope(key: str) -> str:
+    """``ctx.page`` -> ``page``: NoETL writes every scope into one flat context."""
+    for prefix in SCOPE_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def _line_of(data: Any) -> int:
+    return data.line if isinstance(data, SourceMap) else 0
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+    line: int = Field(default=0, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_line(cls, data: Any) -> Any:
+        if isinstance(data, SourceMap) and "line" not in data:
+            copy = dict(data)
+            copy["line"] = data.line
+            return copy
+        return data
+
+
+def _normalise_set(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of name: template")
+    out: dict[str, Any] = {}
+    for key, template in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key {key!r} must be a non-empty string")
+        out[strip_scope(key)] = template
+    return out
+
+
+class Arc(_Model):
+    """One outgoing arc: fires ``step`` when ``when`` is true (or always without ``when``)."""
+
+    step: str
+    when: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_text(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value
+
+
+class Next(_Model):
+    """Normalised routing: ``exclusive`` fires the first matching arc, ``inclusive`` all."""
+
+    mode: Literal["exclusive", "inclusive"] = "exclusive"
+    arcs: list[Arc] = Field(default_factory=list)
+
+
+class RuleThen(_Model):
+    do: Literal["continue", "retry", "jump", "break", "fail"]
+    attempts: int = Field(default=3, ge=1)
+    backoff: Literal["none", "linear", "exponential"] = "none"
+    delay: float = Field(default=1.0, ge=0)
+    to: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+
+
+class Rule(_Model):
+    """A pipeline policy rule; ``when is None`` is the ``else`` rule (always matches)."""
+
+    when: str | None = None
+    then: RuleThen
+
+    @model_validator(mode="before")
+    @classmethod
+    def _else_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "else" in data:
+            body = data["else"]
+            if not isinstance(body, dict) or "then" not in body:
+                raise ValueError("`else:` needs a `then:` block, e.g. `- else: {then: {do: fail}}`")
+            return {"then": body["then"], "line": _line_of(data)}
+        return data
+
+
+class Task(_Model):
+    """One tool invocation: a single-tool step has one task, a pipeline several."""
+
+    name: str = ""
+    kind: str
+    set: dict[str, Any] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            spec = data.get("spec")
+            if isinstance(spec, dict) and isinstance(spec.get("policy"), dict):
+                rules = spec["policy"].get("rules")
+                if rules is not None:
+                    data = {**data, "rules": rules, "line": _line_of(data)}
+        return data
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The tool's own fields (everything but name, kind, set and policy)."""
+        return {k: v for k, v in (self.model_extra or {}).items() if k != "spec"}
+
+
+class Loop(_Model):
+    """``loop: {in, iterator, spec: {mode, max_in_flight}}``."""
+
+    in_: Any = Field(alias="in", default=None)
+    iterator: str
+    mode: Literal["sequential", "parallel", "cursor"] = "sequential"
+    max_in_flight: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spec(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            spec = data["spec"]
+            data = {**{k: v for k, v in data.items() if k != "spec"}, "line": _line_of(data)}
+            for key in ("mode", "max_in_flight"):
+                if key in spec:
+                    data[key] = spec[key]
+        return data
+
+    @field_validator("iterator")
+    @classmethod
+    def _iterator_name(cls, value: str) -> str:
+        if not value.isidentifier():
+            raise ValueError(f"iterator {value!r} must be a plain name such as `item`")
+        return value
+
+
+class Step(_Model):
+    """One workflow step (a Petri-net transition)."""
+
+    step: str
+    desc: str | None = None
+    tool: list[Task]
+    pipeline: bool = False
+    next: Next | None = None
+    loop: Loop | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+    when: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data, line=_line_of(data)) if isinstance(data, SourceMap) else dict(data)
+        tool = data.get("tool")
+        if isinstance(tool, list):
+            data["pipeline"] = True
+            data["tool"] = [_pipeline_item(item, i) for i, item in enumerate(tool)]
+        elif isinstance(tool, dict):
+            data["pipeline"] = False
+            data["tool"] = [tool]
+        spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+        if "next" in data and data["next"] is not None:
+            data["next"] = _normalise_next(data["next"], spec.get("next_mode"))
+        return data
+
+    @property
+    def description(self) -> str | None:
+        return self.desc or (self.model_extra or {}).get("description")
+
+
+def _pipeline_item(item: Any, index: int) -> Any:
+    if not isinstance(item, dict):
+        return item
+    if "kind" not in item and len(item) == 1:
+        ((label, body),) = item.items()
+        if isinstance(body, dict):
+            merged = dict(body)
+            merged["name"] = str(label)
+            merged["line"] = _line_of(item)
+            return merged
+    if "kind" not in item and len(item) > 1 and all(isinstance(v, dict) for v in item.values()):
+        raise ValueError(
+            f"pipeline item {index + 1} has {len(item)} keys; a nested item needs exactly one "
+            "`label: {kind: ...}` key"
+        )
+    if not item.get("name"):
+        return dict(item, name=f"task_{index + 1}", line=_line_of(item))
+    return item
+
+
+def _normalise_next(value: Any, next_mode: Any) -> Any:
+    if isinstance(value, str):
+        return {"mode": "exclusive", "arcs": [{"step": value}]}
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return {"mode": "inclusive", "arcs": [{"step": v, "line": 0} for v in value],
+                    "line": _line_of(value)}
+        arcs = []
+        for item in value:
+            if isinstance(item, str):
+                arcs.append({"step": item})
+            elif isinstance(item, dict) and ("then" in item or "else" in item) and "step" not in item:
+                raise ValueError(
+                    "the v1 form `next: [{when, then: [...], else: [...]}]` is not supported; "
+                    "use `next: {spec: {mode: exclusive}, arcs: [{step, when}]}`"
+                )
+            else:
+                arcs.append(item)
+        mode = next_mode if next_mode in ("exclusive", "inclusive") else "exclusive"
+        return {"mode": mode, "arcs": arcs}
+    if isinstance(value, dict):
+        if "arcs" not in value:
+            raise ValueError(
+                "a mapping `next:` needs `arcs: [{step, when, set}]` (router form); "
+                "for one target write `next: <step>`"
+            )
+        spec = value.get("spec") or {}
+        mode = spec.get("mode", "exclusive") if isinstance(spec, dict) else spec
+        return {"mode": mode, "arcs": value.get("arcs") or [], "line": _line_of(value)}
+    raise ValueError("must be a step name, a list, or `{spec: {mode}, arcs: [...]}`")
+
+
+class Metadata(_Model):
+    name: str
+    path: str | None = None
+    description: str | None = None
+    labels: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def catalog_path(self) -> str:
+        """``metadata.path``, falling back to ``name`` as NoETL's catalog does."""
+        return self.path or self.name
+
+    @property
+    def dagster(self) -> dict[str, Any]:
+        """The ``metadata.dagster`` extension block (executor, tags, ...)."""
+        block = (self.model_extra or {}).get("dagster")
+        return dict(block) if isinstance(block, dict) else {}
+
+
+class WorkbookEntry(_Model):
+    name: str
+    tool: dict[str, Any]
+
+
+class Playbook(_Model):
+    """A parsed, normalised and validated playbook."""
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: Metadata
+    workload: dict[str, Any] = Field(default_factory=dict)
+    keychain: list[Any] = Field(default_factory=list)
+    workbook: list[WorkbookEntry] = Field(default_factory=list)
+    workflow: list[Step]
+    file: str = Field(default="<string>", exclude=True)
+
+    def step(self, name: str) -> Step:
+        for step in self.workflow:
+            if step.step == name:
+                return step
+        raise KeyError(name)
+
+    @property
+    def steps(self) -> dict[str, Step]:
+        return {step.step: step for step in self.workflow}

@@ -1,0 +1,144 @@
+"""Read playbook YAML while keeping the line and column of every mapping key.
+
+Every mapping is loaded as a :class:`SourceMap` (a ``dict`` subclass) that remembers where it
+started and where each of its keys stands, so that any later error can name ``file:line:col``.
+
+Example::
+
+    doc = load_yaml_text("workflow:\\n  - step: start\\n", "pb.yaml")
+    doc["workflow"][0].position("step")   # -> (2, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SourceMap(dict):
+    """A mapping from YAML that knows its own position and the position of each key."""
+
+    __slots__ = ("line", "col", "key_positions")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.col = 0
+        self.key_positions: dict[Any, tuple[int, int]] = {}
+
+    def position(self, key: Any = None) -> tuple[int, int]:
+        """(line, col) of ``key``, or of the mapping itself when the key is absent."""
+        return self.key_positions.get(key, (self.line, self.col))
+
+
+class SourceList(list):
+    """A YAML sequence that knows its own position and the position of each item."""
+
+    __slots__ = ("line", "col", "item_positions")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.line = 0
+        self.col = 0
+        self.item_positions: list[tuple[int, int]] = []
+
+    def position(self, index: Any = None) -> tuple[int, int]:
+        if isinstance(index, int) and 0 <= index < len(self.item_positions):
+            return self.item_positions[index]
+        return (self.line, self.col)
+
+
+@dataclass(frozen=True)
+class YamlProblem:
+    """A YAML document that could not be read (syntax, duplicate key, ...)."""
+
+    line: int
+    col: int
+    message: str
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, col: int, first: tuple[int, int]) -> None:
+        super().__init__(key)
+        self.key, self.line, self.col, self.first = key, line, col, first
+
+
+class _SourceLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    pass
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _construct_map(loader: _SourceLoader, node: yaml.MappingNode):  # type: ignore[no-untyped-def]
+    data = SourceMap()
+    data.line, data.col = _mark(node)
+    yield data
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            key = str(key)
+        if key in data:
+            raise _DuplicateKey(key, *_mark(key_node), data.key_positions[key])
+        data[key] = loader.construct_object(value_node, deep=False)
+        data.key_positions[key] = _mark(key_node)
+
+
+def _construct_seq(loader: _SourceLoader, node: yaml.SequenceNode):  # type: ignore[no-untyped-def]
+    data = SourceList()
+    data.line, data.col = _mark(node)
+    yield data
+    for item in node.value:
+        data.append(loader.construct_object(item, deep=False))
+        data.item_positions.append(_mark(item))
+
+
+_SourceLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_SourceLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+def load_yaml_text(text: str, filename: str = "<string>") -> Any:
+    """Parse one YAML document; raise :class:`YamlError` with a position on bad input."""
+    try:
+        return yaml.load(text, Loader=_SourceLoader)  # noqa: S506 - a safe loader subclass
+    except _DuplicateKey as exc:
+        raise YamlError(
+            filename,
+            YamlProblem(
+                exc.line,
+                exc.col,
+                f"duplicate key {exc.key!r} (first defined at line {exc.first[0]}); "
+                "keep one of them",
+            ),
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise YamlError(filename, YamlProblem(line, col, f"YAML syntax error: {problem}")) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(filename, YamlProblem(1, 1, f"YAML error: {exc}")) from None
+
+
+class YamlError(Exception):
+    """The file is not valid YAML."""
+
+    def __init__(self, filename: str, problem: YamlProblem) -> None:
+        super().__init__(f"{filename}:{problem.line}:{problem.col}: {problem.message}")
+        self.filename = filename
+        self.problem = problem
+
+
+def position_of(node: Any, key: Any = None) -> tuple[int, int] | None:
+    """Position of ``key`` inside ``node`` (or of ``node``) when it came from YAML."""
+    if isinstance(node, (SourceMap, SourceList)):
+        return node.position(key)
+    return None

@@ -1,0 +1,135 @@
+"""Run a playbook through its compiled Dagster job and report NoETL-style step outcomes.
+
+Example::
+
+    report = run_playbook("playbooks/risk/score_application.yaml", workload={"threshold": 0.7})
+    report.status, report.steps["score"].result
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import dagster as dg
+
+from .playbook.loader import load_playbook
+from .playbook.models import Playbook
+from .translator.emit import RESULT, build_job, steps_metadata
+from .translator.plan import Net, plan
+from .translator.translator import PlaybookTranslator
+
+#: where `noetl-dagster run` records runs when DAGSTER_HOME is not set
+LOCAL_DAGSTER_HOME = ".dagster_home"
+_MAPPED = re.compile(r"\[[^\]]*\]$")
+
+
+@dataclass
+class StepReport:
+    status: str  # success | failed | skipped
+    result: Any = None
+    runs: int = 0
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    status: str  # success | failure
+    run_id: str
+    steps: dict[str, StepReport] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` report: status, run_id and every declared step."""
+        return {
+            "status": self.status,
+            "run_id": self.run_id,
+            "steps": {name: {"status": s.status, "result": s.result, "runs": s.runs}
+                      for name, s in self.steps.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, sort_keys=False)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def default_instance() -> dg.DagsterInstance:
+    """The instance at ``DAGSTER_HOME``, else a persistent one under ``./.dagster_home``."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    home = Path(LOCAL_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | None = None, *,
+                 instance: dg.DagsterInstance | None = None,
+                 translator: PlaybookTranslator | None = None) -> RunReport:
+    """Compile and execute a playbook in process; ``workload`` overrides top-level keys."""
+    if not isinstance(playbook, Playbook):
+        playbook = load_playbook(playbook)
+    net = plan(playbook)
+    job = build_job(playbook, translator, net)
+    entry = next(n for n in net.nodes if n.is_entry)
+    op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
+    run_config = {"ops": {op_name: {"config": {"workload": dict(workload or {})}}}}
+    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    return build_report(net, result)
+
+
+def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
+    """Step statuses from the run's events; results from the ops' ``result`` outputs."""
+    steps = {s.step: StepReport("skipped") for s in net.playbook.workflow}
+    loop_runs: dict[str, int] = {}
+    for event in result.all_events:
+        key = event.step_key
+        if key is None:
+            continue
+        node_name = _MAPPED.sub("", key).removesuffix("__fan_out").removesuffix("__collect")
+        node = next((n for n in net.nodes if n.name == node_name), None)
+        if node is None:
+            continue
+        if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            loop_runs[node.name] = loop_runs.get(node.name, 0) + 1
+        if event.event_type_value == "STEP_OUTPUT" and event.step_output_data.output_name == RESULT:
+            if node.kind == "loop" and not key.endswith("__collect"):
+                continue
+            for name, meta in steps_metadata(event.step_output_data.metadata).items():
+                steps[name].status, steps[name].runs = meta["status"], meta["runs"]
+                steps[name].result = _result_value(result, node, key, name)
+        elif event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            meta = data.user_failure_data.metadata if data.user_failure_data else {}
+            for name, partial in steps_metadata(meta).items():
+                steps[name].status, steps[name].runs = partial["status"], partial["runs"]
+            failed = meta.get("noetl/failed_step")
+            failed_name = getattr(failed, "value", failed) or node.steps[0]
+            report = steps[failed_name]
+            report.status = "failed"
+            report.runs = max(report.runs, 1)
+            report.error = data.error.message.strip() if data.error else None
+    for node_name, count in loop_runs.items():
+        step = net.node(node_name).steps[0]
+        steps[step].runs = count
+    status = "success" if result.success and all(s.status != "failed" for s in steps.values()) else "failure"
+    return RunReport(status, result.run_id, steps)
+
+
+def _result_value(result: dg.ExecuteInProcessResult, node: Any, key: str, step: str) -> Any:
+    try:
+        value = result.output_for_node(key, RESULT)
+    except Exception:  # noqa: BLE001 - not kept in memory (another IO manager): no value
+        return None
+    return value.get(step) if node.kind == "region" else value

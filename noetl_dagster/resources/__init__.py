@@ -1,0 +1,1 @@
+"""Dagster resources (Arrow/Parquet IO manager, credentials, sinks) — see the issues that build them."""

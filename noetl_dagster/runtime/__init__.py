@@ -1,0 +1,1 @@
+"""What runs inside an op: templates, tools, steps, pipelines, cycles."""

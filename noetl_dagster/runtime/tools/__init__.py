@@ -1,0 +1,21 @@
+"""Tool kinds: one module each, registered here."""
+
+from .base import Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
+from .duckdb import DuckDBTool
+from .http import HttpTool
+from .noop import NoopTool
+from .python import PythonTool
+
+for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool()):
+    register_tool(_tool)
+
+#: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
+NOETL_KINDS = frozenset({
+    "python", "http", "postgres", "duckdb", "ducklake", "shell", "rhai", "noop", "playbook",
+    "workbook", "transfer", "snowflake", "container", "script", "artifact", "nats",
+    "subscription", "wasm", "task_sequence", "secrets", "iterator", "gcs", "gateway",
+    "playbooks", "snowflake_transfer", "mcp", "provider", "result_fetch", "agent",
+})
+
+__all__ = ["Tool", "ToolContext", "ToolError", "get_tool", "register_tool", "supported_kinds",
+           "NOETL_KINDS"]

@@ -1,0 +1,79 @@
+"""The tool interface: what a step's ``tool: {kind: ...}`` runs.
+
+A tool receives its raw (unrendered) config and a :class:`ToolContext`; it renders what it
+needs with ``ctx.render`` and returns the step's result data. Raise :class:`ToolError` with a
+message a user can act on; any other exception also fails the step with its message.
+
+Example, a custom tool registered for ``kind: echo``::
+
+    class EchoTool(Tool):
+        kind = "echo"
+
+        def run(self, config, ctx):
+            return {"said": ctx.render(config.get("text", ""))}
+
+    register_tool(EchoTool())
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from ..templates import render_value
+
+
+class ToolError(Exception):
+    """A tool failed in a way the user can fix; the message is shown as is."""
+
+
+@dataclass
+class ToolContext:
+    """What a tool may use: the render scope, the step's identity, resources and a logger."""
+
+    step: str
+    execution_id: str
+    scope: Mapping[str, Any]
+    log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("noetl_dagster"))
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    #: the step's legacy ``args:`` (used by tools that take arguments when they have none)
+    step_args: Mapping[str, Any] = field(default_factory=dict)
+    #: loop iteration variables (``<iterator>``, ``_index``, ``_total``), empty outside loops
+    iteration: Mapping[str, Any] = field(default_factory=dict)
+
+    def render(self, value: Any, extra: Mapping[str, Any] | None = None) -> Any:
+        """Render templates in ``value`` against the step's scope (plus ``extra`` names)."""
+        scope = {**self.scope, **extra} if extra else self.scope
+        return render_value(value, scope)
+
+
+class Tool:
+    """Base class of tool kinds. Override :meth:`run`; set ``kind``."""
+
+    kind: ClassVar[str] = ""
+
+    def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+        """Problems with a config found before running: ``(field, message, hint)`` tuples."""
+        return []
+
+
+_REGISTRY: dict[str, Tool] = {}
+
+
+def register_tool(tool: Tool) -> Tool:
+    """Make ``tool`` available as ``tool: {kind: <tool.kind>}`` in every playbook."""
+    _REGISTRY[tool.kind] = tool
+    return tool
+
+
+def get_tool(kind: str) -> Tool:
+    return _REGISTRY[kind]
+
+
+def supported_kinds() -> list[str]:
+    """Tool kinds this package runs (``workbook`` is resolved at load time)."""
+    return sorted({*_REGISTRY, "workbook"})

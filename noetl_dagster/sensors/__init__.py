@@ -1,0 +1,1 @@
+"""Event-log export sensors (ClickHouse, Qdrant) — built by the event-export issue."""

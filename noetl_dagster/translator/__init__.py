@@ -1,0 +1,1 @@
+"""Plan (pure) and emit (Dagster) a playbook."""

@@ -1,0 +1,264 @@
+"""The net: a pure, Dagster-free plan of a playbook.
+
+Steps are transitions and ``next`` arcs are token flows. Every strongly connected component
+of the arc graph (workflow back-edges such as pagination) is condensed into one *region*, so
+what reaches Dagster is a DAG of :class:`Node` s:
+
+* ``step``: one op running one step;
+* ``loop``: a step with ``loop: {spec: {mode: parallel}}``: fan-out -> mapped step -> collect;
+  sequential loops are plain ``step`` nodes that iterate in order;
+* ``region``: one op that interprets a cycle's steps with an iteration bound.
+
+A node with several inbound arcs is a join: it runs once, after every live upstream finished.
+
+Example::
+
+    net = plan(load_playbook("pb.yaml"))
+    [n.name for n in net.nodes]      # topological order
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..playbook.models import Arc, Playbook, Step
+
+_INVALID = re.compile(r"[^A-Za-z0-9_]")
+
+
+#: names Dagster reserves (python keywords and a few of its own); a step so named gets ``_step``
+_RESERVED = frozenset(keyword.kwlist) | {"arg_dict", "bool", "conf", "config", "context", "dict", "float",
+                                          "input", "input_arg_dict", "int", "meta", "output",
+                                          "output_arg_dict", "str", "type"}
+
+
+def op_safe(name: str) -> str:
+    """A Dagster-safe name: ``risk/score-app`` -> ``risk__score_app``, ``input`` -> ``input_step``."""
+    safe = _INVALID.sub("_", name.replace("/", "__")).strip("_") or "step"
+    if safe[0].isdigit():
+        safe = "s_" + safe
+    return f"{safe}_step" if safe in _RESERVED else safe
+
+
+@dataclass(frozen=True)
+class ArcPlan:
+    """An arc between two nodes; ``output`` is the producing op's output name."""
+
+    source: str
+    index: int
+    target: str
+    when: str | None
+    set: dict[str, Any]
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    kind: Literal["step", "loop", "region"]
+    steps: tuple[str, ...]
+    inbound: tuple[ArcPlan, ...] = ()
+    outbound: tuple[ArcPlan, ...] = ()
+
+    @property
+    def is_entry(self) -> bool:
+        return "start" in self.steps
+
+
+@dataclass
+class Net:
+    playbook: Playbook
+    nodes: list[Node]
+    node_of_step: dict[str, str]
+    unreachable: list[str] = field(default_factory=list)
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def arcs_of(step: Step) -> list[Arc]:
+    return list(step.next.arcs) if step.next else []
+
+
+def _reachable(playbook: Playbook) -> list[str]:
+    steps = playbook.steps
+    order: list[str] = []
+    seen: set[str] = set()
+    stack = ["start"] if "start" in steps else []
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in steps:
+            continue
+        seen.add(name)
+        order.append(name)
+        stack.extend(reversed([a.step for a in arcs_of(steps[name])]))
+    return [s.step for s in playbook.workflow if s.step in seen]
+
+
+def strongly_connected(playbook: Playbook, names: list[str]) -> list[list[str]]:
+    """Tarjan's SCCs over ``names`` (iterative), each in YAML order."""
+    steps = playbook.steps
+    allowed = set(names)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    position = {n: i for i, n in enumerate(names)}
+    for root in names:
+        if root in index:
+            continue
+        work = [(root, iter([a.step for a in arcs_of(steps[root]) if a.step in allowed]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            advanced = False
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter([a.step for a in arcs_of(steps[child]) if a.step in allowed])))
+                    advanced = True
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                out.append(sorted(component, key=position.__getitem__))
+    return out
+
+
+def _is_cycle(playbook: Playbook, component: list[str]) -> bool:
+    if len(component) > 1:
+        return True
+    only = component[0]
+    return any(a.step == only for a in arcs_of(playbook.steps[only]))
+
+
+def unguarded_cycles(playbook: Playbook) -> list[list[str]]:
+    """Cycles in which no arc can stop the looping (each would run forever)."""
+    names = [s.step for s in playbook.workflow]
+    bad = []
+    for component in strongly_connected(playbook, names):
+        if not _is_cycle(playbook, component):
+            continue
+        members = set(component)
+        guarded = False
+        for name in component:
+            step = playbook.steps[name]
+            if step.when is not None:
+                guarded = True
+            mode = step.next.mode if step.next else "exclusive"
+            arcs = arcs_of(step)
+            for i, arc in enumerate(arcs):
+                if arc.step not in members:
+                    continue
+                earlier_exit = any(a.when is not None for a in arcs[:i]) and mode == "exclusive"
+                if arc.when is not None or earlier_exit:
+                    guarded = True
+        if not guarded:
+            bad.append(component)
+    return bad
+
+
+def plan(playbook: Playbook) -> Net:
+    """Condense the playbook's arc graph into a DAG of op nodes (pure)."""
+    steps = playbook.steps
+    reachable = _reachable(playbook)
+    components = strongly_connected(playbook, reachable)
+    node_of: dict[str, str] = {}
+    taken: set[str] = set()
+    raw_nodes: list[tuple[str, str, list[str]]] = []
+    yaml_pos = {s.step: i for i, s in enumerate(playbook.workflow)}
+    for component in sorted(components, key=lambda c: yaml_pos[c[0]]):
+        if _is_cycle(playbook, component):
+            kind = "region"
+            entry = _region_entry(playbook, component)
+            name = _unique(op_safe(entry), taken)
+        else:
+            step = steps[component[0]]
+            kind = "loop" if step.loop is not None and step.loop.mode == "parallel" else "step"
+            name = _unique(op_safe(step.step), taken)
+        for member in component:
+            node_of[member] = name
+        raw_nodes.append((name, kind, component))
+
+    outbound: dict[str, list[ArcPlan]] = {name: [] for name, _, _ in raw_nodes}
+    inbound: dict[str, list[ArcPlan]] = {name: [] for name, _, _ in raw_nodes}
+    for name, _, component in raw_nodes:
+        used: set[str] = set()
+        for member in component:
+            for i, arc in enumerate(arcs_of(steps[member])):
+                target_node = node_of[arc.step]
+                if target_node == name:
+                    continue
+                output = _unique("to_" + op_safe(arc.step), used)
+                ap = ArcPlan(member, i, arc.step, arc.when, dict(arc.set), output)
+                outbound[name].append(ap)
+                inbound[target_node].append(ap)
+
+    order = _topological([n for n, _, _ in raw_nodes], inbound, node_of)
+    by_name = {n: (k, c) for n, k, c in raw_nodes}
+    nodes = [
+        Node(name, by_name[name][0], tuple(by_name[name][1]), tuple(inbound[name]), tuple(outbound[name]))
+        for name in order
+    ]
+    unreachable = [s.step for s in playbook.workflow if s.step not in node_of]
+    return Net(playbook, nodes, node_of, unreachable)
+
+
+def _region_entry(playbook: Playbook, component: list[str]) -> str:
+    if "start" in component:
+        return "start"
+    members = set(component)
+    for step in playbook.workflow:
+        for arc in arcs_of(step):
+            if step.step not in members and arc.step in members:
+                return arc.step
+    return component[0]
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate = f"{name}_{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def _topological(names: list[str], inbound: dict[str, list[ArcPlan]], node_of: dict[str, str]) -> list[str]:
+    deps = {n: {node_of[a.source] for a in inbound[n]} for n in names}
+    done: list[str] = []
+    placed: set[str] = set()
+    while len(done) < len(names):
+        progressed = False
+        for name in names:
+            if name not in placed and deps[name] <= placed:
+                done.append(name)
+                placed.add(name)
+                progressed = True
+        if not progressed:  # pragma: no cover - SCC condensation leaves no cycles
+            raise RuntimeError("cycle left after condensation")
+    return done
