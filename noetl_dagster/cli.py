@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     workload = _workload(args.workload)
     try:
-        report = run_playbook(args.playbook, workload, instance=default_instance())
+        report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level)
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("playbook")
     run.add_argument("--workload", help="JSON object, or @file.json, merged over the playbook's workload")
     run.add_argument("--json", action="store_true", help="print the machine-readable report")
+    run.add_argument("--log-level", default="CRITICAL",
+                     help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -71,12 +71,15 @@ def default_instance() -> dg.DagsterInstance:
         return dg.DagsterInstance.get()
     home = Path(LOCAL_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.from_config(str(home))
 
 
 def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | None = None, *,
                  instance: dg.DagsterInstance | None = None,
-                 translator: PlaybookTranslator | None = None) -> RunReport:
+                 translator: PlaybookTranslator | None = None, log_level: str = "INFO") -> RunReport:
     """Compile and execute a playbook in process; ``workload`` overrides top-level keys."""
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
@@ -84,7 +87,10 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
     job = build_job(playbook, translator, net)
     entry = next(n for n in net.nodes if n.is_entry)
     op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
-    run_config = {"ops": {op_name: {"config": {"workload": dict(workload or {})}}}}
+    run_config = {
+        "ops": {op_name: {"config": {"workload": dict(workload or {})}}},
+        "loggers": {"console": {"config": {"log_level": log_level.upper()}}},
+    }
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     return build_report(net, result)
 
@@ -119,7 +125,10 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
             report = steps[failed_name]
             report.status = "failed"
             report.runs = max(report.runs, 1)
-            report.error = data.error.message.strip() if data.error else None
+            if data.user_failure_data and data.user_failure_data.description:
+                report.error = data.user_failure_data.description
+            elif data.error:
+                report.error = data.error.message.strip()
     for node_name, count in loop_runs.items():
         step = net.node(node_name).steps[0]
         steps[step].runs = count

@@ -42,6 +42,17 @@ class ToolContext:
     #: loop iteration variables (``<iterator>``, ``_index``, ``_total``), empty outside loops
     iteration: Mapping[str, Any] = field(default_factory=dict)
 
+    def credential(self, alias: str) -> dict[str, Any]:
+        """The fields of credential ``alias`` (from the ``noetl_credentials`` resource).
+
+        Raises :class:`ToolError` naming the alias when it is unknown. The values are secrets:
+        never put them in results, logs or error messages.
+        """
+        resolver = self.resources.get("credentials")
+        if resolver is None:
+            raise ToolError(f"credential {alias!r} requested but no credentials resource is configured")
+        return resolver.resolve(alias)
+
     def render(self, value: Any, extra: Mapping[str, Any] | None = None) -> Any:
         """Render templates in ``value`` against the step's scope (plus ``extra`` names)."""
         scope = {**self.scope, **extra} if extra else self.scope

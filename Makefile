@@ -1,0 +1,41 @@
+# The two commands: `make dev` (Dagster UI with the example playbooks) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install dev run test validate bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[test]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+## dagster dev on the embedded default (SQLite storage under .dagster_home)
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -f definitions.py -h 127.0.0.1 -p 3000
+
+## run the main example job once, in process, recorded in .dagster_home
+run: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/noetl-dagster run playbooks/risk/score_application.yaml
+
+validate: install
+	$(VENV)/bin/noetl-dagster validate playbooks/
+	$(VENV)/bin/dagster definitions validate -f definitions.py
+
+## the whole test suite
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/compile_scale.py
+	$(PY) benchmarks/step_overhead.py
+
+clean:
+	rm -rf $(VENV) .dagster_home .pytest_cache

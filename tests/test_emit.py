@@ -1,0 +1,143 @@
+"""What the compiled Dagster definitions look like, and the translator's override points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from noetl_dagster import PlaybookError, PlaybookTranslator, build_job, load_playbook_definitions, run_playbook
+from noetl_dagster.playbook.loader import parse_text
+
+PLAYBOOK = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: score_application
+  path: risk/score_application
+  description: Score loan applications.
+workload:
+  n: 2
+workflow:
+  - step: start
+    desc: Read the applications.
+    tool: {kind: python, input: {n: "{{ n }}"}, code: "result = {'n': n}"}
+    next:
+      spec: {mode: exclusive}
+      arcs:
+        - {step: big, when: "{{ output.n > 5 }}"}
+        - {step: small}
+  - step: big
+    tool: {kind: noop}
+    next: end
+  - step: small
+    tool: {kind: noop}
+    next: end
+  - step: end
+    tool: {kind: noop}
+"""
+
+
+@pytest.fixture
+def playbook(tmp_path: Path):
+    path = tmp_path / "score.yaml"
+    path.write_text(PLAYBOOK)
+    return parse_text(PLAYBOOK, str(path))
+
+
+def test_job_name_tags_and_metadata(playbook):
+    job = build_job(playbook)
+    assert job.name == "risk__score_application"
+    assert job.description == "Score loan applications."
+    assert job.tags["noetl/playbook"] == "risk/score_application"
+    assert job.tags["noetl/domain"] == "risk"
+    refs = job.metadata["dagster/code_references"].code_references
+    assert refs[0].file_path.endswith("score.yaml") and refs[0].line_number == 1
+    assert isinstance(job.executor_def, dg.ExecutorDefinition) and job.executor_def.name == "in_process"
+
+
+def test_ops_carry_description_tags_and_yaml_line(playbook):
+    job = build_job(playbook)
+    start = job.graph.node_named("start").definition
+    assert start.description.startswith("Read the applications.")
+    assert start.tags["noetl/step"] == "start"
+    assert start.tags["noetl/tool"] == "python"
+    assert "dagster/kind/python" in start.tags
+    ref = start.output_defs[0].metadata["dagster/code_references"].code_references[0]
+    assert ref.line_number == 10 and ref.label == "step start"
+    assert sorted(o.name for o in start.output_defs) == ["result", "to_big", "to_small"]
+    assert all(not o.is_required for o in start.output_defs if o.name.startswith("to_"))
+    end = job.graph.node_named("end").definition
+    assert [i.name for i in end.input_defs] == ["tokens"]
+    # the join is fed by a fan-in list of both branches
+    upstream = job.graph.dependency_structure.input_to_upstream_outputs_for_node("end")
+    assert [(o.node_name, o.output_name) for outs in upstream.values() for o in outs] == [
+        ("big", "to_end"), ("small", "to_end")]
+
+
+def test_unfired_branch_is_skipped_in_dagster(playbook, instance):
+    result = build_job(playbook).execute_in_process(instance=instance)
+    skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert skipped == {"big"}
+    assert result.output_for_node("start", "result") == {"n": 2}
+
+
+def test_workload_is_run_config(playbook, instance):
+    job = build_job(playbook)
+    result = job.execute_in_process(run_config={"ops": {"start": {"config": {"workload": {"n": 9}}}}},
+                                    instance=instance)
+    skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert skipped == {"small"}
+
+
+class CustomTranslator(PlaybookTranslator):
+    def get_job_name(self, playbook):
+        return "custom_" + super().get_job_name(playbook)
+
+    def get_retry_policy(self, playbook, step):
+        return dg.RetryPolicy(max_retries=3, delay=0.1) if step.step == "start" else None
+
+    def get_op_tags(self, playbook, step):
+        return {**super().get_op_tags(playbook, step), "team": "risk"}
+
+
+def test_translator_overrides(playbook):
+    job = build_job(playbook, CustomTranslator())
+    assert job.name == "custom_risk__score_application"
+    start = job.graph.node_named("start").definition
+    assert start.retry_policy.max_retries == 3
+    assert start.tags["team"] == "risk"
+    assert job.graph.node_named("big").definition.retry_policy is None
+
+
+def test_multiprocess_executor_by_extension(tmp_path):
+    text = PLAYBOOK.replace("  description: Score loan applications.\n",
+                            "  dagster: {executor: multiprocess, max_concurrent: 3}\n")
+    job = build_job(parse_text(text, str(tmp_path / "x.yaml")))
+    assert job.executor_def.name == "multiprocess"
+
+
+def test_definitions_skip_broken_playbooks_unless_strict(tmp_path, caplog):
+    (tmp_path / "good.yaml").write_text(PLAYBOOK)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "broken.yaml").write_text(PLAYBOOK.replace("next: end\n  - step: end", "next: ned\n  - step: end"))
+    defs = load_playbook_definitions(tmp_path)
+    assert [j.name for j in defs.jobs] == ["risk__score_application"]
+    assert "broken.yaml" in caplog.text and "unknown step 'ned'" in caplog.text
+    with pytest.raises(PlaybookError, match="broken.yaml:"):
+        load_playbook_definitions(tmp_path, strict=True)
+
+
+def test_duplicate_job_names_are_reported(tmp_path, caplog):
+    (tmp_path / "a.yaml").write_text(PLAYBOOK)
+    (tmp_path / "b.yaml").write_text(PLAYBOOK)
+    defs = load_playbook_definitions(tmp_path)
+    assert len(defs.jobs) == 1
+    assert "already used" in caplog.text
+
+
+def test_report_lists_every_step(playbook, instance):
+    report = run_playbook(playbook, {"n": 1}, instance=instance)
+    assert report.status == "success"
+    assert {k: v.status for k, v in report.steps.items()} == {
+        "start": "success", "big": "skipped", "small": "success", "end": "success"}
