@@ -96,3 +96,19 @@ def test_noetl_filters():
 def test_syntax_check():
     assert check_syntax("{{ a + }}") is not None
     assert check_syntax("{{ a + 1 }}") is None
+
+
+def test_floats_stay_floats_and_paths_keep_objects():
+    s = Context.initial({"r": 2.0, "rows": [{"v": 1.0}], "when": {"d": object}}).scope("r")
+    assert render_value("{{ r }}", s) == 2.0 and isinstance(render_value("{{ r }}", s), float)
+    assert isinstance(render_value("{{ r * 1 }}", s), float)
+    assert isinstance(render_value("{{ rows[0].v }}", s), float)
+    assert isinstance(render_value("{{ rows[0]['v'] }}", s), float)
+    assert render_value("{{ workload.when.d }}", s) is object
+    assert render_value("{{ rows[5].v }}", s) is None
+
+
+def test_literals_are_not_variables():
+    assert render_value("{{ true }}", {}) is True
+    assert render_value("{{ none }}", {}) is None
+    assert render_value("{{ False }}", {}) is False

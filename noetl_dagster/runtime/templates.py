@@ -143,11 +143,17 @@ def _fromjson(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _make_env() -> minijinja.Environment:
+def _make_env(typed: bool = False) -> minijinja.Environment:
+    """The text environment, or (``typed``) the one that evaluates lone expressions.
+
+    MiniJinja's Python binding hands integral floats back as ints (``2.0`` -> ``2``), so the typed
+    environment serialises the value with MiniJinja's own ``tojson`` and parses it in Python.
+    """
     env = minijinja.Environment(
         undefined_behavior="chainable", debug=False, finalizer=_finalize, fuel=FUEL
     )
-    env.add_filter("tojson", lambda v, indent=None: json.dumps(thaw(v), default=str, indent=indent))
+    if not typed:
+        env.add_filter("tojson", lambda v, indent=None: json.dumps(thaw(v), default=str, indent=indent))
     env.add_filter("fromjson", _fromjson)
     env.add_filter("b64encode", _b64encode)
     env.add_filter("b64decode", _b64decode)
@@ -159,7 +165,32 @@ def _make_env() -> minijinja.Environment:
 
 
 _ENV = _make_env()
+_TYPED_ENV = _make_env(typed=True)
 _TEMPLATES: dict[str, str] = {}
+_PATH = re.compile(r"""^\s*([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*|\[\d+\]|\['[^'\]]*'\]|\["[^"\]]*"\])*)\s*$""")
+_PATH_PART = re.compile(r"""\.([A-Za-z_]\w*)|\[(\d+)\]|\['([^'\]]*)'\]|\["([^"\]]*)"\]""")
+_MISSING = object()
+_LITERALS = frozenset({"true", "false", "none", "True", "False", "None"})
+
+
+def _resolve_path(expr: str, scope: Mapping[str, Any]) -> Any:
+    """``a.b[0]['c']`` looked up directly (types and objects kept); ``_MISSING`` if not a plain path."""
+    match = _PATH.match(expr)
+    if match is None or match.group(1) in _LITERALS:
+        return _MISSING
+    value: Any = scope.get(match.group(1))
+    for part in _PATH_PART.finditer(match.group(2)):
+        if value is None:
+            return None
+        attr, index, key1, key2 = part.groups()
+        if isinstance(value, Mapping):
+            value = value.get(attr if attr is not None else (key1 if key1 is not None else key2 if key2 is not None else int(index)))
+        elif isinstance(value, Sequence) and not isinstance(value, str) and index is not None:
+            position = int(index)
+            value = value[position] if position < len(value) else None
+        else:
+            return _MISSING
+    return value
 
 
 def _message(exc: Exception) -> str:
@@ -205,8 +236,11 @@ def render_text(source: str, scope: Mapping[str, Any]) -> str:
 
 def evaluate(expr: str, scope: Mapping[str, Any]) -> Any:
     """Evaluate one Jinja expression to a plain Python value (None when undefined)."""
+    direct = _resolve_path(expr, scope)
+    if direct is not _MISSING:
+        return thaw(direct)
     try:
-        return thaw(_ENV.eval_expr(expr, **scope))
+        return json.loads(str(_TYPED_ENV.eval_expr(f"({expr}) | tojson", **scope)))
     except Exception as exc:  # noqa: BLE001
         raise TemplateFailure(_message(exc)) from None
 
