@@ -40,7 +40,11 @@ def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
     """Compile a validated playbook into a Dagster job."""
     translator = translator or PlaybookTranslator()
     net = net or plan(playbook)
-    ops = {node.name: _node_ops(playbook, node, translator) for node in net.nodes}
+    name = translator.get_job_name(playbook)
+    # op definition names must be unique in a code location; graph nodes keep the step names
+    ops = {node.name: tuple(op.alias(op.name.removeprefix(f"{name}__"))
+                            for op in _node_ops(playbook, node, translator, name))
+           for node in net.nodes}
 
     def compose() -> None:
         handles: dict[str, dict[str, Any]] = {}
@@ -56,7 +60,6 @@ def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
                 outs = op(**kwargs)
             handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT: outs}
 
-    name = translator.get_job_name(playbook)
     graph = dg.graph(name=name, description=translator.get_job_description(playbook))(compose)
     return graph.to_job(
         name=name,
@@ -112,7 +115,8 @@ def _fired_tokens(node: Node, step: str, outcome: Any) -> list[tuple[str, dict[s
             for index, arc, arc_set in outcome.fired]
 
 
-def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator) -> tuple[dg.OpDefinition, ...]:
+def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator, prefix: str
+              ) -> tuple[dg.OpDefinition, ...]:
     steps = playbook.steps
     first = steps[node.steps[0]]
     common = {
@@ -122,9 +126,9 @@ def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator) ->
     }
     config = WORKLOAD_CONFIG if node.is_entry else None
     if node.kind == "region":
-        return (_region_op(playbook, node, translator, common, config),)
+        return (_region_op(playbook, node, translator, common, config, prefix),)
     if node.kind == "loop":
-        return _loop_ops(playbook, node, first, translator, common)
+        return _loop_ops(playbook, node, first, translator, common, prefix)
     step = first
 
     def compute(context, tokens: list | None = None):  # type: ignore[no-untyped-def]
@@ -136,7 +140,7 @@ def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator) ->
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
         yield from _emit(node, outcome.result, meta, _fired_tokens(node, step.step, outcome))
 
-    return (dg.op(name=node.name, ins=_ins(node), out=_outs(playbook, node, step, translator),
+    return (dg.op(name=f"{prefix}__{node.name}", ins=_ins(node), out=_outs(playbook, node, step, translator),
                   config_schema=config, **common)(_signature(compute, bool(node.inbound))),)
 
 
@@ -153,7 +157,7 @@ def _signature(fn: Any, has_tokens: bool) -> Any:
 
 
 def _region_op(playbook: Playbook, node: Node, translator: PlaybookTranslator, common: dict[str, Any],
-               config: Any) -> dg.OpDefinition:
+               config: Any, prefix: str) -> dg.OpDefinition:
     members = {name: playbook.steps[name] for name in node.steps}
     entry_step = playbook.steps[node.name] if node.name in members else members[node.steps[0]]
     limit = int(playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
@@ -179,12 +183,12 @@ def _region_op(playbook: Playbook, node: Node, translator: PlaybookTranslator, c
         fired = [(names[key], token) for key, token in outcome.exits.items()]
         yield from _emit(node, results, meta, fired)
 
-    return dg.op(name=node.name, ins=_ins(node), out=_outs(playbook, node, entry_step, translator),
+    return dg.op(name=f"{prefix}__{node.name}", ins=_ins(node), out=_outs(playbook, node, entry_step, translator),
                  config_schema=config, **common)(_signature(compute, bool(node.inbound)))
 
 
 def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTranslator,
-              common: dict[str, Any]) -> tuple[dg.OpDefinition, ...]:
+              common: dict[str, Any], prefix: str) -> tuple[dg.OpDefinition, ...]:
     config = WORKLOAD_CONFIG if node.is_entry else None
 
     def fan_out(context, tokens: list | None = None):  # type: ignore[no-untyped-def]
@@ -227,17 +231,17 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
 
     fan_tags = {**common["tags"], "noetl/role": "loop-fan-out"}
     fan_op = dg.op(
-        name=f"{node.name}__fan_out", ins=_ins(node),
+        name=f"{prefix}__{node.name}__fan_out", ins=_ins(node),
         out={"loop_context": dg.Out(description="the loop's input context"),
              "items": dg.DynamicOut(description="one output per loop item")},
         config_schema=config, description=f"Evaluate `loop.in` of `{step.step}` and fan out its items.",
         tags=fan_tags,
     )(_signature(fan_out, bool(node.inbound)))
-    body_op = dg.op(name=node.name, ins={"work": dg.In(dict)}, out={RESULT: dg.Out()},
+    body_op = dg.op(name=f"{prefix}__{node.name}", ins={"work": dg.In(dict)}, out={RESULT: dg.Out()},
                     **common)(body)
 
     collect_op = dg.op(
-        name=f"{node.name}__collect",
+        name=f"{prefix}__{node.name}__collect",
         ins={"loop_context": dg.In(dict), "results": dg.In(list)},
         out=_outs(playbook, node, step, translator),
         description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
