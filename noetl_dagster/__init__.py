@@ -9,6 +9,7 @@ Public API::
 from .errors import Issue, PlaybookError, StepFailed
 from .playbook.loader import load_playbook, validate_file
 from .playbook.models import Playbook
+from .resources.credentials import CredentialsResource, redact
 from .report import RunReport, StepReport, run_playbook
 from .runtime.tools import Tool, ToolContext, ToolError, register_tool
 from .translator.definitions import load_playbook_definitions
@@ -17,7 +18,7 @@ from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
 __all__ = [
-    "Issue", "Net", "Playbook", "PlaybookError", "PlaybookTranslator", "RunReport", "StepFailed",
+    "CredentialsResource", "redact", "Issue", "Net", "Playbook", "PlaybookError", "PlaybookTranslator", "RunReport", "StepFailed",
     "StepReport", "Tool", "ToolContext", "ToolError", "build_job", "load_playbook",
     "load_playbook_definitions", "plan", "register_tool", "run_playbook", "validate_file",
 ]

@@ -79,12 +79,13 @@ def default_instance() -> dg.DagsterInstance:
 
 def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | None = None, *,
                  instance: dg.DagsterInstance | None = None,
-                 translator: PlaybookTranslator | None = None, log_level: str = "INFO") -> RunReport:
+                 translator: PlaybookTranslator | None = None, log_level: str = "INFO",
+                 resources: Mapping[str, Any] | None = None) -> RunReport:
     """Compile and execute a playbook in process; ``workload`` overrides top-level keys."""
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
     net = plan(playbook)
-    job = build_job(playbook, translator, net)
+    job = build_job(playbook, translator, net, resources)
     entry = next(n for n in net.nodes if n.is_entry)
     op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
     run_config = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 
@@ -60,12 +60,14 @@ def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = Fals
 
 def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
                               translator: PlaybookTranslator | None = None,
+                              resources: Mapping[str, Any] | None = None,
                               strict: bool = False) -> dg.Definitions:
     """Compile every playbook under ``paths`` into jobs.
 
     A broken playbook is logged with every issue and left out, unless ``strict=True``, which
     raises :class:`~noetl_dagster.PlaybookError` instead. Two playbooks with the same job name
-    are an error for the second one.
+    are an error for the second one. ``resources`` configure the jobs, e.g.
+    ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}``.
     """
     translator = translator or PlaybookTranslator()
     loaded = load_playbooks(paths, strict=strict)
@@ -77,7 +79,7 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
             duplicates.append(Issue(playbook.file, 1, 1, f"job name {name!r} is already used by another "
                                     "playbook", field="metadata.path", hint="give each playbook its own path"))
             continue
-        jobs[name] = build_job(playbook, translator)
+        jobs[name] = build_job(playbook, translator, resources=resources)
     issues = loaded.issues + duplicates
     if strict and issues:
         raise PlaybookError(issues)

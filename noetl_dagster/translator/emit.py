@@ -18,6 +18,7 @@ import dagster as dg
 
 from ..errors import StepFailed
 from ..playbook.models import Playbook, Step
+from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
@@ -26,6 +27,7 @@ from .plan import Net, Node, plan
 from .translator import PlaybookTranslator, code_reference
 
 RESULT = "result"
+CREDENTIALS = "noetl_credentials"
 STEPS_KEY = "noetl/steps"
 WORKLOAD_CONFIG = {
     "workload": dg.Field(
@@ -35,9 +37,18 @@ WORKLOAD_CONFIG = {
 }
 
 
+def default_resources(resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The resources playbook ops use, with defaults: ``noetl_credentials`` (env-backed)."""
+    return {CREDENTIALS: CredentialsResource(), **(resources or {})}
+
+
 def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
-              net: Net | None = None) -> dg.JobDefinition:
-    """Compile a validated playbook into a Dagster job."""
+              net: Net | None = None, resources: Mapping[str, Any] | None = None) -> dg.JobDefinition:
+    """Compile a validated playbook into a Dagster job.
+
+    ``resources`` replace the defaults of :func:`default_resources`, e.g.
+    ``{"noetl_credentials": CredentialsResource(credentials={...})}``.
+    """
     translator = translator or PlaybookTranslator()
     net = net or plan(playbook)
     name = translator.get_job_name(playbook)
@@ -67,6 +78,7 @@ def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
         tags=translator.get_job_tags(playbook),
         metadata=translator.get_job_metadata(playbook),
         executor_def=translator.get_executor(playbook),
+        resource_defs=default_resources(resources),
     )
 
 
@@ -85,7 +97,8 @@ def _ins(node: Node) -> dict[str, dg.In]:
 
 
 def _run_info(context) -> RunInfo:
-    return RunInfo(execution_id=context.run_id, log=context.log)
+    return RunInfo(execution_id=context.run_id, log=context.log,
+                   resources={"credentials": getattr(context.resources, CREDENTIALS)})
 
 
 def _entry_context(playbook: Playbook, context: dg.OpExecutionContext) -> Context:
@@ -95,11 +108,12 @@ def _entry_context(playbook: Playbook, context: dg.OpExecutionContext) -> Contex
 
 def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = None) -> dg.Failure:
     metadata: dict[str, Any] = {"noetl/failed_step": exc.step}
+    description = redact(str(exc))
     if exc.kind:
         metadata["noetl/tool"] = exc.kind
     if steps is not None:
         metadata[STEPS_KEY] = dg.MetadataValue.json(dict(steps))
-    return dg.Failure(description=str(exc), metadata=metadata, allow_retries=True)
+    return dg.Failure(description=description, metadata=metadata, allow_retries=True)
 
 
 def _emit(node: Node, outcome_result: Any, steps_meta: dict[str, dict[str, Any]],
@@ -120,6 +134,7 @@ def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator, pr
     steps = playbook.steps
     first = steps[node.steps[0]]
     common = {
+        "required_resource_keys": {CREDENTIALS},
         "description": translator.get_op_description(playbook, first),
         "tags": translator.get_op_tags(playbook, first),
         "retry_policy": translator.get_retry_policy(playbook, first),
@@ -235,7 +250,7 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
         out={"loop_context": dg.Out(description="the loop's input context"),
              "items": dg.DynamicOut(description="one output per loop item")},
         config_schema=config, description=f"Evaluate `loop.in` of `{step.step}` and fan out its items.",
-        tags=fan_tags,
+        tags=fan_tags, required_resource_keys={CREDENTIALS},
     )(_signature(fan_out, bool(node.inbound)))
     body_op = dg.op(name=f"{prefix}__{node.name}", ins={"work": dg.In(dict)}, out={RESULT: dg.Out()},
                     **common)(body)
@@ -245,7 +260,7 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
         ins={"loop_context": dg.In(dict), "results": dg.In(list)},
         out=_outs(playbook, node, step, translator),
         description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
-        tags={**common["tags"], "noetl/role": "loop-collect"},
+        tags={**common["tags"], "noetl/role": "loop-collect"}, required_resource_keys={CREDENTIALS},
     )(collect)
     return fan_op, body_op, collect_op
 
