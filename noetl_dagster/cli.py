@@ -16,10 +16,9 @@ from typing import Any, Sequence
 from .errors import PlaybookError
 
 
-def _workload(text: str | None) -> dict[str, Any]:
+def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
     if not text:
         return {}
-    source = "--workload"
     if text.startswith("@"):
         source = text[1:]
         try:
@@ -31,11 +30,12 @@ def _workload(text: str | None) -> dict[str, Any]:
     except ValueError as exc:
         raise SystemExit(f"noetl-dagster: {source} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise SystemExit(f"noetl-dagster: {source} must be a JSON object of workload keys")
+        raise SystemExit(f"noetl-dagster: {source} must be a JSON object")
     return value
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .report import catalog_around
     from .translator.definitions import find_playbooks, load_playbooks
 
     files = find_playbooks(args.paths)
@@ -43,6 +43,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"noetl-dagster: no playbooks (*.yaml, *.yml) under {' '.join(args.paths)}", file=sys.stderr)
         return 1
     loaded = load_playbooks(files)
+    catalog = catalog_around(*loaded.playbooks)
+    loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
     if loaded.issues:
@@ -58,7 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     workload = _workload(args.workload)
     try:
-        report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level)
+        tags = _workload(args.tags, "--tags") if args.tags else {}
+        report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level,
+                              tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id)
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -88,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("playbook")
     run.add_argument("--workload", help="JSON object, or @file.json, merged over the playbook's workload")
     run.add_argument("--json", action="store_true", help="print the machine-readable report")
+    run.add_argument("--tags", help="JSON object of extra run tags")
+    run.add_argument("--run-id", help="use this run id (sub-playbook launches set it)")
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import dagster as dg
 
 from .playbook.loader import load_playbook
+from .playbook.catalog import PlaybookCatalog
 from .playbook.models import Playbook
 from .translator.emit import RESULT, build_job, steps_metadata
 from .translator.plan import Net, plan
@@ -80,20 +81,45 @@ def default_instance() -> dg.DagsterInstance:
 def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | None = None, *,
                  instance: dg.DagsterInstance | None = None,
                  translator: PlaybookTranslator | None = None, log_level: str = "INFO",
-                 resources: Mapping[str, Any] | None = None) -> RunReport:
-    """Compile and execute a playbook in process; ``workload`` overrides top-level keys."""
+                 resources: Mapping[str, Any] | None = None, catalog: PlaybookCatalog | None = None,
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None) -> RunReport:
+    """Compile and execute a playbook in process; ``workload`` overrides top-level keys.
+
+    ``catalog`` holds the playbooks it may call (default: the playbooks of its own folder tree).
+    """
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
+    if catalog is None:
+        catalog = catalog_around(playbook)
     net = plan(playbook)
-    job = build_job(playbook, translator, net, resources)
+    job = build_job(playbook, translator, net, resources, catalog)
     entry = next(n for n in net.nodes if n.is_entry)
     op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
     run_config = {
         "ops": {op_name: {"config": {"workload": dict(workload or {})}}},
         "loggers": {"console": {"config": {"log_level": log_level.upper()}}},
     }
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                    tags=dict(tags or {}), run_id=run_id)
     return build_report(net, result)
+
+
+def playbook_root(playbook: Playbook) -> Path:
+    """The folder a playbook's ``metadata.path`` is relative to (``playbooks/`` for
+    ``risk/score`` in ``playbooks/risk/score.yaml``)."""
+    root = Path(playbook.file).resolve().parent
+    for _ in range(len(playbook.metadata.catalog_path.strip("/").split("/")) - 1):
+        root = root.parent
+    return root
+
+
+def catalog_around(*playbooks: Playbook) -> PlaybookCatalog:
+    """``playbooks`` plus the valid playbooks of the trees they live in (each tree read once)."""
+    from .translator.definitions import load_playbooks
+
+    roots = {playbook_root(p) for p in playbooks if Path(p.file).is_file()}
+    found = [p for root in sorted(roots) for p in load_playbooks(root).playbooks]
+    return PlaybookCatalog.of([*found, *playbooks])
 
 
 def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:

@@ -18,6 +18,7 @@ import dagster as dg
 from ..errors import Issue, PlaybookError
 from ..playbook.loader import load_playbook
 from ..playbook.models import Playbook
+from ..playbook.catalog import PlaybookCatalog
 from .emit import build_job
 from .translator import PlaybookTranslator
 
@@ -71,16 +72,21 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     """
     translator = translator or PlaybookTranslator()
     loaded = load_playbooks(paths, strict=strict)
+    catalog = PlaybookCatalog.of(loaded.playbooks)
     jobs: dict[str, dg.JobDefinition] = {}
     duplicates: list[Issue] = []
     for playbook in loaded.playbooks:
+        missing = catalog.missing_references(playbook)
+        if missing:
+            duplicates.extend(missing)
+            continue
         name = translator.get_job_name(playbook)
         if name in jobs:
             duplicates.append(Issue(playbook.file, 1, 1, f"job name {name!r} is already used by another "
                                     "playbook", field="metadata.path", hint="give each playbook its own path"))
             continue
-        jobs[name] = build_job(playbook, translator, resources=resources)
-    issues = loaded.issues + duplicates
+        jobs[name] = build_job(playbook, translator, resources=resources, catalog=catalog)
+    issues = loaded.issues + duplicates  # broken, unknown sub-playbooks, duplicate names
     if strict and issues:
         raise PlaybookError(issues)
     for issue in issues:

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 import dagster as dg
 
 from ..errors import StepFailed
+from ..playbook.catalog import PlaybookCatalog
 from ..playbook.models import Playbook, Step
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
@@ -28,6 +29,8 @@ from .translator import PlaybookTranslator, code_reference
 
 RESULT = "result"
 CREDENTIALS = "noetl_credentials"
+CATALOG = "noetl_catalog"
+RESOURCE_KEYS = frozenset({CREDENTIALS, CATALOG})
 STEPS_KEY = "noetl/steps"
 WORKLOAD_CONFIG = {
     "workload": dg.Field(
@@ -37,13 +40,18 @@ WORKLOAD_CONFIG = {
 }
 
 
-def default_resources(resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The resources playbook ops use, with defaults: ``noetl_credentials`` (env-backed)."""
-    return {CREDENTIALS: CredentialsResource(), **(resources or {})}
+def default_resources(resources: Mapping[str, Any] | None = None,
+                      catalog: PlaybookCatalog | None = None) -> dict[str, Any]:
+    """The resources playbook ops use: ``noetl_credentials`` (env-backed by default) and
+    ``noetl_catalog`` (the playbooks a step may call as sub-playbooks)."""
+    return {CREDENTIALS: CredentialsResource(),
+            CATALOG: dg.ResourceDefinition.hardcoded_resource(catalog or PlaybookCatalog(), "sub-playbooks"),
+            **(resources or {})}
 
 
 def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
-              net: Net | None = None, resources: Mapping[str, Any] | None = None) -> dg.JobDefinition:
+              net: Net | None = None, resources: Mapping[str, Any] | None = None,
+              catalog: PlaybookCatalog | None = None) -> dg.JobDefinition:
     """Compile a validated playbook into a Dagster job.
 
     ``resources`` replace the defaults of :func:`default_resources`, e.g.
@@ -78,7 +86,7 @@ def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
         tags=translator.get_job_tags(playbook),
         metadata=translator.get_job_metadata(playbook),
         executor_def=translator.get_executor(playbook),
-        resource_defs=default_resources(resources),
+        resource_defs=default_resources(resources, catalog or PlaybookCatalog.of([playbook])),
     )
 
 
@@ -97,8 +105,10 @@ def _ins(node: Node) -> dict[str, dg.In]:
 
 
 def _run_info(context) -> RunInfo:
-    return RunInfo(execution_id=context.run_id, log=context.log,
-                   resources={"credentials": getattr(context.resources, CREDENTIALS)})
+    credentials = getattr(context.resources, CREDENTIALS)
+    return RunInfo(execution_id=context.run_id, log=context.log, resources={
+        "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
+        "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
 
 
 def _entry_context(playbook: Playbook, context: dg.OpExecutionContext) -> Context:
@@ -134,7 +144,7 @@ def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator, pr
     steps = playbook.steps
     first = steps[node.steps[0]]
     common = {
-        "required_resource_keys": {CREDENTIALS},
+        "required_resource_keys": set(RESOURCE_KEYS),
         "description": translator.get_op_description(playbook, first),
         "tags": translator.get_op_tags(playbook, first),
         "retry_policy": translator.get_retry_policy(playbook, first),
@@ -250,7 +260,7 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
         out={"loop_context": dg.Out(description="the loop's input context"),
              "items": dg.DynamicOut(description="one output per loop item")},
         config_schema=config, description=f"Evaluate `loop.in` of `{step.step}` and fan out its items.",
-        tags=fan_tags, required_resource_keys={CREDENTIALS},
+        tags=fan_tags, required_resource_keys=set(RESOURCE_KEYS),
     )(_signature(fan_out, bool(node.inbound)))
     body_op = dg.op(name=f"{prefix}__{node.name}", ins={"work": dg.In(dict)}, out={RESULT: dg.Out()},
                     **common)(body)
@@ -260,7 +270,7 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
         ins={"loop_context": dg.In(dict), "results": dg.In(list)},
         out=_outs(playbook, node, step, translator),
         description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
-        tags={**common["tags"], "noetl/role": "loop-collect"}, required_resource_keys={CREDENTIALS},
+        tags={**common["tags"], "noetl/role": "loop-collect"}, required_resource_keys=set(RESOURCE_KEYS),
     )(collect)
     return fan_op, body_op, collect_op
 

@@ -1,0 +1,44 @@
+"""The playbooks a run can call as sub-playbooks (``tool: {kind: playbook, path: ...}``), by path.
+
+Example::
+
+    catalog = PlaybookCatalog.of(load_playbooks("playbooks/").playbooks)
+    catalog.get("marketing/attribution_model")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..errors import Issue
+from ..runtime.templates import is_template
+from .models import Playbook
+
+
+@dataclass
+class PlaybookCatalog:
+    playbooks: dict[str, Playbook] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, playbooks: Iterable[Playbook]) -> "PlaybookCatalog":
+        return cls({p.metadata.catalog_path.strip("/"): p for p in playbooks})
+
+    def get(self, path: str) -> Playbook | None:
+        return self.playbooks.get(str(path).strip("/"))
+
+    def missing_references(self, playbook: Playbook) -> list[Issue]:
+        """Sub-playbook paths in ``playbook`` that name no playbook of this catalog."""
+        issues = []
+        for step in playbook.workflow:
+            for index, task in enumerate(step.tool):
+                path = task.config.get("path")
+                if task.kind != "playbook" or not isinstance(path, str) or is_template(path):
+                    continue
+                if self.get(path) is None:
+                    known = ", ".join(sorted(self.playbooks)) or "none loaded"
+                    field = f"tool[{index}].path" if step.pipeline else "tool.path"
+                    issues.append(Issue(playbook.file, task.line or step.line, 1,
+                                        f"sub-playbook {path!r} is not among the loaded playbooks",
+                                        step.step, field, f"known: {known}"))
+        return issues

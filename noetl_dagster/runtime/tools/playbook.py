@@ -1,0 +1,80 @@
+"""``kind: playbook``: call another playbook (NoETL's sub-playbooks).
+
+* awaited (``return_result: true``, or ``return_step``): the child runs as its own Dagster run,
+  tagged ``noetl/parent_run_id``, in the calling step's process; the step returns the child's
+  result (``result_step``, else ``end``, else the last step that ran). A failed child fails the step.
+* fire-and-forget (the default): the child is launched as a separate process recording its run
+  in the same instance; the step returns ``{status: started, execution_id, path, async: true}``.
+
+``args`` (alias ``input``) or ``payload`` become the child's workload overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+from .base import Tool, ToolContext, ToolError
+
+
+class PlaybookTool(Tool):
+    kind = "playbook"
+
+    def validate(self, config):  # type: ignore[no-untyped-def]
+        if not config.get("path"):
+            return [("path", "a playbook tool needs `path:` (the child's metadata.path)", None)]
+        return []
+
+    def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
+        from ...report import run_playbook
+
+        path = str(ctx.render(config.get("path")))
+        catalog = ctx.resources.get("catalog")
+        child = catalog.get(path) if catalog is not None else None
+        if child is None:
+            raise ToolError(f"sub-playbook {path!r} is not among the loaded playbooks")
+        workload = ctx.render(config.get("payload") or config.get("args") or config.get("input") or {})
+        if not isinstance(workload, dict):
+            raise ToolError("sub-playbook `args`/`payload` must render to a mapping")
+        tags = {"noetl/parent_run_id": ctx.execution_id, "noetl/parent_step": ctx.step}
+        instance = ctx.resources.get("instance")
+        if config.get("return_result") or config.get("return_step"):
+            report = run_playbook(child, workload, instance=instance, tags=tags, catalog=catalog,
+                                  resources=ctx.resources.get("dagster_resources"), log_level="WARNING")
+            if report.status != "success":
+                failed = [f"{name}: {s.error}" for name, s in report.steps.items() if s.status == "failed"]
+                raise ToolError(f"sub-playbook {path!r} failed (run {report.run_id}): {'; '.join(failed)}")
+            chosen = config.get("result_step") or (config.get("return_step") if isinstance(config.get("return_step"), str) else None)
+            data = _child_result(report, chosen)
+            if config.get("return_result"):
+                return data
+            return {"status": "success", "execution_id": report.run_id, "path": path, "result": data}
+        return _launch(child.file, path, workload, tags, instance)
+
+
+def _child_result(report: Any, step: str | None) -> Any:
+    if step:
+        if step not in report.steps:
+            raise ToolError(f"result_step {step!r} is not a step of the sub-playbook")
+        return report.steps[step].result
+    if "end" in report.steps and report.steps["end"].status == "success":
+        return report.steps["end"].result
+    ran = [s for s in report.steps.values() if s.status == "success"]
+    return ran[-1].result if ran else None
+
+
+def _launch(file: str, path: str, workload: dict[str, Any], tags: dict[str, str], instance: Any) -> dict[str, Any]:
+    home = getattr(instance, "root_directory", None)
+    if not home:
+        raise ToolError("a fire-and-forget sub-playbook needs a persistent Dagster instance "
+                        "(set DAGSTER_HOME), or set `return_result: true` to await it")
+    run_id = str(uuid.uuid4())
+    command = [sys.executable, "-m", "noetl_dagster.cli", "run", file, "--workload", json.dumps(workload),
+               "--run-id", run_id, "--tags", json.dumps(tags)]
+    subprocess.Popen(command, env={**os.environ, "DAGSTER_HOME": str(home)}, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return {"status": "started", "execution_id": run_id, "path": path, "async": True}
