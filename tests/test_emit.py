@@ -141,3 +141,24 @@ def test_report_lists_every_step(playbook, instance):
     assert report.status == "success"
     assert {k: v.status for k, v in report.steps.items()} == {
         "start": "success", "big": "skipped", "small": "success", "end": "success"}
+
+
+def test_hardware_extension_becomes_k8s_config(tmp_path):
+    import json
+
+    text = PLAYBOOK.replace("    desc: Read the applications.\n", "    desc: Read the applications.\n"
+                            "    hardware: {cpu: '2', memory: 4Gi, gpu: 1, memory_limit: 8Gi, node_selector: {pool: gpu}}\n")
+    job = build_job(parse_text(text, str(tmp_path / "x.yaml")))
+    config = json.loads(job.graph.node_named("start").definition.tags["dagster-k8s/config"])
+    assert config == {"container_config": {"resources": {"requests": {"cpu": "2", "memory": "4Gi"},
+                                                         "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}}},
+                      "pod_spec_config": {"node_selector": {"pool": "gpu"}}}
+    assert "dagster-k8s/config" not in job.graph.node_named("big").definition.tags
+
+
+def test_ops_record_cpu_and_memory(playbook, instance):
+    result = build_job(playbook).execute_in_process(instance=instance)
+    outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
+               and e.step_output_data.output_name == "result"]
+    assert outputs and all("noetl/cpu_seconds" in e.step_output_data.metadata for e in outputs)
+    assert all(e.step_output_data.metadata["noetl/peak_rss_mb"].value > 10 for e in outputs)

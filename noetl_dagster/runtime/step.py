@@ -31,6 +31,8 @@ class RunInfo:
     log: Any = field(default_factory=lambda: logging.getLogger("noetl_dagster"))
     resources: Mapping[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
+    #: process CPU time when the op started (for the op's ``noetl/cpu_seconds``)
+    cpu_start: float = field(default_factory=time.process_time)
 
 
 @dataclass

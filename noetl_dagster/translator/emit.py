@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import time
 from typing import Any, Iterator, Mapping
 
 import dagster as dg
@@ -126,9 +128,17 @@ def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = No
     return dg.Failure(description=description, metadata=metadata, allow_retries=True)
 
 
-def _emit(node: Node, outcome_result: Any, steps_meta: dict[str, dict[str, Any]],
+def usage_metadata(run: RunInfo) -> dict[str, Any]:
+    """CPU seconds the op used and the process's peak RSS (what tuning learns resources from)."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"noetl/cpu_seconds": round(time.process_time() - run.cpu_start, 4),
+            "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def _emit(node: Node, run: RunInfo, outcome_result: Any, steps_meta: dict[str, dict[str, Any]],
           tokens: list[tuple[str, dict[str, Any]]]) -> Iterator[dg.Output]:
-    yield dg.Output(outcome_result, RESULT, metadata={STEPS_KEY: dg.MetadataValue.json(steps_meta)})
+    metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
+    yield dg.Output(outcome_result, RESULT, metadata=metadata)
     for output, token in tokens:
         yield dg.Output(token, output)
 
@@ -158,12 +168,13 @@ def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator, pr
 
     def compute(context, tokens: list | None = None):  # type: ignore[no-untyped-def]
         start = Context.merge(tokens) if tokens is not None else _entry_context(playbook, context)
+        run = _run_info(context)
         try:
-            outcome = run_step(step, start, _run_info(context))
+            outcome = run_step(step, start, run)
         except StepFailed as exc:
             raise _failure(exc) from None
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from _emit(node, outcome.result, meta, _fired_tokens(node, step.step, outcome))
+        yield from _emit(node, run, outcome.result, meta, _fired_tokens(node, step.step, outcome))
 
     return (dg.op(name=f"{prefix}__{node.name}", ins=_ins(node), out=_outs(playbook, node, step, translator),
                   config_schema=config, **common)(_signature(compute, bool(node.inbound))),)
@@ -199,14 +210,15 @@ def _region_op(playbook: Playbook, node: Node, translator: PlaybookTranslator, c
             for token in tokens:
                 by_target.setdefault(token["to"], []).append(token)
             entries = [(target, Context.merge(group)) for target, group in by_target.items()]
+        run = _run_info(context)
         try:
-            outcome = run_region(members, entries, _run_info(context), limit)
+            outcome = run_region(members, entries, run, limit)
         except RegionFailed as exc:
             raise _failure(exc, {k: {"status": r.status, "runs": r.runs} for k, r in exc.records.items()}) from None
         meta = {k: {"status": r.status, "runs": r.runs} for k, r in outcome.records.items()}
         results = {k: r.result for k, r in outcome.records.items() if r.status == "success"}
         fired = [(names[key], token) for key, token in outcome.exits.items()]
-        yield from _emit(node, results, meta, fired)
+        yield from _emit(node, run, results, meta, fired)
 
     return dg.op(name=f"{prefix}__{node.name}", ins=_ins(node), out=_outs(playbook, node, entry_step, translator),
                  config_schema=config, **common)(_signature(compute, bool(node.inbound)))
@@ -234,11 +246,13 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
 
     def body(context, work: dict):  # type: ignore[no-untyped-def]
         start = Context.merge([work["token"]])
+        run = _run_info(context)
         try:
-            result = run_iteration(step, start, _run_info(context), work["item"], work["index"], work["total"])
+            result = run_iteration(step, start, run, work["item"], work["index"], work["total"])
         except StepFailed as exc:
             raise _failure(exc) from None
-        return dg.Output({"value": result.value, "ctx_updates": result.ctx_updates}, RESULT)
+        return dg.Output({"value": result.value, "ctx_updates": result.ctx_updates}, RESULT,
+                         metadata=usage_metadata(run))
 
     def collect(context, loop_context: dict, results: list):  # type: ignore[no-untyped-def]
         start = Context.merge([loop_context["token"]])
@@ -252,7 +266,7 @@ def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTr
         except StepFailed as exc:
             raise _failure(exc) from None
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from _emit(node, outcome.result, meta, _fired_tokens(node, step.step, outcome))
+        yield from _emit(node, run, outcome.result, meta, _fired_tokens(node, step.step, outcome))
 
     fan_tags = {**common["tags"], "noetl/role": "loop-fan-out"}
     fan_op = dg.op(

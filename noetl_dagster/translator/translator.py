@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any, Mapping
@@ -65,7 +66,38 @@ class PlaybookTranslator:
         tags.update({f"dagster/kind/{k}": "" for k in kinds})
         if step.loop is not None:
             tags["noetl/loop"] = step.loop.mode
+        k8s = self.get_k8s_config(playbook, step)
+        if k8s:
+            tags["dagster-k8s/config"] = json.dumps(k8s, sort_keys=True)
         return tags
+
+    def get_k8s_config(self, playbook: Playbook, step: Step) -> dict[str, Any] | None:
+        """``dagster-k8s/config`` for the step's pod under the Kubernetes executor.
+
+        Built from the step's ``hardware:`` extension::
+
+            hardware: {cpu: "2", memory: 4Gi, gpu: 1, cpu_limit: "4", memory_limit: 8Gi,
+                       node_selector: {pool: gpu}, tolerations: [{key: gpu, operator: Exists}]}
+        """
+        hardware = (step.model_extra or {}).get("hardware")
+        if not isinstance(hardware, Mapping) or not hardware:
+            return None
+        requests = {k: str(hardware[k]) for k in ("cpu", "memory") if hardware.get(k) is not None}
+        limits = {k: str(hardware[f"{k}_limit"]) for k in ("cpu", "memory") if hardware.get(f"{k}_limit")}
+        if hardware.get("gpu"):
+            limits["nvidia.com/gpu"] = str(hardware["gpu"])
+        config: dict[str, Any] = {}
+        if requests or limits:
+            resources: dict[str, Any] = {}
+            if requests:
+                resources["requests"] = requests
+            if limits:
+                resources["limits"] = limits
+            config["container_config"] = {"resources": resources}
+        pod_spec = {k: hardware[k] for k in ("node_selector", "tolerations") if hardware.get(k)}
+        if pod_spec:
+            config["pod_spec_config"] = pod_spec
+        return config or None
 
     def get_retry_policy(self, playbook: Playbook, step: Step) -> dg.RetryPolicy | None:
         """NoETL has no step-level retry; pipelines retry inside the op. Override to add one."""
