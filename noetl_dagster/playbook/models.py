@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .source import SourceMap
 
@@ -52,13 +53,20 @@ def _normalise_set(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError("must be a mapping of name: template")
+        raise ValueError('must be a mapping of `name: template`, e.g. `ctx.total: "{{ output.n }}"`')
     out: dict[str, Any] = {}
     for key, template in value.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"key {key!r} must be a non-empty string")
+        if not isinstance(key, str) or not key.strip():
+            # ``key`` in the context lets the loader point at the offending key's line
+            raise PydanticCustomError(
+                "set_key", "set key {shown} must be a non-empty name such as `ctx.total`",
+                {"key": key, "shown": repr(key)})
         out[strip_scope(key)] = template
     return out
+
+
+V1_NEXT = ("the v1 form `next: [{when, then: [...], else: [...]}]` is not supported; "
+           "use `next: {spec: {mode: exclusive}, arcs: [{step, when}]}`")
 
 
 class Arc(_Model):
@@ -70,6 +78,13 @@ class Arc(_Model):
     args: dict[str, Any] = Field(default_factory=dict)
 
     _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _v1_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "step" not in data and ("then" in data or "else" in data):
+            raise ValueError(V1_NEXT)
+        return data
 
     @field_validator("when", mode="before")
     @classmethod
@@ -126,6 +141,18 @@ class Task(_Model):
 
     @model_validator(mode="before")
     @classmethod
+    def _nested_keys(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and "kind" not in data and len(data) > 1
+                and all(isinstance(v, dict) for k, v in data.items() if k != "line")):
+            keys = [str(k) for k in data if k != "line"]
+            if len(keys) > 1:
+                raise ValueError(
+                    f"a nested pipeline item needs exactly one `label: {{kind: ...}}` key, this one has "
+                    f"{len(keys)}: {', '.join(keys)}")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _policy(cls, data: Any) -> Any:
         if isinstance(data, dict):
             spec = data.get("spec")
@@ -146,7 +173,7 @@ class Loop(_Model):
 
     in_: Any = Field(alias="in", default=None)
     iterator: str
-    mode: Literal["sequential", "parallel", "cursor"] = "sequential"
+    mode: Literal["sequential", "parallel"] = "sequential"
     max_in_flight: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
@@ -159,6 +186,16 @@ class Loop(_Model):
                 if key in spec:
                     data[key] = spec[key]
         return data
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        if value == "cursor":
+            raise ValueError("loop mode 'cursor' (a claim-driven postgres loop) is not supported by "
+                             "noetl_dagster; use sequential or parallel over `in:`")
+        if value not in ("sequential", "parallel"):
+            raise ValueError(f"loop mode {value!r} is not valid; use sequential or parallel")
+        return value
 
     @field_validator("iterator")
     @classmethod
@@ -175,14 +212,32 @@ class Step(_Model):
     desc: str | None = None
     tool: list[Task]
     pipeline: bool = False
+    #: declared before ``next`` so that ``spec.next_mode`` is known when ``next`` is validated
+    spec: dict[str, Any] = Field(default_factory=dict)
     next: Next | None = None
     loop: Loop | None = None
     set: dict[str, Any] = Field(default_factory=dict)
     when: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
-    spec: dict[str, Any] = Field(default_factory=dict)
 
     _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _next_mode(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "next_mode" in value and value["next_mode"] not in ("exclusive", "inclusive"):
+            raise PydanticCustomError(
+                "next_mode", "spec.next_mode {shown} is not valid; use exclusive or inclusive",
+                {"key": "next_mode", "shown": repr(value["next_mode"])})
+        return value
+
+    @field_validator("next", mode="before")
+    @classmethod
+    def _next(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        spec = info.data.get("spec") or {}
+        return _normalise_next(value, spec.get("next_mode"))
 
     @model_validator(mode="before")
     @classmethod
@@ -191,20 +246,20 @@ class Step(_Model):
             return data
         data = dict(data, line=_line_of(data)) if isinstance(data, SourceMap) else dict(data)
         tool = data.get("tool")
-        if isinstance(tool, list):
-            data["pipeline"] = True
-            data["tool"] = [_pipeline_item(item, i) for i, item in enumerate(tool)]
-        elif isinstance(tool, dict):
-            data["pipeline"] = False
-            data["tool"] = [tool]
-        spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
-        if "next" in data and data["next"] is not None:
-            data["next"] = _normalise_next(data["next"], spec.get("next_mode"))
+        if isinstance(tool, (list, dict)):
+            data["tool"], data["pipeline"] = normalise_tool(tool)
         return data
 
     @property
     def description(self) -> str | None:
         return self.desc or (self.model_extra or {}).get("description")
+
+
+def normalise_tool(tool: list[Any] | dict[str, Any]) -> tuple[list[Any], bool]:
+    """``tool:`` as (task specs, is_pipeline): one spec, or the pipeline's items, each with a name."""
+    if isinstance(tool, list):
+        return [_pipeline_item(item, i) for i, item in enumerate(tool)], True
+    return [tool], False
 
 
 def _pipeline_item(item: Any, index: int) -> Any:
@@ -218,10 +273,7 @@ def _pipeline_item(item: Any, index: int) -> Any:
             merged["line"] = _line_of(item)
             return merged
     if "kind" not in item and len(item) > 1 and all(isinstance(v, dict) for v in item.values()):
-        raise ValueError(
-            f"pipeline item {index + 1} has {len(item)} keys; a nested item needs exactly one "
-            "`label: {kind: ...}` key"
-        )
+        return item  # several `label: {...}` keys: rejected by Task with the item's position
     if not item.get("name"):
         return dict(item, name=f"task_{index + 1}", line=_line_of(item))
     return item
@@ -234,17 +286,8 @@ def _normalise_next(value: Any, next_mode: Any) -> Any:
         if all(isinstance(v, str) for v in value):
             return {"mode": "inclusive", "arcs": [{"step": v, "line": 0} for v in value],
                     "line": _line_of(value)}
-        arcs = []
-        for item in value:
-            if isinstance(item, str):
-                arcs.append({"step": item})
-            elif isinstance(item, dict) and ("then" in item or "else" in item) and "step" not in item:
-                raise ValueError(
-                    "the v1 form `next: [{when, then: [...], else: [...]}]` is not supported; "
-                    "use `next: {spec: {mode: exclusive}, arcs: [{step, when}]}`"
-                )
-            else:
-                arcs.append(item)
+        # legacy targets `[{step, when}]`; a v1 `{when, then}` item is rejected by Arc
+        arcs = [{"step": item} if isinstance(item, str) else item for item in value]
         mode = next_mode if next_mode in ("exclusive", "inclusive") else "exclusive"
         return {"mode": mode, "arcs": arcs}
     if isinstance(value, dict):
@@ -255,8 +298,10 @@ def _normalise_next(value: Any, next_mode: Any) -> Any:
             )
         spec = value.get("spec") or {}
         mode = spec.get("mode", "exclusive") if isinstance(spec, dict) else spec
-        return {"mode": mode, "arcs": value.get("arcs") or [], "line": _line_of(value)}
-    raise ValueError("must be a step name, a list, or `{spec: {mode}, arcs: [...]}`")
+        arcs = value.get("arcs")
+        return {"mode": mode, "arcs": [] if arcs is None else arcs, "line": _line_of(value)}
+    raise ValueError(f"must be a step name, a list of step names, or `{{spec: {{mode}}, arcs: [...]}}`, "
+                     f"got {value!r}")
 
 
 class Metadata(_Model):
