@@ -123,6 +123,9 @@ def load_yaml_text(text: str, filename: str = "<string>") -> Any:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
+        opened = exc.context_mark
+        if exc.problem and exc.context and opened is not None and mark is not None and opened.line != mark.line:
+            problem += f" ({exc.context} at line {opened.line + 1})"
         raise YamlError(filename, YamlProblem(line, col, f"YAML syntax error: {problem}")) from None
     except yaml.YAMLError as exc:
         raise YamlError(filename, YamlProblem(1, 1, f"YAML error: {exc}")) from None
