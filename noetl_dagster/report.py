@@ -20,7 +20,8 @@ import dagster as dg
 from .playbook.loader import load_playbook
 from .playbook.catalog import PlaybookCatalog
 from .playbook.models import Playbook
-from .translator.emit import RESULT, build_job, steps_metadata
+from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
+                              steps_metadata, workload_run_config)
 from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
@@ -57,6 +58,11 @@ class RunReport:
 
 
 def _json_default(value: Any) -> Any:
+    if hasattr(value, "to_pylist") and hasattr(value, "num_rows"):  # an Arrow table (a product)
+        return value.to_pylist() if value.num_rows <= 1000 else {"num_rows": value.num_rows,
+                                                                 "columns": value.column_names}
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return value.to_dict()
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if isinstance(value, (set, tuple)):
@@ -92,13 +98,14 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
     if catalog is None:
         catalog = catalog_around(playbook)
     net = plan(playbook)
-    job = build_job(playbook, translator, net, resources, catalog)
-    entry = next(n for n in net.nodes if n.is_entry)
-    op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
-    run_config = {
-        "ops": {op_name: {"config": {"workload": dict(workload or {})}}},
-        "loggers": {"console": {"config": {"log_level": log_level.upper()}}},
-    }
+    if has_products(playbook):
+        defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
+                                    dg.Definitions(resources=default_resources(resources, catalog)))
+        job = defs.get_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
+    else:
+        job = build_job(playbook, translator, net, resources, catalog)
+    run_config = {**workload_run_config(playbook, net, translator, workload or {}),
+                  "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                     tags=dict(tags or {}), run_id=run_id)
     return build_report(net, result)
@@ -130,18 +137,19 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
         key = event.step_key
         if key is None:
             continue
-        node_name = _MAPPED.sub("", key).removesuffix("__fan_out").removesuffix("__collect")
+        local = _MAPPED.sub("", key).rsplit(".", 1)[-1]  # asset jobs nest ops under the graph's name
+        node_name = local.removesuffix("__fan_out").removesuffix("__collect")
         node = next((n for n in net.nodes if n.name == node_name), None)
         if node is None:
             continue
         if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
             loop_runs[node.name] = loop_runs.get(node.name, 0) + 1
         if event.event_type_value == "STEP_OUTPUT" and event.step_output_data.output_name == RESULT:
-            if node.kind == "loop" and not key.endswith("__collect"):
+            if node.kind == "loop" and not local.endswith("__collect"):
                 continue
             for name, meta in steps_metadata(event.step_output_data.metadata).items():
                 steps[name].status, steps[name].runs = meta["status"], meta["runs"]
-                steps[name].result = _result_value(result, node, key, name)
+                steps[name].result = _result_value(result, node, _MAPPED.sub("", key), name)
         elif event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
             meta = data.user_failure_data.metadata if data.user_failure_data else {}

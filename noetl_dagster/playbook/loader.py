@@ -293,6 +293,7 @@ def _parse(raw: Any, issues: _Issues) -> Playbook | None:
         return None
     playbook.file = issues.file
     _check_cycles(playbook, raw, issues)
+    _check_products(playbook, raw, issues)
     return None if issues.items else playbook
 
 
@@ -695,3 +696,62 @@ def _check_cycles(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
         issues.add(raw_steps[first], "next", "cycle " + " -> ".join(cycle + [first]) +
                    " has no guarded exit: every arc around it always fires", step=first,
                    field="next", hint="add a `when:` to the arc that loops back, e.g. a ctx counter")
+
+
+PRODUCT_CALL = re.compile(r"""product\(\s*['"]([^'"]*)['"]\s*\)""")
+
+
+def product_references(playbook: Playbook) -> list[str]:
+    """Products a playbook reads: ``metadata.uses`` plus every ``product('domain/name')`` in a template."""
+    found = list(playbook.metadata.uses)
+    for step in playbook.workflow:
+        for text in _strings(step.model_dump(mode="python", exclude={"line"})):
+            found.extend(m.strip("/") for m in PRODUCT_CALL.findall(text))
+    return list(dict.fromkeys(found))
+
+
+def _strings(value: Any) -> Any:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
+    from dagster._utils.schedules import is_valid_cron_string
+
+    from ..translator.plan import plan
+
+    raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
+    meta = raw.get("metadata")
+    schedule = playbook.metadata.schedule
+    if schedule is not None and not is_valid_cron_string(schedule):
+        issues.add(meta, "schedule", f"schedule {schedule!r} is not a cron expression", field="metadata.schedule",
+                   hint='five fields, e.g. "0 * * * *" for hourly')
+    for path in product_references(playbook):
+        if len(path.split("/")) != 2:
+            issues.add(meta, "uses", f"product reference {path!r} must be `domain/product`",
+                       field="metadata.uses", hint="e.g. product('marketing/customer_360')")
+    products = [s for s in playbook.workflow if s.product is not None]
+    if not products:
+        return
+    net = plan(playbook)
+    seen: dict[str, str] = {}
+    for step in products:
+        name = step.product.name
+        raw_step = raw_steps[step.step]
+        if name in seen:
+            issues.add(raw_step, ("product", "name"), f"product {name!r} is already published by step "
+                       f"{seen[name]!r}", step=step.step, field="product.name", hint="product names are unique per playbook")
+        seen[name] = step.step
+        node = net.node_of_step.get(step.step)
+        if node is None:
+            issues.add(raw_step, "product", "this product step is never reached from `start`", step=step.step,
+                       field="product", hint="route an arc to it, or remove `product:`")
+        elif net.node(node).kind == "region":
+            issues.add(raw_step, "product", "a product step cannot be part of a cycle", step=step.step,
+                       field="product", hint="publish the product from a step after the cycle")

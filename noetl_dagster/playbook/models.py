@@ -205,6 +205,72 @@ class Loop(_Model):
         return value
 
 
+CHECK_KINDS = ("columns", "not_null", "unique", "row_count", "sql")
+
+
+class ProductCheck(_Model):
+    """One data-quality check of a product; exactly one of the check kinds is set.
+
+    ``{columns: {id: int64}}``, ``{not_null: score}``, ``{unique: [id]}``,
+    ``{row_count: {min: 1, max: 1000}}``, ``{sql: "SELECT count(*) FROM product WHERE x < 0",
+    expect: 0}``; optional ``name``, ``description`` and ``blocking``.
+    """
+
+    columns: dict[str, str] | None = None
+    not_null: str | list[str] | None = None
+    unique: str | list[str] | None = None
+    row_count: dict[str, int] | None = None
+    sql: str | None = None
+    expect: Any = 0
+    name: str | None = None
+    description: str | None = None
+    blocking: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ProductCheck":
+        kinds = [k for k in CHECK_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a check needs exactly one of {', '.join(CHECK_KINDS)} (got {len(kinds)})")
+        if self.row_count is not None and not set(self.row_count) <= {"min", "max"}:
+            raise ValueError("row_count takes `min` and/or `max`")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in CHECK_KINDS if getattr(self, k) is not None)
+
+    @property
+    def columns_list(self) -> list[str]:
+        value = self.not_null if self.kind == "not_null" else self.unique
+        return [value] if isinstance(value, str) else list(value or [])
+
+    @property
+    def check_name(self) -> str:
+        """A stable check name: ``name``, else the kind and its columns (``not_null_score``)."""
+        if self.name:
+            return self.name
+        if self.kind in ("not_null", "unique"):
+            return f"{self.kind}_" + "_".join(self.columns_list)
+        return self.kind
+
+
+class Product(_Model):
+    """The ``product:`` step extension: the step's result is published as a data product."""
+
+    name: str
+    kind: Literal["table", "file", "features", "embeddings"] = "table"
+    description: str | None = None
+    owners: list[str] = Field(default_factory=list)
+    checks: list[ProductCheck] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.replace("_", "a").isalnum() or value[0].isdigit():
+            raise ValueError(f"product name {value!r} must be a plain name such as `application_scores`")
+        return value
+
+
 class Step(_Model):
     """One workflow step (a Petri-net transition)."""
 
@@ -219,6 +285,7 @@ class Step(_Model):
     set: dict[str, Any] = Field(default_factory=dict)
     when: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
+    product: Product | None = None
 
     _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
 
@@ -309,6 +376,32 @@ class Metadata(_Model):
     path: str | None = None
     description: str | None = None
     labels: dict[str, Any] = Field(default_factory=dict)
+    #: extensions: a cron schedule, upstream products read, owners, daily partitions
+    schedule: str | None = None
+    uses: list[str] = Field(default_factory=list)
+    owners: list[str] = Field(default_factory=list)
+    partitions: dict[str, Any] | None = None
+
+    @field_validator("uses")
+    @classmethod
+    def _uses(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if len(path.strip("/").split("/")) != 2:
+                raise ValueError(f"uses entry {path!r} must be `domain/product`, e.g. marketing/customer_360")
+        return [p.strip("/") for p in value]
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if set(value) != {"daily"} or not isinstance(value["daily"], dict) or "start" not in value["daily"]:
+            raise ValueError("partitions must be `{daily: {start: YYYY-MM-DD}}`")
+        return value
+
+    @property
+    def domain(self) -> str:
+        return self.catalog_path.strip("/").split("/")[0]
 
     @property
     def catalog_path(self) -> str:

@@ -31,6 +31,8 @@ class RunInfo:
     log: Any = field(default_factory=lambda: logging.getLogger("noetl_dagster"))
     resources: Mapping[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
+    #: names every template of the run sees (``partition_key``, ``product``)
+    globals: Mapping[str, Any] = field(default_factory=dict)
     #: process CPU time when the op started (for the op's ``noetl/cpu_seconds``)
     cpu_start: float = field(default_factory=time.process_time)
 
@@ -59,7 +61,7 @@ def _fail(step: Step, message: str, kind: str | None = None) -> StepFailed:
 
 def run_step(step: Step, context: Context, run: RunInfo, *, items: list[Any] | None = None) -> StepOutcome:
     """Run ``step`` once (all its iterations when it loops) and choose its arcs."""
-    scope = context.scope(run.execution_id)
+    scope = context.scope(run.execution_id, run.globals)
     if step.when is not None and not _guard(step, scope):
         after = context.without_arc()
         return StepOutcome(step.step, "skipped", None, 0, after, _route(step, after, None, run, first_only=True))
@@ -83,7 +85,7 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
     for body in bodies:
         after = after.with_ctx(body.ctx_updates)
     if step.set:
-        scope = after.scope(run.execution_id, {"output": result})
+        scope = after.scope(run.execution_id, {**run.globals, "output": result})
         try:
             updates = {k: render_value(v, scope) for k, v in step.set.items()}
         except TemplateFailure as exc:
@@ -103,7 +105,7 @@ def _route(step: Step, after: Context, output: Any, run: RunInfo, first_only: bo
            ) -> list[tuple[int, Arc, dict[str, Any]]]:
     if step.next is None:
         return []
-    scope = after.scope(run.execution_id, {"output": output})
+    scope = after.scope(run.execution_id, {**run.globals, "output": output})
     exclusive = first_only or step.next.mode == "exclusive"
     fired = []
     for index, arc in enumerate(step.next.arcs):
@@ -160,7 +162,7 @@ def iteration_vars(step: Step, item: Any, index: int, total: int) -> dict[str, A
 def run_iteration(step: Step, context: Context, run: RunInfo, item: Any, index: int, total: int) -> Body:
     """One loop iteration: the body with ``<iterator>``, ``_index``, ``_total`` and ``iter.*``."""
     variables = iteration_vars(step, item, index, total)
-    scope = context.scope(run.execution_id, {**variables, "iter": variables})
+    scope = context.scope(run.execution_id, {**run.globals, **variables, "iter": variables})
     return run_body(step, context, run, scope, variables)
 
 

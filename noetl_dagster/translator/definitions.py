@@ -19,7 +19,7 @@ from ..errors import Issue, PlaybookError
 from ..playbook.loader import load_playbook
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
-from .emit import build_job
+from .emit import build_definitions, default_resources, product_key
 from .translator import PlaybookTranslator
 
 logger = logging.getLogger("noetl_dagster")
@@ -73,23 +73,30 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     translator = translator or PlaybookTranslator()
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
-    jobs: dict[str, dg.JobDefinition] = {}
-    duplicates: list[Issue] = []
+    parts: dict[str, dg.Definitions] = {}
+    products: dict[tuple[str, ...], str] = {}
+    problems: list[Issue] = []
     for playbook in loaded.playbooks:
-        missing = catalog.missing_references(playbook)
-        if missing:
-            duplicates.extend(missing)
-            continue
         name = translator.get_job_name(playbook)
-        if name in jobs:
-            duplicates.append(Issue(playbook.file, 1, 1, f"job name {name!r} is already used by another "
-                                    "playbook", field="metadata.path", hint="give each playbook its own path"))
+        found = catalog.missing_references(playbook)
+        if name in parts:
+            found.append(Issue(playbook.file, 1, 1, f"job name {name!r} is already used by another playbook",
+                               field="metadata.path", hint="give each playbook its own path"))
+        for step in playbook.workflow:
+            key = tuple(product_key(playbook, step).path) if step.product else None
+            if key in products:
+                found.append(Issue(playbook.file, step.line, 1, f"product {'/'.join(key)} is already published "
+                                   f"by {products[key]}", step.step, "product.name", "rename one of them"))
+        if found:
+            problems.extend(found)
             continue
-        jobs[name] = build_job(playbook, translator, resources=resources, catalog=catalog)
-    issues = loaded.issues + duplicates  # broken, unknown sub-playbooks, duplicate names
+        products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
+                         for s in playbook.workflow if s.product})
+        parts[name] = build_definitions(playbook, translator)
+    issues = loaded.issues + problems
     if strict and issues:
         raise PlaybookError(issues)
     for issue in issues:
         logger.warning("playbook skipped: %s", issue)
-    return dg.Definitions(jobs=list(jobs.values()))
-
+    resources_defs = dg.Definitions(resources=default_resources(resources, catalog))
+    return dg.Definitions.merge(resources_defs, *parts.values())

@@ -1,28 +1,34 @@
-"""Emit a planned net as Dagster ops wired into a job.
+"""Emit a planned net as Dagster ops, wired into a job or a graph-backed multi-asset.
 
 * one op per step node, with an optional output per outbound arc (only fired arcs yield) and a
-  required ``result`` output (the step's result, ``noetl/steps`` metadata: status and runs);
+  ``result`` output (the step's result; metadata ``noetl/steps``: status and runs, plus CPU and
+  peak memory);
 * every node takes a fan-in list ``tokens`` of its inbound arcs, so an unfired branch is
   skipped without blocking a join, and the join runs once (skipped when no arc fired);
 * a parallel loop is ``<step>__fan_out`` -> ``<step>`` mapped per item -> ``<step>__collect``;
 * a region (cycle) is one op running the region interpreter;
-* the node holding ``start`` reads the run's workload overrides from its op config.
+* the node holding ``start`` reads the run's workload overrides from its op config;
+* a playbook with ``product:`` steps becomes a graph-backed multi-asset keyed ``[domain, name]``
+  (other steps stay ops inside it), with its checks as asset checks and an asset job.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import resource
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import dagster as dg
 
 from ..errors import StepFailed
 from ..playbook.catalog import PlaybookCatalog
+from ..playbook.loader import product_references
 from ..playbook.models import Playbook, Step
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
+from ..runtime.products import as_table
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
 from ..runtime.templates import TemplateFailure, condition
@@ -54,78 +60,95 @@ def default_resources(resources: Mapping[str, Any] | None = None,
 def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
               net: Net | None = None, resources: Mapping[str, Any] | None = None,
               catalog: PlaybookCatalog | None = None) -> dg.JobDefinition:
-    """Compile a validated playbook into a Dagster job.
+    """Compile a validated playbook into a standalone Dagster job (products are not assets here).
 
     ``resources`` replace the defaults of :func:`default_resources`, e.g.
     ``{"noetl_credentials": CredentialsResource(credentials={...})}``.
     """
+    emitter = _Emitter(playbook, translator or PlaybookTranslator(), net or plan(playbook))
+    return emitter.job(default_resources(resources, catalog or PlaybookCatalog.of([playbook])))
+
+
+def has_products(playbook: Playbook) -> bool:
+    return any(step.product is not None for step in playbook.workflow)
+
+
+def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None = None,
+                      net: Net | None = None) -> dg.Definitions:
+    """One playbook as definitions: a job, or (with products) assets, checks and an asset job,
+    plus a schedule for ``metadata.schedule``. Resources are the caller's (see
+    :func:`default_resources`)."""
     translator = translator or PlaybookTranslator()
-    net = net or plan(playbook)
-    name = translator.get_job_name(playbook)
-    # op definition names must be unique in a code location; graph nodes keep the step names
-    ops = {node.name: tuple(op.alias(op.name.removeprefix(f"{name}__"))
-                            for op in _node_ops(playbook, node, translator, name))
-           for node in net.nodes}
-
-    def compose() -> None:
-        handles: dict[str, dict[str, Any]] = {}
-        for node in net.nodes:
-            inputs = [handles[net.node_of_step[a.source]][a.output] for a in node.inbound]
-            kwargs = {"tokens": inputs} if inputs else {}
-            if node.kind == "loop":
-                fan_out, body, collect = ops[node.name]
-                context, items = fan_out(**kwargs)
-                outs = collect(loop_context=context, results=items.map(body).collect())
-            else:
-                (op,) = ops[node.name]
-                outs = op(**kwargs)
-            handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT: outs}
-
-    graph = dg.graph(name=name, description=translator.get_job_description(playbook))(compose)
-    return graph.to_job(
-        name=name,
+    emitter = _Emitter(playbook, translator, net or plan(playbook))
+    if not has_products(playbook):
+        job: Any = emitter.job()
+        return dg.Definitions(jobs=[job], schedules=_schedules(playbook, translator, job))
+    assets = emitter.asset_graph()
+    checks = [c for step in playbook.workflow if step.product for c in _checks(playbook, step)]
+    job = dg.define_asset_job(
+        name=emitter.name,
+        selection=dg.AssetSelection.assets(assets) | dg.AssetSelection.checks(*checks),
         description=translator.get_job_description(playbook),
         tags=translator.get_job_tags(playbook),
         metadata=translator.get_job_metadata(playbook),
         executor_def=translator.get_executor(playbook),
-        resource_defs=default_resources(resources, catalog or PlaybookCatalog.of([playbook])),
+        partitions_def=_partitions(playbook),
     )
+    return dg.Definitions(assets=[assets], asset_checks=checks, jobs=[job],
+                          schedules=_schedules(playbook, translator, job))
 
 
-def _outs(playbook: Playbook, node: Node, step: Step, translator: PlaybookTranslator) -> dict[str, dg.Out]:
-    outs = {RESULT: dg.Out(description=f"result of {', '.join(node.steps)}",
-                           metadata=code_reference(playbook.file, step.line, f"step {step.step}"))}
-    for arc in node.outbound:
-        outs[arc.output] = dg.Out(is_required=False, description=f"token {arc.source} -> {arc.target}")
-    return outs
+def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTranslator | None,
+                        workload: Mapping[str, Any]) -> dict[str, Any]:
+    """Run config that passes ``workload`` overrides to the entry op of the playbook's job."""
+    entry = next(n for n in net.nodes if n.is_entry)
+    op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
+    config: dict[str, Any] = {op_name: {"config": {"workload": dict(workload)}}}
+    if has_products(playbook):
+        config = {(translator or PlaybookTranslator()).get_job_name(playbook): {"ops": config}}
+    return {"ops": config}
 
 
-def _ins(node: Node) -> dict[str, dg.In]:
-    if not node.inbound:
-        return {}
-    return {"tokens": dg.In(list, description="tokens of the inbound arcs that fired")}
+def _partitions(playbook: Playbook) -> dg.PartitionsDefinition | None:
+    spec = playbook.metadata.partitions
+    if not spec:
+        return None
+    return dg.DailyPartitionsDefinition(start_date=str(spec["daily"]["start"]))
 
 
-def _run_info(context) -> RunInfo:
-    credentials = getattr(context.resources, CREDENTIALS)
-    return RunInfo(execution_id=context.run_id, log=context.log, resources={
-        "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
-        "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
+def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> list[dg.ScheduleDefinition]:
+    cron = playbook.metadata.schedule
+    if not cron:
+        return []
+    name = f"{translator.get_job_name(playbook)}__schedule"
+    if playbook.metadata.partitions:
+        return [dg.build_schedule_from_partitioned_job(job, name=name, cron_schedule=cron)]
+    return [dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron,
+                                  default_status=dg.DefaultScheduleStatus.STOPPED)]
 
 
-def _entry_context(playbook: Playbook, context: dg.OpExecutionContext) -> Context:
-    overrides = (context.op_config or {}).get("workload") or {}
-    return Context.initial({**playbook.workload, **overrides})
+def product_key(playbook: Playbook, step: Step) -> dg.AssetKey:
+    assert step.product is not None
+    return dg.AssetKey([playbook.metadata.domain, step.product.name])
 
 
-def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = None) -> dg.Failure:
-    metadata: dict[str, Any] = {"noetl/failed_step": exc.step}
-    description = redact(str(exc))
-    if exc.kind:
-        metadata["noetl/tool"] = exc.kind
-    if steps is not None:
-        metadata[STEPS_KEY] = dg.MetadataValue.json(dict(steps))
-    return dg.Failure(description=description, metadata=metadata, allow_retries=True)
+def _checks(playbook: Playbook, step: Step) -> list[dg.AssetChecksDefinition]:
+    from ..runtime.products import evaluate_check
+
+    key = product_key(playbook, step)
+    definitions = []
+    for check in step.product.checks:  # type: ignore[union-attr]
+        def run_check(context, product, _check=check):  # type: ignore[no-untyped-def]
+            passed, metadata = evaluate_check(_check, product)
+            return dg.AssetCheckResult(passed=passed, metadata=metadata,
+                                       severity=dg.AssetCheckSeverity.ERROR if _check.blocking
+                                       else dg.AssetCheckSeverity.WARN)
+
+        definitions.append(dg.asset_check(
+            asset=key, name=check.check_name, blocking=check.blocking,
+            description=check.description or f"{check.kind} check of {key.to_user_string()}",
+        )(run_check))
+    return definitions
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
@@ -135,158 +158,265 @@ def usage_metadata(run: RunInfo) -> dict[str, Any]:
             "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
-def _emit(node: Node, run: RunInfo, outcome_result: Any, steps_meta: dict[str, dict[str, Any]],
-          tokens: list[tuple[str, dict[str, Any]]]) -> Iterator[dg.Output]:
-    metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
-    yield dg.Output(outcome_result, RESULT, metadata=metadata)
-    for output, token in tokens:
-        yield dg.Output(token, output)
+def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = None) -> dg.Failure:
+    metadata: dict[str, Any] = {"noetl/failed_step": exc.step}
+    if exc.kind:
+        metadata["noetl/tool"] = exc.kind
+    if steps is not None:
+        metadata[STEPS_KEY] = dg.MetadataValue.json(dict(steps))
+    return dg.Failure(description=redact(str(exc)), metadata=metadata, allow_retries=True)
 
 
-def _fired_tokens(node: Node, step: str, outcome: Any) -> list[tuple[str, dict[str, Any]]]:
-    names = {(a.source, a.index): a.output for a in node.outbound}
-    return [(names[(step, index)], outcome.context.token(arc.step, arc_set))
-            for index, arc, arc_set in outcome.fired]
+def _with_params(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
+    """Give ``fn(**kwargs)`` an explicit signature: Dagster reads graph inputs from it."""
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    return fn
 
 
-def _node_ops(playbook: Playbook, node: Node, translator: PlaybookTranslator, prefix: str
-              ) -> tuple[dg.OpDefinition, ...]:
-    steps = playbook.steps
-    first = steps[node.steps[0]]
-    common = {
-        "required_resource_keys": set(RESOURCE_KEYS),
-        "description": translator.get_op_description(playbook, first),
-        "tags": translator.get_op_tags(playbook, first),
-        "retry_policy": translator.get_retry_policy(playbook, first),
-    }
-    config = WORKLOAD_CONFIG if node.is_entry else None
-    if node.kind == "region":
-        return (_region_op(playbook, node, translator, common, config, prefix),)
-    if node.kind == "loop":
-        return _loop_ops(playbook, node, first, translator, common, prefix)
-    step = first
+class _Emitter:
+    """Builds the ops of one playbook and wires them; op definition names are prefixed with the
+    job name (unique in a code location) while graph nodes keep the step names."""
 
-    def compute(context, tokens: list | None = None):  # type: ignore[no-untyped-def]
-        start = Context.merge(tokens) if tokens is not None else _entry_context(playbook, context)
-        run = _run_info(context)
-        try:
-            outcome = run_step(step, start, run)
-        except StepFailed as exc:
-            raise _failure(exc) from None
-        meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from _emit(node, run, outcome.result, meta, _fired_tokens(node, step.step, outcome))
+    def __init__(self, playbook: Playbook, translator: PlaybookTranslator, net: Net) -> None:
+        self.playbook = playbook
+        self.translator = translator
+        self.net = net
+        self.name = translator.get_job_name(playbook)
+        self.uses = product_references(playbook)
+        self.ops = {node.name: self._node_ops(node) for node in net.nodes}
 
-    return (dg.op(name=f"{prefix}__{node.name}", ins=_ins(node), out=_outs(playbook, node, step, translator),
-                  config_schema=config, **common)(_signature(compute, bool(node.inbound))),)
+    # -- wiring ---------------------------------------------------------------------------
+    def job(self, resource_defs: Mapping[str, Any] | None = None) -> dg.JobDefinition:
+        description = self.translator.get_job_description(self.playbook)
+        def compose() -> None:
+            self._wire({})
 
+        graph = dg.graph(name=self.name, description=description)(compose)
+        return graph.to_job(name=self.name, description=description,
+                            tags=self.translator.get_job_tags(self.playbook),
+                            metadata=self.translator.get_job_metadata(self.playbook),
+                            executor_def=self.translator.get_executor(self.playbook),
+                            resource_defs=dict(resource_defs or {}))
 
-def _signature(fn: Any, has_tokens: bool) -> Any:
-    """Dagster reads the op's inputs from the function signature: give it the right one."""
-    if has_tokens:
-        def with_tokens(context, tokens: list):  # type: ignore[no-untyped-def]
-            yield from fn(context, tokens)
-        return with_tokens
+    def asset_graph(self) -> dg.AssetsDefinition:
+        products = [s for s in self.playbook.workflow if s.product is not None]
+        domain = self.playbook.metadata.domain
+        outs = {}
+        for step in products:
+            assert step.product is not None
+            outs[step.product.name] = dg.AssetOut(
+                key=product_key(self.playbook, step),
+                group_name=domain,
+                description=step.product.description or step.description,
+                owners=step.product.owners or self.playbook.metadata.owners or None,
+                kinds={"noetl", step.tool[0].kind},
+                metadata={**code_reference(self.playbook.file, step.line, f"product {step.product.name}"),
+                          "noetl/playbook": self.playbook.metadata.catalog_path, "noetl/step": step.step},
+                is_required=False,
+                automation_condition=self.translator.get_automation_condition(self.playbook, step),
+            )
+        ins = {f"uses_{i}": dg.AssetIn(key=dg.AssetKey(path.split("/")), dagster_type=dg.Nothing)
+               for i, path in enumerate(self.uses)}
 
-    def entry(context):  # type: ignore[no-untyped-def]
-        yield from fn(context, None)
-    return entry
+        def compose(**uses: Any) -> dict[str, Any]:
+            handles = self._wire(uses)
+            return {s.product.name: handles[self.net.node_of_step[s.step]][RESULT]  # type: ignore[union-attr]
+                    for s in products}
 
+        return dg.graph_multi_asset(name=self.name, outs=outs, ins=ins, partitions_def=_partitions(self.playbook))(
+            _with_params(compose, list(ins)))
 
-def _region_op(playbook: Playbook, node: Node, translator: PlaybookTranslator, common: dict[str, Any],
-               config: Any, prefix: str) -> dg.OpDefinition:
-    members = {name: playbook.steps[name] for name in node.steps}
-    entry_step = playbook.steps[node.name] if node.name in members else members[node.steps[0]]
-    limit = int(playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
-    names = {(a.source, a.index): a.output for a in node.outbound}
-    common = {**common, "description": translator.get_op_description(playbook, entry_step) +
-              f"\n\nCycle over steps: {', '.join(node.steps)}",
-              "tags": {**translator.get_op_tags(playbook, entry_step), "noetl/region": ",".join(node.steps)}}
-
-    def compute(context, tokens: list | None = None):  # type: ignore[no-untyped-def]
-        if tokens is None:
-            entries = [("start", _entry_context(playbook, context))]
-        else:
-            by_target: dict[str, list] = {}
-            for token in tokens:
-                by_target.setdefault(token["to"], []).append(token)
-            entries = [(target, Context.merge(group)) for target, group in by_target.items()]
-        run = _run_info(context)
-        try:
-            outcome = run_region(members, entries, run, limit)
-        except RegionFailed as exc:
-            raise _failure(exc, {k: {"status": r.status, "runs": r.runs} for k, r in exc.records.items()}) from None
-        meta = {k: {"status": r.status, "runs": r.runs} for k, r in outcome.records.items()}
-        results = {k: r.result for k, r in outcome.records.items() if r.status == "success"}
-        fired = [(names[key], token) for key, token in outcome.exits.items()]
-        yield from _emit(node, run, results, meta, fired)
-
-    return dg.op(name=f"{prefix}__{node.name}", ins=_ins(node), out=_outs(playbook, node, entry_step, translator),
-                 config_schema=config, **common)(_signature(compute, bool(node.inbound)))
-
-
-def _loop_ops(playbook: Playbook, node: Node, step: Step, translator: PlaybookTranslator,
-              common: dict[str, Any], prefix: str) -> tuple[dg.OpDefinition, ...]:
-    config = WORKLOAD_CONFIG if node.is_entry else None
-
-    def fan_out(context, tokens: list | None = None):  # type: ignore[no-untyped-def]
-        start = Context.merge(tokens) if tokens is not None else _entry_context(playbook, context)
-        run = _run_info(context)
-        try:
-            guarded = step.when is not None and not condition(step.when, start.scope(run.execution_id))
-            items = [] if guarded else loop_items(step, start.scope(run.execution_id))
-        except TemplateFailure as exc:
-            raise _failure(StepFailed(step.step, f"when: {exc}")) from None
-        except StepFailed as exc:
-            raise _failure(exc) from None
-        token = start.token(step.step, start.arc)
-        yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, "loop_context")
-        for index, item in enumerate(items):
-            yield dg.DynamicOutput({"token": token, "item": item, "index": index, "total": len(items)},
-                                   mapping_key=f"i{index:05d}", output_name="items")
-
-    def body(context, work: dict):  # type: ignore[no-untyped-def]
-        start = Context.merge([work["token"]])
-        run = _run_info(context)
-        try:
-            result = run_iteration(step, start, run, work["item"], work["index"], work["total"])
-        except StepFailed as exc:
-            raise _failure(exc) from None
-        return dg.Output({"value": result.value, "ctx_updates": result.ctx_updates}, RESULT,
-                         metadata=usage_metadata(run))
-
-    def collect(context, loop_context: dict, results: list):  # type: ignore[no-untyped-def]
-        start = Context.merge([loop_context["token"]])
-        run = _run_info(context)
-        try:
-            if loop_context["skipped"]:
-                outcome = run_step(step, start, run)  # the guard is false again: skip-through
+    def _wire(self, uses: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        handles: dict[str, dict[str, Any]] = {}
+        for node in self.net.nodes:
+            kwargs: dict[str, Any] = {}
+            inputs = [handles[self.net.node_of_step[a.source]][a.output] for a in node.inbound]
+            if inputs:
+                kwargs["tokens"] = inputs
+            if node.is_entry:
+                kwargs.update(uses)
+            ops = self.ops[node.name]
+            if node.kind == "loop":
+                fan_out, body, collect = ops
+                context, items = fan_out(**kwargs)
+                outs = collect(loop_context=context, results=items.map(body).collect())
             else:
-                bodies = [Body(r["value"], r["ctx_updates"]) for r in results]
-                outcome = finish_step(step, start, run, bodies)
-        except StepFailed as exc:
-            raise _failure(exc) from None
+                outs = ops[0](**kwargs)
+            handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT: outs}
+        return handles
+
+    # -- ops ------------------------------------------------------------------------------
+    def _op(self, local: str, fn: Callable[..., Any], *, ins: Mapping[str, dg.In], outs: Mapping[str, Any],
+            config: Any = None, **kwargs: Any) -> Any:
+        definition = dg.OpDefinition(
+            compute_fn=fn, name=f"{self.name}__{local}", ins=dict(ins), outs=dict(outs),
+            config_schema=config, required_resource_keys=set(RESOURCE_KEYS), **kwargs)
+        return definition.alias(local)
+
+    def _common(self, step: Step, extra_description: str = "") -> dict[str, Any]:
+        return {"description": self.translator.get_op_description(self.playbook, step) + extra_description,
+                "tags": self.translator.get_op_tags(self.playbook, step),
+                "retry_policy": self.translator.get_retry_policy(self.playbook, step)}
+
+    def _ins(self, node: Node) -> dict[str, dg.In]:
+        ins: dict[str, dg.In] = {}
+        if node.inbound:
+            ins["tokens"] = dg.In(list, description="tokens of the inbound arcs that fired")
+        if node.is_entry:
+            ins.update({f"uses_{i}": dg.In(dg.Nothing, description=f"after product {p}")
+                        for i, p in enumerate(self.uses)})
+        return ins
+
+    def _outs(self, node: Node, step: Step) -> dict[str, Any]:
+        outs: dict[str, Any] = {RESULT: dg.Out(
+            is_required=False, description=f"result of {', '.join(node.steps)}",
+            metadata=code_reference(self.playbook.file, step.line, f"step {step.step}"))}
+        for arc in node.outbound:
+            outs[arc.output] = dg.Out(is_required=False, description=f"token {arc.source} -> {arc.target}")
+        return outs
+
+    def _start(self, context, inputs: Mapping[str, Any]) -> Context:  # type: ignore[no-untyped-def]
+        tokens = inputs.get("tokens")
+        if tokens is not None:
+            return Context.merge(tokens)
+        overrides = (context.op_config or {}).get("workload") or {}
+        return Context.initial({**self.playbook.workload, **overrides})
+
+    def _run_info(self, context) -> RunInfo:  # type: ignore[no-untyped-def]
+        credentials = getattr(context.resources, CREDENTIALS)
+        globals_: dict[str, Any] = {}
+        if context.has_partition_key:
+            globals_["partition_key"] = context.partition_key
+        return RunInfo(execution_id=context.run_id, log=context.log, globals=globals_, resources={
+            "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
+            "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
+
+    def _emit(self, node: Node, run: RunInfo, result: Any, steps_meta: dict[str, dict[str, Any]],
+              tokens: list[tuple[str, dict[str, Any]]], publish: bool = True) -> Iterator[dg.Output]:
+        if publish:
+            metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
+            yield dg.Output(result, RESULT, metadata=metadata)
+        for output, token in tokens:
+            yield dg.Output(token, output)
+
+    def _step_outputs(self, node: Node, step: Step, run: RunInfo, outcome: Any) -> Iterator[dg.Output]:
+        names = {(a.source, a.index): a.output for a in node.outbound}
+        tokens = [(names[(step.step, i)], outcome.context.token(arc.step, arc_set)) for i, arc, arc_set in outcome.fired]
+        value = outcome.result
+        if step.product is not None and step.product.kind != "file":
+            value = as_table(value) if as_table(value) is not None else value
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from _emit(node, run, outcome.result, meta, _fired_tokens(node, step.step, outcome))
+        yield from self._emit(node, run, value, meta, tokens, publish=outcome.status == "success")
 
-    fan_tags = {**common["tags"], "noetl/role": "loop-fan-out"}
-    fan_op = dg.op(
-        name=f"{prefix}__{node.name}__fan_out", ins=_ins(node),
-        out={"loop_context": dg.Out(description="the loop's input context"),
-             "items": dg.DynamicOut(description="one output per loop item")},
-        config_schema=config, description=f"Evaluate `loop.in` of `{step.step}` and fan out its items.",
-        tags=fan_tags, required_resource_keys=set(RESOURCE_KEYS),
-    )(_signature(fan_out, bool(node.inbound)))
-    body_op = dg.op(name=f"{prefix}__{node.name}", ins={"work": dg.In(dict)}, out={RESULT: dg.Out()},
-                    **common)(body)
+    def _node_ops(self, node: Node) -> tuple[Any, ...]:
+        first = self.playbook.steps[node.steps[0]]
+        config = WORKLOAD_CONFIG if node.is_entry else None
+        if node.kind == "region":
+            return (self._region_op(node, config),)
+        if node.kind == "loop":
+            return self._loop_ops(node, first, config)
+        step = first
 
-    collect_op = dg.op(
-        name=f"{prefix}__{node.name}__collect",
-        ins={"loop_context": dg.In(dict), "results": dg.In(list)},
-        out=_outs(playbook, node, step, translator),
-        description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
-        tags={**common["tags"], "noetl/role": "loop-collect"}, required_resource_keys=set(RESOURCE_KEYS),
-    )(collect)
-    return fan_op, body_op, collect_op
+        def compute(context, inputs):  # type: ignore[no-untyped-def]
+            start = self._start(context, inputs)
+            run = self._run_info(context)
+            try:
+                outcome = run_step(step, start, run)
+            except StepFailed as exc:
+                raise _failure(exc) from None
+            yield from self._step_outputs(node, step, run, outcome)
+
+        return (self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, step), config=config,
+                         **self._common(step)),)
+
+    def _region_op(self, node: Node, config: Any) -> Any:
+        members = {name: self.playbook.steps[name] for name in node.steps}
+        entry_step = members.get(node.name) or members[node.steps[0]]
+        limit = int(self.playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
+        names = {(a.source, a.index): a.output for a in node.outbound}
+        common = self._common(entry_step, f"\n\nCycle over steps: {', '.join(node.steps)}")
+        common["tags"] = {**common["tags"], "noetl/region": ",".join(node.steps)}
+
+        def compute(context, inputs):  # type: ignore[no-untyped-def]
+            tokens = inputs.get("tokens")
+            if tokens is None:
+                entries = [("start", self._start(context, inputs))]
+            else:
+                by_target: dict[str, list] = {}
+                for token in tokens:
+                    by_target.setdefault(token["to"], []).append(token)
+                entries = [(target, Context.merge(group)) for target, group in by_target.items()]
+            run = self._run_info(context)
+            try:
+                outcome = run_region(members, entries, run, limit)
+            except RegionFailed as exc:
+                raise _failure(exc, {k: {"status": r.status, "runs": r.runs} for k, r in exc.records.items()}) from None
+            meta = {k: {"status": r.status, "runs": r.runs} for k, r in outcome.records.items()}
+            results = {k: r.result for k, r in outcome.records.items() if r.status == "success"}
+            fired = [(names[key], token) for key, token in outcome.exits.items()]
+            yield from self._emit(node, run, results, meta, fired)
+
+        return self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, entry_step), config=config,
+                        **common)
+
+    def _loop_ops(self, node: Node, step: Step, config: Any) -> tuple[Any, ...]:
+        common = self._common(step)
+
+        def fan_out(context, inputs):  # type: ignore[no-untyped-def]
+            start = self._start(context, inputs)
+            run = self._run_info(context)
+            scope = start.scope(run.execution_id, run.globals)
+            try:
+                guarded = step.when is not None and not condition(step.when, scope)
+                items = [] if guarded else loop_items(step, scope)
+            except TemplateFailure as exc:
+                raise _failure(StepFailed(step.step, f"when: {exc}")) from None
+            except StepFailed as exc:
+                raise _failure(exc) from None
+            token = start.token(step.step, start.arc)
+            yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, "loop_context")
+            for index, item in enumerate(items):
+                yield dg.DynamicOutput({"token": token, "item": item, "index": index, "total": len(items)},
+                                       mapping_key=f"i{index:05d}", output_name="items")
+
+        def body(context, inputs):  # type: ignore[no-untyped-def]
+            work = inputs["work"]
+            run = self._run_info(context)
+            try:
+                result = run_iteration(step, Context.merge([work["token"]]), run, work["item"], work["index"],
+                                       work["total"])
+            except StepFailed as exc:
+                raise _failure(exc) from None
+            yield dg.Output({"value": result.value, "ctx_updates": result.ctx_updates}, RESULT,
+                            metadata=usage_metadata(run))
+
+        def collect(context, inputs):  # type: ignore[no-untyped-def]
+            loop_context, results = inputs["loop_context"], inputs["results"]
+            start = Context.merge([loop_context["token"]])
+            run = self._run_info(context)
+            try:
+                if loop_context["skipped"]:
+                    outcome = run_step(step, start, run)  # the guard is false again: skip-through
+                else:
+                    outcome = finish_step(step, start, run, [Body(r["value"], r["ctx_updates"]) for r in results])
+            except StepFailed as exc:
+                raise _failure(exc) from None
+            yield from self._step_outputs(node, step, run, outcome)
+
+        fan_op = self._op(
+            f"{node.name}__fan_out", fan_out, ins=self._ins(node), config=config,
+            outs={"loop_context": dg.Out(description="the loop's input context"),
+                  "items": dg.DynamicOut(description="one output per loop item")},
+            description=f"Evaluate `loop.in` of `{step.step}` and fan out its items.",
+            tags={**common["tags"], "noetl/role": "loop-fan-out"})
+        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT: dg.Out()}, **common)
+        collect_op = self._op(
+            f"{node.name}__collect", collect, ins={"loop_context": dg.In(dict), "results": dg.In(list)},
+            outs=self._outs(node, step),
+            description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
+            tags={**common["tags"], "noetl/role": "loop-collect"})
+        return fan_op, body_op, collect_op
 
 
 def steps_metadata(event_metadata: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -103,21 +103,66 @@ class PlaybookTranslator:
         """NoETL has no step-level retry; pipelines retry inside the op. Override to add one."""
         return None
 
+    def get_automation_condition(self, playbook: Playbook, step: Step) -> dg.AutomationCondition | None:
+        """How a product refreshes by itself: ``metadata.dagster.automation: eager`` re-runs the
+        playbook when an upstream product it reads changed; default None (schedules and manual runs).
+        """
+        if playbook.metadata.dagster.get("automation") == "eager":
+            return dg.AutomationCondition.eager()
+        return None
+
     def get_executor(self, playbook: Playbook) -> dg.ExecutorDefinition:
         """In-process by default (about 5-10 ms per step instead of 1.5-2 s per spawned step).
 
         ``metadata.dagster.executor: multiprocess`` (with ``max_concurrent``) selects a
         forkserver multiprocess executor with Dagster and this package preloaded.
+
+        ``metadata.dagster.executor: k8s`` selects dagster-k8s's ``k8s_job_executor``: every step
+        runs in its own Kubernetes Job, sized by its ``dagster-k8s/config`` tag (the step's
+        ``hardware:`` extension). ``metadata.dagster.k8s`` optionally configures it with the
+        executor's own keys (``job_namespace``, ``max_concurrent``, ``image_pull_policy``,
+        ``env_vars``, ``step_k8s_config``, ``per_step_k8s_config`` keyed by step, ...); the
+        block is checked here, so a typo is a load error naming the playbook. Without it the
+        executor takes its defaults from the ``K8sRunLauncher`` and stays configurable per run
+        (``execution: {config: {...}}``).
         """
-        choice = playbook.metadata.dagster.get("executor", "in_process")
+        block = playbook.metadata.dagster
+        choice = block.get("executor", "in_process")
         if choice == "multiprocess":
             config: dict[str, Any] = {
                 "start_method": {"forkserver": {"preload_modules": ["dagster", "noetl_dagster"]}}
             }
-            if playbook.metadata.dagster.get("max_concurrent"):
-                config["max_concurrent"] = int(playbook.metadata.dagster["max_concurrent"])
+            if block.get("max_concurrent"):
+                config["max_concurrent"] = int(block["max_concurrent"])
             return dg.multiprocess_executor.configured(config)
-        return dg.in_process_executor
+        if choice in (None, "in_process"):
+            return dg.in_process_executor
+
+        from ..errors import Issue, PlaybookError
+
+        def problem(message: str, field: str, hint: str | None = None) -> PlaybookError:
+            return PlaybookError([Issue(playbook.file, 1, 1, message, field=field, hint=hint)])
+
+        if choice not in ("k8s", "kubernetes"):
+            raise problem(f"unknown executor {choice!r}", "metadata.dagster.executor",
+                          "use in_process (default), multiprocess or k8s")
+        from dagster._config import process_config
+        from dagster_k8s import k8s_job_executor
+
+        k8s = block.get("k8s") or {}
+        if not isinstance(k8s, Mapping):
+            raise problem("`k8s` must be a mapping of k8s_job_executor settings", "metadata.dagster.k8s",
+                          "e.g. `k8s: {job_namespace: etl, max_concurrent: 4}`")
+        k8s = dict(k8s)
+        if block.get("max_concurrent") and "max_concurrent" not in k8s:
+            k8s["max_concurrent"] = int(block["max_concurrent"])
+        if not k8s:
+            return k8s_job_executor
+        checked = process_config(k8s_job_executor.config_schema.config_type, k8s)
+        if not checked.success:
+            raise problem("; ".join(e.message for e in checked.errors), "metadata.dagster.k8s",
+                          "see dagster_k8s.k8s_job_executor's config")
+        return k8s_job_executor.configured(k8s)
 
 
 def code_reference(file: str, line: int, label: str) -> dict[str, Any]:
