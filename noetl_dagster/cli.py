@@ -80,9 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if report.status == "success" else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def console() -> None:
+    """The ``noetl-dagster`` console script: `noetl-dagster run ... | head` ends quietly."""
     if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `noetl-dagster run ... | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="noetl-dagster", description="Run NoETL playbooks on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check playbooks; print every problem")
@@ -102,4 +107,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

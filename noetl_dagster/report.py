@@ -58,9 +58,6 @@ class RunReport:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "to_pylist") and hasattr(value, "num_rows"):  # an Arrow table (a product)
-        return value.to_pylist() if value.num_rows <= 1000 else {"num_rows": value.num_rows,
-                                                                 "columns": value.column_names}
     if hasattr(value, "to_dict") and callable(value.to_dict):
         return value.to_dict()
     if hasattr(value, "isoformat"):
@@ -101,7 +98,7 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
     if has_products(playbook):
         defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
                                     dg.Definitions(resources=default_resources(resources, catalog)))
-        job = defs.get_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
+        job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
     else:
         job = build_job(playbook, translator, net, resources, catalog)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
@@ -144,12 +141,11 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
             continue
         if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
             loop_runs[node.name] = loop_runs.get(node.name, 0) + 1
-        if event.event_type_value == "STEP_OUTPUT" and event.step_output_data.output_name == RESULT:
-            if node.kind == "loop" and not local.endswith("__collect"):
-                continue
+        if event.event_type_value == "STEP_OUTPUT":
+            output = event.step_output_data.output_name
             for name, meta in steps_metadata(event.step_output_data.metadata).items():
                 steps[name].status, steps[name].runs = meta["status"], meta["runs"]
-                steps[name].result = _result_value(result, node, _MAPPED.sub("", key), name)
+                steps[name].result = plain(_result_value(result, node, _MAPPED.sub("", key), output, name))
         elif event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
             meta = data.user_failure_data.metadata if data.user_failure_data else {}
@@ -171,9 +167,26 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
     return RunReport(status, result.run_id, steps)
 
 
-def _result_value(result: dg.ExecuteInProcessResult, node: Any, key: str, step: str) -> Any:
+#: a product table with more rows than this is reported as a summary, not as rows
+REPORT_MAX_ROWS = 1000
+
+
+def plain(value: Any) -> Any:
+    """A report value: Arrow tables (products) become rows, or a summary when large."""
+    if hasattr(value, "to_pylist") and hasattr(value, "num_rows"):
+        if value.num_rows <= REPORT_MAX_ROWS:
+            return value.to_pylist()
+        return {"num_rows": value.num_rows, "columns": value.column_names}
+    return value
+
+
+def _result_value(result: dg.ExecuteInProcessResult, node: Any, key: str, output: str, step: str) -> Any:
+    """The step's result from the op's ``result`` output, or from the token it rode on."""
     try:
-        value = result.output_for_node(key, RESULT)
+        value = result.output_for_node(key, output)
     except Exception:  # noqa: BLE001 - not kept in memory (another IO manager): no value
         return None
+    if output != RESULT:
+        stamped = (value.get("results") or {}).get(step)
+        return stamped[1] if stamped else None
     return value.get(step) if node.kind == "region" else value

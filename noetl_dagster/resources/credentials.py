@@ -2,7 +2,7 @@
 
 A step's tool names a credential by alias (``auth: pg_main``, ``auth: {type: bearer,
 credential: api_token}``); ops resolve it through the ``noetl_credentials`` resource, a
-:class:`CredentialsResource`. Secret values never go into results, events or error messages:
+:class:`CredentialsResource`. Secret values must never reach results, events or error messages:
 every secret resolved in this process is remembered so that :func:`redact` can mask it in any
 text (error messages, logs) before it is shown.
 """

@@ -25,10 +25,10 @@ import dagster as dg
 from ..errors import StepFailed
 from ..playbook.catalog import PlaybookCatalog
 from ..playbook.loader import product_references
-from ..playbook.models import Playbook, Step
+from ..playbook.models import Playbook, ProductCheck, Step
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
-from ..runtime.products import as_table
+from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
 from ..runtime.templates import TemplateFailure, condition
@@ -133,22 +133,20 @@ def product_key(playbook: Playbook, step: Step) -> dg.AssetKey:
 
 
 def _checks(playbook: Playbook, step: Step) -> list[dg.AssetChecksDefinition]:
-    from ..runtime.products import evaluate_check
-
     key = product_key(playbook, step)
-    definitions = []
-    for check in step.product.checks:  # type: ignore[union-attr]
-        def run_check(context, product, _check=check):  # type: ignore[no-untyped-def]
-            passed, metadata = evaluate_check(_check, product)
-            return dg.AssetCheckResult(passed=passed, metadata=metadata,
-                                       severity=dg.AssetCheckSeverity.ERROR if _check.blocking
-                                       else dg.AssetCheckSeverity.WARN)
+    return [_check_definition(key, check) for check in step.product.checks]  # type: ignore[union-attr]
 
-        definitions.append(dg.asset_check(
-            asset=key, name=check.check_name, blocking=check.blocking,
-            description=check.description or f"{check.kind} check of {key.to_user_string()}",
-        )(run_check))
-    return definitions
+
+def _check_definition(key: dg.AssetKey, check: ProductCheck) -> dg.AssetChecksDefinition:
+    severity = dg.AssetCheckSeverity.ERROR if check.blocking else dg.AssetCheckSeverity.WARN
+
+    def run_check(context, product):  # type: ignore[no-untyped-def]
+        passed, metadata = evaluate_check(check, product)
+        return dg.AssetCheckResult(passed=passed, metadata=metadata, severity=severity)
+
+    return dg.asset_check(asset=key, name=check.check_name, blocking=check.blocking,
+                          description=check.description or f"{check.kind} check of {key.to_user_string()}",
+                          )(run_check)
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
@@ -207,7 +205,6 @@ class _Emitter:
             assert step.product is not None
             outs[step.product.name] = dg.AssetOut(
                 key=product_key(self.playbook, step),
-                group_name=domain,
                 description=step.product.description or step.description,
                 owners=step.product.owners or self.playbook.metadata.owners or None,
                 kinds={"noetl", step.tool[0].kind},
@@ -224,7 +221,8 @@ class _Emitter:
             return {s.product.name: handles[self.net.node_of_step[s.step]][RESULT]  # type: ignore[union-attr]
                     for s in products}
 
-        return dg.graph_multi_asset(name=self.name, outs=outs, ins=ins, partitions_def=_partitions(self.playbook))(
+        return dg.graph_multi_asset(name=self.name, outs=outs, ins=ins, group_name=domain,
+                                    partitions_def=_partitions(self.playbook))(
             _with_params(compose, list(ins)))
 
     def _wire(self, uses: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -292,22 +290,29 @@ class _Emitter:
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
 
-    def _emit(self, node: Node, run: RunInfo, result: Any, steps_meta: dict[str, dict[str, Any]],
-              tokens: list[tuple[str, dict[str, Any]]], publish: bool = True) -> Iterator[dg.Output]:
-        if publish:
-            metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
+    def _emit(self, context, node: Node, run: RunInfo, result: Any,  # type: ignore[no-untyped-def]
+              steps_meta: dict[str, dict[str, Any]], tokens: list[tuple[str, dict[str, Any]]],
+              publish: bool = True) -> Iterator[dg.Output]:
+        """The ``result`` output, then the fired tokens. Inside an asset graph a non-product
+        step's ``result`` is not selected (nothing consumes it), so its status metadata rides on
+        the first token instead (the run report reads it from there)."""
+        metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
+        if publish and RESULT in context.selected_output_names:
             yield dg.Output(result, RESULT, metadata=metadata)
+            metadata = {}
         for output, token in tokens:
-            yield dg.Output(token, output)
+            yield dg.Output(token, output, metadata=metadata)
+            metadata = {}
 
-    def _step_outputs(self, node: Node, step: Step, run: RunInfo, outcome: Any) -> Iterator[dg.Output]:
+    def _step_outputs(self, context, node: Node, step: Step, run: RunInfo,  # type: ignore[no-untyped-def]
+                      outcome: Any) -> Iterator[dg.Output]:
         names = {(a.source, a.index): a.output for a in node.outbound}
         tokens = [(names[(step.step, i)], outcome.context.token(arc.step, arc_set)) for i, arc, arc_set in outcome.fired]
         value = outcome.result
         if step.product is not None and step.product.kind != "file":
             value = as_table(value) if as_table(value) is not None else value
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from self._emit(node, run, value, meta, tokens, publish=outcome.status == "success")
+        yield from self._emit(context, node, run, value, meta, tokens, publish=outcome.status == "success")
 
     def _node_ops(self, node: Node) -> tuple[Any, ...]:
         first = self.playbook.steps[node.steps[0]]
@@ -325,7 +330,7 @@ class _Emitter:
                 outcome = run_step(step, start, run)
             except StepFailed as exc:
                 raise _failure(exc) from None
-            yield from self._step_outputs(node, step, run, outcome)
+            yield from self._step_outputs(context, node, step, run, outcome)
 
         return (self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, step), config=config,
                          **self._common(step)),)
@@ -355,7 +360,7 @@ class _Emitter:
             meta = {k: {"status": r.status, "runs": r.runs} for k, r in outcome.records.items()}
             results = {k: r.result for k, r in outcome.records.items() if r.status == "success"}
             fired = [(names[key], token) for key, token in outcome.exits.items()]
-            yield from self._emit(node, run, results, meta, fired)
+            yield from self._emit(context, node, run, results, meta, fired)
 
         return self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, entry_step), config=config,
                         **common)
@@ -402,7 +407,7 @@ class _Emitter:
                     outcome = finish_step(step, start, run, [Body(r["value"], r["ctx_updates"]) for r in results])
             except StepFailed as exc:
                 raise _failure(exc) from None
-            yield from self._step_outputs(node, step, run, outcome)
+            yield from self._step_outputs(context, node, step, run, outcome)
 
         fan_op = self._op(
             f"{node.name}__fan_out", fan_out, ins=self._ins(node), config=config,

@@ -4,9 +4,13 @@ from .base import Tool, ToolContext, ToolError, get_tool, register_tool, support
 from .duckdb import DuckDBTool
 from .http import HttpTool
 from .noop import NoopTool
+from .playbook import PlaybookTool
+from .postgres import PostgresTool
 from .python import PythonTool
+from .shell import ShellTool
 
-for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool()):
+for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
+              PlaybookTool()):
     register_tool(_tool)
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.

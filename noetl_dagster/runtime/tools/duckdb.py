@@ -1,35 +1,105 @@
 """``kind: duckdb``: a query on an in-memory (or ``db_path``) DuckDB database.
 
 Result ``{columns, rows: [{col: value}], row_count}`` for queries (rows as lists with
-``as_objects: false``), ``{affected_rows}`` for statements without a result set. ``params``
-are bound as parameters; ``query`` (alias ``command``) is rendered as a template.
+``as_objects: false``), ``{affected_rows}`` for statements without a result set. ``query``
+(alias ``command``; a list is joined into one script) is rendered as a template.
+
+``params`` (a list for ``?``/``$1``, a mapping for ``$name``) are bound by DuckDB, never
+formatted into the SQL.
+
+Arrow data from earlier steps can be queried as tables:
+
+* ``tables: {orders: "{{ load.table }}"}`` registers each value under its name: a
+  ``pyarrow.Table``/``RecordBatch``/``RecordBatchReader``, a pandas DataFrame, a list of row
+  mappings, or a postgres/duckdb step result (``{columns, rows}``);
+* a step whose whole result is a ``pyarrow.Table`` can be named directly in the SQL
+  (``SELECT * FROM load``).
+
+Example::
+
+    - step: totals
+      tool:
+        kind: duckdb
+        tables: {o: "{{ load.orders }}"}
+        query: SELECT region, sum(amount) AS total FROM o WHERE amount > $min GROUP BY region
+        params: {min: 10}
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Mapping
 
 from .base import Tool, ToolContext, ToolError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _as_relation(name: str, value: Any) -> Any:
+    """A value DuckDB can register as a table (Arrow, pandas, rows), or a ToolError."""
+    import pyarrow as pa
+
+    if isinstance(value, (pa.Table, pa.RecordBatch, pa.RecordBatchReader)):
+        return value
+    if type(value).__name__ == "DataFrame":  # pandas / polars, registered as they are
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("rows"), list):
+        rows, columns = value["rows"], value.get("columns")
+        if rows and not isinstance(rows[0], Mapping) and columns:
+            rows = [dict(zip(columns, r)) for r in rows]
+        if not rows and columns:
+            return pa.table({c: pa.array([], pa.null()) for c in columns})
+        value = rows
+    if isinstance(value, list) and all(isinstance(r, Mapping) for r in value):
+        try:
+            return pa.Table.from_pylist([dict(r) for r in value])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ToolError(f"duckdb: table {name!r}: rows do not form a table: {exc}") from None
+    raise ToolError(f"duckdb: table {name!r} must be a pyarrow Table, a DataFrame or a list of "
+                    f"row mappings, got {type(value).__name__}")
 
 
 class DuckDBTool(Tool):
     kind = "duckdb"
 
     def validate(self, config):  # type: ignore[no-untyped-def]
+        problems = []
         if not (config.get("query") or config.get("command")):
-            return [("query", "a duckdb tool needs `query:` (or `command:`)", None)]
-        return []
+            problems.append(("query", "a duckdb tool needs `query:` (or `command:`)", None))
+        tables = config.get("tables")
+        if tables is not None:
+            if not isinstance(tables, Mapping):
+                problems.append(("tables", "`tables` must map table names to values", None))
+            else:
+                for name in tables:
+                    if not _NAME.match(str(name)):
+                        problems.append(("tables", f"table name {name!r} is not an identifier", None))
+        return problems
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         import duckdb
+        import pyarrow as pa
 
         query = ctx.render(config.get("query") or config.get("command"))
         if isinstance(query, list):
             query = ";\n".join(str(q) for q in query)
         params = ctx.render(config.get("params"))
         db_path = ctx.render(config.get("db_path")) or ":memory:"
+        tables = ctx.render(config.get("tables")) or {}
+        if not isinstance(tables, Mapping):
+            raise ToolError("duckdb: `tables` must render to a mapping of name: table")
+        relations = {str(name): _as_relation(str(name), value) for name, value in tables.items()}
+        # a step whose result is an Arrow table can be named in the SQL directly
+        for name, value in ctx.scope.items():
+            if (name not in relations and isinstance(value, pa.Table) and _NAME.match(name)
+                    and re.search(rf"\b{re.escape(name)}\b", str(query))):
+                relations[name] = value
+        if params is not None and not isinstance(params, (list, tuple, Mapping)):
+            params = [params]
         try:
             with duckdb.connect(str(db_path)) as con:
+                for name, relation in relations.items():
+                    con.register(name, relation)
                 cursor = con.execute(str(query), params) if params else con.execute(str(query))
                 if cursor.description is None:
                     return {"affected_rows": 0}
@@ -37,8 +107,18 @@ class DuckDBTool(Tool):
                 rows = cursor.fetchall()
         except duckdb.Error as exc:
             raise ToolError(f"DuckDB: {exc}") from exc
+        if columns == ["Count"] and len(rows) <= 1 and _is_statement(str(query)):
+            return {"affected_rows": int(rows[0][0]) if rows else 0}
         if config.get("as_objects", True):
             data = [dict(zip(columns, row)) for row in rows]
         else:
             data = [list(row) for row in rows]
         return {"columns": columns, "rows": data, "row_count": len(data)}
+
+
+def _is_statement(query: str) -> bool:
+    """Whether the last statement changes data or schema (DuckDB reports those as ``Count``)."""
+    last = [s for s in query.split(";") if s.strip()]
+    return bool(last) and bool(re.match(
+        r"\s*(insert|update|delete|merge|create|drop|alter|copy|truncate|attach|detach|use|set|load|install)\b",
+        last[-1], re.IGNORECASE))
