@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from ..errors import StepFailed
 from ..playbook.models import Arc, Step, Task
 from .context import Context
-from .templates import TemplateFailure, condition, render_value
+from .templates import TemplateFailure, condition, freeze, render_value
 from .tools import ToolContext, ToolError, get_tool
 
 #: a pipeline jump loop stops after this many task executions (NoETL's cap is 1e6)
@@ -203,16 +203,16 @@ def run_pipeline(step: Step, tool_ctx: ToolContext, run: RunInfo) -> Body:
         data, error = _run_task(step, task, tool_ctx, running)
         if error is None:
             results[task.name] = data
-            running[task.name] = _frozen(data, alias=True)
+            running[task.name] = freeze(data, data_alias=True)
             if task.set:
-                scope = {**running, "output": _frozen(data)}
+                scope = {**running, "output": freeze(data)}
                 try:
-                    running.update({k: _frozen(render_value(v, scope)) for k, v in task.set.items()})
+                    running.update({k: freeze(render_value(v, scope)) for k, v in task.set.items()})
                 except TemplateFailure as exc:
                     raise _fail(step, f"task {task.name!r} set: {exc}") from None
         envelope = {"status": "success" if error is None else "error", "data": data,
                     "error": None if error is None else {"message": error, "retryable": False}}
-        rule = _match_rule(step, task, {**running, "output": _frozen(envelope), "_attempt": attempt})
+        rule = _match_rule(step, task, {**running, "output": freeze(envelope), "_attempt": attempt})
         if rule is None:
             if error is not None:
                 raise _fail(step, f"task {task.name!r} failed: {error}", task.kind)
@@ -220,12 +220,12 @@ def run_pipeline(step: Step, tool_ctx: ToolContext, run: RunInfo) -> Body:
             continue
         then = rule.then
         if then.set:
-            scope = {**running, "output": _frozen(envelope), "_attempt": attempt}
+            scope = {**running, "output": freeze(envelope), "_attempt": attempt}
             try:
                 values = {k: render_value(v, scope) for k, v in then.set.items()}
             except TemplateFailure as exc:
                 raise _fail(step, f"task {task.name!r} policy set: {exc}") from None
-            running.update({k: _frozen(v) for k, v in values.items()})
+            running.update({k: freeze(v) for k, v in values.items()})
             ctx_updates.update(values)
         if then.do == "continue":
             if error is not None:
@@ -250,18 +250,12 @@ def run_pipeline(step: Step, tool_ctx: ToolContext, run: RunInfo) -> Body:
     return Body(value, ctx_updates)
 
 
-def _frozen(value: Any, alias: bool = False) -> Any:
-    from .templates import freeze
-
-    return freeze(value, data_alias=alias)
-
-
 def _run_task(step: Step, task: Task, tool_ctx: ToolContext, running: Mapping[str, Any]) -> tuple[Any, str | None]:
     config = task.config
     scope: dict[str, Any] = dict(running)
     try:
         if task.kind != "python" and isinstance(config.get("input"), dict):
-            scope.update({k: _frozen(v) for k, v in render_value(config["input"], scope).items()})
+            scope.update({k: freeze(v) for k, v in render_value(config["input"], scope).items()})
         ctx = ToolContext(tool_ctx.step, tool_ctx.execution_id, scope, tool_ctx.log,
                           tool_ctx.resources, tool_ctx.step_args, tool_ctx.iteration)
         return get_tool(task.kind).run(config, ctx), None
