@@ -703,6 +703,13 @@ PRODUCT_CALL = re.compile(r"""product\(\s*['"]([^'"]*)['"]\s*\)""")
 
 def product_references(playbook: Playbook) -> list[str]:
     """Products a playbook reads: ``metadata.uses`` plus every ``product('domain/name')`` in a template."""
+    cached = playbook.__dict__.get("_product_references")
+    if cached is None:
+        cached = playbook.__dict__["_product_references"] = _scan_product_references(playbook)
+    return list(cached)
+
+
+def _scan_product_references(playbook: Playbook) -> list[str]:
     found = list(playbook.metadata.uses)
     for step in playbook.workflow:
         for text in _strings(step.model_dump(mode="python", exclude={"line"})):

@@ -13,6 +13,7 @@ Each model keeps ``line`` (1-based) of the YAML it came from.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -438,6 +439,7 @@ class Playbook(_Model):
                 return step
         raise KeyError(name)
 
-    @property
+    @cached_property
     def steps(self) -> dict[str, Step]:
+        """Steps by name (built once; a playbook is not changed after validation)."""
         return {step.step: step for step in self.workflow}

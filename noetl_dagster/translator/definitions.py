@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,16 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}``.
     """
     translator = translator or PlaybookTranslator()
+    threshold = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 20)  # compiling many playbooks makes many small objects: collect less often
+    try:
+        return _load_definitions(paths, translator, resources, strict)
+    finally:
+        gc.set_threshold(*threshold)
+
+
+def _load_definitions(paths: str | Path | Sequence[str | Path], translator: PlaybookTranslator,
+                      resources: Mapping[str, Any] | None, strict: bool) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
     parts: dict[str, dg.Definitions] = {}
