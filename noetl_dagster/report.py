@@ -19,6 +19,7 @@ import dagster as dg
 
 from .playbook.loader import load_playbook
 from .playbook.catalog import PlaybookCatalog
+from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
                               steps_metadata, workload_run_config)
@@ -96,6 +97,7 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
         catalog = catalog_around(playbook)
     net = plan(playbook)
     if has_products(playbook):
+        resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
         defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
                                     dg.Definitions(resources=default_resources(resources, catalog)))
         job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
@@ -106,6 +108,12 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                     tags=dict(tags or {}), run_id=run_id)
     return build_report(net, result)
+
+
+def _products_io_manager(instance: dg.DagsterInstance | None) -> ArrowRefIOManager:
+    """Products persist as Parquet under the instance's folder (where `dagster dev` finds them)."""
+    root = getattr(instance, "root_directory", None) if instance is not None else None
+    return ArrowRefIOManager(base_uri=os.path.join(root, "noetl_data")) if root else ArrowRefIOManager()
 
 
 def playbook_root(playbook: Playbook) -> Path:

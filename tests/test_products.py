@@ -139,3 +139,28 @@ def test_duplicate_product_across_playbooks(tree, caplog):
     defs = load_playbook_definitions(tree)
     assert "already published" in caplog.text
     assert len([j for j in defs.jobs if "marketing" in j.name]) == 1
+
+
+READER = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: big_spenders, path: risk/big_spenders}
+workflow:
+  - step: start
+    tool: {kind: duckdb, query: "SELECT count(*) AS n, sum(spend) AS total FROM {{ product('marketing/customer_360') }} WHERE spend >= 20"}
+    product: {name: big_spenders, checks: [{row_count: {min: 1}}]}
+"""
+
+
+def test_reading_another_domains_product_by_reference(tree, instance):
+    (tree / "risk" / "big_spenders.yaml").write_text(READER)
+    defs = load_playbook_definitions(tree, strict=True)
+    node = defs.resolve_asset_graph().get(dg.AssetKey(["risk", "big_spenders"]))
+    assert dg.AssetKey(["marketing", "customer_360"]) in node.parent_keys
+    before = run_playbook(tree / "risk" / "big_spenders.yaml", instance=instance)
+    assert before.status == "failure" and "has no stored data yet" in before.steps["start"].error
+    assert run_playbook(tree / "marketing" / "customer_360.yaml", instance=instance).status == "success"
+    report = run_playbook(tree / "risk" / "big_spenders.yaml", instance=instance)
+    assert report.status == "success", report.steps["start"].error
+    assert report.steps["start"].result == [{"n": 2, "total": 50.0}]
+    stored = Path(instance.root_directory) / "noetl_data" / "marketing" / "customer_360"
+    assert any(p.suffix == ".parquet" for p in stored.rglob("*"))

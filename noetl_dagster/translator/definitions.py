@@ -69,7 +69,9 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     A broken playbook is logged with every issue and left out, unless ``strict=True``, which
     raises :class:`~noetl_dagster.PlaybookError` instead. Two playbooks with the same job name
     are an error for the second one. ``resources`` configure the jobs, e.g.
-    ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}``.
+    ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}`` or
+    ``{"io_manager": ArrowRefIOManager(base_uri="s3://lake/noetl")}`` (the default io_manager is
+    an ArrowRefIOManager under ``$DAGSTER_HOME/noetl_data``).
     """
     translator = translator or PlaybookTranslator()
     threshold = gc.get_threshold()
@@ -109,5 +111,5 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         raise PlaybookError(issues)
     for issue in issues:
         logger.warning("playbook skipped: %s", issue)
-    resources_defs = dg.Definitions(resources=default_resources(resources, catalog))
+    resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True))
     return dg.Definitions.merge(resources_defs, *parts.values())

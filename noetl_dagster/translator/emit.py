@@ -26,6 +26,7 @@ from ..errors import StepFailed
 from ..playbook.catalog import PlaybookCatalog
 from ..playbook.loader import product_references
 from ..playbook.models import Playbook, ProductCheck, Step
+from ..resources.arrow_io import ArrowRefIOManager
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
 from ..runtime.products import as_table, evaluate_check
@@ -49,12 +50,16 @@ WORKLOAD_CONFIG = {
 
 
 def default_resources(resources: Mapping[str, Any] | None = None,
-                      catalog: PlaybookCatalog | None = None) -> dict[str, Any]:
-    """The resources playbook ops use: ``noetl_credentials`` (env-backed by default) and
-    ``noetl_catalog`` (the playbooks a step may call as sub-playbooks)."""
-    return {CREDENTIALS: CredentialsResource(),
-            CATALOG: dg.ResourceDefinition.hardcoded_resource(catalog or PlaybookCatalog(), "sub-playbooks"),
-            **(resources or {})}
+                      catalog: PlaybookCatalog | None = None, *, io_manager: bool = False) -> dict[str, Any]:
+    """The resources playbook ops use: ``noetl_credentials`` (env-backed by default),
+    ``noetl_catalog`` (the playbooks a step may call as sub-playbooks) and, with ``io_manager``,
+    an :class:`ArrowRefIOManager` (Arrow tables stored once as Parquet, passed by reference)."""
+    defaults: dict[str, Any] = {
+        CREDENTIALS: CredentialsResource(),
+        CATALOG: dg.ResourceDefinition.hardcoded_resource(catalog or PlaybookCatalog(), "sub-playbooks")}
+    if io_manager:
+        defaults["io_manager"] = ArrowRefIOManager()
+    return {**defaults, **(resources or {})}
 
 
 def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
@@ -147,6 +152,22 @@ def _check_definition(key: dg.AssetKey, check: ProductCheck) -> dg.AssetChecksDe
     return dg.asset_check(asset=key, name=check.check_name, blocking=check.blocking,
                           description=check.description or f"{check.kind} check of {key.to_user_string()}",
                           )(run_check)
+
+
+def _product_function(io_manager: Any) -> Callable[[str], Any]:
+    """``product('domain/name')`` in templates: the latest stored product, as an ArrowRef
+    (renders as ``read_parquet('...')`` inside SQL text; a lone expression passes the ref)."""
+
+    def product(path: str) -> Any:
+        if not isinstance(io_manager, ArrowRefIOManager):
+            raise StepFailed("product()", f"reading product {path!r} needs the ArrowRefIOManager as io_manager")
+        try:
+            return io_manager.load_asset_ref(dg.AssetKey(str(path).strip("/").split("/")))
+        except (FileNotFoundError, ValueError) as exc:
+            raise StepFailed("product()", f"product {path!r} has no stored data yet ({exc}); "
+                                          "materialize its playbook first") from None
+
+    return product
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
@@ -247,9 +268,10 @@ class _Emitter:
     # -- ops ------------------------------------------------------------------------------
     def _op(self, local: str, fn: Callable[..., Any], *, ins: Mapping[str, dg.In], outs: Mapping[str, Any],
             config: Any = None, **kwargs: Any) -> Any:
+        keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         definition = dg.OpDefinition(
             compute_fn=fn, name=f"{self.name}__{local}", ins=dict(ins), outs=dict(outs),
-            config_schema=config, required_resource_keys=set(RESOURCE_KEYS), **kwargs)
+            config_schema=config, required_resource_keys=keys, **kwargs)
         return definition.alias(local)
 
     def _common(self, step: Step, extra_description: str = "") -> dict[str, Any]:
@@ -286,6 +308,8 @@ class _Emitter:
         globals_: dict[str, Any] = {}
         if context.has_partition_key:
             globals_["partition_key"] = context.partition_key
+        if self.uses:
+            globals_["product"] = _product_function(context.resources.io_manager)
         return RunInfo(execution_id=context.run_id, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
