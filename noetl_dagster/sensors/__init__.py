@@ -1,1 +1,187 @@
-"""Event-log export sensors (ClickHouse, Qdrant) — built by the event-export issue."""
+"""Event-log export sensors: Dagster runs of playbooks -> ClickHouse and Qdrant, live and incremental.
+
+Three sensors, each with its own cursor (a sink that is down holds back only itself):
+
+* ``noetl_export_clickhouse``: every event of every playbook run -> ``noetl_events``; each step
+  attempt of a finished run -> ``step_runs`` (:mod:`noetl_dagster.resources.clickhouse`);
+* ``noetl_export_qdrant``: finished runs -> ``runs`` and ``failures``; the playbook folder ->
+  ``playbooks`` when its files change (:mod:`noetl_dagster.resources.qdrant`);
+* ``noetl_failure_hints``: a failed playbook run gets its most similar past failures in its log
+  and the ``noetl/similar_failures`` tag (:mod:`.hints`).
+
+Example (``definitions.py``)::
+
+    import dagster as dg
+    from noetl_dagster import load_playbook_definitions
+    from noetl_dagster.sensors import export_definitions
+
+    defs = dg.Definitions.merge(load_playbook_definitions("playbooks/"),
+                                export_definitions(playbooks="playbooks/"))
+"""
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import dagster as dg
+
+from ..resources.clickhouse import ClickHouseResource
+from ..resources.embedder import EmbedderResource
+from ..resources.qdrant import QdrantResource
+from .exporter import ExportBatch, ExportCursor, Exporter, ExportStats, default_lag
+from .hints import HINT_TAG, find_similar, hint_pass, record_hints
+from .mapping import EventRow, RunContext, RunSummary, StepFailure, StepRun, map_record
+
+#: resource keys the sensors use
+CLICKHOUSE_KEY = "noetl_clickhouse"
+QDRANT_KEY = "noetl_qdrant"
+EMBEDDER_KEY = "noetl_embedder"
+DEFAULT_BUDGET_SECONDS = 40.0  # under the daemon's 60 s sensor gRPC timeout
+
+
+def register_env_secrets() -> None:
+    """Teach :func:`redact` the secrets of ``NOETL_CREDENTIAL_*`` in this process (the sensor
+    daemon's process has not resolved them, but messages may quote them)."""
+    from ..resources.credentials import ENV_PREFIX, CredentialsResource
+
+    aliases = {name[len(ENV_PREFIX):].split("__")[0] for name in os.environ if name.startswith(ENV_PREFIX)}
+    resource = CredentialsResource()
+    for alias in aliases:
+        if alias:
+            try:
+                resource.resolve(alias)
+            except Exception:  # noqa: BLE001 - a malformed variable only loses its redaction
+                pass
+
+
+def playbook_fingerprint(folder: str | Path) -> str:
+    """Changes when a playbook file under ``folder`` is added, removed or edited."""
+    from ..translator.definitions import find_playbooks
+
+    digest = hashlib.sha1()
+    for path in find_playbooks(folder):
+        st = path.stat()
+        digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def index_playbooks(sink: Any, folder: str | Path) -> int:
+    """Upsert the valid playbooks under ``folder`` into the ``playbooks`` collection."""
+    from ..translator.definitions import load_playbooks
+
+    return sink.index_playbooks(load_playbooks(folder).playbooks)
+
+
+def _summary(stats: ExportStats) -> str:
+    state = "caught up" if stats.caught_up else "more to do"
+    return (f"exported {stats.events} events, {stats.step_runs} step runs, {stats.runs} runs "
+            f"({stats.failures} failures) in {stats.batches} batches, {stats.seconds:.1f}s; {state}")
+
+
+def export_tick(context: dg.SensorEvaluationContext, sink: Any, *, budget_seconds: float | None,
+                lag_seconds: float | None = None, before: Callable[[ExportCursor], None] | None = None
+                ) -> dg.SensorResult:
+    """One sensor tick for ``sink``: export from the stored cursor, return the advanced cursor.
+
+    A sink error propagates: the tick fails (visible in the UI) and the cursor stays put.
+    """
+    register_env_secrets()
+    cursor = ExportCursor.from_json(context.cursor)
+    if before is not None:
+        before(cursor)
+    new_cursor, stats = Exporter(context.instance, sink, lag_seconds=lag_seconds).export(
+        cursor, budget_seconds=budget_seconds)
+    message = f"{sink.name}: {_summary(stats)}"
+    context.log.info(message)
+    return dg.SensorResult(cursor=new_cursor.to_json(), skip_reason=dg.SkipReason(message))
+
+
+def clickhouse_export_sensor(*, name: str = "noetl_export_clickhouse", minimum_interval_seconds: int = 30,
+                             budget_seconds: float = DEFAULT_BUDGET_SECONDS, lag_seconds: float | None = None,
+                             default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING
+                             ) -> dg.SensorDefinition:
+    """The sensor exporting events and step attempts to the ``noetl_clickhouse`` resource."""
+
+    @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
+               description="Exports playbook-run events to ClickHouse (noetl_events, step_runs).")
+    def _sensor(context: dg.SensorEvaluationContext, noetl_clickhouse: ClickHouseResource):
+        return export_tick(context, noetl_clickhouse.sink(), budget_seconds=budget_seconds, lag_seconds=lag_seconds)
+
+    return _sensor
+
+
+def qdrant_export_sensor(*, name: str = "noetl_export_qdrant", playbooks: str | Path | None = None,
+                         minimum_interval_seconds: int = 30, budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+                         lag_seconds: float | None = None,
+                         default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING
+                         ) -> dg.SensorDefinition:
+    """The sensor exporting finished runs, failures and the ``playbooks`` folder to Qdrant."""
+
+    @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
+               description="Exports run summaries, failures and playbooks to Qdrant for semantic search.")
+    def _sensor(context: dg.SensorEvaluationContext, noetl_qdrant: QdrantResource,
+                noetl_embedder: EmbedderResource):
+        sink = noetl_qdrant.sink(noetl_embedder.get())
+
+        def reindex(cursor: ExportCursor) -> None:
+            if playbooks is None or not Path(playbooks).is_dir():
+                return
+            fingerprint = f"{sink.embedder.model_id}:{playbook_fingerprint(playbooks)}"
+            if cursor.extra.get("playbooks") != fingerprint:
+                count = index_playbooks(sink, playbooks)
+                context.log.info(f"indexed {count} playbook/step points from {playbooks}")
+                cursor.extra["playbooks"] = fingerprint
+
+        return export_tick(context, sink, budget_seconds=budget_seconds, lag_seconds=lag_seconds, before=reindex)
+
+    return _sensor
+
+
+def failure_hints_sensor(*, name: str = "noetl_failure_hints", minimum_interval_seconds: int = 30,
+                         budget_seconds: float = DEFAULT_BUDGET_SECONDS, limit: int = 3,
+                         default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING
+                         ) -> dg.SensorDefinition:
+    """The sensor recording similar past failures on newly failed playbook runs."""
+
+    @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
+               description="Adds the most similar past failures (and their fixes) to failed playbook runs.")
+    def _sensor(context: dg.SensorEvaluationContext, noetl_qdrant: QdrantResource,
+                noetl_embedder: EmbedderResource):
+        sink = noetl_qdrant.sink(noetl_embedder.get())
+        cursor, handled = hint_pass(context.instance, sink, context.cursor, limit=limit,
+                                    budget_seconds=budget_seconds)
+        return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"hinted {handled} failed run(s)"))
+
+    return _sensor
+
+
+def export_definitions(*, playbooks: str | Path | None = None, clickhouse: ClickHouseResource | None = None,
+                       qdrant: QdrantResource | None = None, embedder: EmbedderResource | None = None,
+                       minimum_interval_seconds: int = 30, budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+                       hints: bool = True, lag_seconds: float | None = None,
+                       default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING) -> dg.Definitions:
+    """The export sensors and their resources (embedded defaults unless given), ready to merge.
+
+    Example::
+
+        dg.Definitions.merge(playbook_defs, export_definitions(playbooks="playbooks/"))
+    """
+    common = {"minimum_interval_seconds": minimum_interval_seconds, "budget_seconds": budget_seconds,
+              "default_status": default_status}
+    sensors = [clickhouse_export_sensor(lag_seconds=lag_seconds, **common),
+               qdrant_export_sensor(playbooks=playbooks, lag_seconds=lag_seconds, **common)]
+    if hints:
+        sensors.append(failure_hints_sensor(**common))
+    return dg.Definitions(sensors=sensors, resources={
+        CLICKHOUSE_KEY: clickhouse or ClickHouseResource(),
+        QDRANT_KEY: qdrant or QdrantResource(),
+        EMBEDDER_KEY: embedder or EmbedderResource(),
+    })
+
+
+__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "EventRow", "ExportBatch", "ExportCursor", "ExportStats", "Exporter",
+           "HINT_TAG", "QDRANT_KEY", "RunContext", "RunSummary", "StepFailure", "StepRun", "clickhouse_export_sensor",
+           "default_lag", "export_definitions", "export_tick", "failure_hints_sensor", "find_similar",
+           "hint_pass", "index_playbooks", "map_record", "playbook_fingerprint", "qdrant_export_sensor",
+           "record_hints", "register_env_secrets"]

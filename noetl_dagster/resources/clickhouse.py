@@ -1,0 +1,332 @@
+"""ClickHouse sink for the event export: ``noetl_events`` and ``step_runs``, through clickhouse-connect.
+
+The same code talks to an embedded ClickHouse (chdb, the default: ``chdb:///<DAGSTER_HOME>/
+noetl_clickhouse``) and to a server (``http://user:pw@host:8123`` or host/port fields). Tables
+are created and migrated by :meth:`ClickHouseSink.migrate` (a ``noetl_schema_migrations`` table
+records the applied versions). Both tables are ``ReplacingMergeTree`` keyed on the row identity
+- ``(ExecutionId, EventId)`` and ``(ExecutionId, StepKey, Attempt)`` - so a replayed batch
+collapses into the rows already there: **query with ``FINAL``** (or ``GROUP BY`` the key) for
+exact counts before background merges run. Inserts are batched, as Arrow tables.
+
+chdb limits: one data folder per process, and one process per folder (``dagster dev``'s code
+server holds it while it runs sensors; stop it before ``noetl-dagster export`` on the same folder).
+
+Example::
+
+    from noetl_dagster.resources.clickhouse import ClickHouseResource
+
+    sink = ClickHouseResource(dsn="chdb:///tmp/ch").sink()     # migrates on first use
+    sink.query("SELECT EventType, count() FROM {db}.noetl_events FINAL GROUP BY EventType")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import dagster as dg
+from pydantic import Field
+
+#: environment variables read when the resource's fields are unset
+ENV_DSN = "NOETL_CLICKHOUSE_DSN"
+ENV_DATABASE = "NOETL_CLICKHOUSE_DATABASE"
+DEFAULT_DATABASE = "observability"
+
+EVENTS_TABLE = "noetl_events"
+STEP_RUNS_TABLE = "step_runs"
+MIGRATIONS_TABLE = "noetl_schema_migrations"
+
+#: (version, description, statements); statements are idempotent and run in order
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "noetl_events: NoETL's observability columns plus run/step identity", [
+        """CREATE TABLE IF NOT EXISTS {db}.noetl_events (
+            Timestamp DateTime64(6, 'UTC'),
+            EventId UInt64,
+            ExecutionId String,
+            EventType LowCardinality(String),
+            Status LowCardinality(String),
+            StepName String,
+            NodeName String,
+            PlaybookPath LowCardinality(String),
+            Duration UInt64 COMMENT 'milliseconds',
+            ErrorMessage String,
+            Metadata Map(String, String),
+            Domain LowCardinality(String),
+            JobName LowCardinality(String),
+            Attempt UInt16,
+            DagsterEventType LowCardinality(String),
+            Level LowCardinality(String),
+            Message String,
+            INDEX idx_event_type EventType TYPE set(64) GRANULARITY 4,
+            INDEX idx_playbook PlaybookPath TYPE bloom_filter GRANULARITY 4
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(Timestamp)
+        ORDER BY (ExecutionId, EventId)""",
+    ]),
+    (2, "step_runs: one row per step attempt", [
+        """CREATE TABLE IF NOT EXISTS {db}.step_runs (
+            ExecutionId String,
+            StepKey String,
+            Attempt UInt16,
+            PlaybookPath LowCardinality(String),
+            Domain LowCardinality(String),
+            JobName LowCardinality(String),
+            StepName String,
+            ToolKind LowCardinality(String),
+            Status LowCardinality(String),
+            StartedAt DateTime64(6, 'UTC'),
+            FinishedAt DateTime64(6, 'UTC'),
+            DurationMs UInt64,
+            Retries UInt16,
+            Rows Nullable(Int64),
+            Bytes Nullable(Int64),
+            CpuSeconds Nullable(Float64),
+            PeakRssMb Nullable(Float64),
+            ErrorMessage String,
+            Worker String
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(StartedAt)
+        ORDER BY (ExecutionId, StepKey, Attempt)""",
+    ]),
+]
+
+#: column name -> EventRow field, in table order
+EVENT_COLUMNS = {
+    "Timestamp": "timestamp", "EventId": "event_id", "ExecutionId": "execution_id", "EventType": "event_type",
+    "Status": "status", "StepName": "step_name", "NodeName": "node_name", "PlaybookPath": "playbook_path",
+    "Duration": "duration_ms", "ErrorMessage": "error_message", "Metadata": "metadata", "Domain": "domain",
+    "JobName": "job_name", "Attempt": "attempt", "DagsterEventType": "dagster_event_type", "Level": "level",
+    "Message": "message",
+}
+STEP_RUN_COLUMNS = {
+    "ExecutionId": "execution_id", "StepKey": "step_key", "Attempt": "attempt", "PlaybookPath": "playbook_path",
+    "Domain": "domain", "JobName": "job_name", "StepName": "step_name", "ToolKind": "tool_kind",
+    "Status": "status", "StartedAt": "started_at", "FinishedAt": "finished_at", "DurationMs": "duration_ms",
+    "Retries": "retries", "Rows": "rows", "Bytes": "bytes", "CpuSeconds": "cpu_seconds",
+    "PeakRssMb": "peak_rss_mb", "ErrorMessage": "error_message", "Worker": "worker",
+}
+
+
+def default_home() -> Path:
+    """``$DAGSTER_HOME``, else ``./.dagster_home`` (where ``noetl-dagster run`` records runs)."""
+    return Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+
+
+def default_dsn() -> str:
+    return os.environ.get(ENV_DSN) or f"chdb://{default_home() / 'noetl_clickhouse'}"
+
+
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+#: per client (by id): one lock (a client is one session; sensors may run in threads)
+_LOCKS: dict[int, threading.RLock] = {}
+_MIGRATED: set[tuple[int, str]] = set()
+
+
+def _lock_for(client: Any) -> threading.RLock:
+    with _CLIENTS_LOCK:
+        return _LOCKS.setdefault(id(client), threading.RLock())
+
+
+def get_client(dsn: str | None = None, **kwargs: Any) -> Any:
+    """A clickhouse-connect client, shared per DSN/host in this process (chdb allows one folder)."""
+    import clickhouse_connect
+
+    key = (dsn, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            if dsn and dsn.startswith("chdb://"):
+                folder = dsn[len("chdb://"):]
+                if folder and folder != "memory":
+                    Path(folder).mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(dsn=dsn, **kwargs) if dsn else clickhouse_connect.get_client(**kwargs)
+            _CLIENTS[key] = client
+        return client
+
+
+@lru_cache(maxsize=1)
+def _arrow_types() -> dict[str, Any]:
+    """Arrow types of the non-string columns (strings are the default)."""
+    import pyarrow as pa
+
+    return {"EventId": pa.uint64(), "Duration": pa.uint64(), "Attempt": pa.uint16(), "DurationMs": pa.uint64(),
+            "Retries": pa.uint16(), "Rows": pa.int64(), "Bytes": pa.int64(), "CpuSeconds": pa.float64(),
+            "PeakRssMb": pa.float64()}
+
+
+def _timestamps(values: Sequence[float]) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    micros = np.rint(np.asarray(values, dtype=np.float64) * 1_000_000).astype(np.int64)
+    return pa.array(micros).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _map_array(values: Sequence[dict[str, str]]) -> Any:
+    import pyarrow as pa
+
+    keys: list[str] = []
+    items: list[str] = []
+    offsets = [0]
+    for m in values:
+        keys.extend(m)
+        items.extend(m.values())
+        offsets.append(len(keys))
+    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, pa.string()),
+                                   pa.array(items, pa.string()))
+
+
+def rows_to_arrow(rows: Sequence[Any], columns: dict[str, str], time_columns: Sequence[str]) -> Any:
+    """Dataclass rows -> an Arrow table with the ClickHouse column names (built column by column)."""
+    import operator
+
+    import pyarrow as pa
+
+    types = _arrow_types()
+    arrays = {}
+    for column, attr in columns.items():
+        values = list(map(operator.attrgetter(attr), rows))
+        if column in time_columns:
+            arrays[column] = _timestamps(values)
+        elif column == "Metadata":
+            arrays[column] = _map_array(values)
+        else:
+            arrays[column] = pa.array(values, types.get(column) or pa.string())
+    return pa.table(arrays)
+
+
+class ClickHouseSink:
+    """Writes export batches to ``noetl_events`` / ``step_runs``; idempotent under replays.
+
+    Example::
+
+        sink = ClickHouseSink(get_client("chdb:///tmp/ch"), database="observability")
+        sink.migrate()
+        sink.write_events(rows)          # EventRow list; rewriting them adds nothing after FINAL
+        sink.count_events()              # distinct events (FINAL)
+    """
+
+    name = "clickhouse"
+    wants_events = True
+
+    def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
+        self.client = client
+        self.database = database
+        self._lock = _lock_for(client)
+
+    # -- schema --------------------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        """Create the database and apply missing migrations; returns the versions applied now."""
+        with self._lock:
+            db = self.database
+            self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+            self.client.command(
+                f"CREATE TABLE IF NOT EXISTS {db}.{MIGRATIONS_TABLE} (Version UInt32, Description String, "
+                f"AppliedAt DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY Version")
+            done = {r[0] for r in self.client.query(f"SELECT Version FROM {db}.{MIGRATIONS_TABLE} FINAL").result_rows}
+            applied = []
+            for version, description, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements:
+                    self.client.command(statement.format(db=db))
+                self.client.insert(MIGRATIONS_TABLE, [[version, description]], database=db,
+                                   column_names=["Version", "Description"])
+                applied.append(version)
+            _MIGRATED.add((id(self.client), db))
+            return applied
+
+    def _ensure(self) -> None:
+        if (id(self.client), self.database) not in _MIGRATED:
+            self.migrate()
+
+    # -- writes --------------------------------------------------------------------------
+    def write_events(self, rows: Sequence[Any]) -> None:
+        if not rows:
+            return
+        table = rows_to_arrow(rows, EVENT_COLUMNS, ("Timestamp",))
+        with self._lock:
+            self._ensure()
+            self.client.insert_arrow(EVENTS_TABLE, table, database=self.database)
+
+    def write_step_runs(self, rows: Sequence[Any]) -> None:
+        if not rows:
+            return
+        table = rows_to_arrow(rows, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))
+        with self._lock:
+            self._ensure()
+            self.client.insert_arrow(STEP_RUNS_TABLE, table, database=self.database)
+
+    def write(self, batch: Any) -> None:
+        """Write an :class:`~noetl_dagster.sensors.exporter.ExportBatch` (events, then step runs)."""
+        self.write_events(batch.events)
+        self.write_step_runs(batch.step_runs)
+
+    # -- reads ---------------------------------------------------------------------------
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        """Rows of a query; ``{db}`` in ``sql`` stands for the sink's database.
+
+        Example: ``sink.query("SELECT count() FROM {db}.noetl_events FINAL")``
+        """
+        with self._lock:
+            self._ensure()
+            return list(self.client.query(sql.replace("{db}", self.database), parameters=parameters).result_rows)
+
+    def count_events(self, run_id: str | None = None) -> int:
+        where = " WHERE ExecutionId = {rid:String}" if run_id else ""
+        return int(self.query(f"SELECT count() FROM {{db}}.{EVENTS_TABLE} FINAL" + where,
+                              {"rid": run_id} if run_id else None)[0][0])
+
+    def count_step_runs(self, run_id: str | None = None) -> int:
+        where = " WHERE ExecutionId = {rid:String}" if run_id else ""
+        return int(self.query(f"SELECT count() FROM {{db}}.{STEP_RUNS_TABLE} FINAL" + where,
+                              {"rid": run_id} if run_id else None)[0][0])
+
+
+class ClickHouseResource(dg.ConfigurableResource):
+    """Where the event export writes: a ClickHouse DSN (``chdb://`` embedded by default) or a host.
+
+    Unset fields read ``NOETL_CLICKHOUSE_DSN`` / ``NOETL_CLICKHOUSE_DATABASE``, so the sensors and
+    ``noetl-dagster export`` share one configuration; without them the embedded default is
+    ``chdb://$DAGSTER_HOME/noetl_clickhouse``.
+
+    Example::
+
+        ClickHouseResource()                                              # embedded chdb
+        ClickHouseResource(host="ch.internal", port=8443, secure=True, username="noetl",
+                           password=dg.EnvVar("CLICKHOUSE_PASSWORD"))     # a server
+    """
+
+    dsn: str | None = Field(default=None, description="clickhouse-connect DSN; chdb:///path for embedded")
+    host: str | None = Field(default=None, description="server host (instead of a DSN)")
+    port: int | None = Field(default=None, description="HTTP(S) port of the server")
+    username: str | None = Field(default=None)
+    password: str | None = Field(default=None, description="give as dagster.EnvVar")
+    secure: bool = Field(default=False, description="HTTPS")
+    database: str | None = Field(default=None, description="database of the tables (default observability)")
+
+    def connection(self) -> tuple[str | None, dict[str, Any]]:
+        if self.host:
+            kwargs: dict[str, Any] = {"host": self.host, "secure": self.secure}
+            if self.port:
+                kwargs["port"] = self.port
+            if self.username:
+                kwargs["username"] = self.username
+            if self.password:
+                kwargs["password"] = self.password
+            return None, kwargs
+        return self.dsn or default_dsn(), {}
+
+    def sink(self) -> ClickHouseSink:
+        """The (process-shared) client wrapped in a sink; the schema is migrated on first write."""
+        dsn, kwargs = self.connection()
+        database = self.database or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE
+        return ClickHouseSink(get_client(dsn, **kwargs), database)
+
+
+__all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "MIGRATIONS",
+           "STEP_RUNS_TABLE", "default_dsn", "default_home", "get_client"]

@@ -1,0 +1,397 @@
+"""Incremental export of the Dagster event log to a sink: cursor, time budget, catch-up.
+
+Delivery is at-least-once with idempotent writes: a tick reads, writes a batch to the sink, and
+only then advances its cursor (in memory); the caller stores the cursor after the tick. If the
+sink raises, :meth:`Exporter.export` raises and the stored cursor stays where it was, so the
+next tick writes the same rows again and the sink's dedup (ClickHouse ``ReplacingMergeTree``
+keyed on the event identity, Qdrant deterministic point ids) absorbs them.
+
+Which runs: a *discovery* pass reads run status changes (``fetch_run_status_changes``,
+``PIPELINE_START`` and the terminal types, merged in storage-id order) after a watermark.
+Each discovered playbook run becomes *active*; its events are paged with
+``get_records_for_run`` after a per-run position. When a finished run has been read to its
+end, its step attempts and summary are computed from its whole log, and it moves to *done*.
+
+Out-of-order ids (Postgres with concurrent writers; SQLite's per-run ids are in order):
+positions and the watermark only move past records older than ``lag_seconds``; younger
+records are exported but re-read next tick (an overlap window), the dedup absorbs the repeats.
+
+Example::
+
+    exporter = Exporter(instance, ClickHouseResource().sink())
+    cursor, stats = exporter.export(ExportCursor(), budget_seconds=30)
+    stats.events, cursor.to_json()
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import dagster as dg
+
+from .mapping import (EventRow, RunContext, RunSummary, StepRun, attempts_of, build_run_summary,
+                      build_step_runs, map_record, relevant_rows)
+
+TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+_START = dg.DagsterEventType.RUN_START
+_TERMINAL_TYPES = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
+                   dg.DagsterEventType.RUN_CANCELED)
+
+
+@dataclass
+class ExportBatch:
+    """What one write carries: event rows, step attempts and finished-run summaries."""
+
+    events: list[EventRow] = field(default_factory=list)
+    step_runs: list[StepRun] = field(default_factory=list)
+    runs: list[RunSummary] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.step_runs) + len(self.runs)
+
+
+class Sink(Protocol):
+    """A destination: ``write`` must be idempotent for the same rows (replays happen)."""
+
+    name: str
+    wants_events: bool  # False: only finished-run summaries (no live event stream)
+
+    def write(self, batch: ExportBatch) -> None: ...
+
+
+@dataclass
+class ExportCursor:
+    """The exporter's state, stored as the sensor cursor (JSON).
+
+    ``watermark``: the storage id of run-status changes all handled; ``watermark_ts`` its time.
+    ``active``: run id -> storage id of the last exported event (-1: none yet).
+    ``done``: finished runs still inside the re-scan window -> their end time.
+    """
+
+    watermark: int = 0
+    watermark_ts: float = 0.0
+    active: dict[str, int] = field(default_factory=dict)
+    done: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"v": 1, "w": self.watermark, "wt": self.watermark_ts, "a": self.active,
+                           "d": self.done, "x": self.extra}, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "ExportCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(int(data.get("w", 0)), float(data.get("wt", 0.0)), dict(data.get("a", {})),
+                   dict(data.get("d", {})), dict(data.get("x", {})))
+
+    def copy(self) -> "ExportCursor":
+        return ExportCursor.from_json(self.to_json())
+
+
+@dataclass
+class ExportStats:
+    events: int = 0
+    step_runs: int = 0
+    runs: int = 0
+    failures: int = 0
+    batches: int = 0
+    discovered: int = 0
+    seconds: float = 0.0
+    caught_up: bool = False
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def default_lag(instance: dg.DagsterInstance) -> float:
+    """0 s on SQLite/in-memory storage (ids become visible in order), 5 s elsewhere (Postgres)."""
+    name = type(instance.event_log_storage).__name__
+    return 0.0 if ("Sqlite" in name or "InMemory" in name) else 5.0
+
+
+@contextmanager
+def _gc_paused(enabled: bool) -> Any:
+    """Pause the cyclic GC for a tick: rows are acyclic (refcounting frees them), and full
+    collections over a Dagster process's objects would otherwise cost more than the mapping."""
+    if not enabled or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _id_cursor(storage_id: int) -> str | None:
+    from dagster._core.storage.event_log.base import EventLogCursor
+
+    return None if storage_id < 0 else EventLogCursor.from_storage_id(storage_id).to_string()
+
+
+class Exporter:
+    """Moves a Dagster instance's playbook-run events into one sink, incrementally.
+
+    Example::
+
+        exporter = Exporter(instance, sink, lag_seconds=0)
+        cursor, stats = exporter.export(ExportCursor())        # first pass: catch up
+        cursor, stats = exporter.export(cursor)                # later: only what is new
+    """
+
+    def __init__(self, instance: dg.DagsterInstance, sink: Sink, *, lag_seconds: float | None = None,
+                 batch_size: int = 20000, page_size: int = 1000, max_active: int = 256,
+                 playbook_runs_only: bool = True, clock: Callable[[], float] = time.time,
+                 max_cached_rows: int = 100_000, pause_gc: bool = True) -> None:
+        self.instance = instance
+        self.sink = sink
+        self.live = bool(getattr(sink, "wants_events", True))
+        self.lag = default_lag(instance) if lag_seconds is None else float(lag_seconds)
+        self.batch_size = batch_size
+        self.page_size = page_size
+        self.max_active = max_active
+        self.playbook_runs_only = playbook_runs_only
+        self.clock = clock
+        self.max_cached_rows = max_cached_rows
+        self.pause_gc = pause_gc
+        self._tools: dict[str, dict[str, str]] = {}
+
+    # -- the tick ------------------------------------------------------------------------
+    def export(self, cursor: ExportCursor | None = None, budget_seconds: float | None = None
+               ) -> tuple[ExportCursor, ExportStats]:
+        """One pass: discover runs, export their new events, finish completed runs.
+
+        Stops when caught up or when ``budget_seconds`` is spent (checked between pages).
+        Returns the new cursor; raises whatever the sink raises (the old cursor stays valid).
+        """
+        started = time.monotonic()
+        deadline = None if budget_seconds is None else started + budget_seconds
+        cur = (cursor or ExportCursor()).copy()
+        stats = ExportStats()
+        self._pending = ExportBatch()
+        self._staged_pos: dict[str, int] = {}
+        self._staged_done: dict[str, float] = {}
+        safe_ts = self.clock() - self.lag
+
+        def over() -> bool:
+            return deadline is not None and time.monotonic() > deadline
+
+        with _gc_paused(self.pause_gc):
+            self._loop(cur, safe_ts, stats, over)
+        self._prune(cur)
+        stats.seconds = time.monotonic() - started
+        return cur, stats
+
+    def _loop(self, cur: ExportCursor, safe_ts: float, stats: ExportStats, over: Callable[[], bool]) -> None:
+        while True:
+            before = (stats.discovered, stats.runs)
+            more = self._discover(cur, safe_ts, stats, over)
+            finished_all = self._export_active(cur, safe_ts, stats, over)
+            self._flush(cur, stats)
+            progressed = (stats.discovered, stats.runs) != before
+            if over() or not more or not progressed:
+                stats.caught_up = finished_all and not more
+                break
+
+    # -- discovery -----------------------------------------------------------------------
+    def _discover(self, cur: ExportCursor, safe_ts: float, stats: ExportStats, over: Callable[[], bool]) -> bool:
+        """Add newly started/finished runs to ``active``; returns whether more remain."""
+        from dagster._core.event_api import RunStatusChangeRecordsFilter
+
+        types = ((_START,) if self.live else ()) + _TERMINAL_TYPES
+        scan_from = cur.watermark
+        contiguous = True
+        while not over():
+            capacity = self.max_active - len(cur.active)
+            if capacity <= 0:
+                return True
+            pages = {t: self.instance.fetch_run_status_changes(
+                RunStatusChangeRecordsFilter(t, after_storage_id=scan_from), limit=self.page_size, ascending=True)
+                for t in types}
+            full = [p.records[-1].storage_id for p in pages.values() if p.has_more and p.records]
+            bound = min(full) if full else None
+            records = sorted((r for p in pages.values() for r in p.records
+                              if bound is None or r.storage_id <= bound), key=lambda r: r.storage_id)
+            if not records:
+                if contiguous and bound is None:
+                    cur.watermark_ts = max(cur.watermark_ts, safe_ts)
+                return False
+            for rec in records:
+                run_id = rec.event_log_entry.run_id
+                if run_id not in cur.active and run_id not in cur.done:
+                    if capacity <= 0:
+                        return True
+                    if self._wanted(run_id):
+                        cur.active[run_id] = -1
+                        capacity -= 1
+                        stats.discovered += 1
+                    else:
+                        cur.done[run_id] = rec.event_log_entry.timestamp
+                if contiguous and rec.event_log_entry.timestamp <= safe_ts:
+                    cur.watermark, cur.watermark_ts = rec.storage_id, rec.event_log_entry.timestamp
+                else:
+                    contiguous = False
+                scan_from = rec.storage_id
+            if bound is None:
+                return False
+        return True
+
+    def _wanted(self, run_id: str) -> bool:
+        if not self.playbook_runs_only:
+            return True
+        run = self.instance.get_run_by_id(run_id)
+        return run is not None and bool(run.tags.get("noetl/playbook"))
+
+    # -- per-run export ------------------------------------------------------------------
+    def _context(self, record: Any) -> RunContext:
+        run = record.dagster_run
+        snapshot_id = run.job_snapshot_id
+        if snapshot_id and snapshot_id not in self._tools:
+            tools: dict[str, str] = {}
+            try:
+                snap = self.instance.get_job_snapshot(snapshot_id)
+                by_def = {d.name: d.tags for d in snap.node_defs_snapshot.op_def_snaps}
+                for inv in snap.dep_structure_snapshot.node_invocation_snaps:
+                    tool = (inv.tags or {}).get("noetl/tool") or by_def.get(inv.node_def_name, {}).get("noetl/tool")
+                    if tool:
+                        tools[inv.node_name] = tool
+            except Exception:  # noqa: BLE001 - a missing snapshot only loses the tool kind
+                pass
+            if len(self._tools) > 512:
+                self._tools.clear()
+            self._tools[snapshot_id] = tools
+        return RunContext.of(run, self._tools.get(snapshot_id or "", {}), record.start_time, record.end_time)
+
+    def _export_active(self, cur: ExportCursor, safe_ts: float, stats: ExportStats,
+                       over: Callable[[], bool]) -> bool:
+        """Export the new events of every active run; returns whether all were read to the end."""
+        if not cur.active:
+            return True
+        records = {r.dagster_run.run_id: r for r in self.instance.get_run_records(
+            dg.RunsFilter(run_ids=list(cur.active)))}
+        all_read = True
+        for run_id in list(cur.active):
+            if over():
+                return False
+            record = records.get(run_id)
+            if record is None:  # deleted run: nothing left to export
+                cur.active.pop(run_id, None)
+                continue
+            ctx = self._context(record)
+            terminal = ctx.status in TERMINAL_STATUSES
+            read_all, safe, rows = True, True, None
+            if self.live:
+                read_all, safe, rows = self._export_events(run_id, ctx, cur.active[run_id], safe_ts, stats, over)
+            else:
+                ended = ctx.end_time or record.update_timestamp.timestamp()
+                safe = ended <= safe_ts
+            all_read = all_read and read_all
+            if terminal and read_all and safe:
+                self._finish(run_id, ctx, rows)
+            if len(self._pending) >= self.batch_size:
+                self._flush(cur, stats)
+        return all_read
+
+    def _export_events(self, run_id: str, ctx: RunContext, position: int, safe_ts: float,
+                       stats: ExportStats, over: Callable[[], bool]) -> tuple[bool, bool, list[EventRow] | None]:
+        """Page through a run's new events.
+
+        Returns (read to the end, every read event older than the lag, the run's whole rows when
+        they were all read in this tick - so finishing the run needs no second read).
+        """
+        retries: list[tuple[int, str]] = []
+        if position >= 0:  # earlier retry events decide the attempt numbers of what follows
+            retries = [(r.storage_id, r.event_log_entry.step_key) for r in self.instance.get_records_for_run(
+                run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY).records]
+        whole: list[EventRow] | None = [] if position < 0 else None
+        read_to = position
+        safe = True
+        while True:
+            conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(read_to), limit=self.page_size)
+            records = conn.records
+            if records:
+                rows = [map_record(r, ctx, a) for r, a in zip(records, attempts_of(records, retries))]
+                retries.extend((r.event_id, r.node_name) for r in rows if r.dagster_event_type == "STEP_UP_FOR_RETRY")
+                self._pending.events.extend(rows)
+                if whole is not None:
+                    whole.extend(rows)
+                    if len(whole) > self.max_cached_rows:
+                        whole = None
+                for r in records:
+                    if safe and r.event_log_entry.timestamp <= safe_ts:
+                        self._staged_pos[run_id] = r.storage_id
+                    else:
+                        safe = False
+                read_to = records[-1].storage_id
+            if len(self._pending) >= self.batch_size:
+                self._flush_pending(stats)
+            if not conn.has_more:
+                return True, safe, whole
+            if over():
+                return False, safe, None
+
+    def summarize(self, run_id: str, ctx: RunContext | None = None,
+                  rows: Sequence[EventRow] | None = None) -> tuple[list[StepRun], RunSummary]:
+        """A run's step attempts and summary, from its whole log (for a finished run).
+
+        Example: ``steps, summary = Exporter(instance, sink).summarize(run_id)``
+        """
+        if ctx is None:
+            record = self.instance.get_run_record_by_id(run_id)
+            if record is None:
+                raise ValueError(f"no run {run_id}")
+            ctx = self._context(record)
+        if rows is None:
+            records = self.instance.get_records_for_run(run_id).records
+            rows = [map_record(r, ctx, a) for r, a in zip(records, attempts_of(records))]
+        rows = relevant_rows(rows)
+        return build_step_runs(rows), build_run_summary(rows, ctx)
+
+    def _finish(self, run_id: str, ctx: RunContext, rows: Sequence[EventRow] | None = None) -> None:
+        """A finished run read to its end: its step attempts and summary, from its whole log."""
+        step_runs, summary = self.summarize(run_id, ctx, rows)
+        if self.live:
+            self._pending.step_runs.extend(step_runs)
+        self._pending.runs.append(summary)
+        self._staged_done[run_id] = ctx.end_time or summary.finished_at
+
+    # -- commit --------------------------------------------------------------------------
+    def _flush_pending(self, stats: ExportStats) -> None:
+        """Write what is pending; positions are applied by :meth:`_flush` (after the write)."""
+        batch = self._pending
+        if len(batch):
+            self.sink.write(batch)
+            stats.batches += 1
+            stats.events += len(batch.events)
+            stats.step_runs += len(batch.step_runs)
+            stats.runs += len(batch.runs)
+            stats.failures += sum(len(r.failures) for r in batch.runs)
+        self._pending = ExportBatch()
+
+    def _flush(self, cur: ExportCursor, stats: ExportStats) -> None:
+        self._flush_pending(stats)
+        for run_id, pos in self._staged_pos.items():
+            if run_id in cur.active:
+                cur.active[run_id] = max(cur.active[run_id], pos)
+        for run_id, end in self._staged_done.items():
+            cur.active.pop(run_id, None)
+            cur.done[run_id] = end
+        self._staged_pos.clear()
+        self._staged_done.clear()
+
+    def _prune(self, cur: ExportCursor) -> None:
+        """Forget done runs whose status changes are all behind the watermark."""
+        horizon = cur.watermark_ts - self.lag - 1.0
+        for run_id in [r for r, end in cur.done.items() if end < horizon]:
+            del cur.done[run_id]
+
+
+__all__ = ["ExportBatch", "ExportCursor", "ExportStats", "Exporter", "Sink", "default_lag"]
