@@ -7,13 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-from noetl_dagster import load_playbook_definitions, run_playbook
+from noetl_dagster import load_playbook, load_playbook_definitions, run_playbook
 from noetl_dagster.cli import main
+from noetl_dagster.playbook.loader import product_references
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "playbooks").rglob("*.yaml"))
+# Producers before readers: a playbook that reads products (`metadata.uses`, `product('d/n')`)
+# runs after the ones that publish them, against the same instance (see `shared_instance`).
+EXAMPLES = sorted((ROOT / "playbooks").rglob("*.yaml"),
+                  key=lambda p: (bool(product_references(load_playbook(p))), str(p)))
+# The data product each example publishes with the default workload: playbook stem -> asset key.
+PRODUCTS = {
+    "score_application": ["risk", "application_scores"],
+    "attribution_model": ["marketing", "customer_360"],
+    "patient_cohort": ["healthcare", "patient_cohort"],
+    "campaign_targets": ["marketing", "campaign_targets"],
+}
 
 
 def test_examples_validate_clean(capsys):
@@ -27,13 +39,45 @@ def test_every_domain_is_a_job():
             "observability__ingest_traces", "mlops__train_model"} <= jobs
 
 
+@pytest.fixture(scope="module")
+def shared_instance():
+    """One persistent instance for the module: product('d/n') reads what an earlier run stored."""
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_readers_run_after_producers():
+    order = [p.stem for p in EXAMPLES]
+    assert order.index("score_application") < order.index("campaign_targets")
+    assert "risk/application_scores" in product_references(load_playbook(ROOT / "playbooks" / "marketing" /
+                                                                         "campaign_targets.yaml"))
+
+
+@pytest.mark.xdist_group("examples")  # keep producers and readers on one worker under `--dist loadgroup`
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs(path, instance):
+def test_example_runs(path, shared_instance):
+    instance = shared_instance
     report = run_playbook(path, instance=instance, log_level="WARNING")
-    assert report.status == "success", {k: v for k, v in report.steps.items() if v.status == "failed"}
+    assert report.status == "success", {k: v.error for k, v in report.steps.items() if v.status == "failed"}
     assert report.steps["end"].status == "success"
     assert all(s.status in ("success", "skipped") for s in report.steps.values())
-    assert sum(s.runs for s in report.steps.values()) >= 8
+    assert sum(s.runs for s in report.steps.values()) >= (4 if path.stem == "campaign_targets" else 8)
+    if path.stem not in PRODUCTS:
+        return
+    key = dg.AssetKey(PRODUCTS[path.stem])
+    event = instance.get_latest_materialization_event(key)
+    assert event is not None, f"{key.to_user_string()} was not materialized"
+    assert event.run_id == report.run_id
+    evaluations = {}
+    for record in instance.all_logs(report.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        data = record.dagster_event.event_specific_data
+        assert data.asset_key == key
+        evaluations[data.check_name] = data
+    kinds = {next(k for k in ("columns", "not_null", "unique", "row_count", "") if name.startswith(k))
+             for name in evaluations}
+    assert {"columns", "not_null", "unique", "row_count"} <= kinds, sorted(evaluations)
+    failed = {name: dict(data.metadata) for name, data in evaluations.items() if not data.passed}
+    assert not failed, failed
 
 
 def test_dagster_definitions_validate(tmp_path):

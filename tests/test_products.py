@@ -71,6 +71,7 @@ def tree(tmp_path: Path) -> Path:
 
 def test_products_are_assets_with_domain_group_lineage_and_checks(tree):
     defs = load_playbook_definitions(tree, strict=True)
+    dg.Definitions.validate_loadable(defs)  # what `dagster definitions validate` checks
     graph = defs.resolve_asset_graph()
     key = dg.AssetKey(["marketing", "customer_360"])
     node = graph.get(key)
@@ -164,3 +165,29 @@ def test_reading_another_domains_product_by_reference(tree, instance):
     assert report.steps["start"].result == [{"n": 2, "total": 50.0}]
     stored = Path(instance.root_directory) / "noetl_data" / "marketing" / "customer_360"
     assert any(p.suffix == ".parquet" for p in stored.rglob("*"))
+
+
+MIDDLE = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: middle, path: ops/middle}
+workflow:
+  - step: start
+    tool: {kind: python, code: "result = [{'id': 1}, {'id': 2}]"}
+    product: {name: ids}
+    next: end
+  - step: end
+    tool: {kind: python, input: {n: "{{ start | length }}"}, code: "result = {'published': n}"}
+"""
+
+
+def test_final_steps_after_a_product_become_the_run_outcome_asset(tmp_path, instance):
+    path = tmp_path / "middle.yaml"
+    path.write_text(MIDDLE)
+    defs = load_playbook_definitions(tmp_path, strict=True)
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"ops/ids", "ops/middle__outcome"}
+    report = run_playbook(path, instance=instance)
+    assert report.status == "success"
+    assert report.steps["end"].result == {"published": 2}
+    assert instance.get_latest_materialization_event(dg.AssetKey(["ops", "middle__outcome"])) is not None

@@ -41,6 +41,8 @@ CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
 RESOURCE_KEYS = frozenset({CREDENTIALS, CATALOG})
 STEPS_KEY = "noetl/steps"
+#: the op and output of an asset graph that collects the final non-product steps' results
+RUN_OUTCOME = "outcome__"
 WORKLOAD_CONFIG = {
     "workload": dg.Field(
         dg.Permissive(), is_required=False, default_value={},
@@ -110,8 +112,18 @@ def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTransl
     op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
     config: dict[str, Any] = {op_name: {"config": {"workload": dict(workload)}}}
     if has_products(playbook):
-        config = {(translator or PlaybookTranslator()).get_job_name(playbook): {"ops": config}}
+        config = {asset_graph_name((translator or PlaybookTranslator()).get_job_name(playbook)): {"ops": config}}
     return {"ops": config}
+
+
+def _outcome(context, inputs):  # type: ignore[no-untyped-def]
+    """The outcome asset's value: the final steps' results (steps can't be named ``outcome__``)."""
+    yield dg.Output(list(inputs["results"]), RESULT)
+
+
+def asset_graph_name(job_name: str) -> str:
+    """The graph-backed multi-asset of a playbook (its asset job keeps the plain job name)."""
+    return f"{job_name}__playbook"
 
 
 def _partitions(playbook: Playbook) -> dg.PartitionsDefinition | None:
@@ -237,12 +249,30 @@ class _Emitter:
         ins = {f"uses_{i}": dg.AssetIn(key=dg.AssetKey(path.split("/")), dagster_type=dg.Nothing)
                for i, path in enumerate(self.uses)}
 
+        product_nodes = {self.net.node_of_step[s.step] for s in products}
+        leaves = [n.name for n in self.net.nodes if not n.outbound and n.name not in product_nodes]
+        if leaves:  # Dagster wants every leaf of an asset graph to produce an asset: the run outcome
+            outs[RUN_OUTCOME] = dg.AssetOut(
+                key=dg.AssetKey([domain, f"{self.playbook.metadata.name}__outcome"]),
+                description=f"What the final steps of {self.playbook.metadata.catalog_path} "
+                            f"({', '.join(leaves)}) returned in the latest run.",
+                kinds={"noetl"}, is_required=False,
+                metadata={**code_reference(self.playbook.file, 1, "playbook"),
+                          "noetl/playbook": self.playbook.metadata.catalog_path})
+            outcome = self._op(RUN_OUTCOME, _outcome, ins={"results": dg.In(list)},
+                               outs={RESULT: dg.Out(is_required=False)},
+                               description="Collects the results of the playbook's final steps.",
+                               tags={"noetl/role": "outcome"})
+
         def compose(**uses: Any) -> dict[str, Any]:
             handles = self._wire(uses)
-            return {s.product.name: handles[self.net.node_of_step[s.step]][RESULT]  # type: ignore[union-attr]
-                    for s in products}
+            assets = {s.product.name: handles[self.net.node_of_step[s.step]][RESULT]  # type: ignore[union-attr]
+                      for s in products}
+            if leaves:
+                assets[RUN_OUTCOME] = outcome(results=[handles[name][RESULT] for name in leaves])
+            return assets
 
-        return dg.graph_multi_asset(name=self.name, outs=outs, ins=ins, group_name=domain,
+        return dg.graph_multi_asset(name=asset_graph_name(self.name), outs=outs, ins=ins, group_name=domain,
                                     partitions_def=_partitions(self.playbook))(
             _with_params(compose, list(ins)))
 
