@@ -11,9 +11,11 @@ only key looks like a marker are encoded with ``__noetl_*__`` markers) or, when 
 (``datetime``, ``bytes``, non-string keys...), as a pickle (``value.pkl``).
 
 A table that appears in several outputs of one step (its ``result`` and every token it fires)
-is written once: writes are cached by object identity per ``(run_id, step_key)`` (weak
+is written once: writes are cached by object identity per ``(root, run_id, step_key)`` (weak
 references, so the cache never keeps a table alive) and every occurrence gets the same ref.
 Refs already in the value (forwarded from upstream) are kept as they are: forwarding costs nothing.
+(``job.execute_in_process`` itself keeps every output object alive until the run ends, for
+``result.output_for_node``; runs launched by ``execute_job``/the daemon do not.)
 
 Layout (``<root>`` is :attr:`ArrowRefIOManager.root`)::
 
@@ -38,15 +40,15 @@ What it loads
 -------------
 ``load_input`` follows the input's annotation (its Dagster type's ``typing_type``):
 
-==========================================  ==================================================
-``pyarrow.Table``                           the table (memory-mapped when local)
-``ArrowRef``                                the ref; no table data is read
-``pyarrow.RecordBatchReader``               a streaming reader
-``pyarrow.dataset.Dataset``                 a lazy dataset
-``pandas.DataFrame`` / ``polars.DataFrame``  DataFrames; ``polars.LazyFrame`` a lazy scan
-``duckdb.DuckDBPyRelation``                 a relation on DuckDB's default connection
-anything else (``Any``, ``dict``, ``list``)  the stored structure with ArrowRefs intact
-==========================================  ==================================================
+=============================================  ==================================================
+``pyarrow.Table``                              the table (memory-mapped when local)
+``ArrowRef``                                   the ref; no table data is read
+``pyarrow.RecordBatchReader``                  a streaming reader
+``pyarrow.dataset.Dataset``                    a lazy dataset
+``pandas.DataFrame`` / ``polars.DataFrame``    DataFrames; ``polars.LazyFrame`` a lazy scan
+``duckdb.DuckDBPyRelation``                    a relation on DuckDB's default connection
+anything else (``Any``, ``dict``, ``list``)    the stored structure with ArrowRefs intact
+=============================================  ==================================================
 
 For the table-shaped types the stored value must be a ref or contain exactly one. Partitioned
 assets store one folder per partition key; loading several partitions gives
