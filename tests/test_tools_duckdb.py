@@ -98,3 +98,20 @@ workflow:
     report = run_playbook(playbook, instance=dg.DagsterInstance.ephemeral())
     assert report.status == "success", report
     assert report.steps["end"].result == {"eu": 10, "us": 20}
+
+
+def test_an_arrow_ref_is_queried_by_reference(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from noetl_dagster.resources.arrow_ref import ArrowRef
+    from noetl_dagster.runtime.tools import ToolContext
+    from noetl_dagster.runtime.tools.duckdb import DuckDBTool
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3]}), path)
+    ref = ArrowRef(uri=str(path), format="parquet", schema=(("x", "int64"),), num_rows=3,
+                   num_bytes=path.stat().st_size)
+    ctx = ToolContext("s", "r", {"t": ref})
+    assert DuckDBTool().run({"query": "SELECT sum(x) AS s FROM t"}, ctx)["rows"] == [{"s": 6}]
+    assert DuckDBTool().run({"query": "SELECT max(x) AS m FROM {{ t }}"}, ctx)["rows"] == [{"m": 3}]

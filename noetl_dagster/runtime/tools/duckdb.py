@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from ...resources.arrow_ref import ArrowRef
 from .base import Tool, ToolContext, ToolError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,8 +40,8 @@ def _as_relation(name: str, value: Any) -> Any:
     """A value DuckDB can register as a table (Arrow, pandas, rows), or a ToolError."""
     import pyarrow as pa
 
-    if isinstance(value, (pa.Table, pa.RecordBatch, pa.RecordBatchReader)):
-        return value
+    if isinstance(value, (pa.Table, pa.RecordBatch, pa.RecordBatchReader, ArrowRef)):
+        return value  # an ArrowRef is scanned from its file by reference (Arrow C stream)
     if type(value).__name__ == "DataFrame":  # pandas / polars, registered as they are
         return value
     if isinstance(value, Mapping) and isinstance(value.get("rows"), list):
@@ -91,7 +92,7 @@ class DuckDBTool(Tool):
         relations = {str(name): _as_relation(str(name), value) for name, value in tables.items()}
         # a step whose result is an Arrow table can be named in the SQL directly
         for name, value in ctx.scope.items():
-            if (name not in relations and isinstance(value, pa.Table) and _NAME.match(name)
+            if (name not in relations and isinstance(value, (pa.Table, ArrowRef)) and _NAME.match(name)
                     and re.search(rf"\b{re.escape(name)}\b", str(query))):
                 relations[name] = value
         if params is not None and not isinstance(params, (list, tuple, Mapping)):
