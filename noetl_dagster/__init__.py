@@ -6,6 +6,7 @@ Public API::
     defs = load_playbook_definitions("playbooks/")
 """
 
+from .ai import TunedTranslator
 from .errors import Issue, PlaybookError, StepFailed
 from .playbook.loader import load_playbook, validate_file
 from .playbook.models import Playbook
@@ -19,6 +20,6 @@ from .translator.translator import PlaybookTranslator
 
 __all__ = [
     "CredentialsResource", "redact", "Issue", "Net", "Playbook", "PlaybookError", "PlaybookTranslator", "RunReport", "StepFailed",
-    "StepReport", "Tool", "ToolContext", "ToolError", "build_job", "load_playbook",
+    "StepReport", "Tool", "TunedTranslator", "ToolContext", "ToolError", "build_job", "load_playbook",
     "load_playbook_definitions", "plan", "register_tool", "run_playbook", "validate_file",
 ]

@@ -102,9 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)
+    from .ai.cli import add_commands as add_tune_commands
     from .sensors.cli import add_commands
 
     add_commands(sub)
+    add_tune_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

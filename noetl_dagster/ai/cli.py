@@ -1,0 +1,80 @@
+"""``noetl-dagster tune``: learn from run history in ClickHouse, write tuning profiles.
+
+    noetl-dagster tune                         # propose: print the table, write proposed entries
+    noetl-dagster tune --apply                 # approve recommendations within bounds
+    noetl-dagster tune --profiles tuning/ --playbooks playbooks/ --json
+
+History comes from the configured ClickHouse (``NOETL_CLICKHOUSE_DSN``, embedded chdb at
+``$DAGSTER_HOME/noetl_clickhouse`` by default). ``--playbooks`` supplies the steps' declared
+``hardware:`` (the baseline for over-provisioning). Wire with ``add_commands(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .profiles import apply_recommendations, load_profiles, save_profile
+from .recommend import TuningBounds, markdown_table, recommend
+from .stats import step_stats
+
+
+def declared_hardware(folder: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(playbook path, step): hardware}`` from the playbooks under ``folder`` (broken ones skipped)."""
+    if not folder or not Path(folder).exists():
+        return {}
+    from ..translator.definitions import find_playbooks, load_playbooks
+
+    loaded = load_playbooks(find_playbooks([folder]))
+    out = {}
+    for pb in loaded.playbooks:
+        for step in pb.workflow:
+            hw = (step.model_extra or {}).get("hardware")
+            if isinstance(hw, dict):
+                out[(pb.metadata.catalog_path, step.step)] = dict(hw)
+    return out
+
+
+def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
+             playbooks_dir: str | None = None) -> tuple[list, list[Path]]:
+    """Stats -> recommendations -> profiles; returns (recommendations added, files written)."""
+    stats = step_stats(client)
+    profiles = load_profiles(profiles_dir)
+    skip = ("approved", "rejected") if apply else ("proposed", "approved", "rejected")
+    recs = recommend(stats, bounds or TuningBounds(), profiles, declared_hardware(playbooks_dir), skip)
+    added = apply_recommendations(profiles, recs, auto_approve=apply)
+    written = [save_profile(profiles[p], profiles_dir) for p in sorted({r.playbook for r in added})]
+    return added, written
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ..resources.clickhouse import ClickHouseResource
+
+    playbooks = args.playbooks or ("playbooks" if Path("playbooks").is_dir() else None)
+    added, written = run_tune(ClickHouseResource().sink(), args.profiles, args.apply, playbooks_dir=playbooks)
+    if args.json:
+        print(json.dumps([{"playbook": r.playbook, "step": r.step, "parameter": r.parameter, "value": r.value,
+                           "evidence": r.evidence, "expected_effect": r.expected_effect,
+                           "within_bounds": r.within_bounds, "flags": list(r.flags)} for r in added], default=str))
+    else:
+        print(markdown_table(added))
+        verb = "approved (within bounds)" if args.apply else "proposed"
+        print(f"\n{len(added)} recommendation(s) {verb}; wrote {', '.join(map(str, written)) or 'nothing'}",
+              file=sys.stderr)
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``tune`` on the ``noetl-dagster`` argparse sub-parsers."""
+    tune = subparsers.add_parser("tune", help="recommend retries, timeouts and resources from run history")
+    tune.add_argument("--apply", action="store_true", help="approve recommendations within bounds (default: propose)")
+    tune.add_argument("--profiles", default="tuning", help="folder of tuning profiles (default ./tuning)")
+    tune.add_argument("--playbooks", help="playbooks folder for declared hardware (default ./playbooks if present)")
+    tune.add_argument("--json", action="store_true", help="print the added recommendations as JSON")
+    tune.set_defaults(func=cmd_tune)
+
+
+__all__ = ["add_commands", "cmd_tune", "declared_hardware", "run_tune"]

@@ -1,0 +1,279 @@
+"""Recommendations from step statistics: retry policies, op timeouts, Kubernetes resources.
+
+Pure: ``recommend(stats, bounds, current_profile)`` reads no history and writes nothing. Every
+recommendation carries its evidence (numbers, run ids) and expected effect, respects
+:class:`TuningBounds`, and is left out when the profile already holds the same value (so a second
+pass over unchanged history proposes nothing new).
+
+* **retry_policy** for transient failures (failed attempts that then succeeded on retry, or
+  intermittent final failures of a step that succeeds in most runs); never for deterministic
+  ones (retries exhausted, or the step never succeeds). ``max_retries`` is the smallest n with
+  ``p^(n+1) <= retry_target_failure_rate`` (p = the step's attempt failure rate), at least what
+  history needed to recover.
+* **timeout_seconds** from the duration tail: ``p99 x timeout_headroom`` (compiled as the op tag
+  ``noetl/timeout_seconds``).
+* **resources** (Kubernetes requests/limits): CPU from ``p95(CPU seconds / wall seconds) x
+  cpu_headroom``, memory from ``p99 peak RSS x memory_headroom`` - never below that floor.
+  A step whose declared hardware is ``over_provision_factor`` x what it uses is flagged
+  ``cheaper_hardware_candidate``.
+
+Each numeric change is at most ``max_change_factor`` x the current value per iteration (the
+memory floor wins over that bound: it is the safety invariant).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .profiles import TuningProfile
+from .stats import StepStats
+
+
+@dataclass(frozen=True)
+class TuningBounds:
+    """Safety bounds and knobs of the recommender (all configuration)."""
+
+    min_runs: int = 5                       # fewer runs of a step: no recommendation
+    # retries
+    retry_min_retries: int = 1
+    retry_max_retries: int = 5
+    retry_delay_seconds: float = 1.0
+    retry_min_delay_seconds: float = 0.1
+    retry_max_delay_seconds: float = 300.0
+    retry_backoff: str | None = "exponential"   # exponential | linear | None
+    retry_target_failure_rate: float = 0.01
+    max_intermittent_rate: float = 0.5      # more final failures than this (no retries tried): not flaky
+    # timeouts
+    timeout_headroom: float = 2.0
+    timeout_min_seconds: int = 30
+    timeout_max_seconds: int = 6 * 3600
+    # resources
+    cpu_headroom: float = 1.5
+    cpu_min_cores: float = 0.1
+    cpu_max_cores: float = 16.0
+    memory_headroom: float = 1.25           # request >= p99 peak x this, always
+    memory_limit_headroom: float = 1.5
+    memory_min_mb: int = 128
+    memory_max_mb: int = 64 * 1024
+    over_provision_factor: float = 4.0
+    # iteration
+    max_change_factor: float = 4.0          # per step, per parameter, per iteration
+
+    def memory_floor_mb(self, peak_p99_mb: float) -> int:
+        return _ceil_to(peak_p99_mb * self.memory_headroom, 64)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    playbook: str
+    step: str
+    parameter: str                  # retry_policy | timeout_seconds | resources
+    value: Any
+    evidence: dict[str, Any] = field(default_factory=dict)
+    expected_effect: str = ""
+    within_bounds: bool = True      # False: the evidence asked for more than a hard bound allows
+    flags: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        v = self.value
+        if self.parameter == "retry_policy":
+            return f"max_retries={v['max_retries']}, delay={v['delay']}s, backoff={v['backoff']}"
+        if self.parameter == "timeout_seconds":
+            return f"{v}s"
+        if self.parameter == "resources":
+            parts = [f"{kind} " + ", ".join(f"{k}={q}" for k, q in sorted(vals.items())) for kind, vals in v.items()]
+            return "; ".join(parts)
+        return str(v)
+
+
+# -- quantities -------------------------------------------------------------------------------
+_MEM_UNITS = {"": 1 / 2**20, "k": 1e3 / 2**20, "m": 1e6 / 2**20, "g": 1e9 / 2**20, "t": 1e12 / 2**20,
+              "ki": 1 / 1024, "mi": 1.0, "gi": 1024.0, "ti": 1024.0**2}
+
+
+def parse_memory_mb(text: Any) -> float | None:
+    """``8Gi`` -> 8192.0, ``512Mi`` -> 512.0, ``1G`` -> 953.67; None if not a quantity."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _MEM_UNITS:
+        return None
+    return float(m.group(1)) * _MEM_UNITS[m.group(2).lower()]
+
+
+def parse_cpu(text: Any) -> float | None:
+    """``500m`` -> 0.5, ``2`` -> 2.0."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(m?)\s*", str(text))
+    if not m:
+        return None
+    return float(m.group(1)) / (1000 if m.group(2) else 1)
+
+
+def format_memory(mb: float) -> str:
+    return f"{int(mb)}Mi"
+
+
+def format_cpu(cores: float) -> str:
+    return f"{int(round(cores * 1000))}m"
+
+
+def _ceil_to(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def _limit_change(target: float, current: float | None, factor: float) -> float:
+    if not current or current <= 0 or factor <= 1:
+        return target
+    return min(max(target, current / factor), current * factor)
+
+
+def _r(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+# -- the recommender --------------------------------------------------------------------------
+def _profile_for(current_profile: Any, playbook: str) -> TuningProfile | None:
+    if current_profile is None:
+        return None
+    if isinstance(current_profile, TuningProfile):
+        return current_profile if current_profile.playbook == playbook else None
+    if isinstance(current_profile, Mapping):
+        return current_profile.get(playbook)
+    return None
+
+
+def recommend(stats: Sequence[StepStats], bounds: TuningBounds | None = None, current_profile: Any = None,
+              declared: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+              skip_statuses: tuple[str, ...] = ("proposed", "approved", "rejected")) -> list[Recommendation]:
+    """Recommendations for every step with enough history, minus what the profile already holds.
+
+    ``current_profile``: a :class:`TuningProfile`, a mapping playbook -> profile, or None.
+    ``declared``: ``{(playbook, step): hardware}`` - the steps' ``hardware:`` extension (the
+    current resources when the profile has no approved ones). ``skip_statuses``: held entries with
+    these statuses suppress an identical recommendation (``tune --apply`` passes approved and
+    rejected, so still-pending proposals the evidence supports can be approved).
+    """
+    bounds = bounds or TuningBounds()
+    out: list[Recommendation] = []
+    for s in stats:
+        if s.runs < bounds.min_runs:
+            continue
+        profile = _profile_for(current_profile, s.playbook)
+        hardware = (declared or {}).get((s.playbook, s.step)) or {}
+        for rec in (_retry(s, bounds), _timeout(s, bounds, profile), _resources(s, bounds, profile, hardware)):
+            if rec is None:
+                continue
+            if profile is not None and profile.holds(s.step, rec.parameter, rec.value, skip_statuses):
+                continue
+            out.append(rec)
+    return out
+
+
+def _retry(s: StepStats, b: TuningBounds) -> Recommendation | None:
+    if s.failed_executions == 0 and s.transient_failures == 0:
+        return None
+    if s.successes == 0 or s.deterministic_failures > s.recovered_executions:
+        return None  # deterministic: retrying only delays the failure
+    recovered_by_retry = s.transient_failures > 0
+    flaky = s.intermittent_failures > 0 and s.failure_rate <= b.max_intermittent_rate
+    if not (recovered_by_retry or flaky):
+        return None
+    p = min(max(s.attempt_failure_rate, 1e-6), 0.99)
+    needed = math.ceil(math.log(b.retry_target_failure_rate) / math.log(p)) - 1
+    needed = max(needed, s.max_recovery_attempt - 1, 1)
+    n = min(max(needed, b.retry_min_retries), b.retry_max_retries)
+    delay = min(max(b.retry_delay_seconds, b.retry_min_delay_seconds), b.retry_max_delay_seconds)
+    value = {"max_retries": int(n), "delay": float(delay), "backoff": b.retry_backoff}
+    expected = p ** (n + 1)
+    evidence = {"runs": s.runs, "attempts": s.attempts, "attempt_failure_rate": _r(p, 4),
+                "final_failure_rate": _r(s.failure_rate, 4), "transient_failures": s.transient_failures,
+                "recovered_executions": s.recovered_executions, "intermittent_failures": s.intermittent_failures,
+                "deterministic_failures": s.deterministic_failures, "max_recovery_attempt": s.max_recovery_attempt,
+                "run_ids": list(s.transient_run_ids or s.failed_run_ids)}
+    effect = (f"transient failures retried: final failure rate {s.failure_rate:.1%} -> about {expected:.2%} "
+              f"(per-attempt failure rate {p:.1%}, up to {n} retries)")
+    return Recommendation(s.playbook, s.step, "retry_policy", value, evidence, effect, needed <= b.retry_max_retries)
+
+
+def _timeout(s: StepStats, b: TuningBounds, profile: TuningProfile | None) -> Recommendation | None:
+    if not s.p99_ms or s.successes < b.min_runs:
+        return None
+    raw = math.ceil(s.p99_ms / 1000.0 * b.timeout_headroom)
+    target = min(max(raw, b.timeout_min_seconds), b.timeout_max_seconds)
+    current = profile.approved(s.step, "timeout_seconds") if profile else None
+    value = int(math.ceil(_limit_change(target, current, b.max_change_factor)))
+    value = min(max(value, b.timeout_min_seconds), b.timeout_max_seconds)
+    tail = s.tail_ratio
+    flags = ("long_tail",) if tail and tail >= 3 else ()
+    evidence = {"successes": s.successes, "p50_ms": _r(s.p50_ms, 1), "p95_ms": _r(s.p95_ms, 1),
+                "p99_ms": _r(s.p99_ms, 1), "max_ms": _r(s.max_ms, 1), "tail_ratio_p99_p50": _r(tail, 2),
+                "headroom": b.timeout_headroom}
+    effect = (f"a hung attempt is stopped after {value}s instead of running unbounded; "
+              f"p99 {s.p99_ms / 1000:.1f}s leaves x{value / (s.p99_ms / 1000):.1f} headroom")
+    return Recommendation(s.playbook, s.step, "timeout_seconds", value, evidence, effect,
+                          raw <= b.timeout_max_seconds, flags)
+
+
+def _resources(s: StepStats, b: TuningBounds, profile: TuningProfile | None,
+               hardware: Mapping[str, Any]) -> Recommendation | None:
+    if s.peak_mb_p99 is None:
+        return None
+    approved = (profile.approved(s.step, "resources") if profile else None) or {}
+    requests = approved.get("requests") or {}
+    cur_mem = parse_memory_mb(requests.get("memory") or hardware.get("memory"))
+    cur_cpu = parse_cpu(requests.get("cpu") or hardware.get("cpu"))
+    within = True
+    # memory: the floor is absolute
+    floor = b.memory_floor_mb(s.peak_mb_p99)
+    mem = _limit_change(max(floor, b.memory_min_mb), cur_mem, b.max_change_factor)
+    mem = max(_ceil_to(min(mem, b.memory_max_mb), 64), floor)
+    if floor > b.memory_max_mb:
+        within = False
+    limit = max(mem, _ceil_to(s.peak_mb_p99 * b.memory_limit_headroom, 64))
+    limit = max(min(limit, b.memory_max_mb), mem)
+    value: dict[str, Any] = {"requests": {"memory": format_memory(mem)}, "limits": {"memory": format_memory(limit)}}
+    cpu = None
+    if s.cores_p95 is not None:
+        raw_cpu = s.cores_p95 * b.cpu_headroom
+        within = within and raw_cpu <= b.cpu_max_cores
+        cpu = min(max(raw_cpu, b.cpu_min_cores), b.cpu_max_cores)
+        cpu = _limit_change(cpu, cur_cpu, b.max_change_factor)
+        cpu = min(max(math.ceil(cpu * 20) / 20, b.cpu_min_cores), b.cpu_max_cores)  # 50m steps
+        value["requests"]["cpu"] = format_cpu(cpu)
+    over = bool((cur_mem and cur_mem >= b.over_provision_factor * s.peak_mb_p99)
+                or (cur_cpu and s.cores_p95 and cur_cpu >= b.over_provision_factor * s.cores_p95))
+    flags = ("cheaper_hardware_candidate",) if over else ()
+    evidence = {"runs": s.runs, "peak_mb_p50": _r(s.peak_mb_p50, 1), "peak_mb_p99": _r(s.peak_mb_p99, 1),
+                "peak_mb_max": _r(s.peak_mb_max, 1), "cores_p95": _r(s.cores_p95), "cpu_seconds_p95": _r(s.cpu_seconds_p95),
+                "declared_memory": hardware.get("memory"), "declared_cpu": hardware.get("cpu"),
+                "current_memory_mb": _r(cur_mem, 1), "current_cpu": _r(cur_cpu), "memory_floor_mb": floor,
+                "over_provisioned": over}
+    if over:
+        effect = (f"over-provisioned (declared {hardware.get('memory') or format_memory(cur_mem or 0)} vs p99 peak "
+                  f"{s.peak_mb_p99:.0f} MB): cheaper hardware candidate, request {format_memory(mem)}"
+                  + (f" and {format_cpu(cpu)} CPU" if cpu is not None else ""))
+    else:
+        effect = (f"requests sized to observed use: memory {format_memory(mem)} (p99 peak {s.peak_mb_p99:.0f} MB)"
+                  + (f", CPU {format_cpu(cpu)} (p95 {s.cores_p95:.2f} cores)" if cpu is not None else ""))
+    return Recommendation(s.playbook, s.step, "resources", value, evidence, effect, within, flags)
+
+
+def markdown_table(recommendations: Sequence[Recommendation]) -> str:
+    """A markdown table of recommendations (playbook, step, parameter, value, effect, flags)."""
+    lines = ["| playbook | step | parameter | value | expected effect | flags |", "|---|---|---|---|---|---|"]
+    for r in recommendations:
+        cells = [r.playbook, r.step, r.parameter, r.summary(), r.expected_effect,
+                 ", ".join(r.flags + (() if r.within_bounds else ("needs_review",)))]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    if not recommendations:
+        lines.append("| | | | nothing new to propose | | |")
+    return "\n".join(lines)
+
+
+__all__ = ["Recommendation", "TuningBounds", "format_cpu", "format_memory", "markdown_table", "parse_cpu",
+           "parse_memory_mb", "recommend"]

@@ -1,0 +1,86 @@
+"""``TunedTranslator``: compiles approved tuning-profile entries into the Dagster job.
+
+* ``retry_policy`` -> the op's ``dagster.RetryPolicy`` (``max_retries``, ``delay``, ``backoff``);
+* ``resources`` -> merged into the step's ``dagster-k8s/config`` tag
+  (``container_config.resources``), over what the ``hardware:`` extension declares;
+* ``timeout_seconds`` -> op tag ``noetl/timeout_seconds``. Dagster's ``dagster/max_runtime``
+  bounds whole *runs* only; there is no per-op timeout in Dagster, so the tag records the
+  approved bound for the step runtime / a run monitor to enforce.
+
+Only ``approved`` entries count; ``proposed`` and ``rejected`` ones change nothing.
+
+Example::
+
+    from noetl_dagster import build_job, load_playbook
+    from noetl_dagster.ai import TunedTranslator
+
+    job = build_job(load_playbook("playbooks/risk/score_application.yaml"), TunedTranslator("tuning/"))
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import dagster as dg
+
+from ..playbook.models import Playbook, Step
+from ..translator.translator import PlaybookTranslator
+from .profiles import TuningProfile, load_profiles
+
+TIMEOUT_TAG = "noetl/timeout_seconds"
+PROFILE_VERSION_TAG = "noetl/tuning_profile_version"
+
+_BACKOFF = {"exponential": dg.Backoff.EXPONENTIAL, "linear": dg.Backoff.LINEAR}
+
+
+class TunedTranslator(PlaybookTranslator):
+    """A :class:`PlaybookTranslator` that applies approved entries of the profiles in ``folder``."""
+
+    def __init__(self, folder: str | os.PathLike = "tuning", profiles: dict[str, TuningProfile] | None = None) -> None:
+        self.folder = folder
+        self._profiles = profiles
+
+    @property
+    def profiles(self) -> dict[str, TuningProfile]:
+        if self._profiles is None:
+            self._profiles = load_profiles(self.folder)
+        return self._profiles
+
+    def reload(self) -> None:
+        self._profiles = None
+
+    def _approved(self, playbook: Playbook, step: Step, parameter: str) -> Any:
+        profile = self.profiles.get(playbook.metadata.catalog_path)
+        return profile.approved(step.step, parameter) if profile else None
+
+    def get_retry_policy(self, playbook: Playbook, step: Step) -> dg.RetryPolicy | None:
+        value = self._approved(playbook, step, "retry_policy")
+        if not value or not value.get("max_retries"):
+            return super().get_retry_policy(playbook, step)
+        return dg.RetryPolicy(max_retries=int(value["max_retries"]), delay=value.get("delay") or None,
+                              backoff=_BACKOFF.get(value.get("backoff") or ""))
+
+    def get_k8s_config(self, playbook: Playbook, step: Step) -> dict[str, Any] | None:
+        config = copy.deepcopy(super().get_k8s_config(playbook, step) or {})
+        value = self._approved(playbook, step, "resources")
+        if value:
+            resources = config.setdefault("container_config", {}).setdefault("resources", {})
+            for kind in ("requests", "limits"):
+                if value.get(kind):
+                    resources.setdefault(kind, {}).update({str(k): str(v) for k, v in value[kind].items()})
+        return config or None
+
+    def get_op_tags(self, playbook: Playbook, step: Step) -> dict[str, str]:
+        tags = super().get_op_tags(playbook, step)
+        timeout = self._approved(playbook, step, "timeout_seconds")
+        if timeout:
+            tags[TIMEOUT_TAG] = str(int(timeout))
+        profile = self.profiles.get(playbook.metadata.catalog_path)
+        if profile is not None and profile.steps.get(step.step):
+            tags[PROFILE_VERSION_TAG] = str(profile.version)
+        return tags
+
+
+__all__ = ["PROFILE_VERSION_TAG", "TIMEOUT_TAG", "TunedTranslator"]

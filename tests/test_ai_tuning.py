@@ -1,0 +1,253 @@
+"""AI tuning on synthetic run history in chdb's ``step_runs`` (created by the package's own migration).
+
+chdb allows one data folder per process: the test reuses a chdb client another test module already
+opened (tests/test_export.py), else opens its own folder; every test gets its own database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from noetl_dagster import build_job
+from noetl_dagster.ai import (TIMEOUT_TAG, TunedTranslator, TuningBounds, apply_recommendations, load_profiles,
+                              markdown_table, recommend, save_profile, step_stats)
+from noetl_dagster.ai.cli import add_commands, run_tune
+from noetl_dagster.ai.profiles import load_profile
+from noetl_dagster.ai.recommend import parse_cpu, parse_memory_mb
+from noetl_dagster.playbook.loader import parse_text
+from noetl_dagster.resources import clickhouse as ch
+from noetl_dagster.resources.clickhouse import ClickHouseSink
+from noetl_dagster.sensors.mapping import StepRun
+
+PLAYBOOK_PATH = "risk/tuned"
+PLAYBOOK = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: tuned
+  path: risk/tuned
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: flaky
+  - step: flaky
+    tool: {kind: noop}
+    next: broken
+  - step: broken
+    tool: {kind: noop}
+    next: big
+  - step: big
+    hardware: {cpu: "4", memory: 8Gi, node_selector: {pool: big}}
+    tool: {kind: noop}
+    next: slow
+  - step: slow
+    tool: {kind: noop}
+    next: end
+  - step: end
+    tool: {kind: noop}
+"""
+DECLARED = {(PLAYBOOK_PATH, "big"): {"cpu": "4", "memory": "8Gi"}}
+N_RUNS = 40
+
+
+@pytest.fixture(scope="module")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    for (dsn, _), _client in list(ch._CLIENTS.items()):
+        if dsn and dsn.startswith("chdb://"):
+            return dsn
+    return f"chdb://{tmp_path_factory.mktemp('chdb_ai')}"
+
+
+def _row(rid: str, step: str, attempt: int, status: str, dur_ms: int, cpu: float, mem: float, t: float) -> StepRun:
+    return StepRun(execution_id=rid, step_key=step, attempt=attempt, playbook_path=PLAYBOOK_PATH, domain="risk",
+                   job_name="risk__tuned", step_name=step, tool_kind="noop", status=status, started_at=t,
+                   finished_at=t + dur_ms / 1000, duration_ms=dur_ms, retries=attempt - 1, rows=100, bytes=4096,
+                   cpu_seconds=cpu, peak_rss_mb=mem, error_message="boom" if status != "success" else "",
+                   worker="w1")
+
+
+def synthetic_history(seed: int = 7) -> list[StepRun]:
+    """flaky: ~30% of attempts fail and succeed on retry; broken: always fails (retries exhausted);
+    big: 1 GB peak of an 8 GB request; slow: a long duration tail."""
+    rnd = random.Random(seed)
+    rows: list[StepRun] = []
+    t = 1_700_000_000.0
+    for i in range(N_RUNS):
+        rid = f"run-{i:03d}"
+        t += 60
+        rows.append(_row(rid, "start", 1, "success", 100, 0.05, 80, t))
+        attempt = 1
+        while attempt < 4 and rnd.random() < 0.3:
+            rows.append(_row(rid, "flaky", attempt, "retried", 200, 0.1, 90, t))
+            attempt += 1
+        rows.append(_row(rid, "flaky", attempt, "success", 1000, 0.5, 100, t))
+        if i % 4 == 0:  # broken runs in a quarter of the runs here, and never succeeds
+            rows.append(_row(rid, "broken", 1, "retried", 50, 0.01, 60, t))
+            rows.append(_row(rid, "broken", 2, "failed", 50, 0.01, 60, t))
+        rows.append(_row(rid, "big", 1, "success", 10_000, 5.0, 900 + rnd.random() * 124, t))  # <= ~1 GB
+        slow_ms = 120_000 if i in (3, 17) else 2_000 + rnd.randint(0, 500)
+        rows.append(_row(rid, "slow", 1, "success", slow_ms, slow_ms / 1000 * 0.2, 200, t))
+    return rows
+
+
+@pytest.fixture
+def sink(chdb_dsn: str) -> ClickHouseSink:
+    s = ClickHouseSink(ch.get_client(chdb_dsn), database=f"ai_{uuid.uuid4().hex[:10]}")
+    s.migrate()
+    s.write_step_runs(synthetic_history())
+    s.write_step_runs(synthetic_history()[:20])  # a replayed batch collapses (FINAL)
+    return s
+
+
+def by_key(recs):
+    return {(r.step, r.parameter): r for r in recs}
+
+
+def test_step_stats_from_clickhouse(sink):
+    stats = {s.step: s for s in step_stats(sink)}
+    assert set(stats) == {"start", "flaky", "broken", "big", "slow"}
+    flaky, broken, big, slow = stats["flaky"], stats["broken"], stats["big"], stats["slow"]
+    assert flaky.runs == N_RUNS and flaky.failed_executions == 0 and flaky.transient_failures > 0
+    assert flaky.recovered_executions > 0 and flaky.transient_run_ids
+    assert 0.15 < flaky.attempt_failure_rate < 0.4
+    assert broken.runs == N_RUNS // 4 and broken.failure_rate == 1.0 and broken.successes == 0
+    assert broken.deterministic_failures == N_RUNS // 4 and broken.transient_failures == 0
+    assert broken.failed_run_ids[0] == "run-000"
+    assert 900 <= big.peak_mb_p99 <= 1024 and big.cores_p95 == pytest.approx(0.5)
+    assert slow.p50_ms < 3000 and slow.p99_ms > 100_000 and slow.tail_ratio > 30
+    assert stats["start"].rows_p50 == 100 and stats["start"].bytes_max == 4096
+
+
+def test_recommendations_match_history_and_bounds(sink):
+    bounds = TuningBounds()
+    recs = by_key(recommend(step_stats(sink), bounds, None, DECLARED))
+    # transient -> a retry policy; deterministic -> none
+    retry = recs[("flaky", "retry_policy")]
+    assert bounds.retry_min_retries <= retry.value["max_retries"] <= bounds.retry_max_retries
+    assert retry.value["max_retries"] >= 3 and retry.value["backoff"] == "exponential" and retry.value["delay"] == 1.0
+    assert retry.evidence["transient_failures"] > 0 and retry.evidence["run_ids"] and "final failure rate" in retry.expected_effect
+    assert ("broken", "retry_policy") not in recs and ("start", "retry_policy") not in recs
+    assert ("slow", "retry_policy") not in recs
+    # over-provisioned: 1 GB of 8 GB -> cheaper hardware, bounded to 4x change, never below the floor
+    big = recs[("big", "resources")]
+    assert "cheaper_hardware_candidate" in big.flags and big.evidence["over_provisioned"]
+    mem = parse_memory_mb(big.value["requests"]["memory"])
+    assert mem == 8192 / bounds.max_change_factor
+    assert mem >= big.evidence["peak_mb_p99"] * bounds.memory_headroom
+    assert parse_memory_mb(big.value["limits"]["memory"]) >= mem
+    assert parse_cpu(big.value["requests"]["cpu"]) == 1.0  # 4 cores / 4x (observed 0.5 x 1.5 = 0.75)
+    # long tail -> timeout from p99 x headroom, within bounds
+    slow = recs[("slow", "timeout_seconds")]
+    assert slow.value == 240 and "long_tail" in slow.flags
+    for r in recs.values():
+        if r.parameter == "timeout_seconds":
+            assert bounds.timeout_min_seconds <= r.value <= bounds.timeout_max_seconds
+        if r.parameter == "resources":
+            m = parse_memory_mb(r.value["requests"]["memory"])
+            assert m >= bounds.memory_floor_mb(r.evidence["peak_mb_p99"]) and m <= bounds.memory_max_mb
+            assert bounds.cpu_min_cores <= parse_cpu(r.value["requests"]["cpu"]) <= bounds.cpu_max_cores
+    table = markdown_table(list(recs.values()))
+    assert table.startswith("| playbook | step |") and "flaky" in table
+
+
+def test_tight_bounds_are_respected(sink):
+    bounds = TuningBounds(retry_max_retries=1, timeout_max_seconds=60, max_change_factor=2.0)
+    recs = by_key(recommend(step_stats(sink), bounds, None, DECLARED))
+    assert recs[("flaky", "retry_policy")].value["max_retries"] == 1
+    assert not recs[("flaky", "retry_policy")].within_bounds  # wanted more: needs review, no auto-approve
+    assert recs[("slow", "timeout_seconds")].value == 60 and not recs[("slow", "timeout_seconds")].within_bounds
+    assert parse_memory_mb(recs[("big", "resources")].value["requests"]["memory"]) == 4096
+    # the memory floor beats the change bound
+    bounds = TuningBounds(max_change_factor=100.0)
+    big = by_key(recommend(step_stats(sink), bounds, None, DECLARED))[("big", "resources")]
+    assert parse_memory_mb(big.value["requests"]["memory"]) == bounds.memory_floor_mb(big.evidence["peak_mb_p99"])
+
+
+def test_loop_closes_at_compile_time_and_second_pass_is_quiet(sink, tmp_path):
+    folder = tmp_path / "tuning"
+    playbook = parse_text(PLAYBOOK, str(tmp_path / "tuned.yaml"))
+    # 1. propose: profile written, the compiled job unchanged
+    added, written = run_tune(sink, folder)
+    assert added and written == [folder / "risk__tuned.yaml"]
+    data = yaml.safe_load(written[0].read_text())
+    assert data["playbook"] == PLAYBOOK_PATH and data["version"] == 1
+    assert {e["status"] for es in data["steps"].values() for e in es} == {"proposed"}
+    job = build_job(playbook, TunedTranslator(folder))
+    assert job.graph.node_named("flaky").definition.retry_policy is None
+    assert TIMEOUT_TAG not in job.graph.node_named("slow").definition.tags
+    # 2. a second pass on unchanged history proposes nothing new
+    assert run_tune(sink, folder) == ([], [])
+    assert yaml.safe_load(written[0].read_text())["version"] == 1
+    # 3. approve (auto_approve within bounds) -> retry policy, timeout tag and k8s resources compiled in
+    profiles = load_profiles(folder)
+    recs = recommend(step_stats(sink), TuningBounds(), {}, DECLARED)
+    assert apply_recommendations(profiles, recs, auto_approve=True)
+    save_profile(profiles[PLAYBOOK_PATH], folder)
+    job = build_job(playbook, TunedTranslator(folder))
+    policy = job.graph.node_named("flaky").definition.retry_policy
+    flaky = by_key(recs)[("flaky", "retry_policy")].value
+    assert isinstance(policy, dg.RetryPolicy) and policy.max_retries == flaky["max_retries"]
+    assert policy.delay == 1.0 and policy.backoff == dg.Backoff.EXPONENTIAL
+    assert job.graph.node_named("broken").definition.retry_policy is None
+    assert job.graph.node_named("slow").definition.tags[TIMEOUT_TAG] == "240"
+    k8s = json.loads(job.graph.node_named("big").definition.tags["dagster-k8s/config"])
+    assert k8s["container_config"]["resources"]["requests"] == {"cpu": "1000m", "memory": "2048Mi"}
+    assert k8s["pod_spec_config"] == {"node_selector": {"pool": "big"}}  # declared config kept
+    # a plain translator ignores profiles
+    assert build_job(playbook).graph.node_named("flaky").definition.retry_policy is None
+    # 4. after approval, unchanged history re-proposes nothing for retries/timeouts; memory converges
+    again = by_key(recommend(step_stats(sink), TuningBounds(), load_profiles(folder), DECLARED))
+    assert ("flaky", "retry_policy") not in again and ("slow", "timeout_seconds") not in again
+    if ("big", "resources") in again:  # next 4x step toward the floor, never below it
+        nxt = again[("big", "resources")]
+        assert nxt.evidence["current_memory_mb"] == 2048
+        assert parse_memory_mb(nxt.value["requests"]["memory"]) >= TuningBounds().memory_floor_mb(nxt.evidence["peak_mb_p99"])
+
+
+def test_malformed_profile_is_ignored_with_a_clear_log(tmp_path, caplog):
+    folder = tmp_path / "tuning"
+    folder.mkdir()
+    (folder / "risk__bad.yaml").write_text("playbook: risk/bad\nversion: 1\nsteps:\n  a:\n    - {parameter: nope, value: 1}\n")
+    (folder / "risk__broken_yaml.yaml").write_text("playbook: [unclosed\n")
+    (folder / "risk__tuned.yaml").write_text(yaml.safe_dump({"playbook": PLAYBOOK_PATH, "version": 2, "steps": {
+        "flaky": [{"parameter": "retry_policy", "value": {"max_retries": 2, "delay": 0.5, "backoff": "linear"},
+                   "status": "approved", "evidence": {}, "expected_effect": ""}]}}))
+    with caplog.at_level(logging.ERROR, logger="noetl_dagster.ai"):
+        profiles = load_profiles(folder)
+    assert set(profiles) == {PLAYBOOK_PATH}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("risk__bad.yaml" in m and "malformed" in m and "parameter must be one of" in m for m in messages)
+    assert any("risk__broken_yaml.yaml" in m and "malformed" in m for m in messages)
+    assert load_profile(folder / "missing.yaml") is None
+    job = build_job(parse_text(PLAYBOOK, str(tmp_path / "tuned.yaml")), TunedTranslator(folder))
+    policy = job.graph.node_named("flaky").definition.retry_policy
+    assert policy.max_retries == 2 and policy.backoff == dg.Backoff.LINEAR
+
+
+def test_tune_command_registers():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["tune", "--apply", "--profiles", "x"])
+    assert args.apply and args.profiles == "x" and callable(args.func)
+
+
+def test_tune_apply_approves_pending_proposals_within_bounds(sink, tmp_path):
+    folder = tmp_path / "tuning"
+    run_tune(sink, folder)  # propose
+    added, _ = run_tune(sink, folder, apply=True, bounds=TuningBounds(timeout_max_seconds=60))
+    assert added
+    profile = load_profiles(folder)[PLAYBOOK_PATH]
+    assert profile.approved("flaky", "retry_policy")["max_retries"] >= 3
+    assert profile.version == 2
+    # the 60s cap made the slow step's timeout need review: proposed, not approved
+    assert profile.approved("slow", "timeout_seconds") is None
+    assert [e.status for e in profile.entries("slow", "timeout_seconds")] == ["proposed"]
