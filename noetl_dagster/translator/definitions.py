@@ -105,7 +105,11 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
             continue
         products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
                          for s in playbook.workflow if s.product})
-        parts[name] = build_definitions(playbook, translator)
+        try:
+            parts[name] = build_definitions(playbook, translator)
+        except PlaybookError as exc:  # e.g. an unknown metadata.dagster.executor
+            problems.extend(exc.issues)
+            continue
     issues = loaded.issues + problems
     if strict and issues:
         raise PlaybookError(issues)

@@ -25,7 +25,7 @@ from ..playbook.models import Playbook, Step
 from .plan import op_safe
 
 #: executors a playbook may choose with ``metadata.dagster.executor``
-EXECUTORS = ("in_process", "multiprocess")
+EXECUTORS = ("in_process", "multiprocess", "k8s")
 
 
 class PlaybookTranslator:

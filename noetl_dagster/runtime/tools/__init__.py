@@ -1,6 +1,7 @@
 """Tool kinds: one module each, registered here."""
 
 from .base import Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
+from .container import ContainerTool
 from .duckdb import DuckDBTool
 from .http import HttpTool
 from .noop import NoopTool
@@ -11,7 +12,7 @@ from .shell import ShellTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
-              PlaybookTool(), TransferTool()):
+              PlaybookTool(), TransferTool(), ContainerTool()):
     register_tool(_tool)
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.

@@ -1,0 +1,18 @@
+"""Dagster Components (``dg``) for NoETL playbooks.
+
+A ``dg`` project points a ``defs.yaml`` at a playbook file or a folder of playbooks::
+
+    # src/<project>/defs/risk/defs.yaml
+    type: noetl_dagster.components.PlaybookComponent
+    attributes:
+      path: playbooks            # relative to this defs.yaml's folder (or absolute)
+
+Scaffold one with ``dg scaffold defs noetl_dagster.components.PlaybookComponent risk``.
+
+This module is the package's ``dagster_dg_cli.registry_modules`` entry, so ``dg list
+components`` shows :class:`PlaybookComponent` once ``noetl-dagster`` is installed.
+"""
+
+from .playbook import PlaybookComponent, PlaybookScaffolder, PlaybookScaffoldParams
+
+__all__ = ["PlaybookComponent", "PlaybookScaffolder", "PlaybookScaffoldParams"]

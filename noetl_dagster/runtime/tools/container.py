@@ -1,0 +1,358 @@
+"""``kind: container``: run a container as a Kubernetes Job through dagster-k8s.
+
+NoETL's contract (rendered as templates)::
+
+    tool:
+      kind: container
+      image: python:3.12-slim              # required
+      command: [python, -c]                # list (a string is split like a shell would)
+      args: ["print('{{ workload.msg }}')"]
+      env: {MODE: fast}                    # or a list of k8s EnvVar ({name, value|valueFrom})
+      resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {memory: 2Gi}}
+                                           # or short: {cpu: 500m, memory: 1Gi, cpu_limit: "1",
+                                           #            memory_limit: 2Gi, gpu: 1}
+      timeout_seconds: 600                 # the whole Job, from creation to completion
+      namespace: etl                       # default: the run launcher's, else "default"
+      service_account: etl-runner
+      backoff_limit: 0                     # Job retries (default 0)
+      restart_policy: Never                # Never (default, logs are streamed) | OnFailure
+      node_selector: {pool: batch}
+      tolerations: [{key: batch, operator: Exists}]
+      volumes: [{name: data, emptyDir: {}}]
+      volume_mounts: [{name: data, mountPath: /data}]
+      image_pull_policy: IfNotPresent      # extras: labels, image_pull_secrets, env_secrets,
+      name: my-job                         # env_config_maps, job name (default noetl-<step>-<hash>)
+
+NoETL's nested form ``runtime: {provider: kubernetes, image, namespace, ...}`` is accepted too.
+
+The step runs :func:`dagster_k8s.execute_k8s_job` from inside its op, so the Job carries the
+run's labels and, under a ``K8sRunLauncher``, the launcher's namespace, env and secrets (the
+step's own values win). Where NoETL parks the step until a callback, this op simply waits for
+the Job. Result ``{status: succeeded, job_name, namespace, pod, logs, output}``: ``logs`` is the
+tail of the pod's log, ``output`` the last log line parsed as JSON when it is JSON (else null).
+A failed or timed-out Job fails the step with dagster-k8s's diagnosis (exit code, log tail).
+
+Cluster access: in a pod (``KUBERNETES_SERVICE_HOST`` set) the in-cluster config; elsewhere
+``$KUBECONFIG`` (or ``~/.kube/config``). ``kubeconfig_file``/``kube_context``/
+``load_incluster_config`` in the tool config override that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shlex
+import time
+from typing import Any, Mapping
+
+from .base import Tool, ToolContext, ToolError
+
+#: how much of the pod log the result keeps
+LOG_TAIL_CHARS = 20000
+_COUNTER = itertools.count()
+_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+class ContainerTool(Tool):
+    kind = "container"
+
+    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+        cfg = _flatten(config)
+        problems: list[tuple[str, str, str | None]] = []
+        if not cfg.get("image"):
+            problems.append(("image", "a container tool needs `image:`", "add `image: python:3.12-slim`"))
+        for key in ("command", "args"):
+            value = cfg.get(key)
+            if value is not None and not isinstance(value, (str, list)):
+                problems.append((key, f"`{key}` must be a list of strings (or one string)", None))
+        env = cfg.get("env")
+        if env is not None and not isinstance(env, (dict, list, str)):
+            problems.append(("env", "`env` must be a mapping of NAME: value or a list of k8s EnvVars", None))
+        for key in ("resources", "node_selector", "labels"):
+            value = cfg.get(key)
+            if value is not None and not isinstance(value, (dict, str)):
+                problems.append((key, f"`{key}` must be a mapping", None))
+        for key in ("tolerations", "volumes", "volume_mounts"):
+            value = cfg.get(key)
+            if value is not None and not isinstance(value, (list, str)):
+                problems.append((key, f"`{key}` must be a list", None))
+        policy = cfg.get("restart_policy")
+        if isinstance(policy, str) and "{{" not in policy and policy not in ("Never", "OnFailure"):
+            problems.append(("restart_policy", f"restart_policy {policy!r} is not allowed for a Job",
+                             "use Never (default) or OnFailure"))
+        return problems
+
+    def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
+        cfg = _flatten(ctx.render(config))
+        kwargs = execute_kwargs(cfg)
+        context = _op_context()
+        kwargs["k8s_job_name"] = job_name(cfg, ctx, context.run_id)
+        kwargs.update(_cluster_access(cfg))
+        import warnings
+
+        from dagster_k8s import execute_k8s_job
+
+        started = time.monotonic()
+        try:
+            with warnings.catch_warnings():  # superseded by PipesK8sClient, which needs dagster-pipes in the image
+                warnings.simplefilter("ignore")
+                execute_k8s_job(context, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - dagster-k8s raises plain Exceptions too
+            from ...resources import credentials as creds
+
+            message = str(exc).strip() or type(exc).__name__
+            raise ToolError(creds.redact(f"container: Kubernetes job {kwargs['k8s_job_name']} failed: "
+                                         f"{message[-4000:]}")) from None
+        job = kwargs["k8s_job_name"] + (f"-{context.retry_number}" if context.retry_number else "")
+        namespace = _namespace(context, kwargs.get("namespace"))
+        pod, logs = _pod_logs(job, namespace, ctx)
+        return {"status": "succeeded", "job_name": job, "namespace": namespace, "pod": pod,
+                "image": kwargs["image"], "logs": logs, "output": _last_json_line(logs),
+                "duration_seconds": round(time.monotonic() - started, 3)}
+
+
+def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
+    """NoETL's nested ``runtime:`` block merged under the top-level keys."""
+    cfg = dict(config)
+    runtime = cfg.pop("runtime", None)
+    if isinstance(runtime, Mapping):
+        merged = {k: v for k, v in runtime.items() if k != "provider"}
+        merged.update(cfg)
+        cfg = merged
+    return cfg
+
+
+def _listify(value: Any, key: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return shlex.split(value)
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+                for v in value]
+    raise ToolError(f"container: `{key}` must render to a list of strings")
+
+
+def _env(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        out = []
+        for name, item in value.items():
+            if isinstance(item, Mapping):  # {NAME: {valueFrom: ...}}
+                out.append({"name": str(name), **item})
+            else:
+                text = item if isinstance(item, str) else json.dumps(item) if isinstance(item, (dict, list)) \
+                    else ("true" if item is True else "false" if item is False else "" if item is None else str(item))
+                out.append({"name": str(name), "value": text})
+        return out
+    if isinstance(value, list) and all(isinstance(e, Mapping) and "name" in e for e in value):
+        return [dict(e) for e in value]
+    raise ToolError("container: `env` must render to a mapping of NAME: value or a list of {name, value}")
+
+
+def resources_of(value: Any) -> dict[str, Any] | None:
+    """k8s ``ResourceRequirements`` from NoETL's ``resources`` (full or short form)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ToolError("container: `resources` must render to a mapping")
+    if set(value) <= {"requests", "limits", "claims"}:
+        return {k: {str(n): str(q) for n, q in v.items()} if isinstance(v, Mapping) else v
+                for k, v in value.items() if v}
+    requests = {k: str(value[k]) for k in ("cpu", "memory", "ephemeral-storage") if value.get(k) is not None}
+    limits = {k: str(value[f"{k}_limit"]) for k in ("cpu", "memory") if value.get(f"{k}_limit") is not None}
+    if value.get("gpu"):
+        limits["nvidia.com/gpu"] = str(value["gpu"])
+    unknown = set(value) - {"cpu", "memory", "ephemeral-storage", "cpu_limit", "memory_limit", "gpu"}
+    if unknown:
+        raise ToolError(f"container: unknown `resources` keys {sorted(unknown)}; use requests/limits, "
+                        "or cpu, memory, cpu_limit, memory_limit, gpu")
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out or None
+
+
+def execute_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`dagster_k8s.execute_k8s_job` for a rendered tool config."""
+    image = cfg.get("image")
+    if not image or not isinstance(image, str):
+        raise ToolError("container: `image` must render to an image name")
+    kwargs: dict[str, Any] = {"image": image}
+    command = _listify(cfg.get("command"), "command")
+    if command:
+        kwargs["command"] = command
+    args = _listify(cfg.get("args"), "args")
+    if args:
+        kwargs["args"] = args
+    container_config: dict[str, Any] = {}
+    env = _env(cfg.get("env"))
+    if env:
+        container_config["env"] = env
+    if container_config:
+        kwargs["container_config"] = container_config
+    resources = resources_of(cfg.get("resources"))
+    if resources:
+        kwargs["resources"] = resources
+    timeout = cfg.get("timeout_seconds", cfg.get("timeout"))
+    if timeout not in (None, "", 0):
+        try:
+            kwargs["timeout"] = max(1, int(float(timeout)))
+        except (TypeError, ValueError):
+            raise ToolError(f"container: timeout_seconds {timeout!r} is not a number") from None
+    for key, target in (("namespace", "namespace"), ("service_account", "service_account_name"),
+                        ("service_account_name", "service_account_name"),
+                        ("image_pull_policy", "image_pull_policy")):
+        if cfg.get(key):
+            kwargs[target] = str(cfg[key])
+    for key in ("volumes", "volume_mounts", "image_pull_secrets", "env_secrets", "env_config_maps"):
+        if cfg.get(key):
+            kwargs[key] = list(cfg[key])
+    if cfg.get("labels"):
+        kwargs["labels"] = {str(k): str(v) for k, v in dict(cfg["labels"]).items()}
+    pod_spec: dict[str, Any] = {}
+    policy = cfg.get("restart_policy")
+    if policy:
+        if policy not in ("Never", "OnFailure"):
+            raise ToolError(f"container: restart_policy {policy!r} is not allowed for a Job (Never | OnFailure)")
+        pod_spec["restart_policy"] = policy
+    if cfg.get("node_selector"):
+        pod_spec["node_selector"] = {str(k): str(v) for k, v in dict(cfg["node_selector"]).items()}
+    if cfg.get("tolerations"):
+        pod_spec["tolerations"] = list(cfg["tolerations"])
+    if pod_spec:
+        kwargs["pod_spec_config"] = pod_spec
+    backoff = cfg.get("backoff_limit")
+    kwargs["job_spec_config"] = {"backoff_limit": int(backoff) if backoff not in (None, "") else 0}
+    return kwargs
+
+
+def job_name(cfg: Mapping[str, Any], ctx: ToolContext, run_id: str) -> str:
+    """``name:`` or ``noetl-<step>-<hash>``: unique per run, step, iteration and call (≤ 57 chars,
+    leaving room for dagster-k8s's ``-<retry>`` suffix)."""
+    if cfg.get("name"):
+        name = _DNS_LABEL.sub("-", str(cfg["name"]).lower()).strip("-")[:57].strip("-")
+        if not name:
+            raise ToolError(f"container: job name {cfg['name']!r} has no valid characters")
+        return name
+    seed = f"{run_id}/{ctx.step}/{dict(ctx.iteration).get('_index', '')}/{os.getpid()}/{next(_COUNTER)}"
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:10]
+    step = _DNS_LABEL.sub("-", ctx.step.lower().replace("_", "-")).strip("-")[:38].strip("-") or "step"
+    return f"noetl-{step}-{digest}"
+
+
+def manifest(cfg: Mapping[str, Any], *, name: str = "noetl-step", run_id: str = "",
+             job: str = "", op: str = "") -> dict[str, Any]:
+    """The Job :func:`execute_k8s_job` would create for ``cfg`` outside any run launcher, as a dict
+    (``kubectl``-shaped, for review and schema validation). Built by dagster-k8s's own functions."""
+    import kubernetes
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    kw = execute_kwargs(_flatten(cfg))
+    container_config = dict(kw.get("container_config") or {})
+    if kw.get("command"):
+        container_config["command"] = kw["command"]
+    context = K8sContainerContext(
+        image_pull_policy=kw.get("image_pull_policy"), image_pull_secrets=kw.get("image_pull_secrets"),
+        service_account_name=kw.get("service_account_name"), env_config_maps=kw.get("env_config_maps"),
+        env_secrets=kw.get("env_secrets"), volume_mounts=kw.get("volume_mounts"), volumes=kw.get("volumes"),
+        labels=kw.get("labels"), namespace=kw.get("namespace"), resources=kw.get("resources"),
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict({
+            "container_config": container_config, "pod_spec_config": kw.get("pod_spec_config") or {},
+            "job_spec_config": kw.get("job_spec_config") or {}, "merge_behavior": "DEEP"}),
+    )
+    job_obj = construct_dagster_k8s_job(
+        job_config=DagsterK8sJobConfig(job_image=kw["image"], dagster_home=None),
+        args=kw.get("args"), job_name=name, pod_name=name, component="k8s_job_op",
+        user_defined_k8s_config=context.run_k8s_config,
+        labels={"dagster/job": job or "noetl", "dagster/op": op or "step", "dagster/run-id": run_id or "none"},
+    )
+    out = kubernetes.client.ApiClient().sanitize_for_serialization(job_obj)
+    out.setdefault("apiVersion", "batch/v1")
+    out.setdefault("kind", "Job")
+    out["metadata"]["namespace"] = context.namespace or "default"
+    return out
+
+
+def _op_context():  # type: ignore[no-untyped-def]
+    import dagster as dg
+
+    try:
+        return dg.OpExecutionContext.get()
+    except Exception:  # noqa: BLE001
+        raise ToolError("container: a container step runs inside a Dagster op (no op context here)") from None
+
+
+def _cluster_access(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    if "load_incluster_config" in cfg:
+        incluster = bool(cfg["load_incluster_config"])
+    else:
+        incluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not cfg.get("kubeconfig_file")
+    if incluster:
+        return {"load_incluster_config": True}
+    out: dict[str, Any] = {"load_incluster_config": False,
+                           "kubeconfig_file": cfg.get("kubeconfig_file") or _default_kubeconfig()}
+    if cfg.get("kube_context"):
+        out["_kubeconfig_file_context"] = str(cfg["kube_context"])
+    return out
+
+
+def _default_kubeconfig() -> str | None:
+    value = os.environ.get("KUBECONFIG")
+    if value:
+        return value.split(os.pathsep)[0]
+    return None
+
+
+def _namespace(context: Any, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    try:
+        from dagster_k8s.launcher import K8sRunLauncher
+
+        launcher = context.instance.run_launcher
+        if isinstance(launcher, K8sRunLauncher) and launcher.job_namespace:
+            return launcher.job_namespace
+    except Exception:  # noqa: BLE001
+        pass
+    return "default"
+
+
+def _pod_logs(job: str, namespace: str, ctx: ToolContext) -> tuple[str | None, str]:
+    """The first pod of ``job`` and the tail of its log (best effort: "" when unavailable)."""
+    try:
+        from dagster_k8s.client import DagsterKubernetesClient
+
+        client = DagsterKubernetesClient.production_client()
+        pods = client.get_pod_names_in_job(job, namespace)
+        if not pods:
+            return None, ""
+        # raw bytes: the client's str deserialisation turns them into "b'...'" text
+        response = client.core_api.read_namespaced_pod_log(pods[0], namespace, container="dagster",
+                                                           _preload_content=False)
+        text = response.data.decode("utf-8", "replace")
+        return pods[0], text[-LOG_TAIL_CHARS:]
+    except Exception as exc:  # noqa: BLE001
+        ctx.log.warning(f"container: could not read the log of job {job}: {type(exc).__name__}")
+        return None, ""
+
+
+def _last_json_line(logs: str) -> Any:
+    for line in reversed(logs.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+    return None
+
+

@@ -1,0 +1,315 @@
+"""The Dagster UI as a user sees it: ``dagster dev`` on the example playbooks, driven by Chromium.
+
+``dagster dev`` runs from the project root with no target flags, so the code location comes from
+``[tool.dagster]`` in pyproject.toml (``definitions.py``, location ``noetl_playbooks``), on
+127.0.0.1 with a temporary ``DAGSTER_HOME``. Headless Debian Chromium (``/usr/bin/chromium``,
+driven by Playwright; no downloaded browser) then:
+
+* skips the community modal, finds every example job on the Jobs page;
+* opens ``observability__ingest_traces`` (an op job): the job's tags and code reference to its
+  playbook, a step's ``desc`` with its ``file:line`` (both read from the playbook file);
+* launches a run from the Launchpad with a workload override (two services instead of five),
+  follows it to the run page and waits for "Success"; the run's step panel lists the succeeded
+  steps, among them one mapped loop step per service of the override;
+* shows the products (assets) grouped by domain on the Lineage page;
+* saves screenshots under the test's tmp dir (``job.png``, ``step.png``, ``run.png``, ``lineage.png``).
+
+Skips with the reason when Chromium or Playwright is missing. Takes ~1-2 min (mostly the
+``dagster dev`` start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+CHROMIUM = os.environ.get("NOETL_TEST_CHROMIUM", "/usr/bin/chromium")
+if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(f"Chromium not found at {CHROMIUM} (CI: `apt-get install -y chromium`)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+from noetl_dagster import PlaybookTranslator, load_playbook  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+#: the launch flow uses an op job (a playbook without products): steps are nodes of its graph
+PLAYBOOK = ROOT / "playbooks" / "observability" / "ingest_traces.yaml"
+JOB, DOMAIN, STEP = "observability__ingest_traces", "observability", "detect_anomalies"
+#: a workload override with a visible effect: two services instead of five (one mapped step each)
+WORKLOAD = {"services": ["checkout", "payments"], "spans_per_service": 500}
+EXAMPLE_JOBS = sorted(PlaybookTranslator().get_job_name(load_playbook(p))
+                      for p in (ROOT / "playbooks").rglob("*.yaml"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+STARTUP_TIMEOUT = 300  # dagster dev on a loaded 2-core machine has taken 75 s
+RUN_TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DagsterDev:
+    def __init__(self, home: Path, port: int, log: Path) -> None:
+        self.home, self.port, self.log = home, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "DAGSTER_HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port)],
+                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            assert self.proc.poll() is None, f"dagster dev exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"dagster dev not ready: {self.log.read_text()[-3000:]}"
+            try:
+                status = self.location_status()
+                if status == "LOADED":
+                    return
+                assert status != "ERROR", f"code location failed to load: {self.log.read_text()[-3000:]}"
+            except OSError:
+                pass
+            time.sleep(1)
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(f"{self.url}/graphql", method="POST",
+                                         data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+        assert "errors" not in body, body
+        return body["data"]
+
+    def location_status(self) -> str | None:
+        data = self.graphql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
+            name loadStatus locationOrLoadError { __typename } } } } }""")
+        entries = data["workspaceOrError"].get("locationEntries") or []
+        if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
+            return None
+        if any(e["locationOrLoadError"]["__typename"] != "RepositoryLocation" for e in entries):
+            return "ERROR"
+        return "LOADED"
+
+    def stop(self) -> None:
+        """Ctrl-C for dagster dev (SIGINT to its PID: it stops the webserver, daemon and code
+        servers), then SIGTERM and SIGKILL to its process group for anything left behind."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            if not self._alive(pgid):
+                break
+            try:
+                if sig == signal.SIGINT:
+                    self.proc.send_signal(sig)
+                else:
+                    os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self._alive(pgid):
+                time.sleep(0.25)
+            self.stopped_by = sig.name
+        self.proc.wait(timeout=30)
+        assert not _group_pids(pgid), f"left running: {_group_pids(pgid)}"
+
+    def _alive(self, pgid: int) -> bool:
+        self.proc.poll()  # reap the leader: a zombie still counts for killpg(pgid, 0)
+        return bool(_group_pids(pgid))
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dev = DagsterDev(home, _free_port(), home.parent / "dagster_dev.log")
+    try:
+        dev.start()
+        yield dev
+    finally:
+        dev.stop()
+
+
+def _job_link(page: Any, job: str) -> Any:
+    """A job's row link on the Jobs page (its accessible name is "job <name> info")."""
+    return page.get_by_role("link", name=re.compile(rf"(^|\s){re.escape(job)}(\s|$)")).first
+
+
+def _skip_community_modal(page: Any) -> None:
+    """The "Join the Dagster community" modal of a fresh instance: press Skip if it shows."""
+    try:
+        page.get_by_role("button", name="Skip").click(timeout=15000)
+    except sync_api.TimeoutError:
+        pass
+
+
+def test_job_page_launchpad_and_run_in_chromium(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    started = time.monotonic()
+    expect = sync_api.expect
+    playbook = load_playbook(PLAYBOOK)
+    step = playbook.steps[STEP]
+    op_job = dagster_dev.graphql("""query($sel: PipelineSelector!) { pipelineOrError(params: $sel) {
+        ... on Pipeline { isAssetJob } } }""", {"sel": {"repositoryLocationName": "noetl_playbooks",
+                                                      "repositoryName": "__repository__", "pipelineName": JOB}})
+    assert op_job["pipelineOrError"] == {"isAssetJob": False}, f"{JOB} must stay an op job (no products) here"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60000)
+
+            # Jobs page: every example playbook is a job
+            page.goto(f"{dagster_dev.url}/jobs", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            for job in EXAMPLE_JOBS:
+                expect(_job_link(page, job)).to_be_visible()
+
+            # the job page: its graph, tags and the code reference to the playbook file
+            _job_link(page, JOB).click()
+            page.wait_for_url(re.compile(rf".*/jobs/{JOB}$"))
+            expect(page.get_by_text(f"noetl/domain: {DOMAIN}").first).to_be_visible()
+            expect(page.get_by_text(playbook.metadata.description[:60]).first).to_be_visible()
+            page.get_by_text("Show Code References").click()
+            link = page.get_by_role("link", name=re.compile(r"Open .*in editor"))
+            expect(link).to_be_visible()
+            assert (link.get_attribute("href") or "").endswith(f"{PLAYBOOK}:1")  # vscode://file/<path>:<line>
+            page.screenshot(path=str(tmp_path / "job.png"))
+            page.get_by_role("button", name="Close").click()
+
+            # a step: its NoETL `desc` and the playbook line it comes from
+            page.get_by_text(STEP, exact=True).first.click()
+            page.wait_for_url(re.compile(rf".*/{STEP}$"))
+            expect(page.get_by_text(step.description[:60]).first).to_be_visible()
+            expect(page.get_by_text(f"{playbook.metadata.catalog_path} · {PLAYBOOK.name}:{step.line}")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "step.png"))
+
+            # Launchpad: a workload override as run config, then Launch Run
+            page.get_by_text("Launchpad", exact=True).first.click()
+            editor = page.locator(".CodeMirror").first
+            expect(editor).to_be_visible()
+            editor.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.press("Delete")
+            page.keyboard.insert_text(json.dumps(workload_config(PLAYBOOK, WORKLOAD)))  # JSON is YAML
+            expect(page.get_by_text("No errors")).to_be_visible()
+            page.get_by_role("button", name="Launch Run").click()
+            page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}"))
+            run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)  # type: ignore[union-attr]
+
+            # the run page: "Success", and the per-step status panel
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=RUN_TIMEOUT * 1000)
+            succeeded = page.get_by_text(re.compile(r"^Succeeded \(\d+\)$"))
+            expect(succeeded).to_be_visible()
+            count = int(re.search(r"\d+", succeeded.inner_text()).group())  # type: ignore[union-attr]
+            header = succeeded.locator("xpath=..")  # the collapsible header bar of the section
+            if header.get_attribute("aria-expanded") == "false":
+                header.click()
+            expect(header).to_have_attribute("aria-expanded", "true")
+            panel = succeeded.locator("xpath=../..")  # the "Succeeded" section: header and step rows
+            expect(panel.get_by_text(re.compile(r"^(.*\.)?end$"))).to_be_visible()
+            shown = {line for line in panel.inner_text().splitlines()[1:] if not re.fullmatch(r"[\d:.]+", line)}
+            page.set_viewport_size({"width": 1600, "height": 1700})  # room for the step list
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "run.png"))
+        finally:
+            browser.close()
+
+    # what the page showed matches the run's record, and shows the workload's effect
+    data = dagster_dev.graphql("""query($id: ID!) { runOrError(runId: $id) { ... on Run {
+        status jobName stepStats { stepKey status } } } }""", {"id": run_id})["runOrError"]
+    assert data["status"] == "SUCCESS" and data["jobName"] == JOB
+    statuses = {s["stepKey"]: s["status"] for s in data["stepStats"]}
+    assert shown == {k for k, v in statuses.items() if v == "SUCCESS"} and len(shown) == count
+    names = step_names(shown)
+    assert {"start", STEP, "slo_rollup", "close_window", "end"} <= names
+    # the workload's two services, not the playbook's five: one mapped loop step per service
+    assert sorted(k for k in names if k.startswith("ingest_service_spans[")) == [
+        "ingest_service_spans[i00000]", "ingest_service_spans[i00001]"]
+    for name in ("job.png", "step.png", "run.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    print(f"UI test: {time.monotonic() - started:.1f}s in the browser; screenshots in {tmp_path}")
+
+
+def test_asset_graph_grouped_by_domain_in_chromium(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    """Products are assets grouped by domain: the Lineage page shows one group per domain."""
+    nodes = dagster_dev.graphql("{ assetNodes { groupName assetKey { path } } }")["assetNodes"]
+    if not nodes:
+        pytest.skip("the example playbooks publish no products (assets) yet")
+    domains = {p.parent.name for p in (ROOT / "playbooks").rglob("*.yaml")}
+    groups = {n["groupName"] for n in nodes}
+    assert groups <= domains, groups
+    for node in nodes:  # product keys are [domain, name...]: the group is the key's domain
+        assert node["assetKey"]["path"][0] == node["groupName"], node
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60000)
+            page.goto(f"{dagster_dev.url}/asset-groups", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            for group in sorted(groups):
+                expect(page.get_by_text(group, exact=True).first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "lineage.png"))
+        finally:
+            browser.close()
+
+
+def test_only_loopback_listeners(dagster_dev: DagsterDev) -> None:
+    """dagster dev listens on 127.0.0.1 (code servers talk over unix sockets)."""
+    if not shutil.which("ss"):
+        pytest.skip("no `ss` to list sockets")
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    pids = _group_pids(dagster_dev.proc.pid)  # type: ignore[union-attr]
+    ours = [line for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+    assert ours, out
+    for line in ours:
+        local = line.split()[3]
+        assert local.startswith("127.0.0.1:"), line
+
+
+def _group_pids(pgid: int) -> set[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.add(int(entry.name))
+    return pids
+
+
+def step_names(step_keys: Any) -> set[str]:
+    """Step keys without the graph prefix of an asset job (``risk__score_application__playbook.x``)."""
+    return {key.split(".")[-1] for key in step_keys if key}
+
+
+def workload_config(path: Path, workload: dict[str, Any]) -> dict[str, Any]:
+    """Run config passing ``workload`` to the playbook at ``path``, in the shape its job takes."""
+    from noetl_dagster import plan
+    from noetl_dagster.translator.emit import workload_run_config
+
+    playbook = load_playbook(path)
+    return workload_run_config(playbook, plan(playbook), None, workload)
