@@ -47,3 +47,9 @@ def items_server() -> Iterator[str]:
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The one chdb folder of the test session (chdb allows a single data folder per process)."""
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"

@@ -1,7 +1,7 @@
 """AI tuning on synthetic run history in chdb's ``step_runs`` (created by the package's own migration).
 
-chdb allows one data folder per process: the test reuses a chdb client another test module already
-opened (tests/test_export.py), else opens its own folder; every test gets its own database.
+chdb allows one data folder per process: the session-wide ``chdb_dsn`` fixture (tests/conftest.py)
+is shared by every module; every test gets its own database.
 """
 
 from __future__ import annotations
@@ -55,14 +55,6 @@ workflow:
 """
 DECLARED = {(PLAYBOOK_PATH, "big"): {"cpu": "4", "memory": "8Gi"}}
 N_RUNS = 40
-
-
-@pytest.fixture(scope="module")
-def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    for (dsn, _), _client in list(ch._CLIENTS.items()):
-        if dsn and dsn.startswith("chdb://"):
-            return dsn
-    return f"chdb://{tmp_path_factory.mktemp('chdb_ai')}"
 
 
 def _row(rid: str, step: str, attempt: int, status: str, dur_ms: int, cpu: float, mem: float, t: float) -> StepRun:

@@ -25,11 +25,6 @@ from pg import PgServer, _run, pg_server  # noqa: F401  (tests/pg.py: a real Pos
 CASES = Path(__file__).parent / "conformance" / "cases"
 
 
-@pytest.fixture(scope="session")
-def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
-
-
 @pytest.fixture
 def sink(chdb_dsn: str) -> ClickHouseSink:
     return ClickHouseSink(get_client(chdb_dsn), database=f"t_{uuid.uuid4().hex[:10]}")
