@@ -364,7 +364,8 @@ class _Emitter:
         tokens = [(names[(step.step, i)], outcome.context.token(arc.step, arc_set)) for i, arc, arc_set in outcome.fired]
         value = outcome.result
         if step.product is not None and step.product.kind != "file":
-            value = as_table(value) if as_table(value) is not None else value
+            table = as_table(value)  # once: a record batch reader can be read only once
+            value = value if table is None else table
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
         yield from self._emit(context, node, run, value, meta, tokens, publish=outcome.status == "success")
 
