@@ -137,6 +137,7 @@ def catalog_around(*playbooks: Playbook) -> PlaybookCatalog:
 def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
     """Step statuses from the run's events; results from the ops' ``result`` outputs."""
     steps = {s.step: StepReport("skipped") for s in net.playbook.workflow}
+    nodes = {n.name: n for n in net.nodes}
     loop_runs: dict[str, int] = {}
     for event in result.all_events:
         key = event.step_key
@@ -144,7 +145,7 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
             continue
         local = _MAPPED.sub("", key).rsplit(".", 1)[-1]  # asset jobs nest ops under the graph's name
         node_name = local.removesuffix("__fan_out").removesuffix("__collect")
-        node = next((n for n in net.nodes if n.name == node_name), None)
+        node = nodes.get(node_name)
         if node is None:
             continue
         if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
