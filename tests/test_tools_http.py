@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 
 from noetl_dagster import run_playbook
-from noetl_dagster.playbook.loader import parse_text
+from noetl_dagster.playbook.loader import PlaybookError, parse_text
 from noetl_dagster.resources.credentials import CredentialNotFound, CredentialsResource
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 
@@ -313,3 +313,80 @@ def test_playbook_with_auth_alias(server: str) -> None:
                           resources={"noetl_credentials": CREDS})
     assert report.status == "success"
     assert report.steps["ok"].result == {"hello": "authorized"}
+
+
+# ------------------------------------------------------------------------------------ keychain
+KEYCHAIN_PLAYBOOK = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: keychain_e2e, path: tests/keychain_e2e}
+workload: {base_url: "", svc_auth: api_token}
+keychain:
+  - {name: vendor, kind: secret_manager, provider: gcp, scope: global, map: {token: projects/p/secrets/vendor}}
+  - {name: svc, kind: credential, credential: "{{ workload.svc_auth }}"}
+workflow:
+  - step: start
+    tool:
+      kind: http
+      url: "{{ workload.base_url }}/protected"
+      headers: {Authorization: "Bearer {{ keychain.vendor.token }}"}
+    next: second
+  - step: second
+    tool:
+      kind: http
+      url: "{{ workload.base_url }}/protected"
+      headers: {Authorization: "Bearer {{ keychain.ENTRY.token }}"}
+"""
+
+
+def run_keychain(server: str, creds: CredentialsResource, entry: str = "svc", **workload: str):
+    text = KEYCHAIN_PLAYBOOK.replace("ENTRY", entry)
+    return run_playbook(parse_text(text), {"base_url": server, **workload},
+                        instance=dg.DagsterInstance.ephemeral(), resources={"noetl_credentials": creds})
+
+
+def test_keychain_entries_resolve_from_configured_credentials(server: str) -> None:
+    creds = CredentialsResource(use_env=False, credentials={"vendor": {"token": TOKEN}, "api_token": {"token": TOKEN}})
+    report = run_keychain(server, creds)
+    assert report.status == "success", {k: s.error for k, s in report.steps.items()}
+    assert report.steps["start"].result["data"] == {"hello": "authorized"}  # the mapped secret-manager entry
+    assert report.steps["second"].result["data"] == {"hello": "authorized"}  # `credential:` from the workload
+    no_secret({k: s.result for k, s in report.steps.items()}, TOKEN)
+
+
+def test_keychain_entry_from_environment(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOETL_CREDENTIAL_VENDOR__TOKEN", TOKEN)
+    monkeypatch.setenv("NOETL_CREDENTIAL_SVC_TOKEN", json.dumps({"token": TOKEN}))
+    report = run_keychain(server, CredentialsResource(), svc_auth="svc-token")
+    assert report.status == "success", {k: s.error for k, s in report.steps.items()}
+    assert report.steps["second"].result["status_code"] == 200
+
+
+def test_undeclared_keychain_entry_fails_naming_it(server: str) -> None:
+    creds = CredentialsResource(use_env=False, credentials={"vendor": {"token": TOKEN}})
+    report = run_keychain(server, creds, entry="nope")
+    assert report.status == "failure"
+    error = report.steps["second"].error
+    assert "keychain entry 'nope' is not declared" in error and "declared: svc, vendor" in error
+    no_secret(error, TOKEN)
+
+
+def test_keychain_entry_without_credential_or_mapped_field(server: str) -> None:
+    creds = CredentialsResource(use_env=False, credentials={"vendor": {"api_key": API_KEY}})
+    report = run_keychain(server, creds)
+    assert report.status == "failure"
+    error = report.steps["start"].error
+    assert "keychain entry 'vendor': credential 'vendor' has no token" in error
+    assert "NOETL_CREDENTIAL_VENDOR__TOKEN" in error
+    no_secret(error, API_KEY)
+    report = run_keychain(server, CredentialsResource(use_env=False, credentials={"vendor": {"token": TOKEN}}),
+                          svc_auth="missing_alias")
+    error = report.steps["second"].error
+    assert report.status == "failure" and "keychain entry 'svc': credential 'missing_alias' is not defined" in error
+
+
+def test_duplicate_keychain_entries_are_a_load_error() -> None:
+    text = KEYCHAIN_PLAYBOOK.replace("ENTRY", "svc").replace("name: svc,", "name: vendor,")
+    with pytest.raises(PlaybookError) as info:
+        parse_text(text, "dup.yaml")
+    assert "dup.yaml:8:6: keychain.name: keychain entry 'vendor' is declared twice" in str(info.value)

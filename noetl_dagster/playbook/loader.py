@@ -280,6 +280,7 @@ def _parse(raw: Any, issues: _Issues) -> Playbook | None:
         return None
     _check_root(raw, issues)
     _check_root_model(raw, issues)
+    _check_keychain(raw, issues)
     workbook = _parse_workbook(raw, issues)
     steps = _parse_steps(raw, issues, workbook)
     _check_references(raw, steps, issues)  # also when some steps are broken: report everything
@@ -726,6 +727,19 @@ def _strings(value: Any) -> Any:
     elif isinstance(value, list):
         for item in value:
             yield from _strings(item)
+
+
+def _check_keychain(raw: SourceMap, issues: _Issues) -> None:
+    seen: set[str] = set()
+    entries = raw.get("keychain")
+    for entry in entries if isinstance(entries, list) else []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            issues.add(entry, "name", f"keychain entry {name!r} is declared twice", field="keychain.name",
+                       hint="keychain names are unique per playbook; remove or rename one")
+        seen.add(name)
 
 
 def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:

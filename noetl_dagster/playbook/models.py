@@ -416,6 +416,16 @@ class Metadata(_Model):
         return dict(block) if isinstance(block, dict) else {}
 
 
+class KeychainEntry(_Model):
+    """One ``keychain:`` entry; see :mod:`noetl_dagster.runtime.keychain` for how it resolves."""
+
+    name: str = Field(min_length=1)
+    kind: str | None = None
+    credential: str | None = None
+    provider: str | None = None
+    map: dict[str, Any] | None = None
+
+
 class WorkbookEntry(_Model):
     name: str
     tool: dict[str, Any]
@@ -428,7 +438,7 @@ class Playbook(_Model):
     kind: str
     metadata: Metadata
     workload: dict[str, Any] = Field(default_factory=dict)
-    keychain: list[Any] = Field(default_factory=list)
+    keychain: list[KeychainEntry] = Field(default_factory=list)
     workbook: list[WorkbookEntry] = Field(default_factory=list)
     workflow: list[Step]
     file: str = Field(default="<string>", exclude=True)

@@ -29,6 +29,7 @@ from ..playbook.models import Playbook, ProductCheck, Step
 from ..resources.arrow_io import ArrowRefIOManager
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
+from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
@@ -333,9 +334,9 @@ class _Emitter:
         overrides = (context.op_config or {}).get("workload") or {}
         return Context.initial({**self.playbook.workload, **overrides})
 
-    def _run_info(self, context) -> RunInfo:  # type: ignore[no-untyped-def]
+    def _run_info(self, context, workload: Mapping[str, Any]) -> RunInfo:  # type: ignore[no-untyped-def]
         credentials = getattr(context.resources, CREDENTIALS)
-        globals_: dict[str, Any] = {}
+        globals_: dict[str, Any] = {"keychain": Keychain(self.playbook.keychain, credentials, workload)}
         if context.has_partition_key:
             globals_["partition_key"] = context.partition_key
         if self.uses:
@@ -380,7 +381,7 @@ class _Emitter:
 
         def compute(context, inputs):  # type: ignore[no-untyped-def]
             start = self._start(context, inputs)
-            run = self._run_info(context)
+            run = self._run_info(context, start.workload)
             try:
                 outcome = run_step(step, start, run)
             except StepFailed as exc:
@@ -407,7 +408,7 @@ class _Emitter:
                 for token in tokens:
                     by_target.setdefault(token["to"], []).append(token)
                 entries = [(target, Context.merge(group)) for target, group in by_target.items()]
-            run = self._run_info(context)
+            run = self._run_info(context, entries[0][1].workload)
             try:
                 outcome = run_region(members, entries, run, limit)
             except RegionFailed as exc:
@@ -425,7 +426,7 @@ class _Emitter:
 
         def fan_out(context, inputs):  # type: ignore[no-untyped-def]
             start = self._start(context, inputs)
-            run = self._run_info(context)
+            run = self._run_info(context, start.workload)
             scope = start.scope(run.execution_id, run.globals)
             try:
                 guarded = step.when is not None and not condition(step.when, scope)
@@ -442,7 +443,7 @@ class _Emitter:
 
         def body(context, inputs):  # type: ignore[no-untyped-def]
             work = inputs["work"]
-            run = self._run_info(context)
+            run = self._run_info(context, work["token"]["workload"])
             try:
                 result = run_iteration(step, Context.merge([work["token"]]), run, work["item"], work["index"],
                                        work["total"])
@@ -454,7 +455,7 @@ class _Emitter:
         def collect(context, inputs):  # type: ignore[no-untyped-def]
             loop_context, results = inputs["loop_context"], inputs["results"]
             start = Context.merge([loop_context["token"]])
-            run = self._run_info(context)
+            run = self._run_info(context, start.workload)
             try:
                 if loop_context["skipped"]:
                     outcome = run_step(step, start, run)  # the guard is false again: skip-through
