@@ -6,7 +6,7 @@ Public API::
     defs = load_playbook_definitions("playbooks/")
 """
 
-from .ai import TunedTranslator
+from .ai import TunedTranslator, tuning_definitions
 from .errors import Issue, PlaybookError, StepFailed
 from .playbook.loader import load_playbook, validate_file
 from .playbook.models import Playbook
@@ -21,5 +21,5 @@ from .translator.translator import PlaybookTranslator
 __all__ = [
     "CredentialsResource", "redact", "Issue", "Net", "Playbook", "PlaybookError", "PlaybookTranslator", "RunReport", "StepFailed",
     "StepReport", "Tool", "TunedTranslator", "ToolContext", "ToolError", "build_job", "load_playbook",
-    "load_playbook_definitions", "plan", "register_tool", "run_playbook", "validate_file",
+    "load_playbook_definitions", "plan", "register_tool", "run_playbook", "tuning_definitions", "validate_file",
 ]

@@ -15,11 +15,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .profiles import apply_recommendations, load_profiles, save_profile
-from .recommend import TuningBounds, markdown_table, recommend
-from .stats import step_stats
+from .recommend import TuningBounds, recommend
+from .report import report_markdown
+from .stats import StepStats, step_stats
 
 
 def declared_hardware(folder: str | None) -> dict[tuple[str, str], dict[str, Any]]:
@@ -39,9 +40,15 @@ def declared_hardware(folder: str | None) -> dict[tuple[str, str], dict[str, Any
 
 
 def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
-             playbooks_dir: str | None = None) -> tuple[list, list[Path]]:
-    """Stats -> recommendations -> profiles; returns (recommendations added, files written)."""
-    stats = step_stats(client)
+             playbooks_dir: str | Path | None = None, stats: Sequence[StepStats] | None = None
+             ) -> tuple[list, list[Path]]:
+    """Stats -> recommendations -> profiles; returns (recommendations added, files written).
+
+    ``stats``: already read from ``client`` (the report asset reads them once for its table, its
+    chart and the recommendations).
+    """
+    if stats is None:
+        stats = step_stats(client)
     profiles = load_profiles(profiles_dir)
     skip = ("approved", "rejected") if apply else ("proposed", "approved", "rejected")
     recs = recommend(stats, bounds or TuningBounds(), profiles, declared_hardware(playbooks_dir), skip)
@@ -54,13 +61,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..resources.clickhouse import ClickHouseResource
 
     playbooks = args.playbooks or ("playbooks" if Path("playbooks").is_dir() else None)
-    added, written = run_tune(ClickHouseResource().sink(), args.profiles, args.apply, playbooks_dir=playbooks)
+    sink = ClickHouseResource().sink()
+    stats = step_stats(sink)
+    added, written = run_tune(sink, args.profiles, args.apply, playbooks_dir=playbooks, stats=stats)
     if args.json:
         print(json.dumps([{"playbook": r.playbook, "step": r.step, "parameter": r.parameter, "value": r.value,
                            "evidence": r.evidence, "expected_effect": r.expected_effect,
                            "within_bounds": r.within_bounds, "flags": list(r.flags)} for r in added], default=str))
     else:
-        print(markdown_table(added))
+        print(report_markdown(stats, added))
         verb = "approved (within bounds)" if args.apply else "proposed"
         print(f"\n{len(added)} recommendation(s) {verb}; wrote {', '.join(map(str, written)) or 'nothing'}",
               file=sys.stderr)
