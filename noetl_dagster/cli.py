@@ -15,6 +15,9 @@ from typing import Any, Sequence
 
 from .errors import PlaybookError
 
+#: how much of the last step's result `run` prints
+RESULT_CHARS = 400
+
 
 def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
     if not text:
@@ -77,6 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             if step.error:
                 line += f": {step.error}"
             print(line)
+        last = next((n for n, s in reversed(report.steps.items()) if s.status == "success"), None)
+        if last is not None and report.steps[last].result is not None:
+            text = json.dumps(report.steps[last].result, default=str)
+            print(f"result of {last}: {text if len(text) <= RESULT_CHARS else text[:RESULT_CHARS] + '...'}")
     return 0 if report.status == "success" else 1
 
 

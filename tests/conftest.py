@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
 import pytest
@@ -39,6 +40,45 @@ def items_server() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ItemsHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+#: what the FX-rates API answers (USD value of one unit); CHF is deliberately missing
+FX_RATES = {"EUR": 1.0825, "GBP": 1.2710, "JPY": 0.00667, "CAD": 0.7312, "XX1": -1}
+#: a date the FX API has no rates for (it answers 503)
+FX_MISSING_DATE = "1999-01-01"
+
+
+class _FxHandler(BaseHTTPRequestHandler):
+    """GET /rates?base=USD&date=YYYY-MM-DD -> {"base", "date", "rates"}; 503 for FX_MISSING_DATE."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        date = query.get("date", [""])[0]
+        if url.path != "/rates" or query.get("base") != ["USD"]:
+            status, data = 404, {"error": "not found"}
+        elif date == FX_MISSING_DATE:
+            status, data = 503, {"error": f"no rates published for {date}"}
+        else:
+            status, data = 200, {"base": "USD", "date": date, "rates": FX_RATES}
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def fx_api() -> Iterator[str]:
+    """An FX-rates API on loopback for playbooks/payments/settle_merchants.yaml."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FxHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
 

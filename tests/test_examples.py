@@ -10,9 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from noetl_dagster import load_playbook, load_playbook_definitions, run_playbook
+from noetl_dagster import CredentialsResource, load_playbook, load_playbook_definitions, run_playbook
 from noetl_dagster.cli import main
 from noetl_dagster.playbook.loader import product_references
+from pg import pg_server  # noqa: F401  (tests/pg.py; pg_server is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Producers before readers: a playbook that reads products (`metadata.uses`, `product('d/n')`)
@@ -26,6 +27,17 @@ PRODUCTS = {
     "patient_cohort": ["healthcare", "patient_cohort"],
     "campaign_targets": ["marketing", "campaign_targets"],
 }
+
+
+#: examples that reach real services: the workload and resources that point them at the test's own
+#: Postgres and FX API (without them they end on `not_configured`, see test_example_services.py)
+NEEDS_SERVICES = {"settle_merchants"}
+
+
+def _services(request: pytest.FixtureRequest) -> tuple[dict, dict]:
+    pg, fx_api = request.getfixturevalue("pg_server"), request.getfixturevalue("fx_api")
+    creds = CredentialsResource(use_env=False, credentials={"warehouse": pg.fields()})
+    return {"fx_api_url": fx_api, "warehouse": "warehouse"}, {"noetl_credentials": creds}
 
 
 def test_examples_validate_clean(capsys):
@@ -55,9 +67,10 @@ def test_readers_run_after_producers():
 
 @pytest.mark.xdist_group("examples")  # keep producers and readers on one worker under `--dist loadgroup`
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs(path, shared_instance):
+def test_example_runs(path, shared_instance, request):
     instance = shared_instance
-    report = run_playbook(path, instance=instance, log_level="WARNING")
+    workload, resources = _services(request) if path.stem in NEEDS_SERVICES else ({}, None)
+    report = run_playbook(path, workload, instance=instance, log_level="WARNING", resources=resources)
     assert report.status == "success", {k: v.error for k, v in report.steps.items() if v.status == "failed"}
     assert report.steps["end"].status == "success"
     assert all(s.status in ("success", "skipped") for s in report.steps.values())
