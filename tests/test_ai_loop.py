@@ -183,3 +183,21 @@ def test_definitions_py_has_the_tuning_job_and_schedule():
     # one ClickHouse resource object serves the export sensors and the tuning report
     assert defs.resources[CLICKHOUSE_KEY] is module.CLICKHOUSE
     assert "logistics__carrier_tracking" in {job.name for job in defs.jobs}
+
+
+def test_tune_command_prints_the_report_table(history, tmp_path, monkeypatch, capsys):
+    """`noetl-dagster tune` prints the asset's markdown (statistics, then new recommendations)."""
+    from noetl_dagster.cli import main
+
+    monkeypatch.setenv("NOETL_CLICKHOUSE_DSN", history.resource.dsn)
+    monkeypatch.setenv("NOETL_CLICKHOUSE_DATABASE", history.resource.database)
+    folder = tmp_path / "tuning"
+    assert main(["tune", "--profiles", str(folder), "--playbooks", str(ROOT / "playbooks")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("### Step statistics")
+    assert f"| {PLAYBOOK_PATH} | {FLAKY} | 6 | 33.3% | 33.3% | 2 | 0 |" in out
+    assert f"| {PLAYBOOK_PATH} | {FLAKY} | retry_policy | max_retries=4, delay=1.0s, backoff=exponential |" in out
+    assert "proposed; wrote" in err and (folder / "logistics__carrier_tracking.yaml").exists()
+    assert main(["tune", "--profiles", str(folder)]) == 0  # unchanged history: nothing new
+    out, err = capsys.readouterr()
+    assert "nothing new to propose" in out and "0 recommendation(s) proposed; wrote nothing" in err
