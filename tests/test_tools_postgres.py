@@ -371,3 +371,63 @@ def test_playbook_wrong_password_message(pg_server: PgServer, monkeypatch: pytes
     error = report.steps["setup"].error
     assert "credential 'pg_wrong'" in error and f"{pg_server.host}:{pg_server.port}" in error
     assert "password authentication failed" in error and WRONG_PASSWORD not in error
+
+
+# ------------------------------------------------------------------------------- format: arrow
+ARROW_PRODUCT = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: ledger, path: finance/ledger}
+workflow:
+  - step: start
+    tool:
+      kind: postgres
+      auth: pg
+      command: |
+        CREATE TABLE IF NOT EXISTS LEDGER (id bigint PRIMARY KEY, booked timestamptz, amount float8, memo text);
+        INSERT INTO LEDGER SELECT g, '2026-01-01'::timestamptz + g * interval '1 hour', g * 1.5, 'entry ' || g
+        FROM generate_series(1, 500) g ON CONFLICT DO NOTHING
+    next: entries
+  - step: entries
+    product: {name: ledger_entries, checks: [{row_count: {min: 500, max: 500}}, {unique: id}]}
+    tool:
+      kind: postgres
+      auth: pg
+      format: arrow
+      query: SELECT id, booked, amount, memo FROM LEDGER WHERE amount > $1 ORDER BY id
+      params: [0]
+    next: totals
+  - step: totals
+    tool:
+      kind: duckdb
+      format: arrow
+      query: SELECT count(*) AS n, sum(amount) AS total FROM entries
+"""
+
+
+def test_format_arrow_publishes_the_drivers_table(pg_server: PgServer, table: str, monkeypatch: pytest.MonkeyPatch,
+                                                   instance: dg.DagsterInstance) -> None:
+    import noetl_dagster.runtime.tools.postgres as postgres
+
+    def no_row_conversion(*args: object, **kwargs: object) -> None:
+        raise AssertionError("format: arrow fell back to converting rows in Python")
+
+    monkeypatch.setattr(postgres, "_psycopg_arrow", no_row_conversion)  # ADBC must build the table
+    creds = CredentialsResource(use_env=False, credentials={"pg": pg_server.fields()})
+    report = run_playbook(parse_text(ARROW_PRODUCT.replace("LEDGER", table)), instance=instance,
+                          resources={"noetl_credentials": creds}, log_level="WARNING")
+    assert report.status == "success", {k: s.error for k, s in report.steps.items() if s.error}
+    mat = instance.get_latest_materialization_event(dg.AssetKey(["finance", "ledger_entries"]))
+    meta = mat.asset_materialization.metadata
+    assert meta["dagster/row_count"].value == 500
+    types = {c.name: c.type for c in meta["dagster/column_schema"].schema.columns}
+    assert types == {"id": "int64", "booked": "timestamp[us, tz=UTC]", "amount": "double", "memo": "string"}
+    # DuckDB queried the product's Arrow table by step name (the report shows tables as rows)
+    assert report.steps["totals"].result == [{"n": 500, "total": 1.5 * 500 * 501 / 2}]
+
+
+def test_unknown_format_is_a_validation_error() -> None:
+    from noetl_dagster import PlaybookError
+
+    text = ARROW_PRODUCT.replace("LEDGER", "t").replace("format: arrow\n      query: SELECT id", "format: parquet\n      query: SELECT id")
+    with pytest.raises(PlaybookError, match=r"format 'parquet' is not one of rows, arrow"):
+        parse_text(text, "ledger.yaml")

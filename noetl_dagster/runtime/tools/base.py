@@ -28,6 +28,24 @@ class ToolError(Exception):
     """A tool failed in a way the user can fix; the message is shown as is."""
 
 
+#: ``format:`` of the SQL tools: ``rows`` (NoETL's ``{columns, rows, row_count}``) or ``arrow``
+#: (a ``pyarrow.Table`` built by the driver: for products, DuckDB ``tables:`` and python steps)
+RESULT_FORMATS = ("rows", "arrow")
+
+
+def result_format(config: Mapping[str, Any]) -> str:
+    """The (unrendered) ``format:`` of a SQL tool config, ``rows`` by default."""
+    return str(config.get("format") or "rows")
+
+
+def format_problems(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Validation problems of ``format:`` (for a tool's ``validate``)."""
+    if result_format(config) in RESULT_FORMATS:
+        return []
+    return [("format", f"format {config.get('format')!r} is not one of {', '.join(RESULT_FORMATS)}",
+             "format: arrow")]
+
+
 @dataclass
 class ToolContext:
     """What a tool may use: the render scope, the step's identity, resources and a logger."""

@@ -1,6 +1,7 @@
 """``kind: duckdb``: a query on an in-memory (or ``db_path``) DuckDB database.
 
-Result ``{columns, rows: [{col: value}], row_count}`` for queries (rows as lists with
+Result ``{columns, rows: [{col: value}], row_count}`` for queries (a ``pyarrow.Table`` with
+``format: arrow``) (rows as lists with
 ``as_objects: false``), ``{affected_rows}`` for statements without a result set. ``query``
 (alias ``command``; a list is joined into one script) is rendered as a template.
 
@@ -31,7 +32,7 @@ import re
 from typing import Any, Mapping
 
 from ...resources.arrow_ref import ArrowRef
-from .base import Tool, ToolContext, ToolError
+from .base import Tool, ToolContext, ToolError, format_problems, result_format
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -75,7 +76,7 @@ class DuckDBTool(Tool):
                 for name in tables:
                     if not _NAME.match(str(name)):
                         problems.append(("tables", f"table name {name!r} is not an identifier", None))
-        return problems
+        return problems + format_problems(config)
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         import duckdb
@@ -101,6 +102,9 @@ class DuckDBTool(Tool):
             with duckdb.connect(str(db_path)) as con:
                 for name, relation in relations.items():
                     con.register(name, relation)
+                if result_format(config) == "arrow":  # the relation API: no extra copy of the rows
+                    relation = con.sql(str(query), params=params or None)
+                    return {"affected_rows": 0} if relation is None else relation.to_arrow_table()
                 cursor = con.execute(str(query), params) if params else con.execute(str(query))
                 if cursor.description is None:
                     return {"affected_rows": 0}

@@ -28,7 +28,9 @@ SELECT ...``): they run as one simple-protocol batch, which PostgreSQL runs as o
 transaction (all or nothing), and the *last* statement's rows are returned. A single
 statement runs in autocommit, so ``CREATE DATABASE``/``VACUUM`` work.
 
-**Result.** ``{columns, rows, row_count}`` when the last statement returns rows (``SELECT``,
+**Result.** With ``format: arrow``, a ``pyarrow.Table`` from :func:`query_arrow` (ADBC: no Python
+object per value), the form a ``product:`` step publishes without conversion. Otherwise
+``{columns, rows, row_count}`` when the last statement returns rows (``SELECT``,
 ``... RETURNING``), else ``{affected_rows}``. Values are JSON-compatible, as in NoETL's worker:
 ``numeric`` is its exact decimal text, timestamps are ISO-8601 strings (``timestamptz`` in
 UTC), ``date``/``time`` ISO strings, ``uuid`` a string, ``bytea`` base64, ``json(b)`` parsed,
@@ -66,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import quote, quote_plus
 from uuid import UUID
 
-from .base import Tool, ToolContext, ToolError
+from .base import Tool, ToolContext, ToolError, format_problems, result_format
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -644,7 +646,7 @@ class PostgresTool(Tool):
         params = config.get("params")
         if params is not None and not isinstance(params, (list, dict, str)):
             problems.append(("params", "`params` must be a list or a mapping", None))
-        return problems
+        return problems + format_problems(config)
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
@@ -655,6 +657,9 @@ class PostgresTool(Tool):
         if not isinstance(query, str) or not query.strip():
             raise ToolError("postgres: `query` (or `command`) rendered empty")
         conn = connection_from_config(cfg, ctx)
+        if result_format(cfg) == "arrow":
+            return query_arrow(conn, query, cfg.get("params"), schema=cfg.get("schema"),
+                               timeout_seconds=cfg.get("timeout_seconds"))
         return execute(conn, query, cfg.get("params"), schema=cfg.get("schema"),
                        as_objects=bool(cfg.get("as_objects", True)),
                        timeout_seconds=cfg.get("timeout_seconds"))
