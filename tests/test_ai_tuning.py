@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from noetl_dagster import build_job
-from noetl_dagster.ai import (TIMEOUT_TAG, TunedTranslator, TuningBounds, apply_recommendations, load_profiles,
-                              markdown_table, recommend, save_profile, step_stats)
+from noetl_dagster.ai import (NO_RETRY, TIMEOUT_TAG, TunedTranslator, TuningBounds, apply_recommendations,
+                              load_profiles, markdown_table, recommend, save_profile, step_stats)
 from noetl_dagster.ai.cli import add_commands, run_tune
 from noetl_dagster.ai.profiles import load_profile
 from noetl_dagster.ai.recommend import parse_cpu, parse_memory_mb
@@ -115,6 +115,8 @@ def test_step_stats_from_clickhouse(sink):
     assert 900 <= big.peak_mb_p99 <= 1024 and big.cores_p95 == pytest.approx(0.5)
     assert slow.p50_ms < 3000 and slow.p99_ms > 100_000 and slow.tail_ratio > 30
     assert stats["start"].rows_p50 == 100 and stats["start"].bytes_max == 4096
+    assert broken.last_error == "boom" and broken.tool == "noop" and stats["start"].last_error == ""
+    assert stats["start"].loop_items_max is None  # no mapped step keys
 
 
 def test_recommendations_match_history_and_bounds(sink):
@@ -125,7 +127,11 @@ def test_recommendations_match_history_and_bounds(sink):
     assert bounds.retry_min_retries <= retry.value["max_retries"] <= bounds.retry_max_retries
     assert retry.value["max_retries"] >= 3 and retry.value["backoff"] == "exponential" and retry.value["delay"] == 1.0
     assert retry.evidence["transient_failures"] > 0 and retry.evidence["run_ids"] and "final failure rate" in retry.expected_effect
-    assert ("broken", "retry_policy") not in recs and ("start", "retry_policy") not in recs
+    assert ("start", "retry_policy") not in recs
+    # deterministic -> explicitly no retry, with the failed runs as evidence
+    broken = recs[("broken", "retry_policy")]
+    assert broken.value == NO_RETRY and broken.summary() == "no retry" and "deterministic" in broken.flags
+    assert broken.within_bounds and broken.evidence["run_ids"][0] == "run-000" and "fix the cause" in broken.expected_effect
     assert ("slow", "retry_policy") not in recs
     # over-provisioned: 1 GB of 8 GB -> cheaper hardware, bounded to 4x change, never below the floor
     big = recs[("big", "resources")]

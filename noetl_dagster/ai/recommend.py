@@ -6,8 +6,9 @@ recommendation carries its evidence (numbers, run ids) and expected effect, resp
 pass over unchanged history proposes nothing new).
 
 * **retry_policy** for transient failures (failed attempts that then succeeded on retry, or
-  intermittent final failures of a step that succeeds in most runs); never for deterministic
-  ones (retries exhausted, or the step never succeeds). ``max_retries`` is the smallest n with
+  intermittent final failures of a step that succeeds in most runs); for deterministic ones
+  (retries exhausted, or the step never succeeds) explicitly none (:data:`NO_RETRY`, flagged
+  ``deterministic``). ``max_retries`` is the smallest n with
   ``p^(n+1) <= retry_target_failure_rate`` (p = the step's attempt failure rate), at least what
   history needed to recover.
 * **timeout_seconds** from the duration tail: ``p99 x timeout_headroom`` (compiled as the op tag
@@ -80,6 +81,8 @@ class Recommendation:
     def summary(self) -> str:
         v = self.value
         if self.parameter == "retry_policy":
+            if not v["max_retries"]:
+                return "no retry"
             return f"max_retries={v['max_retries']}, delay={v['delay']}s, backoff={v['backoff']}"
         if self.parameter == "timeout_seconds":
             return f"{v}s"
@@ -174,11 +177,15 @@ def recommend(stats: Sequence[StepStats], bounds: TuningBounds | None = None, cu
     return out
 
 
+#: the retry policy recommended for deterministic failures: none (retrying only delays the failure)
+NO_RETRY = {"max_retries": 0, "delay": 0.0, "backoff": None}
+
+
 def _retry(s: StepStats, b: TuningBounds) -> Recommendation | None:
     if s.failed_executions == 0 and s.transient_failures == 0:
         return None
     if s.successes == 0 or s.deterministic_failures > s.recovered_executions:
-        return None  # deterministic: retrying only delays the failure
+        return _no_retry(s) if s.deterministic_failures else None
     recovered_by_retry = s.transient_failures > 0
     flaky = s.intermittent_failures > 0 and s.failure_rate <= b.max_intermittent_rate
     if not (recovered_by_retry or flaky):
@@ -198,6 +205,17 @@ def _retry(s: StepStats, b: TuningBounds) -> Recommendation | None:
     effect = (f"transient failures retried: final failure rate {s.failure_rate:.1%} -> about {expected:.2%} "
               f"(per-attempt failure rate {p:.1%}, up to {n} retries)")
     return Recommendation(s.playbook, s.step, "retry_policy", value, evidence, effect, needed <= b.retry_max_retries)
+
+
+def _no_retry(s: StepStats) -> Recommendation:
+    why = ("it never succeeded" if s.successes == 0
+           else f"{s.exhausted_executions} execution(s) still failed after retries")
+    evidence = {"runs": s.runs, "attempts": s.attempts, "successes": s.successes,
+                "final_failure_rate": _r(s.failure_rate, 4), "deterministic_failures": s.deterministic_failures,
+                "exhausted_executions": s.exhausted_executions, "recovered_executions": s.recovered_executions,
+                "run_ids": list(s.failed_run_ids)}
+    effect = f"no retry: the failures are deterministic ({why}); fix the cause instead of retrying"
+    return Recommendation(s.playbook, s.step, "retry_policy", dict(NO_RETRY), evidence, effect, True, ("deterministic",))
 
 
 def _timeout(s: StepStats, b: TuningBounds, profile: TuningProfile | None) -> Recommendation | None:
@@ -275,5 +293,5 @@ def markdown_table(recommendations: Sequence[Recommendation]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Recommendation", "TuningBounds", "format_cpu", "format_memory", "markdown_table", "parse_cpu",
+__all__ = ["NO_RETRY", "Recommendation", "TuningBounds", "format_cpu", "format_memory", "markdown_table", "parse_cpu",
            "parse_memory_mb", "recommend"]

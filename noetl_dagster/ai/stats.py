@@ -10,6 +10,9 @@ incomplete`` (``retried``: the attempt failed and Dagster retried it). Per (run,
 * **intermittent failures**: final failures (no retry tried) of a step that succeeds in other
   runs - flaky, the kind a retry policy helps.
 
+A mapped (parallel loop) step has one step key per item (``price[i00003]``): its per-run item
+count is ``loop_items_p50``/``loop_items_max``.
+
 Example::
 
     from noetl_dagster.resources.clickhouse import ClickHouseResource
@@ -32,8 +35,8 @@ MAX_RUN_IDS = 10
 
 STATS_SQL = """
 WITH attempts AS (
-    SELECT ExecutionId, StepKey, Attempt, PlaybookPath, StepName, Status, DurationMs,
-           CpuSeconds, PeakRssMb, Rows, Bytes,
+    SELECT ExecutionId, StepKey, Attempt, PlaybookPath, StepName, ToolKind, Status, DurationMs,
+           CpuSeconds, PeakRssMb, Rows, Bytes, ErrorMessage, FinishedAt,
            if(DurationMs > 0 AND CpuSeconds IS NOT NULL, CpuSeconds / (DurationMs / 1000.0), NULL) AS Cores
     FROM {db}.%(table)s FINAL
     WHERE Status IN ('success', 'failed', 'retried')
@@ -52,7 +55,8 @@ SELECT s.PlaybookPath, s.StepName, s.attempts, s.successes,
        s.p50, s.p95, s.p99, s.max_ms,
        s.cpu_p50, s.cpu_p95, s.cores_p95, s.cores_max,
        s.mem_p50, s.mem_p99, s.mem_max,
-       s.rows_p50, s.rows_max, s.bytes_p50, s.bytes_max
+       s.rows_p50, s.rows_max, s.bytes_p50, s.bytes_max,
+       l.items_p50, l.items_max, s.tool, s.last_error
 FROM (
     SELECT PlaybookPath, StepName,
            count() AS attempts,
@@ -71,7 +75,9 @@ FROM (
            quantileExact(0.5)(Rows) AS rows_p50,
            max(Rows) AS rows_max,
            quantileExact(0.5)(Bytes) AS bytes_p50,
-           max(Bytes) AS bytes_max
+           max(Bytes) AS bytes_max,
+           any(ToolKind) AS tool,
+           argMaxIf(ErrorMessage, FinishedAt, Status IN ('failed', 'retried') AND ErrorMessage != '') AS last_error
     FROM attempts
     GROUP BY PlaybookPath, StepName
 ) AS s
@@ -89,6 +95,15 @@ INNER JOIN (
     FROM groups
     GROUP BY PlaybookPath, StepName
 ) AS g ON s.PlaybookPath = g.PlaybookPath AND s.StepName = g.StepName
+INNER JOIN (
+    SELECT PlaybookPath, StepName, quantileExact(0.5)(items) AS items_p50, max(items) AS items_max
+    FROM (
+        SELECT PlaybookPath, StepName, ExecutionId, countIf(position(StepKey, '[') > 0) AS items
+        FROM groups
+        GROUP BY PlaybookPath, StepName, ExecutionId
+    )
+    GROUP BY PlaybookPath, StepName
+) AS l ON s.PlaybookPath = l.PlaybookPath AND s.StepName = l.StepName
 ORDER BY s.PlaybookPath, s.StepName
 """ % {"table": STEP_RUNS_TABLE, "max_ids": MAX_RUN_IDS}
 
@@ -127,6 +142,10 @@ class StepStats:
     bytes_max: float | None
     transient_run_ids: tuple[str, ...] = field(default=())
     failed_run_ids: tuple[str, ...] = field(default=())
+    loop_items_p50: float | None = None   # items per run of a mapped (parallel loop) step; None otherwise
+    loop_items_max: int | None = None
+    tool: str = ""
+    last_error: str = ""                  # the latest failed attempt's message ("" if none)
 
     @property
     def failure_rate(self) -> float:
@@ -180,7 +199,8 @@ def step_stats(client: Any, database: str | None = None) -> list[StepStats]:
     for row in _query(client, sql):
         (playbook, step, attempts, successes, runs, groups, failed_groups, transient, recovered, exhausted,
          transient_runs, failed_runs, max_recovery, p50, p95, p99, max_ms, cpu_p50, cpu_p95, cores_p95,
-         cores_max, mem_p50, mem_p99, mem_max, rows_p50, rows_max, bytes_p50, bytes_max) = row
+         cores_max, mem_p50, mem_p99, mem_max, rows_p50, rows_max, bytes_p50, bytes_max, items_p50, items_max,
+         tool, last_error) = row
         failed_groups, exhausted = int(failed_groups), int(exhausted)
         never_succeeds = int(successes) == 0
         deterministic = failed_groups if never_succeeds else exhausted
@@ -197,6 +217,8 @@ def step_stats(client: Any, database: str | None = None) -> list[StepStats]:
             peak_mb_max=_num(mem_max), rows_p50=_num(rows_p50), rows_max=_num(rows_max),
             bytes_p50=_num(bytes_p50), bytes_max=_num(bytes_max),
             transient_run_ids=tuple(sorted(transient_runs or ())), failed_run_ids=tuple(sorted(failed_runs or ())),
+            loop_items_p50=_num(items_p50) if items_max else None, loop_items_max=int(items_max) if items_max else None,
+            tool=str(tool or ""), last_error=str(last_error or ""),
         ))
     return out
 
