@@ -10,11 +10,15 @@ In one process, on one embedded ClickHouse (chdb through clickhouse-connect's ``
   Arrow conversion and the inserts into ``noetl_events`` and ``step_runs``. Not timed: reading
   Dagster's own database (JSON deserialisation), which depends on the storage.
 * **raw**: the same ``noetl_events`` rows, already built, inserted with ``client.insert`` (row
-  lists, clickhouse-connect's standard call) in batches of the same size; and, for reference,
-  with ``client.insert_arrow`` of prebuilt Arrow tables (the fastest raw path).
+  lists, clickhouse-connect's standard call) in batches of the same size: with default settings
+  (the target's baseline) and with the sink's insert settings; and, for reference, with
+  ``client.insert_arrow`` of prebuilt Arrow tables (the fastest raw path). Each raw table is
+  checked to hold exactly the exported rows (count and hash of every column, after ``FINAL``).
 
-Prints events/s for each, the ratio export/raw (targets: >= 100k events/s, <= 1.5x raw), and
-embedding throughput (texts/s) of the MiniLM and hashing embedders.
+Prints wall and CPU seconds and events/s for each, the ratio export/raw (targets: >= 100k
+events/s, <= 1.5x raw), and embedding throughput (texts/s) of the MiniLM and hashing embedders.
+The export writes a batch in a writer thread while mapping the next (chdb releases the GIL), so
+on a busy machine its wall time depends on a second core being free: compare CPU seconds too.
 
 Run: ``.venv/bin/python benchmarks/export.py [--events 1000000] [--quick]``. Never asserts times.
 """
@@ -33,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment_line, profiled, quiet_warnings, table  # noqa: E402
+from _common import environment_line, profiled, quiet_warnings, table, timed  # noqa: E402
 
 quiet_warnings()
 
@@ -41,9 +45,10 @@ import dagster as dg  # noqa: E402
 from dagster._core.events.log import EventLogEntry  # noqa: E402
 from dagster._core.storage.event_log.base import EventLogCursor, EventLogRecord  # noqa: E402
 
-from noetl_dagster.resources.clickhouse import EVENT_COLUMNS, ClickHouseSink, get_client, rows_to_arrow  # noqa: E402
+from noetl_dagster.resources.clickhouse import (EVENT_COLUMNS, INSERT_SETTINGS, ClickHouseSink,  # noqa: E402
+                                                get_client, rows_to_arrow)
 from noetl_dagster.sensors.exporter import ExportCursor, Exporter  # noqa: E402
-from noetl_dagster.sensors.mapping import RunContext, attempts_of, map_record  # noqa: E402
+from noetl_dagster.sensors.mapping import RunContext, map_records  # noqa: E402
 
 
 # -- synthetic event log ---------------------------------------------------------------------
@@ -144,7 +149,7 @@ class FakeInstance:
         return SimpleNamespace(records=chunk, cursor="", has_more=bool(limit) and start + len(chunk) < len(log))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--events-per-run", type=int, default=500)
@@ -152,7 +157,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=256, help="texts for the embedding throughput")
     parser.add_argument("--quick", action="store_true", help="100k events, 64 texts")
     parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.events, args.texts = 100_000, 64
     runs = max(1, args.events // args.events_per_run)
@@ -169,7 +174,7 @@ def main() -> None:
 
     # warm up both insert paths once (first-use imports inside pyarrow / clickhouse-connect)
     warm = ClickHouseSink(client, "bench_warmup")
-    sample = [map_record(r, RunContext("warm"), 1) for r in logs[False][:50]]
+    sample = map_records(logs[False][:50], RunContext("warm"))
     warm.write_events(sample)
     client.insert("noetl_events", [[getattr(r, a) if c != "Timestamp" else _dt(r.timestamp)
                                     for c, a in EVENT_COLUMNS.items()] for r in sample],
@@ -180,52 +185,55 @@ def main() -> None:
     sink.migrate()
     exporter = Exporter(instance, sink, lag_seconds=0, batch_size=args.batch, page_size=1000, max_active=256)
     with profiled(args.profile, "export"):
-        start = time.perf_counter()
-        cursor, stats = exporter.export(ExportCursor())
-        export_s = time.perf_counter() - start
+        export_s, export_cpu, (cursor, stats) = timed(lambda: exporter.export(ExportCursor()))
     assert stats.events == total and stats.caught_up, stats
     assert sink.count_events() == total
 
-    # the same rows, built untimed, then inserted raw
+    # the same rows, built untimed, then inserted raw (row lists; prebuilt Arrow for reference)
     ctx_rows = []
     for i, rid in enumerate(instance.run_ids):
         record = instance.get_run_records(SimpleNamespace(run_ids=[rid]))[0]
         ctx = RunContext.of(record.dagster_run, {}, record.start_time, record.end_time)
-        log = logs[instance.failing[rid]]
-        ctx_rows.extend(map_record(r, ctx, a) for r, a in zip(log, attempts_of(log)))
-    raw_sink = ClickHouseSink(client, "bench_raw")
-    raw_sink.migrate()
+        ctx_rows.extend(map_records(logs[instance.failing[rid]], ctx))
     names = list(EVENT_COLUMNS)
     batches = [ctx_rows[i: i + args.batch] for i in range(0, len(ctx_rows), args.batch)]
     as_lists = [[[getattr(r, EVENT_COLUMNS[c]) if c != "Timestamp" else _dt(r.timestamp) for c in names] for r in b]
                 for b in batches]
-    gc.disable()  # the same conditions as the exporter, which pauses the cyclic GC during a tick
-    start = time.perf_counter()
-    for rows in as_lists:
-        client.insert("noetl_events", rows, database="bench_raw", column_names=names)
-    raw_s = time.perf_counter() - start
-    gc.enable()
-    del as_lists
-    raw_sink2 = ClickHouseSink(client, "bench_raw_arrow")
-    raw_sink2.migrate()
     tables = [rows_to_arrow(b, EVENT_COLUMNS, ("Timestamp",)) for b in batches]
-    gc.disable()
-    start = time.perf_counter()
-    for t in tables:
-        client.insert_arrow("noetl_events", t, database="bench_raw_arrow")
-    arrow_s = time.perf_counter() - start
-    gc.enable()
-    del tables, batches
+    del ctx_rows, batches
+    raw = {}
+    for key, label, settings, insert, blocks in (
+            ("raw", "raw client.insert (row lists)", None, client.insert, as_lists),
+            ("raw_same", "raw client.insert (row lists, the sink's insert settings)", INSERT_SETTINGS, client.insert,
+             as_lists),
+            ("arrow", "raw client.insert_arrow (prebuilt Arrow, the sink's insert settings)", INSERT_SETTINGS,
+             client.insert_arrow, tables)):
+        database = f"bench_{key}"
+        ClickHouseSink(client, database).migrate()
+        kwargs = {"column_names": names} if insert == client.insert else {}
+
+        def insert_all() -> None:
+            for block in blocks:
+                insert("noetl_events", block, database=database, settings=settings, **kwargs)
+
+        gc.disable()  # the same conditions as the exporter, which pauses the cyclic GC during a tick
+        seconds, cpu, _ = timed(insert_all)
+        gc.enable()
+        raw[key] = (label, seconds, cpu)
+        assert _digest(client, database) == _digest(client, "bench_export"), f"{key}: not the exported rows"
+    del as_lists, tables
 
     rate = total / export_s
+    raw_s = raw["raw"][1]
     print()
-    print(table(["path", "seconds", "events/s", "export / path"], [
-        ["export (Exporter -> noetl_events + step_runs)", f"{export_s:.2f}", f"{rate:,.0f}", "1.00"],
-        ["raw client.insert (row lists)", f"{raw_s:.2f}", f"{total / raw_s:,.0f}", f"{export_s / raw_s:.2f}"],
-        ["raw client.insert_arrow (prebuilt Arrow)", f"{arrow_s:.2f}", f"{total / arrow_s:,.0f}", f"{export_s / arrow_s:.2f}"],
+    print(table(["path", "seconds", "CPU s", "events/s", "export / path"], [
+        ["export (Exporter -> noetl_events + step_runs)", f"{export_s:.2f}", f"{export_cpu:.2f}", f"{rate:,.0f}",
+         "1.00"],
+        *([label, f"{seconds:.2f}", f"{cpu:.2f}", f"{total / seconds:,.0f}", f"{export_s / seconds:.2f}"]
+          for label, seconds, cpu in raw.values()),
     ]))
     print(f"\nexport: {stats.events:,} events, {stats.step_runs:,} step runs, {stats.runs:,} run summaries "
-          f"in {stats.batches} batches")
+          f"in {stats.batches} batches; every raw table holds the exported noetl_events rows (same digest)")
     print(f"targets: >= 100,000 events/s -> {rate:,.0f} ({'met' if rate >= 100_000 else 'NOT met'}); "
           f"<= 1.5x raw client.insert -> {export_s / raw_s:.2f}x ({'met' if export_s / raw_s <= 1.5 else 'NOT met'})")
 
@@ -243,6 +251,14 @@ def main() -> None:
         rows.append([name, f"{len(texts)}", f"{seconds:.2f}", f"{len(texts) / seconds:,.0f}"])
     print()
     print(table(["embedder", "texts", "seconds", "texts/s"], rows))
+    return 0
+
+
+def _digest(client: Any, database: str) -> tuple:
+    """(rows, order-independent hash of every column) of a database's ``noetl_events``."""
+    columns = ", ".join(EVENT_COLUMNS)
+    return tuple(client.query(f"SELECT count(), groupBitXor(cityHash64({columns})) "
+                              f"FROM {database}.noetl_events FINAL").result_rows[0])
 
 
 def _dt(ts: float) -> Any:
@@ -252,4 +268,4 @@ def _dt(ts: float) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

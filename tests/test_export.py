@@ -7,6 +7,7 @@ database.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,7 +20,7 @@ from noetl_dagster.resources.clickhouse import ClickHouseResource, ClickHouseSin
 from noetl_dagster.sensors import (ExportCursor, Exporter, clickhouse_export_sensor, export_definitions,
                                    register_env_secrets)
 from noetl_dagster.sensors.cli import load_cursor, run_export
-from noetl_dagster.sensors.mapping import step_name_of
+from noetl_dagster.sensors.mapping import RunContext, map_record, map_records, step_name_of
 from pg import PgServer, _run, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
 
 CASES = Path(__file__).parent / "conformance" / "cases"
@@ -112,18 +113,21 @@ def test_event_mapping_follows_noetl(runs, sink: ClickHouseSink) -> None:
     assert all(d[0] > 0 for d in durations)
 
 
-def test_a_sink_raising_mid_batch_loses_and_duplicates_nothing(runs, sink: ClickHouseSink) -> None:
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "writer-thread"])
+def test_a_sink_raising_mid_batch_loses_and_duplicates_nothing(runs, sink: ClickHouseSink, threaded: bool) -> None:
     instance, ids = runs
 
     class HalfThenDown:
         """Writes half of the first batch, then raises (a crash mid-batch); healthy afterwards."""
 
-        name, wants_events = "clickhouse", True
+        name, wants_events, thread_safe = "clickhouse", True, threaded
 
         def __init__(self) -> None:
             self.fail = True
+            self.threads: set[str] = set()
 
         def write(self, batch: Any) -> None:
+            self.threads.add(threading.current_thread().name)
             if self.fail:
                 self.fail = False
                 sink.write_events(batch.events[: len(batch.events) // 2])
@@ -142,6 +146,7 @@ def test_a_sink_raising_mid_batch_loses_and_duplicates_nothing(runs, sink: Click
     got = exported_ids(sink)
     assert len(got) == len(set(got)) and set(got) == event_ids(instance, ids)
     assert raw_count(sink) > len(got)  # the half batch was written twice and collapsed
+    assert all(name.startswith("noetl-export") == threaded for name in flaky.threads), flaky.threads
 
 
 def test_a_sink_down_keeps_the_cursor_and_catches_up(runs, sink: ClickHouseSink) -> None:
@@ -353,6 +358,39 @@ def test_cli_export_pass_keeps_its_cursor(runs, sink: ClickHouseSink, tmp_path: 
     full = run_export(instance, [sink], folder=tmp_path, full=True)
     assert full["clickhouse"].events == len(event_ids(instance, ids))
     assert sink.count_events() == len(event_ids(instance, ids))
+
+
+def test_paged_mapping_equals_the_whole_run(instance: dg.DagsterInstance) -> None:
+    """Rows mapped page by page (with the run's retries fetched first, as the exporter does) are
+    the rows of the whole run; attempts count the retries before each event."""
+    calls = {"n": 0}
+
+    @dg.op(retry_policy=dg.RetryPolicy(max_retries=2), tags={"noetl/tool": "python"})
+    def flaky(context) -> int:  # noqa: ANN001 - dagster reads the annotation
+        calls["n"] += 1
+        context.log.info(f"attempt {calls['n']}")
+        if calls["n"] < 3:
+            raise RuntimeError("transient")
+        return 1
+
+    @dg.job(tags={"noetl/playbook": "ops/flaky"})
+    def flaky_job() -> None:
+        flaky()
+
+    run_id = flaky_job.execute_in_process(instance=instance).run_id
+    records = instance.get_records_for_run(run_id).records
+    ctx = RunContext.of(instance.get_run_by_id(run_id), {"flaky": "python"})
+    whole = map_records(records, ctx)
+    retries = [(r.storage_id, r.event_log_entry.step_key) for r in records
+               if r.event_log_entry.dagster_event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    for size in (1, 3, 7):
+        paged = [row for i in range(0, len(records), size) for row in map_records(records[i:i + size], ctx, retries)]
+        assert paged == whole
+    assert [map_record(r, ctx, row.attempt or 1) for r, row in zip(records, whole)] == whole
+    flaky_rows = [r for r in whole if r.node_name == "flaky"]
+    assert {r.attempt for r in flaky_rows} == {1, 2, 3}
+    assert [r.attempt for r in flaky_rows if r.event_type == "log"] == [1, 2, 3]  # plain log lines too
+    assert all(r.metadata["tool"] == "python" for r in flaky_rows)
 
 
 def test_mapping_helpers() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +39,9 @@ DEFAULT_DATABASE = "observability"
 EVENTS_TABLE = "noetl_events"
 STEP_RUNS_TABLE = "step_runs"
 MIGRATIONS_TABLE = "noetl_schema_migrations"
+#: settings of every insert: a batch holds each row identity once, so the merge that would collapse
+#: repeats inside an inserted block is skipped (replays still collapse in background merges / FINAL)
+INSERT_SETTINGS = {"optimize_on_insert": "0"}
 
 #: (version, description, statements); statements are idempotent and run in order
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -167,29 +171,30 @@ def _timestamps(values: Sequence[float]) -> Any:
 
 
 def _map_array(values: Sequence[dict[str, str]]) -> Any:
+    """Dicts -> an Arrow ``map<string, string>`` (keys, items and offsets gathered in C loops)."""
+    import numpy as np
     import pyarrow as pa
 
-    keys: list[str] = []
-    items: list[str] = []
-    offsets = [0]
-    for m in values:
-        keys.extend(m)
-        items.extend(m.values())
-        offsets.append(len(keys))
-    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, pa.string()),
-                                   pa.array(items, pa.string()))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int32, count=len(values)), out=offsets[1:])
+    keys = pa.array(list(chain.from_iterable(values)), pa.string())
+    items = pa.array(list(chain.from_iterable(map(dict.values, values))), pa.string())
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
 
 
-def rows_to_arrow(rows: Sequence[Any], columns: dict[str, str], time_columns: Sequence[str]) -> Any:
-    """Dataclass rows -> an Arrow table with the ClickHouse column names (built column by column)."""
-    import operator
-
+def rows_to_arrow(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> Any:
+    """Named-tuple rows -> an Arrow table with the ClickHouse column names (``columns``: column ->
+    field), transposed with ``zip(*rows)`` and converted column by column."""
     import pyarrow as pa
 
+    if not rows:
+        raise ValueError("no rows")
+    fields = type(rows[0])._fields
+    transposed = list(zip(*rows))
     types = _arrow_types()
     arrays = {}
     for column, attr in columns.items():
-        values = list(map(operator.attrgetter(attr), rows))
+        values = transposed[fields.index(attr)]
         if column in time_columns:
             arrays[column] = _timestamps(values)
         elif column == "Metadata":
@@ -212,6 +217,7 @@ class ClickHouseSink:
 
     name = "clickhouse"
     wants_events = True
+    thread_safe = True  # writes take the client's lock: the exporter may write from its writer thread
 
     def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
         self.client = client
@@ -251,7 +257,7 @@ class ClickHouseSink:
         table = rows_to_arrow(rows, EVENT_COLUMNS, ("Timestamp",))
         with self._lock:
             self._ensure()
-            self.client.insert_arrow(EVENTS_TABLE, table, database=self.database)
+            self.client.insert_arrow(EVENTS_TABLE, table, database=self.database, settings=INSERT_SETTINGS)
 
     def write_step_runs(self, rows: Sequence[Any]) -> None:
         if not rows:
@@ -259,7 +265,7 @@ class ClickHouseSink:
         table = rows_to_arrow(rows, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))
         with self._lock:
             self._ensure()
-            self.client.insert_arrow(STEP_RUNS_TABLE, table, database=self.database)
+            self.client.insert_arrow(STEP_RUNS_TABLE, table, database=self.database, settings=INSERT_SETTINGS)
 
     def write(self, batch: Any) -> None:
         """Write an :class:`~noetl_dagster.sensors.exporter.ExportBatch` (events, then step runs)."""
@@ -328,5 +334,5 @@ class ClickHouseResource(dg.ConfigurableResource):
         return ClickHouseSink(get_client(dsn, **kwargs), database)
 
 
-__all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "MIGRATIONS",
+__all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
            "STEP_RUNS_TABLE", "default_dsn", "default_home", "get_client"]

@@ -1,7 +1,9 @@
 """Incremental export of the Dagster event log to a sink: cursor, time budget, catch-up.
 
 Delivery is at-least-once with idempotent writes: a tick reads, writes a batch to the sink, and
-only then advances its cursor (in memory); the caller stores the cursor after the tick. If the
+only then advances its cursor (in memory); the caller stores the cursor after the tick. A
+thread-safe sink (``thread_safe = True``) writes a batch in a writer thread while the next one
+is mapped; positions still move only after the write returned. If the
 sink raises, :meth:`Exporter.export` raises and the stored cursor stays where it was, so the
 next tick writes the same rows again and the sink's dedup (ClickHouse ``ReplacingMergeTree``
 keyed on the event identity, Qdrant deterministic point ids) absorbs them.
@@ -28,15 +30,20 @@ from __future__ import annotations
 import gc
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable, Protocol, Sequence
 
 import dagster as dg
 
-from .mapping import (EventRow, RunContext, RunSummary, StepRun, attempts_of, build_run_summary,
-                      build_step_runs, map_record, relevant_rows)
+from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
+                      map_records, relevant_rows)
 
+_RETRY = "STEP_UP_FOR_RETRY"
+_DAGSTER_TYPE = attrgetter("dagster_event_type")
+_TIMESTAMP = attrgetter("timestamp")
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 _START = dg.DagsterEventType.RUN_START
 _TERMINAL_TYPES = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
@@ -60,6 +67,7 @@ class Sink(Protocol):
 
     name: str
     wants_events: bool  # False: only finished-run summaries (no live event stream)
+    # optional ``thread_safe = True``: ``write`` may run in the exporter's writer thread
 
     def write(self, batch: ExportBatch) -> None: ...
 
@@ -131,6 +139,16 @@ def _gc_paused(enabled: bool) -> Any:
         gc.enable()
 
 
+def _done(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` run now, as a finished future (the writes without a writer thread)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - re-raised by future.result()
+        future.set_exception(exc)
+    return future
+
+
 def _id_cursor(storage_id: int) -> str | None:
     from dagster._core.storage.event_log.base import EventLogCursor
 
@@ -150,7 +168,8 @@ class Exporter:
     def __init__(self, instance: dg.DagsterInstance, sink: Sink, *, lag_seconds: float | None = None,
                  batch_size: int = 20000, page_size: int = 1000, max_active: int = 256,
                  playbook_runs_only: bool = True, clock: Callable[[], float] = time.time,
-                 max_cached_rows: int = 100_000, pause_gc: bool = True) -> None:
+                 max_cached_rows: int = 100_000, pause_gc: bool = True,
+                 background_writes: bool | None = None) -> None:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
@@ -162,6 +181,9 @@ class Exporter:
         self.clock = clock
         self.max_cached_rows = max_cached_rows
         self.pause_gc = pause_gc
+        #: write a batch in a thread while the next is mapped (default: when the sink says it is thread-safe)
+        self.background_writes = (bool(getattr(sink, "thread_safe", False)) if background_writes is None
+                                  else background_writes)
         self._tools: dict[str, dict[str, str]] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -184,8 +206,14 @@ class Exporter:
         def over() -> bool:
             return deadline is not None and time.monotonic() > deadline
 
-        with _gc_paused(self.pause_gc):
-            self._loop(cur, safe_ts, stats, over)
+        self._writing: tuple[Future, ExportBatch] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="noetl-export") if self.background_writes else None
+        try:
+            with _gc_paused(self.pause_gc):
+                self._loop(cur, safe_ts, stats, over)
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
         self._prune(cur)
         stats.seconds = time.monotonic() - started
         return cur, stats
@@ -318,18 +346,22 @@ class Exporter:
             conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(read_to), limit=self.page_size)
             records = conn.records
             if records:
-                rows = [map_record(r, ctx, a) for r, a in zip(records, attempts_of(records, retries))]
-                retries.extend((r.event_id, r.node_name) for r in rows if r.dagster_event_type == "STEP_UP_FOR_RETRY")
+                rows = map_records(records, ctx, retries)
+                if _RETRY in map(_DAGSTER_TYPE, rows):
+                    retries.extend((r.event_id, r.node_name) for r in rows if r.dagster_event_type == _RETRY)
                 self._pending.events.extend(rows)
                 if whole is not None:
-                    whole.extend(rows)
+                    whole.extend(relevant_rows(rows))
                     if len(whole) > self.max_cached_rows:
                         whole = None
-                for r in records:
-                    if safe and r.event_log_entry.timestamp <= safe_ts:
-                        self._staged_pos[run_id] = r.storage_id
-                    else:
-                        safe = False
+                if safe and max(map(_TIMESTAMP, rows)) <= safe_ts:
+                    self._staged_pos[run_id] = records[-1].storage_id
+                else:
+                    for r in records:
+                        if safe and r.event_log_entry.timestamp <= safe_ts:
+                            self._staged_pos[run_id] = r.storage_id
+                        else:
+                            safe = False
                 read_to = records[-1].storage_id
             if len(self._pending) >= self.batch_size:
                 self._flush_pending(stats)
@@ -351,7 +383,7 @@ class Exporter:
             ctx = self._context(record)
         if rows is None:
             records = self.instance.get_records_for_run(run_id).records
-            rows = [map_record(r, ctx, a) for r, a in zip(records, attempts_of(records))]
+            rows = map_records(records, ctx)
         rows = relevant_rows(rows)
         return build_step_runs(rows), build_run_summary(rows, ctx)
 
@@ -365,19 +397,32 @@ class Exporter:
 
     # -- commit --------------------------------------------------------------------------
     def _flush_pending(self, stats: ExportStats) -> None:
-        """Write what is pending; positions are applied by :meth:`_flush` (after the write)."""
+        """Hand what is pending to the writer (after the previous write finished, so one batch is
+        written while the next is mapped); positions are applied by :meth:`_flush`."""
         batch = self._pending
-        if len(batch):
-            self.sink.write(batch)
-            stats.batches += 1
-            stats.events += len(batch.events)
-            stats.step_runs += len(batch.step_runs)
-            stats.runs += len(batch.runs)
-            stats.failures += sum(len(r.failures) for r in batch.runs)
         self._pending = ExportBatch()
+        self._wait(stats)
+        if len(batch):
+            self._writing = (self._writer.submit(self.sink.write, batch) if self._writer is not None
+                             else _done(self.sink.write, batch), batch)
+
+    def _wait(self, stats: ExportStats) -> None:
+        """Wait for the write in flight; count it, or raise what the sink raised."""
+        if self._writing is None:
+            return
+        future, batch = self._writing
+        self._writing = None
+        future.result()
+        stats.batches += 1
+        stats.events += len(batch.events)
+        stats.step_runs += len(batch.step_runs)
+        stats.runs += len(batch.runs)
+        stats.failures += sum(len(r.failures) for r in batch.runs)
 
     def _flush(self, cur: ExportCursor, stats: ExportStats) -> None:
+        """Write what is pending, wait until it is written, then move the positions."""
         self._flush_pending(stats)
+        self._wait(stats)
         for run_id, pos in self._staged_pos.items():
             if run_id in cur.active:
                 cur.active[run_id] = max(cur.active[run_id], pos)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import dagster as dg
 
 from .exporter import default_lag
-from .mapping import RunContext, StepFailure, attempts_of, build_run_summary, map_record
+from .mapping import RunContext, StepFailure, build_run_summary, map_records
 
 HINT_TAG = "noetl/similar_failures"
 #: cosine below which a past failure is not called similar (MiniLM scale)
@@ -62,7 +62,7 @@ def failures_of_run(instance: dg.DagsterInstance, run_id: str) -> tuple[Any, lis
         return None, []
     records = instance.get_records_for_run(run_id).records
     ctx = RunContext.of(run)
-    rows = [map_record(r, ctx, a) for r, a in zip(records, attempts_of(records))]
+    rows = map_records(records, ctx)
     return run, build_run_summary(rows, ctx).failures
 
 

@@ -24,7 +24,8 @@ import re
 from bisect import bisect_left
 from functools import lru_cache
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from ..resources.credentials import redact
 
@@ -118,9 +119,12 @@ class RunContext:
         return bool(self.playbook)
 
 
-@dataclass(slots=True)
-class EventRow:
-    """One row of ``noetl_events`` (NoETL's columns plus ours)."""
+class EventRow(NamedTuple):
+    """One row of ``noetl_events`` (NoETL's columns plus ours), in table order.
+
+    A tuple, so that a batch transposes into columns with ``zip(*rows)``; treat ``metadata`` as
+    read-only (rows of one step may share it).
+    """
 
     timestamp: float
     event_id: int
@@ -142,11 +146,10 @@ class EventRow:
     steps: dict[str, Any] | None = None  # ``noetl/steps`` as reported (not a column; Metadata has its JSON)
 
 
-EVENT_FIELDS = [f for f in EventRow.__dataclass_fields__ if f != "steps"]
+EVENT_FIELDS = [f for f in EventRow._fields if f != "steps"]
 
 
-@dataclass(slots=True)
-class StepRun:
+class StepRun(NamedTuple):
     """One step attempt (``step_runs``): status success | failed | retried | skipped | incomplete."""
 
     execution_id: str
@@ -170,7 +173,7 @@ class StepRun:
     worker: str
 
 
-STEP_RUN_FIELDS = [f for f in StepRun.__dataclass_fields__]
+STEP_RUN_FIELDS = list(StepRun._fields)
 
 
 @dataclass
@@ -255,6 +258,17 @@ def op_name_of(step_key: str | None) -> str:
     return step_parts(step_key)[1] if step_key else ""
 
 
+_TYPES: dict[str, tuple[str, str]] = dict(EVENT_TYPES)
+
+
+def _event_type(dtype: str) -> tuple[str, str]:
+    """``(NoETL event type, status)`` of a Dagster event type value (unmapped: ``dagster.<type>``)."""
+    found = _TYPES.get(dtype)
+    if found is None:
+        found = _TYPES[dtype] = ("dagster." + dtype.lower(), "INFO")
+    return found
+
+
 @lru_cache(maxsize=4096)
 def _worker(pid: int) -> str:
     return f"pid:{pid}"
@@ -316,107 +330,168 @@ def failure_error(failure_data: Any) -> str:
     return _error_message(getattr(failure_data, "error", None))
 
 
+def _details(entry: Any, event: Any, dtype: str, ctx: RunContext
+             ) -> tuple[str, str, dict[str, str], str, int, str, dict[str, Any] | None]:
+    """What an event of a detailed type adds: (event type, status, metadata, error, duration,
+    message, ``noetl/steps``)."""
+    etype, status = _event_type(dtype)
+    data = event.event_specific_data
+    meta: dict[str, str] = {}
+    error, duration, message, steps = "", 0, "", None
+    if dtype == "STEP_OUTPUT":
+        handle = data.step_output_handle
+        meta["output"] = handle.output_name
+        if handle.mapping_key:
+            meta["mapping_key"] = handle.mapping_key
+        if handle.output_name == RESULT_OUTPUT:
+            etype = "call.done"
+        if data.metadata:
+            steps = _copy_metadata(data.metadata, meta)
+    elif dtype == "STEP_SUCCESS":
+        duration = int(round(data.duration_ms or 0))
+    elif dtype == "STEP_FAILURE":
+        error = failure_error(data)
+        if data.user_failure_data is not None:
+            steps = _copy_metadata(data.user_failure_data.metadata, meta)
+        if data.error is not None and data.error.cls_name:
+            meta["error_class"] = data.error.cls_name
+    elif dtype == "STEP_UP_FOR_RETRY":
+        error = _error_message(getattr(data, "error", None))
+        if getattr(data, "seconds_to_wait", None) is not None:
+            meta["seconds_to_wait"] = str(data.seconds_to_wait)
+    elif dtype in RUN_TERMINAL:
+        if ctx.start_time:
+            duration = max(0, int(round((entry.timestamp - ctx.start_time) * 1000)))
+        if dtype == "PIPELINE_FAILURE":
+            error = _error_message(getattr(data, "error", None)) or _text(entry.user_message)
+            reason = getattr(getattr(data, "failure_reason", None), "value", None)
+            if reason:
+                meta["failure_reason"] = str(reason)
+    elif dtype in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION"):
+        asset = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+        if asset is not None:
+            meta["asset_key"] = asset.asset_key.to_user_string()
+            if asset.partition:
+                meta["partition"] = str(asset.partition)
+            _copy_metadata(asset.metadata, meta)
+    elif dtype == "ASSET_FAILED_TO_MATERIALIZE":
+        failed = getattr(data, "asset_materialization_failure", None)
+        if failed is not None:
+            meta["asset_key"] = failed.asset_key.to_user_string()
+            error = _error_message(getattr(failed, "error", None))
+    elif dtype == "ASSET_CHECK_EVALUATION":
+        meta["asset_key"] = data.asset_key.to_user_string()
+        meta["check"] = data.check_name
+        if not data.passed:
+            status = "FAILED"
+        if data.severity is not None:
+            meta["severity"] = str(getattr(data.severity, "value", data.severity))
+        _copy_metadata(data.metadata, meta)
+    elif dtype == "ENGINE_EVENT" and data is not None:
+        _copy_metadata(getattr(data, "metadata", None), meta)
+        error = _error_message(getattr(data, "error", None))
+    if dtype in _MESSAGE_TYPES:
+        message = _text(entry.user_message or event.message)
+    return etype, status, meta, error, duration, message, steps
+
+
 def map_record(record: Any, ctx: RunContext, attempt: int = 1) -> EventRow:
-    """One Dagster ``EventLogRecord`` as a NoETL-style row.
+    """One Dagster ``EventLogRecord`` as a NoETL-style row (``attempt``: of its step).
 
     Example::
 
         map_record(rec, ctx).event_type   # 'command.failed' for a STEP_FAILURE
     """
-    entry = record.event_log_entry
-    event = entry.dagster_event
-    step_key = entry.step_key or (event.step_key if event is not None else None) or ""
-    meta: dict[str, str] = {}
-    error = ""
-    duration = 0
-    message = ""
-    steps = None
-    if event is None:
-        dtype = ""
-        message = _text(entry.user_message)
-        skipped = _SKIP_LOG.match(entry.user_message or "")
-        if skipped:
-            etype, status = "step.skipped", "SKIPPED"
-            step_key = step_key or skipped.group(1)
-        else:
-            etype, status = "log", _LEVELS.get(entry.level, str(entry.level))
-        if entry.error_info is not None:
-            error = _error_message(entry.error_info)
-    else:
+    row = map_records((record,), ctx)[0]
+    return row if not row.attempt or attempt == 1 else row._replace(attempt=attempt)
+
+
+def map_records(records: Sequence[Any], ctx: RunContext,
+                retries: Iterable[tuple[int, str]] = ()) -> list[EventRow]:
+    """A run's records (in storage order) as NoETL-style rows.
+
+    ``retries``: ``(storage id, step key)`` of the run's earlier ``STEP_UP_FOR_RETRY`` events, for
+    the attempt numbers (see :func:`attempts_of`). Per-step parts (names, worker, tool) are worked
+    out once per step; only detailed types (outputs, failures, run ends, ...) read event data.
+
+    Example: ``rows = map_records(instance.get_records_for_run(run_id).records, ctx)``
+    """
+    out: list[EventRow] = []
+    append = out.append
+    new = tuple.__new__
+    run_id, playbook, domain, job = ctx.run_id, ctx.playbook, ctx.domain, ctx.job_name
+    tools = ctx.tools
+    detailed = _DETAILED
+    types = _TYPES.get
+    levels = _LEVELS.get
+    steps: dict[tuple[str, int | None], tuple[str, str, dict[str, str], int, str]] = {}
+    retried = False
+    for record in records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        if event is None:
+            append(_log_row(record, ctx))
+            continue
         dtype = event.event_type_value
-        mapped = EVENT_TYPES.get(dtype)
-        etype, status = mapped if mapped else ("dagster." + dtype.lower(), "INFO")
-        data = event.event_specific_data
-        if event.pid is not None:
-            meta["worker"] = _worker(event.pid)
-        if dtype not in _DETAILED:
-            pass
-        elif dtype == "STEP_OUTPUT":
-            name = data.step_output_handle.output_name
-            meta["output"] = name
-            if data.step_output_handle.mapping_key:
-                meta["mapping_key"] = data.step_output_handle.mapping_key
-            if name == RESULT_OUTPUT:
-                etype = "call.done"
-            steps = _copy_metadata(data.metadata, meta)
-        elif dtype == "STEP_SUCCESS":
-            duration = int(round(data.duration_ms or 0))
-        elif dtype == "STEP_FAILURE":
-            error = failure_error(data)
-            if data.user_failure_data is not None:
-                steps = _copy_metadata(data.user_failure_data.metadata, meta)
-            if data.error is not None and data.error.cls_name:
-                meta["error_class"] = data.error.cls_name
-        elif dtype == "STEP_UP_FOR_RETRY":
-            error = _error_message(getattr(data, "error", None))
-            if getattr(data, "seconds_to_wait", None) is not None:
-                meta["seconds_to_wait"] = str(data.seconds_to_wait)
-        elif dtype in RUN_TERMINAL:
-            if ctx.start_time:
-                duration = max(0, int(round((entry.timestamp - ctx.start_time) * 1000)))
-            if dtype == "PIPELINE_FAILURE":
-                error = _error_message(getattr(data, "error", None)) or _text(entry.user_message)
-                reason = getattr(getattr(data, "failure_reason", None), "value", None)
-                if reason:
-                    meta["failure_reason"] = str(reason)
-        elif dtype in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION"):
-            asset = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
-            if asset is not None:
-                meta["asset_key"] = asset.asset_key.to_user_string()
-                if asset.partition:
-                    meta["partition"] = str(asset.partition)
-                _copy_metadata(asset.metadata, meta)
-        elif dtype == "ASSET_FAILED_TO_MATERIALIZE":
-            failed = getattr(data, "asset_materialization_failure", None)
-            if failed is not None:
-                meta["asset_key"] = failed.asset_key.to_user_string()
-                error = _error_message(getattr(failed, "error", None))
-        elif dtype == "ASSET_CHECK_EVALUATION":
-            meta["asset_key"] = data.asset_key.to_user_string()
-            meta["check"] = data.check_name
-            if not data.passed:
-                status = "FAILED"
-            if data.severity is not None:
-                meta["severity"] = str(getattr(data.severity, "value", data.severity))
-            _copy_metadata(data.metadata, meta)
-        elif dtype == "ENGINE_EVENT" and data is not None:
-            _copy_metadata(getattr(data, "metadata", None), meta)
-            error = _error_message(getattr(data, "error", None))
-        if dtype in _MESSAGE_TYPES:
-            message = _text(entry.user_message or event.message)
+        step_key = entry.step_key or event.step_key or ""
+        parts = steps.get((step_key, event.pid))
+        if parts is None:
+            meta: dict[str, str] = {} if event.pid is None else {"worker": _worker(event.pid)}
+            if step_key:
+                name, node, mapping_key = step_parts(step_key)
+                tool = tools.get(node)
+                if tool:
+                    meta["tool"] = tool
+                if mapping_key:
+                    meta["mapping_key"] = mapping_key
+                parts = steps[(step_key, event.pid)] = (name, step_key, meta, 1, mapping_key)
+            else:
+                parts = steps[(step_key, event.pid)] = ("", "playbook", meta, 0, "")
+        if dtype in detailed:
+            etype, status, extra, error, duration, message, reported = _details(entry, event, dtype, ctx)
+            meta = {**parts[2], **extra} if extra else parts[2]
+            if parts[4] and extra:
+                meta["mapping_key"] = parts[4]
+            retried = retried or dtype == "STEP_UP_FOR_RETRY"
+        else:
+            etype, status = types(dtype) or _event_type(dtype)
+            meta, error, duration, message, reported = parts[2], "", 0, "", None
+        append(new(EventRow, (
+            entry.timestamp, record.storage_id, run_id or entry.run_id, etype, status, parts[0], parts[1],
+            playbook, duration, error, meta, domain, job or entry.job_name or "",
+            parts[3] if etype != "step.skipped" else 0, dtype, levels(entry.level) or str(entry.level), message,
+            reported)))
+    retries = tuple(retries)
+    if retries or retried:
+        out = [row if row.attempt == (new_attempt := attempt if row.attempt else 0)
+               else row._replace(attempt=new_attempt) for row, attempt in zip(out, attempts_of(records, retries))]
+    return out
+
+
+def _log_row(record: Any, ctx: RunContext) -> EventRow:
+    """A plain log message (no Dagster event); "Dependencies for step X failed" is a skipped step."""
+    entry = record.event_log_entry
+    step_key = entry.step_key or ""
+    message = _text(entry.user_message)
+    skipped = _SKIP_LOG.match(entry.user_message or "")
+    if skipped:
+        etype, status = "step.skipped", "SKIPPED"
+        step_key = step_key or skipped.group(1)
+    else:
+        etype, status = "log", _LEVELS.get(entry.level, str(entry.level))
+    error = _error_message(entry.error_info) if entry.error_info is not None else ""
+    meta: dict[str, str] = {}
     name, node, mapping_key = step_parts(step_key) if step_key else _NO_STEP
     if step_key:
         tool = ctx.tools.get(node)
-        if tool and "tool" not in meta:
+        if tool:
             meta["tool"] = tool
         if mapping_key:
             meta["mapping_key"] = mapping_key
     return EventRow(
-        entry.timestamp, record.storage_id, ctx.run_id or entry.run_id, etype, status, name,
-        step_key or "playbook", ctx.playbook, duration, error, meta, ctx.domain,
-        ctx.job_name or entry.job_name or "", attempt if step_key and etype != "step.skipped" else 0,
-        dtype, _LEVELS.get(entry.level) or str(entry.level), message, steps,
-    )
+        entry.timestamp, record.storage_id, ctx.run_id or entry.run_id, etype, status, name, step_key or "playbook",
+        ctx.playbook, 0, error, meta, ctx.domain, ctx.job_name or entry.job_name or "",
+        1 if step_key and etype != "step.skipped" else 0, "", _LEVELS.get(entry.level) or str(entry.level), message)
 
 
 def attempts_of(records: Sequence[Any], retries: Iterable[tuple[int, str]] = ()) -> list[int]:
@@ -467,59 +542,66 @@ def build_step_runs(rows: Sequence[EventRow]) -> list[StepRun]:
 
         [s.status for s in build_step_runs(rows)]   # ['success', 'failed', 'skipped', ...]
     """
-    open_: dict[tuple[str, int], dict[str, Any]] = {}
+    open_: dict[tuple[str, int], tuple[float, dict[str, str]]] = {}  # (step key, attempt) -> (start, meta)
     done: list[StepRun] = []
     skipped: set[str] = set()
+    new = tuple.__new__
 
     def close(key: tuple[str, int], row: EventRow, status: str, duration: int | None) -> None:
-        state = open_.pop(key, None) or {"started": row.timestamp, "meta": {}}
-        meta = {**state["meta"], **row.metadata}
-        started = state["started"]
-        done.append(StepRun(
-            execution_id=row.execution_id, step_key=key[0], attempt=key[1], playbook_path=row.playbook_path,
-            domain=row.domain, job_name=row.job_name, step_name=row.step_name, tool_kind=meta.get("tool", ""),
-            status=status, started_at=started, finished_at=row.timestamp,
-            duration_ms=duration if duration else max(0, int(round((row.timestamp - started) * 1000))),
-            retries=max(0, key[1] - 1), rows=_number(meta, "rows", int), bytes=_number(meta, "bytes", int),
-            cpu_seconds=_number(meta, "cpu_seconds", float), peak_rss_mb=_number(meta, "peak_rss_mb", float),
-            error_message=row.error_message, worker=meta.get("worker", ""),
-        ))
+        state = open_.pop(key, None)
+        if state is None:
+            started, meta = row.timestamp, row.metadata
+        else:
+            started, meta = state[0], {**state[1], **row.metadata}
+        done.append(new(StepRun, (
+            row.execution_id, key[0], key[1], row.playbook_path, row.domain, row.job_name, row.step_name,
+            meta.get("tool", ""), status, started, row.timestamp,
+            duration if duration else max(0, int(round((row.timestamp - started) * 1000))), max(0, key[1] - 1),
+            _number(meta, "rows", int), _number(meta, "bytes", int), _number(meta, "cpu_seconds", float),
+            _number(meta, "peak_rss_mb", float), row.error_message, meta.get("worker", ""))))
 
     for row in rows:
         dtype = row.dagster_event_type
-        if dtype not in _STEP_TYPES and row.event_type != "step.skipped":
-            continue
-        key = (row.node_name, row.attempt)
-        if dtype in ("STEP_START", "STEP_RESTARTED"):
-            open_[key] = {"started": row.timestamp, "meta": dict(row.metadata)}
-        elif dtype == "STEP_OUTPUT" and row.metadata.get("output") == RESULT_OUTPUT:
-            state = open_.setdefault(key, {"started": row.timestamp, "meta": {}})
-            state["meta"].update({k: v for k, v in row.metadata.items() if k not in ("output",)})
-        elif dtype == "STEP_SUCCESS":
-            close(key, row, "success", row.duration_ms)
-        elif dtype == "STEP_FAILURE":
-            close(key, row, "failed", None)
-        elif dtype == "STEP_UP_FOR_RETRY":
-            close(key, row, "retried", None)
-        elif row.event_type == "step.skipped" and row.node_name != "playbook":
-            if row.node_name not in skipped:
+        if dtype in _STEP_TYPES:
+            key = (row.node_name, row.attempt)
+            if dtype == "STEP_START" or dtype == "STEP_RESTARTED":
+                open_[key] = (row.timestamp, dict(row.metadata))
+            elif dtype == "STEP_OUTPUT":
+                if row.metadata.get("output") == RESULT_OUTPUT:
+                    state = open_.get(key)
+                    if state is None:
+                        state = open_[key] = (row.timestamp, {})
+                    state[1].update(row.metadata)
+                    state[1].pop("output", None)
+            elif dtype == "STEP_SUCCESS":
+                close(key, row, "success", row.duration_ms)
+            elif dtype == "STEP_FAILURE":
+                close(key, row, "failed", None)
+            elif dtype == "STEP_UP_FOR_RETRY":
+                close(key, row, "retried", None)
+            elif row.event_type == "step.skipped" and row.node_name != "playbook" and row.node_name not in skipped:
                 skipped.add(row.node_name)
-                done.append(StepRun(
-                    execution_id=row.execution_id, step_key=row.node_name, attempt=0,
-                    playbook_path=row.playbook_path, domain=row.domain, job_name=row.job_name,
-                    step_name=row.step_name, tool_kind=row.metadata.get("tool", ""), status="skipped",
-                    started_at=row.timestamp, finished_at=row.timestamp, duration_ms=0, retries=0, rows=None,
-                    bytes=None, cpu_seconds=None, peak_rss_mb=None, error_message="", worker=""))
-    for key, state in open_.items():  # started, never finished (crashed worker, canceled run)
-        meta = state["meta"]
+                done.append(_skipped_step(row))
+        elif row.event_type == "step.skipped" and row.node_name != "playbook" and row.node_name not in skipped:
+            skipped.add(row.node_name)
+            done.append(_skipped_step(row))
+    for key, (started, meta) in open_.items():  # started, never finished (crashed worker, canceled run)
+        last = rows[-1]
         done.append(StepRun(
-            execution_id=rows[-1].execution_id, step_key=key[0], attempt=key[1],
-            playbook_path=rows[-1].playbook_path, domain=rows[-1].domain, job_name=rows[-1].job_name,
-            step_name=step_name_of(key[0]), tool_kind=meta.get("tool", ""), status="incomplete",
-            started_at=state["started"], finished_at=state["started"], duration_ms=0, retries=max(0, key[1] - 1),
-            rows=None, bytes=None, cpu_seconds=None, peak_rss_mb=None, error_message="",
-            worker=meta.get("worker", "")))
+            execution_id=last.execution_id, step_key=key[0], attempt=key[1], playbook_path=last.playbook_path,
+            domain=last.domain, job_name=last.job_name, step_name=step_name_of(key[0]),
+            tool_kind=meta.get("tool", ""), status="incomplete", started_at=started, finished_at=started,
+            duration_ms=0, retries=max(0, key[1] - 1), rows=None, bytes=None, cpu_seconds=None, peak_rss_mb=None,
+            error_message="", worker=meta.get("worker", "")))
     return done
+
+
+def _skipped_step(row: EventRow) -> StepRun:
+    return StepRun(
+        execution_id=row.execution_id, step_key=row.node_name, attempt=0, playbook_path=row.playbook_path,
+        domain=row.domain, job_name=row.job_name, step_name=row.step_name, tool_kind=row.metadata.get("tool", ""),
+        status="skipped", started_at=row.timestamp, finished_at=row.timestamp, duration_ms=0, retries=0, rows=None,
+        bytes=None, cpu_seconds=None, peak_rss_mb=None, error_message="", worker="")
 
 
 def build_run_summary(rows: Sequence[EventRow], ctx: RunContext) -> RunSummary:
@@ -576,5 +658,5 @@ def build_run_summary(rows: Sequence[EventRow], ctx: RunContext) -> RunSummary:
 
 
 __all__ = ["EVENT_FIELDS", "EVENT_TYPES", "EventRow", "RunContext", "RunSummary", "STEP_RUN_FIELDS",
-           "StepFailure", "StepRun", "attempts_of", "build_run_summary", "build_step_runs", "map_record",
+           "StepFailure", "StepRun", "attempts_of", "build_run_summary", "build_step_runs", "map_record", "map_records",
            "op_name_of", "step_name_of"]
