@@ -223,7 +223,7 @@ def test_load_input_follows_the_annotation(tmp_path):
     assert job.execute_in_process().success
     assert seen["table"].equals(TABLE)
     assert isinstance(seen["ref"], ArrowRef) and seen["ref"] == seen["any"]
-    assert seen["ref"].num_rows == 3 and seen["ref"].uri.endswith("produce/result/data.parquet")
+    assert seen["ref"].num_rows == 3 and seen["ref"].uri.endswith("produce/result/data.arrow")
     assert seen["reader"].equals(TABLE)
     assert seen["dataset"].column_names == ["id"]
     assert seen["duckdb"] == [(6,)]
@@ -281,7 +281,7 @@ def test_output_metadata(tmp_path):
     one = meta[("produce", "one")]
     assert one["dagster/row_count"] == 3 and one["noetl/bytes"] > 0
     assert [(c.name, c.type) for c in one["dagster/column_schema"].columns] == [("id", "int64"), ("name", "string")]
-    assert one["dagster/uri"].endswith("produce/one/data.parquet")
+    assert one["dagster/uri"].endswith("produce/one/data.arrow")
     two = meta[("produce", "two")]
     assert two["noetl/tables"] == 2 and "dagster/row_count" not in two and len(two["noetl/refs"]) == 2
     assert meta[("produce", "none")]["noetl/tables"] == 0
@@ -325,7 +325,7 @@ def test_a_table_in_result_and_two_tokens_is_written_once(tmp_path):
 
     run = job.execute_in_process()
     assert run.success
-    assert len(files(tmp_path, ".parquet")) == 2  # one table + one stream, written once each
+    assert len(files(tmp_path, ".arrow")) == 2  # one table + one stream, written once each
     meta = handled(run)
     assert meta[("a", "result")]["noetl/tables_written"] == 2
     assert meta[("a", "to_b")]["noetl/tables_written"] == 0
@@ -333,13 +333,13 @@ def test_a_table_in_result_and_two_tokens_is_written_once(tmp_path):
     assert reader_batches["n"] == 1  # the reader was streamed once
     ref_b = seen["b"]["results"]["a"][1]["table"]
     ref_c = seen["c"]["results"]["a"][1]["table"]
-    assert ref_b == ref_c and ref_b.uri.endswith("a/result/table.parquet")
+    assert ref_b == ref_c and ref_b.uri.endswith("a/result/table.arrow")
     assert seen["b"]["results"]["a"][1]["stream"].to_table().equals(TABLE)
     assert isinstance(seen["b"]["results"]["a"], tuple)  # stamped results stay tuples
 
 
 def test_a_token_stored_before_the_asset_output_is_linked_not_rewritten(tmp_path):
-    io = ArrowRefIOManager(base_uri=str(tmp_path))
+    io = ArrowRefIOManager(base_uri=str(tmp_path), intermediate_format="parquet")  # one format for both
     run_id = str(uuid.uuid4())
     table = pa.table({"v": [1, 2]})
     token = dg.build_output_context(step_key="score", name="to_next", run_id=run_id)
@@ -350,6 +350,24 @@ def test_a_token_stored_before_the_asset_output_is_linked_not_rewritten(tmp_path
     asset_file = tmp_path / "p" / "data.parquet"
     assert os.stat(token_file).st_ino == os.stat(asset_file).st_ino  # a hard link: one write
     assert io.load_asset_ref("p").uri == str(asset_file)
+
+
+def test_intermediates_are_arrow_ipc_and_products_parquet(tmp_path):
+    io = ArrowRefIOManager(base_uri=str(tmp_path))
+    run_id = str(uuid.uuid4())
+    token = dg.build_output_context(step_key="score", name="to_next", run_id=run_id)
+    io.handle_output(token, {"results": {"score": (1, TABLE)}})
+    io.handle_output(dg.build_output_context(step_key="score", name="result", run_id=run_id, asset_key=["p"]),
+                     TABLE)
+    stored = io.load_input(dg.build_input_context(upstream_output=token, dagster_type=_dagster_type(dict)))
+    token_ref = stored["results"]["score"][1]
+    assert token_ref.format == "arrow" and token_ref.uri.endswith("to_next/results.score.1.arrow")
+    assert files(tmp_path / "p") == ["data.parquet", "value.json"]  # its own Parquet file, not a link
+    assert io.load_asset_ref("p").to_table().equals(TABLE)
+    # a product that forwards an intermediate's ref gets a Parquet copy too
+    io.handle_output(dg.build_output_context(asset_key=["q"]), {"t": token_ref})
+    assert io.load_asset("q")["t"].uri == str(tmp_path / "q" / "t.parquet")
+    assert io.load_asset("q")["t"].to_table().equals(TABLE)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "arrow"])
@@ -393,7 +411,7 @@ def test_forwarded_refs_are_not_rewritten(tmp_path):
 
     run = job.execute_in_process()
     assert handled(run)[("forward", "result")]["noetl/tables_written"] == 0
-    assert len(files(tmp_path, ".parquet")) == 1
+    assert len(files(tmp_path, ".arrow")) == 1
     assert seen["v"]["again"].to_table().equals(TABLE)
 
 
@@ -652,8 +670,8 @@ def test_dynamic_outputs_are_stored_per_mapping_key(tmp_path):
 
     run = job.execute_in_process()
     assert run.output_for_node("total") == 1
-    assert [f.split("/", 2)[2] for f in files(tmp_path, ".parquet")] == [
-        "fan/result/i00000/data.parquet", "fan/result/i00001/data.parquet"]
+    assert [f.split("/", 2)[2] for f in files(tmp_path, ".arrow")] == [
+        "fan/result/i00000/data.arrow", "fan/result/i00001/data.arrow"]
 
 
 # ------------------------------------------------------------ re-execution from failure
@@ -704,7 +722,7 @@ def test_reexecution_from_failure_loads_the_upstream_output(tmp_path, monkeypatc
             assert {e.event_specific_data.upstream_step_key for e in loaded} == {"load"}
             assert second.output_for_node("score") == 6
     assert (tmp_path / "load_runs").read_text() == "x"
-    assert len(files(tmp_path / "data", ".parquet")) == 1  # written once, by the first run
+    assert len(files(tmp_path / "data", ".arrow")) == 1  # written once, by the first run
 
 
 # ------------------------------------------------------------------------------- retention
@@ -761,7 +779,7 @@ def test_remote_filesystem_round_trip():
 
         run = job.execute_in_process()
         ref = seen["v"]["t"]
-        assert ref.uri == f"memio://lake/noetl/runs/{run.run_id}/produce/result/t.parquet"
+        assert ref.uri == f"memio://lake/noetl/runs/{run.run_id}/produce/result/t.arrow"
         assert ref.to_table().equals(TABLE)
         out = dg.build_output_context(asset_key=["remote", "product"])
         io.handle_output(out, {"copy": ref})  # an intermediate ref is copied into the asset

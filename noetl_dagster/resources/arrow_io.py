@@ -4,8 +4,10 @@ What it stores
 --------------
 Every output (a step's ``result``, a token ``to_<step>``, an asset) is walked: each
 ``pyarrow.Table``, ``RecordBatch``, ``RecordBatchReader`` (streamed batch by batch, never fully
-materialised), pandas or polars DataFrame is written once as Parquet (default) or Arrow IPC and
-replaced by an :class:`~noetl_dagster.resources.arrow_ref.ArrowRef`. The small remainder (the
+materialised), pandas or polars DataFrame is written once and replaced by an
+:class:`~noetl_dagster.resources.arrow_ref.ArrowRef`: as Parquet in asset outputs (data products:
+compact, readable by every engine; ``format``) and as uncompressed Arrow IPC in op outputs (a
+run's intermediates: loads are zero-copy memory maps; ``intermediate_format``). The small remainder (the
 token or result, with refs in it) is stored as JSON (``value.json``: refs, tuples and dicts whose
 only key looks like a marker are encoded with ``__noetl_*__`` markers) or, when it is not JSON-able
 (``datetime``, ``bytes``, non-string keys...), as a pickle (``value.pkl``).
@@ -20,7 +22,7 @@ Refs already in the value (forwarded from upstream) are kept as they are: forwar
 Layout (``<root>`` is :attr:`ArrowRefIOManager.root`)::
 
     <root>/<asset key path>[/<partition key>]/value.json + <name>.parquet ...   asset outputs
-    <root>/runs/<run_id>/<step_key>/<output_name>[/<mapping_key>]/...         op outputs
+    <root>/runs/<run_id>/<step_key>/<output_name>[/<mapping_key>]/... .arrow  op outputs
 
 A single table stored as an asset lands in ``<root>/<asset key>/data.parquet``; tables inside a
 structure are named after their position (``results.load.1.parquet``). Multi-dimensional
@@ -476,11 +478,17 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
                     "$DAGSTER_HOME/noetl_data, or ./.noetl_data when DAGSTER_HOME is not set.")
     format: str = Field(
         default="parquet",
-        description="Table file format: 'parquet' (compact, readable by everything) or "
-                    "'arrow'/'ipc' (Arrow IPC file: loads are zero-copy memory maps).")
+        description="File format of asset (data product) tables: 'parquet' (compact, readable by "
+                    "everything: DuckDB, Spark, warehouses) or 'arrow'/'ipc' (Arrow IPC file).")
+    intermediate_format: str = Field(
+        default="arrow",
+        description="File format of op outputs (a run's intermediates, read back by this IO "
+                    "manager): 'arrow' (Arrow IPC, uncompressed: loads are zero-copy memory maps) "
+                    "or 'parquet'.")
     compression: str | None = Field(
         default=None,
-        description="Codec; default snappy for Parquet, none for Arrow IPC. 'none' disables.")
+        description="Codec of asset tables; default snappy for Parquet, none for Arrow IPC. "
+                    "'none' disables. Intermediates use their format's default.")
     intermediate_retention_days: float = Field(
         default=7.0,
         description="Default age after which clean_intermediates() deletes op outputs of a run.")
@@ -491,6 +499,7 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
         import pyarrow.parquet  # noqa: F401
 
         canonical_format(self.format)
+        canonical_format(self.intermediate_format)
         self.root  # noqa: B018 - resolves (and validates) the root early
 
     # ------------------------------------------------------------------ locations
@@ -554,7 +563,8 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
         cache; ``asset`` makes the folder self-contained (refs to other files under the root are
         linked into it).
         """
-        fmt = self.table_format
+        fmt = self.table_format if asset else canonical_format(self.intermediate_format)
+        compression = self.compression if asset else None
         ext = EXTENSIONS[fmt]
         root_prefix, own_prefix = self.root.rstrip("/") + "/", uri.rstrip("/") + "/"
         used: set[str] = set()
@@ -576,6 +586,10 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
 
         def put(data: Any, path: tuple) -> ArrowRef:
             if isinstance(data, ArrowRef):
+                if foreign(data) and data.format != fmt:  # e.g. an Arrow IPC intermediate as a Parquet product
+                    ref = write_arrow(data.to_reader(), join_uri(uri, unique_name(path) + ext), fmt, compression)
+                    written.append(ref)
+                    return ref
                 if foreign(data):
                     ref = _adopt(data, join_uri(uri, unique_name(path) + EXTENSIONS[data.format]))
                     written.append(ref)
@@ -583,6 +597,8 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
                 return data
             if step is not None:
                 cached = _WRITES.get(step, data)
+                if cached is not None and asset and cached.format != fmt:
+                    cached = None  # an intermediate of another format: the asset gets its own file
                 if cached is not None and not foreign(cached):
                     return cached
                 if cached is not None:  # written by a token of this step before the asset output
@@ -590,8 +606,7 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
                     written.append(ref)
                     _WRITES.put(step, data, ref)
                     return ref
-            ref = write_arrow(_as_arrow(data), join_uri(uri, unique_name(path) + ext), fmt,
-                              self.compression)
+            ref = write_arrow(_as_arrow(data), join_uri(uri, unique_name(path) + ext), fmt, compression)
             written.append(ref)
             if step is not None:
                 _WRITES.put(step, data, ref)
