@@ -65,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         tags = _workload(args.tags, "--tags") if args.tags else {}
         report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level,
-                              tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id)
+                              tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id,
+                              partition_key=args.partition)
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--json", action="store_true", help="print the machine-readable report")
     run.add_argument("--tags", help="JSON object of extra run tags")
     run.add_argument("--run-id", help="use this run id (sub-playbook launches set it)")
+    run.add_argument("--partition", help="partition key (YYYY-MM-DD) of a partitioned playbook; default: the last")
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)

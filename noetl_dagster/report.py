@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import dagster as dg
 
+from .errors import Issue, PlaybookError
 from .playbook.loader import load_playbook
 from .playbook.catalog import PlaybookCatalog
 from .resources.arrow_io import ArrowRefIOManager
@@ -86,10 +87,13 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
                  instance: dg.DagsterInstance | None = None,
                  translator: PlaybookTranslator | None = None, log_level: str = "INFO",
                  resources: Mapping[str, Any] | None = None, catalog: PlaybookCatalog | None = None,
-                 tags: Mapping[str, str] | None = None, run_id: str | None = None) -> RunReport:
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None,
+                 partition_key: str | None = None) -> RunReport:
     """Compile and execute a playbook in process; ``workload`` overrides top-level keys.
 
     ``catalog`` holds the playbooks it may call (default: the playbooks of its own folder tree).
+    A partitioned playbook (``metadata.partitions``) runs ``partition_key`` (``YYYY-MM-DD``), by
+    default its last partition, as its schedule would.
     """
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
@@ -105,9 +109,31 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
         job = build_job(playbook, translator, net, resources, catalog)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
                   "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
+    partition_key = _partition_key(playbook, job, partition_key)
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    tags=dict(tags or {}), run_id=run_id)
+                                    tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
     return build_report(net, result)
+
+
+def _partition_key(playbook: Playbook, job: dg.JobDefinition, key: str | None) -> str | None:
+    """``key`` checked against the job's partitions (the last one by default); None if unpartitioned."""
+    partitions = job.partitions_def
+    if partitions is None:
+        if key is not None:
+            raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
+                                       f"partition {key!r} given, but the playbook is not partitioned",
+                                       field="metadata.partitions",
+                                       hint="add `partitions: {daily: {start: YYYY-MM-DD}}` under metadata")])
+        return None
+    if key is None:
+        return partitions.get_last_partition_key()
+    if not partitions.has_partition_key(key):
+        start = playbook.metadata.partitions["daily"]["start"]
+        raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
+                                   f"partition {key!r} is not one of the playbook's daily partitions "
+                                   f"(from {start} to yesterday)", field="metadata.partitions",
+                                   hint="pass a date YYYY-MM-DD inside that range")])
+    return key
 
 
 def _products_io_manager(instance: dg.DagsterInstance | None) -> ArrowRefIOManager:

@@ -27,6 +27,8 @@ ROOT_KEYS = {"apiVersion", "kind", "metadata", "workload", "keychain", "workbook
 CASE_HINT = "`case:` blocks were removed from NoETL v2; route with `next: {arcs: [{step, when}]}`"
 YAML_HINT = ("check the indentation, and quote values that start with `{`, `[`, `*`, `&` or `!` "
              "(templates too: `when: \"{{ expr }}\"`)")
+#: the cron of a daily partitioned schedule: `M H * * *`
+_DAILY_CRON = re.compile(r"^\s*([0-5]?\d)\s+([01]?\d|2[0-3])\s+\*\s+\*\s+\*\s*$")
 PREVIOUS = ("previous", "prev", "_previous", "@previous")
 _BROKEN = object()  # a step that uses a broken workbook entry
 #: a YAML line that opens a literal block scalar (`code: |`, `- |-`): its content starts on the next line
@@ -753,6 +755,10 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
     if schedule is not None and not is_valid_cron_string(schedule):
         issues.add(meta, "schedule", f"schedule {schedule!r} is not a cron expression", field="metadata.schedule",
                    hint='five fields, e.g. "0 * * * *" for hourly')
+    elif schedule is not None and playbook.metadata.partitions and not _DAILY_CRON.match(schedule):
+        issues.add(meta, "schedule", f"schedule {schedule!r} of a daily-partitioned playbook must run once a day "
+                   "(each tick fills the partition of the day before)", field="metadata.schedule",
+                   hint='minute and hour only, e.g. "0 2 * * *"')
     for path in product_references(playbook):
         if len(path.split("/")) != 2:
             issues.add(meta, "uses", f"product reference {path!r} must be `domain/product`",

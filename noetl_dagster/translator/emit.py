@@ -33,7 +33,7 @@ from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
-from ..runtime.templates import TemplateFailure, condition
+from ..runtime.templates import TemplateFailure, condition, render_text
 from .plan import Net, Node, plan
 from .translator import PlaybookTranslator, code_reference
 
@@ -139,8 +139,10 @@ def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> 
     if not cron:
         return []
     name = f"{translator.get_job_name(playbook)}__schedule"
-    if playbook.metadata.partitions:
-        return [dg.build_schedule_from_partitioned_job(job, name=name, cron_schedule=cron)]
+    if playbook.metadata.partitions:  # daily: the loader checked the cron is `M H * * *`
+        minute, hour = (int(field) for field in cron.split()[:2])
+        return [dg.build_schedule_from_partitioned_job(job, name=name, minute_of_hour=minute, hour_of_day=hour,
+                                                       default_status=dg.DefaultScheduleStatus.STOPPED)]
     return [dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron,
                                   default_status=dg.DefaultScheduleStatus.STOPPED)]
 
@@ -151,20 +153,24 @@ def product_key(playbook: Playbook, step: Step) -> dg.AssetKey:
 
 
 def _checks(playbook: Playbook, step: Step) -> list[dg.AssetChecksDefinition]:
-    key = product_key(playbook, step)
-    return [_check_definition(key, check) for check in step.product.checks]  # type: ignore[union-attr]
+    key, partitions = product_key(playbook, step), _partitions(playbook)
+    return [_check_definition(key, check, partitions) for check in step.product.checks]  # type: ignore[union-attr]
 
 
-def _check_definition(key: dg.AssetKey, check: ProductCheck) -> dg.AssetChecksDefinition:
+def _check_definition(key: dg.AssetKey, check: ProductCheck,
+                      partitions: dg.PartitionsDefinition | None) -> dg.AssetChecksDefinition:
     severity = dg.AssetCheckSeverity.ERROR if check.blocking else dg.AssetCheckSeverity.WARN
 
     def run_check(context, product):  # type: ignore[no-untyped-def]
-        passed, metadata = evaluate_check(check, product)
+        current = check
+        if check.sql and partitions is not None:  # `{{ partition_key }}` in the SQL of a partitioned product
+            current = check.model_copy(update={"sql": render_text(check.sql, {"partition_key": context.partition_key})})
+        passed, metadata = evaluate_check(current, product)
         return dg.AssetCheckResult(passed=passed, metadata=metadata, severity=severity)
 
     return dg.asset_check(asset=key, name=check.check_name, blocking=check.blocking,
                           description=check.description or f"{check.kind} check of {key.to_user_string()}",
-                          )(run_check)
+                          partitions_def=partitions)(run_check)  # a partitioned product: per partition
 
 
 def _product_function(io_manager: Any) -> Callable[[str], Any]:
@@ -229,6 +235,7 @@ class _Emitter:
                             tags=self.translator.get_job_tags(self.playbook),
                             metadata=self.translator.get_job_metadata(self.playbook),
                             executor_def=self.translator.get_executor(self.playbook),
+                            partitions_def=_partitions(self.playbook),
                             resource_defs=dict(resource_defs or {}))
 
     def asset_graph(self) -> dg.AssetsDefinition:
