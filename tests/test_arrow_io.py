@@ -17,7 +17,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
+from noetl_dagster import load_playbook_definitions
 from noetl_dagster.resources.arrow_io import (
+    RETENTION_JOB,
+    retention_definitions,
     ArrowRef,
     ArrowRefIOManager,
     ArrowRefPathError,
@@ -755,6 +758,27 @@ def test_clean_intermediates_and_clean_run(tmp_path, instance):
     assert io.clean_run(new) is True and io.clean_run(new) is False
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert io.load_asset_ref("product").to_table().equals(TABLE)  # assets are never cleaned
+
+
+def test_the_retention_job_applies_the_setting_and_is_scheduled(tmp_path, instance):
+    io = ArrowRefIOManager(base_uri=str(tmp_path), intermediate_retention_days=3)
+    old, recent = str(uuid.UUID(int=11)), str(uuid.UUID(int=12))
+    for run_id in (old, recent):
+        io.handle_output(dg.build_output_context(step_key="s", name="result", run_id=run_id), TABLE)
+    io.handle_output(dg.build_output_context(asset_key=["product"]), TABLE)
+    four_days_ago = time.time() - 4 * 86400
+    for path in [tmp_path / "runs" / old, *(tmp_path / "runs" / old).rglob("*")]:
+        os.utime(path, (four_days_ago, four_days_ago))
+    defs = dg.Definitions.merge(load_playbook_definitions([], resources={"io_manager": io}),
+                                retention_definitions())
+    schedule = defs.resolve_schedule_def(f"{RETENTION_JOB}_daily")
+    assert schedule.job_name == RETENTION_JOB and schedule.cron_schedule == "0 3 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
+    assert result.success and result.output_for_node("clean_intermediates") == [old]
+    left = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert old not in left and recent in left  # (plus the retention run's own output)
+    assert io.load_asset_ref("product").to_table().equals(TABLE)
 
 
 # ----------------------------------------------------------------------- remote storage

@@ -863,3 +863,40 @@ def _adopt(ref: ArrowRef, target: str) -> ArrowRef:
                 fout.write(chunk)
     return dataclasses.replace(ref, uri=target)
 
+
+
+#: the job that applies ``intermediate_retention_days`` (scheduled daily by the definitions)
+RETENTION_JOB = "noetl_clean_intermediates"
+
+
+def retention_definitions(cron_schedule: str = "0 3 * * *") -> dg.Definitions:
+    """A job deleting intermediates older than the io_manager's ``intermediate_retention_days``,
+    and a daily schedule for it (running by default). Merge it once per code location (the
+    repository's ``definitions.py`` does).
+
+    Example::
+
+        dg.Definitions.merge(load_playbook_definitions("playbooks/"), retention_definitions("30 4 * * *"))
+    """
+
+    @dg.op(name="clean_intermediates", required_resource_keys={"io_manager"},
+           description="Delete the op outputs of finished runs older than intermediate_retention_days; "
+                       "data products are never touched.")
+    def clean(context) -> list[str]:  # type: ignore[no-untyped-def]
+        io = context.resources.io_manager
+        if not isinstance(io, ArrowRefIOManager):
+            context.log.info(f"io_manager is a {type(io).__name__}, not an ArrowRefIOManager: nothing to clean")
+            return []
+        removed = io.clean_intermediates(instance=context.instance)
+        context.add_output_metadata({"removed_runs": len(removed),
+                                     "retention_days": float(io.intermediate_retention_days)})
+        return removed
+
+    @dg.job(name=RETENTION_JOB, description="Retention of the ArrowRefIOManager's intermediates.",
+            tags={"noetl/system": "retention"})
+    def job() -> None:
+        clean()
+
+    schedule = dg.ScheduleDefinition(name=f"{RETENTION_JOB}_daily", job=job, cron_schedule=cron_schedule,
+                                     default_status=dg.DefaultScheduleStatus.RUNNING)
+    return dg.Definitions(jobs=[job], schedules=[schedule])
