@@ -254,6 +254,51 @@ def test_without_the_overlap_window_a_late_id_would_be_lost(runs, sink: ClickHou
     assert hidden not in set(exported_ids(sink))
 
 
+def _late_events_are_exported_once(instance: dg.DagsterInstance, sink: ClickHouseSink, **kwargs: Any) -> None:
+    """Events appended to a run after it was exported and finished (a hint on a failed run, a
+    worker's last words after a cancel) are exported by the next tick, once."""
+    run_id = run_case(instance, "21_failure_skips_downstream")
+    exporter = Exporter(instance, sink, **kwargs)
+    cursor, stats = exporter.export(ExportCursor())
+    assert stats.runs == 1 and run_id not in cursor.active and run_id in cursor.tail
+    before = raw_count(sink)
+    run = instance.get_run_by_id(run_id)
+    instance.report_engine_event("Similar past failures: none", dagster_run=run)
+    instance.report_engine_event("late word from the worker", dagster_run=run)
+    cursor, stats = exporter.export(cursor)
+    assert stats.reopened == 1 and stats.events == 2 and stats.runs == 1
+    assert raw_count(sink) == before + 2  # only the appended events were written
+    got = exported_ids(sink)
+    assert len(got) == len(set(got)) and set(got) == event_ids(instance, [run_id])
+    late = sink.query("SELECT Message FROM {db}.noetl_events FINAL WHERE ExecutionId = {rid:String} "
+                      "AND EventType = 'dagster.engine_event' ORDER BY EventId DESC LIMIT 1", {"rid": run_id})
+    assert late[0][0] == "late word from the worker"
+    assert run_id in cursor.tail and not cursor.active
+    cursor, stats = exporter.export(cursor)  # nothing new: nothing written
+    assert stats.events == 0 and stats.reopened == 0 and raw_count(sink) == before + 2
+    assert sink.count_step_runs(run_id) == 4
+
+
+def test_events_appended_to_a_finished_run_are_exported_once(sink: ClickHouseSink,
+                                                             instance: dg.DagsterInstance) -> None:
+    _late_events_are_exported_once(instance, sink)
+
+
+def test_finished_runs_are_watched_for_tail_seconds(sink: ClickHouseSink, instance: dg.DagsterInstance) -> None:
+    run_id = run_case(instance, "01_linear_chain")
+    end = instance.get_run_record_by_id(run_id).end_time
+    exporter = Exporter(instance, sink, tail_seconds=60.0)
+    cursor, _ = exporter.export(ExportCursor())
+    assert cursor.tail[run_id][1] == instance.get_records_for_run(run_id).records[-1].storage_id
+    exporter.clock = lambda: end + 120.0  # the run ended longer ago than the watch
+    cursor, _ = exporter.export(cursor)
+    assert run_id not in cursor.tail
+    instance.report_engine_event("too late", dagster_run=instance.get_run_by_id(run_id))
+    _, stats = exporter.export(cursor)
+    assert stats.events == 0  # the documented limit: after tail_seconds a run is no longer watched
+    assert ExportCursor.from_json(cursor.to_json()) == cursor
+
+
 def test_retries_become_attempts(sink: ClickHouseSink, instance: dg.DagsterInstance) -> None:
     calls = {"n": 0}
 
@@ -442,6 +487,11 @@ def test_postgres_default_lag_holds_young_runs_open(pg_instance: dg.DagsterInsta
     assert run_id not in cursor.active and stats.runs == 1
     got = exported_ids(sink)
     assert len(got) == len(set(got)) == len(event_ids(pg_instance, [run_id]))
+
+
+def test_postgres_storage_events_appended_to_a_finished_run_are_exported_once(
+        pg_instance: dg.DagsterInstance, sink: ClickHouseSink) -> None:
+    _late_events_are_exported_once(pg_instance, sink, lag_seconds=0)
 
 
 def test_cli_commands_end_to_end(chdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

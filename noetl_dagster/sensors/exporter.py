@@ -44,6 +44,9 @@ from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summa
 _RETRY = "STEP_UP_FOR_RETRY"
 _DAGSTER_TYPE = attrgetter("dagster_event_type")
 _TIMESTAMP = attrgetter("timestamp")
+#: how long after its end a finished run is watched for appended events, and how many runs at most
+DEFAULT_TAIL_SECONDS = 6 * 3600.0
+DEFAULT_MAX_TAIL = 2000
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 _START = dg.DagsterEventType.RUN_START
 _TERMINAL_TYPES = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
@@ -79,6 +82,7 @@ class ExportCursor:
     ``watermark``: the storage id of run-status changes all handled; ``watermark_ts`` its time.
     ``active``: run id -> storage id of the last exported event (-1: none yet).
     ``done``: finished runs still inside the re-scan window -> their end time.
+    ``tail``: finished runs watched for events appended later -> [end time, last exported storage id].
     """
 
     watermark: int = 0
@@ -86,10 +90,11 @@ class ExportCursor:
     active: dict[str, int] = field(default_factory=dict)
     done: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    tail: dict[str, list] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"v": 1, "w": self.watermark, "wt": self.watermark_ts, "a": self.active,
-                           "d": self.done, "x": self.extra}, separators=(",", ":"), sort_keys=True)
+                           "d": self.done, "x": self.extra, "t": self.tail}, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "ExportCursor":
@@ -97,7 +102,7 @@ class ExportCursor:
             return cls()
         data = json.loads(text)
         return cls(int(data.get("w", 0)), float(data.get("wt", 0.0)), dict(data.get("a", {})),
-                   dict(data.get("d", {})), dict(data.get("x", {})))
+                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})))
 
     def copy(self) -> "ExportCursor":
         return ExportCursor.from_json(self.to_json())
@@ -111,6 +116,7 @@ class ExportStats:
     failures: int = 0
     batches: int = 0
     discovered: int = 0
+    reopened: int = 0
     seconds: float = 0.0
     caught_up: bool = False
     error: str = ""
@@ -169,7 +175,8 @@ class Exporter:
                  batch_size: int = 20000, page_size: int = 1000, max_active: int = 256,
                  playbook_runs_only: bool = True, clock: Callable[[], float] = time.time,
                  max_cached_rows: int = 100_000, pause_gc: bool = True,
-                 background_writes: bool | None = None) -> None:
+                 background_writes: bool | None = None, tail_seconds: float = DEFAULT_TAIL_SECONDS,
+                 max_tail: int = DEFAULT_MAX_TAIL) -> None:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
@@ -184,6 +191,9 @@ class Exporter:
         #: write a batch in a thread while the next is mapped (default: when the sink says it is thread-safe)
         self.background_writes = (bool(getattr(sink, "thread_safe", False)) if background_writes is None
                                   else background_writes)
+        #: finished runs are watched for appended events this long after their end (at most max_tail runs)
+        self.tail_seconds = tail_seconds
+        self.max_tail = max_tail
         self._tools: dict[str, dict[str, str]] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -200,8 +210,9 @@ class Exporter:
         stats = ExportStats()
         self._pending = ExportBatch()
         self._staged_pos: dict[str, int] = {}
-        self._staged_done: dict[str, float] = {}
-        safe_ts = self.clock() - self.lag
+        self._staged_done: dict[str, tuple[float, int]] = {}
+        now = self.clock()
+        safe_ts = now - self.lag
 
         def over() -> bool:
             return deadline is not None and time.monotonic() > deadline
@@ -210,11 +221,12 @@ class Exporter:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="noetl-export") if self.background_writes else None
         try:
             with _gc_paused(self.pause_gc):
+                self._reopen(cur, now, stats, over)
                 self._loop(cur, safe_ts, stats, over)
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
-        self._prune(cur)
+        self._prune(cur, now)
         stats.seconds = time.monotonic() - started
         return cur, stats
 
@@ -228,6 +240,21 @@ class Exporter:
             if over() or not more or not progressed:
                 stats.caught_up = finished_all and not more
                 break
+
+    # -- finished runs with appended events ------------------------------------------------
+    def _reopen(self, cur: ExportCursor, now: float, stats: ExportStats, over: Callable[[], bool]) -> None:
+        """Make finished runs with events after their last exported one active again (from that
+        event on), e.g. a hint recorded on a failed run or a step's events after a cancel."""
+        self._prune(cur, now)
+        for run_id, (_, last) in list(cur.tail.items()):
+            if over():
+                return
+            if run_id in cur.active:
+                continue
+            if self.instance.get_records_for_run(run_id, cursor=_id_cursor(last), limit=1).records:
+                del cur.tail[run_id]
+                cur.active[run_id] = last
+                stats.reopened += 1
 
     # -- discovery -----------------------------------------------------------------------
     def _discover(self, cur: ExportCursor, safe_ts: float, stats: ExportStats, over: Callable[[], bool]) -> bool:
@@ -323,7 +350,7 @@ class Exporter:
                 safe = ended <= safe_ts
             all_read = all_read and read_all
             if terminal and read_all and safe:
-                self._finish(run_id, ctx, rows)
+                self._finish(run_id, ctx, rows, self._staged_pos.get(run_id, cur.active[run_id]))
             if len(self._pending) >= self.batch_size:
                 self._flush(cur, stats)
         return all_read
@@ -387,13 +414,18 @@ class Exporter:
         rows = relevant_rows(rows)
         return build_step_runs(rows), build_run_summary(rows, ctx)
 
-    def _finish(self, run_id: str, ctx: RunContext, rows: Sequence[EventRow] | None = None) -> None:
-        """A finished run read to its end: its step attempts and summary, from its whole log."""
+    def _finish(self, run_id: str, ctx: RunContext, rows: Sequence[EventRow] | None, last: int) -> None:
+        """A finished run read to its end (``last``: its last storage id, -1 unknown): its step
+        attempts and summary, from its whole log."""
+        if rows is None:
+            records = self.instance.get_records_for_run(run_id).records
+            rows = map_records(records, ctx)
+            last = records[-1].storage_id if records else last
         step_runs, summary = self.summarize(run_id, ctx, rows)
         if self.live:
             self._pending.step_runs.extend(step_runs)
         self._pending.runs.append(summary)
-        self._staged_done[run_id] = ctx.end_time or summary.finished_at
+        self._staged_done[run_id] = (ctx.end_time or summary.finished_at, last)
 
     # -- commit --------------------------------------------------------------------------
     def _flush_pending(self, stats: ExportStats) -> None:
@@ -426,17 +458,25 @@ class Exporter:
         for run_id, pos in self._staged_pos.items():
             if run_id in cur.active:
                 cur.active[run_id] = max(cur.active[run_id], pos)
-        for run_id, end in self._staged_done.items():
+        for run_id, (end, last) in self._staged_done.items():
             cur.active.pop(run_id, None)
             cur.done[run_id] = end
+            if last >= 0 and self.tail_seconds > 0:
+                cur.tail[run_id] = [end, last]
         self._staged_pos.clear()
         self._staged_done.clear()
 
-    def _prune(self, cur: ExportCursor) -> None:
-        """Forget done runs whose status changes are all behind the watermark."""
+    def _prune(self, cur: ExportCursor, now: float) -> None:
+        """Forget done runs whose status changes are all behind the watermark, and stop watching
+        runs that ended more than ``tail_seconds`` ago (beyond ``max_tail``: the oldest)."""
         horizon = cur.watermark_ts - self.lag - 1.0
         for run_id in [r for r, end in cur.done.items() if end < horizon]:
             del cur.done[run_id]
+        oldest = now - self.tail_seconds
+        kept = sorted(((v[0], r) for r, v in cur.tail.items() if v[0] >= oldest), reverse=True)[: self.max_tail]
+        if len(kept) < len(cur.tail):
+            keep = {r for _, r in kept}
+            cur.tail = {r: v for r, v in cur.tail.items() if r in keep}
 
 
 __all__ = ["ExportBatch", "ExportCursor", "ExportStats", "Exporter", "Sink", "default_lag"]
