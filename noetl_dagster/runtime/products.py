@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -18,8 +19,10 @@ from ..playbook.models import ProductCheck
 def as_table(value: Any) -> pa.Table | None:
     """The step result as an Arrow table when it is tabular, else None.
 
-    Accepts Arrow tables and record batch readers, pandas/polars frames, ``{rows: [...]}`` (the
-    postgres/duckdb result shape), a list of mappings, and anything with ``to_table()`` (refs).
+    Accepts Arrow tables and record batch readers, pandas/polars frames, ``{columns, rows}`` (the
+    postgres/duckdb result shape, rows as mappings or lists), a list of mappings, and anything
+    with ``to_table()`` (refs). Raises ``pyarrow.ArrowInvalid``/``ArrowTypeError`` for rows whose
+    values do not form columns.
     """
     if isinstance(value, pa.Table):
         return value
@@ -31,11 +34,16 @@ def as_table(value: Any) -> pa.Table | None:
         return value.to_arrow()
     if type(value).__name__ == "DataFrame" and hasattr(value, "columns"):  # pandas
         return pa.Table.from_pandas(value, preserve_index=False)
-    rows = value.get("rows") if isinstance(value, dict) else value
-    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
-        if isinstance(value, dict) and not rows and value.get("columns"):
-            return pa.table({c: pa.array([], pa.null()) for c in value["columns"]})
-        return pa.Table.from_pylist(rows)
+    rows = value.get("rows") if isinstance(value, Mapping) else value
+    columns = value.get("columns") if isinstance(value, Mapping) else None
+    if not isinstance(rows, list):
+        return None
+    if not rows and columns:
+        return pa.table({c: pa.array([], pa.null()) for c in columns})
+    if columns and all(isinstance(r, (list, tuple)) for r in rows):  # `as_objects: false` rows
+        return pa.Table.from_pylist([dict(zip(columns, r)) for r in rows])
+    if all(isinstance(r, Mapping) for r in rows):
+        return pa.Table.from_pylist([dict(r) for r in rows])
     return None
 
 

@@ -32,6 +32,7 @@ import re
 from typing import Any, Mapping
 
 from ...resources.arrow_ref import ArrowRef
+from ..products import as_table
 from .base import Tool, ToolContext, ToolError, format_problems, result_format
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -45,20 +46,14 @@ def _as_relation(name: str, value: Any) -> Any:
         return value  # an ArrowRef is scanned from its file by reference (Arrow C stream)
     if type(value).__name__ == "DataFrame":  # pandas / polars, registered as they are
         return value
-    if isinstance(value, Mapping) and isinstance(value.get("rows"), list):
-        rows, columns = value["rows"], value.get("columns")
-        if rows and not isinstance(rows[0], Mapping) and columns:
-            rows = [dict(zip(columns, r)) for r in rows]
-        if not rows and columns:
-            return pa.table({c: pa.array([], pa.null()) for c in columns})
-        value = rows
-    if isinstance(value, list) and all(isinstance(r, Mapping) for r in value):
-        try:
-            return pa.Table.from_pylist([dict(r) for r in value])
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ToolError(f"duckdb: table {name!r}: rows do not form a table: {exc}") from None
-    raise ToolError(f"duckdb: table {name!r} must be a pyarrow Table, a DataFrame or a list of "
-                    f"row mappings, got {type(value).__name__}")
+    try:
+        table = as_table(value)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ToolError(f"duckdb: table {name!r}: rows do not form a table: {exc}") from None
+    if table is None:
+        raise ToolError(f"duckdb: table {name!r} must be a pyarrow Table, a DataFrame or a list of "
+                        f"row mappings, got {type(value).__name__}")
+    return table
 
 
 class DuckDBTool(Tool):
