@@ -1,10 +1,13 @@
-"""The tuning report asset, its job and a daily schedule: the tuning loop inside Dagster.
+"""The step statistics and tuning report assets, their job and a daily schedule: the tuning loop in Dagster.
 
-``observability/tuning_report`` reads step statistics from ClickHouse (the ``noetl_clickhouse``
-resource the export sensors write through), writes new recommendations to the tuning profiles
-(:func:`~noetl_dagster.ai.cli.run_tune`, as ``noetl-dagster tune`` does) and shows, as
-materialization metadata, a markdown table of per-step statistics and the new recommendations
-plus a PNG chart of durations (p50/p95) and failure rates per step.
+``observability/step_stats`` reads per-step statistics from ClickHouse (the ``noetl_clickhouse``
+resource the export sensors write through, one query) and shows them as a table in its
+materialization metadata. ``observability/tuning_report`` takes them as its input (lineage
+stats -> report; the value travels through the ``io_manager``), writes new recommendations to the
+tuning profiles (:func:`~noetl_dagster.ai.cli.run_tune`, as ``noetl-dagster tune`` does) and shows
+a markdown table of statistics and recommendations plus a PNG chart of durations (p50/p95) and
+failure rates per step. With Qdrant (``noetl_qdrant`` + ``noetl_embedder``, the export sensors'
+resources) retry recommendations carry similar past failures as evidence (:mod:`.evidence`).
 
 Recommendations are **proposed** by default; approving those within bounds is the explicit run
 config ``auto_approve: true`` (or ``tuning_definitions(auto_approve=True)`` for the schedule).
@@ -13,11 +16,12 @@ location next loads (reload it in the UI, or restart ``dagster dev``).
 
 Example (``definitions.py``)::
 
-    ch = ClickHouseResource()      # one resource object shared with the export sensors
+    ch, qdrant, embedder = ClickHouseResource(), QdrantResource(), EmbedderResource()  # shared objects
     defs = dg.Definitions.merge(
         load_playbook_definitions("playbooks/", translator=TunedTranslator("tuning/")),
-        export_definitions(playbooks="playbooks/", clickhouse=ch),
-        tuning_definitions(profiles="tuning/", playbooks="playbooks/", clickhouse=ch),
+        export_definitions(playbooks="playbooks/", clickhouse=ch, qdrant=qdrant, embedder=embedder),
+        tuning_definitions(profiles="tuning/", playbooks="playbooks/", clickhouse=ch, qdrant=qdrant,
+                           embedder=embedder),
     )
 """
 
@@ -29,16 +33,65 @@ import dagster as dg
 from pydantic import Field
 
 from ..resources.clickhouse import ClickHouseResource
+from ..resources.embedder import EmbedderResource
+from ..resources.qdrant import QdrantResource
 from .cli import run_tune
+from .evidence import open_sink
 from .recommend import TuningBounds
 from .report import chart_markdown, chart_png, report_markdown
-from .stats import step_stats
+from .stats import StepStats, step_stats
 
+STEP_STATS_KEY = dg.AssetKey(["observability", "step_stats"])
 TUNING_REPORT_KEY = dg.AssetKey(["observability", "tuning_report"])
 TUNING_JOB = "noetl_tuning"
 TUNING_SCHEDULE = "noetl_tuning_daily"
-#: the resource key of the export sensors (:data:`noetl_dagster.sensors.CLICKHOUSE_KEY`)
+#: the resource keys of the export sensors (:mod:`noetl_dagster.sensors`)
 CLICKHOUSE_KEY = "noetl_clickhouse"
+QDRANT_KEY = "noetl_qdrant"
+EMBEDDER_KEY = "noetl_embedder"
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _secs(ms: float | None) -> float | None:
+    return None if ms is None else round(ms / 1000, 3)
+
+
+#: the columns of the step statistics table: name, type, description, value of a StepStats
+STATS_COLUMNS: list[tuple[str, str, str, Any]] = [
+    ("playbook", "string", "playbook path", lambda s: s.playbook),
+    ("step", "string", "step name", lambda s: s.step),
+    ("runs", "int", "runs with a finished attempt", lambda s: s.runs),
+    ("attempts", "int", "finished attempts", lambda s: s.attempts),
+    ("failure_rate", "float", "share of executions that finally failed", lambda s: round(s.failure_rate, 4)),
+    ("attempt_failure_rate", "float", "share of attempts that failed", lambda s: round(s.attempt_failure_rate, 4)),
+    ("transient_failures", "int", "failed attempts that later succeeded on retry", lambda s: s.transient_failures),
+    ("intermittent_failures", "int", "final failures of a step that succeeds in other runs",
+     lambda s: s.intermittent_failures),
+    ("deterministic_failures", "int", "final failures retries did not (or would not) fix",
+     lambda s: s.deterministic_failures),
+    ("p50_s", "float", "median duration of successful attempts (s)", lambda s: _secs(s.p50_ms)),
+    ("p95_s", "float", "p95 duration (s)", lambda s: _secs(s.p95_ms)),
+    ("p99_s", "float", "p99 duration (s)", lambda s: _secs(s.p99_ms)),
+    ("cpu_s_p50", "float", "median CPU seconds per attempt", lambda s: _round(s.cpu_seconds_p50)),
+    ("cpu_s_p95", "float", "p95 CPU seconds per attempt", lambda s: _round(s.cpu_seconds_p95)),
+    ("peak_mb_p99", "float", "p99 peak RSS (MB)", lambda s: _round(s.peak_mb_p99, 1)),
+    ("peak_mb_max", "float", "max peak RSS (MB)", lambda s: _round(s.peak_mb_max, 1)),
+    ("rows_p50", "float", "median rows per attempt", lambda s: s.rows_p50),
+    ("bytes_p50", "float", "median bytes per attempt", lambda s: s.bytes_p50),
+    ("loop_items_p50", "float", "median loop items per run (mapped steps)", lambda s: s.loop_items_p50),
+    ("loop_items_max", "int", "max loop items per run (mapped steps)", lambda s: s.loop_items_max),
+]
+
+
+def stats_table_metadata(stats: list[StepStats]) -> dg.TableMetadataValue:
+    """The statistics as a Dagster table (one row per playbook and step), e.g. for asset metadata."""
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind, description) for name, kind, description, _ in
+                                     STATS_COLUMNS])
+    records = [dg.TableRecord({name: get(s) for name, _, _, get in STATS_COLUMNS}) for s in stats]
+    return dg.MetadataValue.table(records, schema)
 
 
 class TuningConfig(dg.Config):
@@ -53,11 +106,39 @@ def tuning_run_config(auto_approve: bool = False, key: dg.AssetKey = TUNING_REPO
     return {"ops": {key.to_python_identifier(): {"config": {"auto_approve": auto_approve}}}}
 
 
+def step_stats_asset(*, key: dg.AssetKey = STEP_STATS_KEY, group_name: str | None = None) -> dg.AssetsDefinition:
+    """The step statistics asset: a list of :class:`StepStats` read from ClickHouse ``step_runs``.
+
+    Example::
+
+        step_stats_asset(key=dg.AssetKey(["ops", "step_stats"]))
+    """
+
+    @dg.asset(key=key, group_name=group_name or key.path[0], required_resource_keys={CLICKHOUSE_KEY},
+              kinds={"clickhouse"},
+              description="Per playbook and step, from ClickHouse step_runs: runs, failure rates, transient vs "
+                          "deterministic failures, p50/p95/p99 durations, CPU, peak memory, rows, bytes, loop items.")
+    def _step_stats(context: dg.AssetExecutionContext) -> dg.Output[list[StepStats]]:
+        resource: ClickHouseResource = getattr(context.resources, CLICKHOUSE_KEY)
+        stats = step_stats(resource.sink())
+        context.log.info(f"{len(stats)} step(s) of history in step_runs")
+        return dg.Output(stats, metadata={
+            "stats": stats_table_metadata(stats),
+            "dagster/row_count": dg.MetadataValue.int(len(stats)),
+            "playbooks": dg.MetadataValue.int(len({s.playbook for s in stats})),
+            "runs": dg.MetadataValue.int(max((s.runs for s in stats), default=0)),
+        })
+
+    return _step_stats
+
+
 def tuning_report_asset(*, profiles: str | os.PathLike = "tuning", playbooks: str | os.PathLike | None = None,
                         bounds: TuningBounds | None = None, key: dg.AssetKey = TUNING_REPORT_KEY,
-                        group_name: str | None = None) -> dg.AssetsDefinition:
-    """The tuning report asset over the profiles in ``profiles``; ``playbooks`` (a folder) gives the
-    steps' declared ``hardware:``; ``bounds`` the recommender's safety bounds.
+                        stats_key: dg.AssetKey = STEP_STATS_KEY, group_name: str | None = None,
+                        similar_failures: bool = False) -> dg.AssetsDefinition:
+    """The tuning report asset over the profiles in ``profiles``, fed by the ``stats_key`` asset;
+    ``playbooks`` (a folder) gives the steps' declared ``hardware:``; ``bounds`` the recommender's
+    safety bounds; ``similar_failures`` requires ``noetl_qdrant``/``noetl_embedder`` for evidence.
 
     Example::
 
@@ -66,17 +147,19 @@ def tuning_report_asset(*, profiles: str | os.PathLike = "tuning", playbooks: st
     bounds = bounds or TuningBounds()
     folder = Path(profiles)
 
-    @dg.asset(key=key, group_name=group_name or key.path[0], required_resource_keys={CLICKHOUSE_KEY},
-              kinds={"clickhouse"},
-              description="Step statistics from ClickHouse step_runs and bounded tuning recommendations "
-                          f"(retries, timeouts, resources), written to the profiles in {folder}/.")
-    def _tuning_report(context: dg.AssetExecutionContext, config: TuningConfig) -> dg.MaterializeResult:
-        resource: ClickHouseResource = getattr(context.resources, CLICKHOUSE_KEY)
-        sink = resource.sink()
-        stats = step_stats(sink)
-        added, written = run_tune(sink, folder, apply=config.auto_approve, bounds=bounds,
-                                  playbooks_dir=playbooks, stats=stats)
+    @dg.asset(key=key, group_name=group_name or key.path[0], ins={"stats": dg.AssetIn(stats_key)},
+              required_resource_keys={QDRANT_KEY, EMBEDDER_KEY} if similar_failures else set(),
+              kinds={"yaml"} | ({"qdrant"} if similar_failures else set()),
+              description="Bounded tuning recommendations (retries, timeouts, resources) from the step statistics, "
+                          f"written to the profiles in {folder}/.")
+    def _tuning_report(context: dg.AssetExecutionContext, config: TuningConfig,
+                       stats: list[StepStats]) -> dg.MaterializeResult:
+        qdrant = (open_sink(getattr(context.resources, QDRANT_KEY), getattr(context.resources, EMBEDDER_KEY),
+                            context.log) if similar_failures else None)
+        added, written = run_tune(None, folder, apply=config.auto_approve, bounds=bounds,
+                                  playbooks_dir=playbooks, stats=stats, qdrant=qdrant)
         approved = sum(1 for r in added if config.auto_approve and r.within_bounds)
+        explained = sum(1 for r in added if r.evidence.get("similar_failures"))
         context.log.info(f"{len(stats)} step(s) of history; {len(added)} new recommendation(s), {approved} "
                          f"approved; wrote {', '.join(map(str, written)) or 'nothing'}")
         return dg.MaterializeResult(metadata={
@@ -86,6 +169,7 @@ def tuning_report_asset(*, profiles: str | os.PathLike = "tuning", playbooks: st
             "playbooks": dg.MetadataValue.int(len({s.playbook for s in stats})),
             "new_recommendations": dg.MetadataValue.int(len(added)),
             "approved": dg.MetadataValue.int(approved),
+            "with_similar_failures": dg.MetadataValue.int(explained),
             "auto_approve": dg.MetadataValue.bool(config.auto_approve),
             "profiles_written": dg.MetadataValue.json([str(p) for p in written]),
             "profiles_folder": dg.MetadataValue.path(str(folder)),
@@ -96,30 +180,47 @@ def tuning_report_asset(*, profiles: str | os.PathLike = "tuning", playbooks: st
 
 def tuning_definitions(*, profiles: str | os.PathLike = "tuning", playbooks: str | os.PathLike | None = None,
                        bounds: TuningBounds | None = None, clickhouse: ClickHouseResource | None = None,
+                       qdrant: QdrantResource | None = None, embedder: EmbedderResource | None = None,
+                       similar_failures: bool | None = None,
                        cron_schedule: str = "0 6 * * *", execution_timezone: str = "UTC",
                        auto_approve: bool = False,
                        default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING
                        ) -> dg.Definitions:
-    """The tuning report asset, the ``noetl_tuning`` job and its ``noetl_tuning_daily`` schedule.
+    """The step statistics and tuning report assets, the ``noetl_tuning`` job materializing both
+    and its ``noetl_tuning_daily`` schedule.
 
     ``clickhouse`` is added as the ``noetl_clickhouse`` resource when given; otherwise the
     definitions this is merged with provide it (:func:`~noetl_dagster.sensors.export_definitions`
-    does). Pass the same object to both when merging. ``auto_approve`` applies to scheduled runs.
+    does). Likewise ``qdrant`` (``noetl_qdrant``) and ``embedder`` (``noetl_embedder``; default
+    :class:`EmbedderResource` when ``qdrant`` is given): with them retry recommendations carry
+    similar past failures. ``similar_failures`` defaults to ``qdrant is not None``; ``True``
+    without ``qdrant`` uses the merged definitions' resources. Pass the same objects to both
+    when merging. Qdrant local mode allows one process per folder: while another process (the
+    export sensors' code server) holds it, the report logs that and goes without the evidence;
+    a Qdrant server (``NOETL_QDRANT_URL``) serves both. ``auto_approve`` applies to scheduled runs.
 
     Example::
 
         tuning_definitions(profiles="tuning/", playbooks="playbooks/", cron_schedule="0 */6 * * *")
     """
-    asset = tuning_report_asset(profiles=profiles, playbooks=playbooks, bounds=bounds)
-    job = dg.define_asset_job(TUNING_JOB, selection=dg.AssetSelection.assets(asset),
-                              description="Learn retries, timeouts and resources from run history "
-                                          "(ClickHouse step_runs) and update the tuning profiles.")
+    similar = qdrant is not None if similar_failures is None else similar_failures
+    stats = step_stats_asset()
+    report = tuning_report_asset(profiles=profiles, playbooks=playbooks, bounds=bounds, stats_key=stats.key,
+                                 similar_failures=similar)
+    job = dg.define_asset_job(TUNING_JOB, selection=dg.AssetSelection.assets(stats, report),
+                              description="Step statistics from run history (ClickHouse step_runs), then "
+                                          "recommended retries, timeouts and resources in the tuning profiles.")
     schedule = dg.ScheduleDefinition(name=TUNING_SCHEDULE, job=job, cron_schedule=cron_schedule,
                                      execution_timezone=execution_timezone, default_status=default_status,
-                                     run_config=tuning_run_config(auto_approve, asset.key))
-    resources = {CLICKHOUSE_KEY: clickhouse} if clickhouse is not None else {}
-    return dg.Definitions(assets=[asset], jobs=[job], schedules=[schedule], resources=resources)
+                                     run_config=tuning_run_config(auto_approve, report.key))
+    resources: dict[str, Any] = {CLICKHOUSE_KEY: clickhouse} if clickhouse is not None else {}
+    if qdrant is not None:
+        resources.update({QDRANT_KEY: qdrant, EMBEDDER_KEY: embedder or EmbedderResource()})
+    elif embedder is not None:
+        resources[EMBEDDER_KEY] = embedder
+    return dg.Definitions(assets=[stats, report], jobs=[job], schedules=[schedule], resources=resources)
 
 
-__all__ = ["CLICKHOUSE_KEY", "TUNING_JOB", "TUNING_REPORT_KEY", "TUNING_SCHEDULE", "TuningConfig",
+__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "QDRANT_KEY", "STATS_COLUMNS", "STEP_STATS_KEY", "TUNING_JOB",
+           "TUNING_REPORT_KEY", "TUNING_SCHEDULE", "TuningConfig", "stats_table_metadata", "step_stats_asset",
            "tuning_definitions", "tuning_report_asset", "tuning_run_config"]

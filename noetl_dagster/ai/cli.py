@@ -3,10 +3,13 @@
     noetl-dagster tune                         # propose: print the table, write proposed entries
     noetl-dagster tune --apply                 # approve recommendations within bounds
     noetl-dagster tune --profiles tuning/ --playbooks playbooks/ --json
+    noetl-dagster tune --similar-failures      # retry recommendations explained by similar past failures
 
 History comes from the configured ClickHouse (``NOETL_CLICKHOUSE_DSN``, embedded chdb at
 ``$DAGSTER_HOME/noetl_clickhouse`` by default). ``--playbooks`` supplies the steps' declared
-``hardware:`` (the baseline for over-provisioning). Wire with ``add_commands(subparsers)``.
+``hardware:`` (the baseline for over-provisioning). ``--similar-failures`` searches the Qdrant
+the export writes to (``NOETL_QDRANT_URL``/``NOETL_QDRANT_PATH``, ``NOETL_EMBEDDER``); unavailable,
+it warns and recommends as without. Wire with ``add_commands(subparsers)``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .evidence import add_similar_failures, open_sink
 from .profiles import apply_recommendations, load_profiles, save_profile
 from .recommend import TuningBounds, recommend
 from .report import report_markdown
@@ -40,18 +44,20 @@ def declared_hardware(folder: str | None) -> dict[tuple[str, str], dict[str, Any
 
 
 def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
-             playbooks_dir: str | Path | None = None, stats: Sequence[StepStats] | None = None
-             ) -> tuple[list, list[Path]]:
+             playbooks_dir: str | Path | None = None, stats: Sequence[StepStats] | None = None,
+             qdrant: Any = None) -> tuple[list, list[Path]]:
     """Stats -> recommendations -> profiles; returns (recommendations added, files written).
 
-    ``stats``: already read from ``client`` (the report asset reads them once for its table, its
-    chart and the recommendations).
+    ``stats``: already read (the ``observability/step_stats`` asset); else read from ``client``.
+    ``qdrant``: a :class:`~noetl_dagster.resources.qdrant.QdrantSink` whose similar past failures
+    become evidence of retry recommendations (:mod:`.evidence`); None: no such evidence.
     """
     if stats is None:
         stats = step_stats(client)
     profiles = load_profiles(profiles_dir)
     skip = ("approved", "rejected") if apply else ("proposed", "approved", "rejected")
     recs = recommend(stats, bounds or TuningBounds(), profiles, declared_hardware(playbooks_dir), skip)
+    recs = add_similar_failures(recs, stats, qdrant)
     added = apply_recommendations(profiles, recs, auto_approve=apply)
     written = [save_profile(profiles[p], profiles_dir) for p in sorted({r.playbook for r in added})]
     return added, written
@@ -63,7 +69,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     playbooks = args.playbooks or ("playbooks" if Path("playbooks").is_dir() else None)
     sink = ClickHouseResource().sink()
     stats = step_stats(sink)
-    added, written = run_tune(sink, args.profiles, args.apply, playbooks_dir=playbooks, stats=stats)
+    qdrant = None
+    if args.similar_failures:
+        from ..resources.embedder import EmbedderResource
+        from ..resources.qdrant import QdrantResource
+
+        qdrant = open_sink(QdrantResource(), EmbedderResource())
+    added, written = run_tune(sink, args.profiles, args.apply, playbooks_dir=playbooks, stats=stats, qdrant=qdrant)
     if args.json:
         print(json.dumps([{"playbook": r.playbook, "step": r.step, "parameter": r.parameter, "value": r.value,
                            "evidence": r.evidence, "expected_effect": r.expected_effect,
@@ -82,6 +94,9 @@ def add_commands(subparsers: Any) -> None:
     tune.add_argument("--apply", action="store_true", help="approve recommendations within bounds (default: propose)")
     tune.add_argument("--profiles", default="tuning", help="folder of tuning profiles (default ./tuning)")
     tune.add_argument("--playbooks", help="playbooks folder for declared hardware (default ./playbooks if present)")
+    tune.add_argument("--similar-failures", action="store_true",
+                      help="explain retry recommendations with similar past failures from Qdrant "
+                           "(NOETL_QDRANT_URL, else local mode under $DAGSTER_HOME)")
     tune.add_argument("--json", action="store_true", help="print the added recommendations as JSON")
     tune.set_defaults(func=cmd_tune)
 

@@ -50,12 +50,32 @@ def stats_table(stats: Sequence[StepStats]) -> str:
     return "\n".join(lines)
 
 
+def similar_failures_markdown(recommendations: Sequence[Recommendation]) -> str:
+    """A list per recommendation with ``similar_failures`` evidence (from Qdrant); "" if none has any."""
+    lines = []
+    for r in recommendations:
+        hits = r.evidence.get("similar_failures") or []
+        if not hits:
+            continue
+        lines.append(f"- **{_cell(r.playbook)} / {_cell(r.step)}** ({r.parameter}: {_cell(r.summary())})")
+        for h in hits:
+            outcome = (f"a later run `{str(h['resolved_by_run'])[:8]}` of the step succeeded" if h.get("later_succeeded")
+                       else "no later run of the step succeeded")
+            message = " ".join(str(h.get("message") or "").split())[:300]
+            lines.append(f"  - run `{str(h['run_id'])[:8]}` step {h.get('step') or '?'} of {h.get('playbook') or '?'} "
+                         f"(similarity {float(h.get('score') or 0):.2f}): {message} -> {outcome}")
+    return "\n".join(lines)
+
+
 def report_markdown(stats: Sequence[StepStats], recommendations: Sequence[Recommendation],
                     approved: bool = False) -> str:
-    """Step statistics, then this pass's new recommendations (``approved``: written as approved)."""
+    """Step statistics, this pass's new recommendations (``approved``: written as approved) and
+    the similar past failures that explain them (when Qdrant evidence is present)."""
     verb = "approved within bounds" if approved else "proposed"
-    return (f"### Step statistics\n\n{stats_table(stats)}\n\n"
+    text = (f"### Step statistics\n\n{stats_table(stats)}\n\n"
             f"### New recommendations ({len(recommendations)} {verb})\n\n{markdown_table(recommendations)}")
+    similar = similar_failures_markdown(recommendations)
+    return text + (f"\n\n### Similar past failures\n\n{similar}" if similar else "")
 
 
 def _chart_steps(stats: Sequence[StepStats], limit: int) -> list[StepStats]:
@@ -109,4 +129,5 @@ def chart_markdown(png: bytes, alt: str = "step durations and failure rates") ->
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
-__all__ = ["CHART_MAX_STEPS", "PNG_MAGIC", "chart_markdown", "chart_png", "report_markdown", "stats_table"]
+__all__ = ["CHART_MAX_STEPS", "PNG_MAGIC", "chart_markdown", "chart_png", "report_markdown",
+           "similar_failures_markdown", "stats_table"]

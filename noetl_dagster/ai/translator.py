@@ -1,6 +1,7 @@
 """``TunedTranslator``: compiles approved tuning-profile entries into the Dagster job.
 
 * ``retry_policy`` -> the op's ``dagster.RetryPolicy`` (``max_retries``, ``delay``, ``backoff``);
+  ``max_retries: 0`` (the *no retry* of deterministic failures) -> none;
 * ``resources`` -> merged into the step's ``dagster-k8s/config`` tag
   (``container_config.resources``), over what the ``hardware:`` extension declares;
 * ``timeout_seconds`` -> op tag ``noetl/timeout_seconds``. Dagster's ``dagster/max_runtime``
