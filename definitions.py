@@ -3,8 +3,11 @@
 Jobs and data products come from the playbooks, compiled with the approved tuning profiles in
 ./tuning (retry policies, resources); sensors export every run to ClickHouse (chdb under
 $DAGSTER_HOME) and Qdrant (local mode) and attach similar-failure hints to failed runs; the
-observability/tuning_report asset (job noetl_tuning, scheduled daily) learns from that history
-and proposes profile entries in ./tuning.
+observability/step_stats asset feeds observability/tuning_report (job noetl_tuning, scheduled
+daily), which learns from that history, explains retry recommendations with similar past
+failures from Qdrant, and proposes profile entries in ./tuning. (Qdrant local mode allows one
+process per folder: while the code server's sensors hold it, tuning runs log that and go without
+the evidence; a Qdrant server, NOETL_QDRANT_URL, serves both.)
 """
 
 from pathlib import Path
@@ -13,15 +16,20 @@ import dagster as dg
 
 from noetl_dagster import TunedTranslator, load_playbook_definitions, tuning_definitions
 from noetl_dagster.resources.clickhouse import ClickHouseResource
+from noetl_dagster.resources.embedder import EmbedderResource
+from noetl_dagster.resources.qdrant import QdrantResource
 from noetl_dagster.sensors import export_definitions
 
 HERE = Path(__file__).parent
 PLAYBOOKS = HERE / "playbooks"
 TUNING = HERE / "tuning"
-CLICKHOUSE = ClickHouseResource()  # one resource for the exporters and the tuning report
+# one resource object each, shared by the exporters and the tuning assets
+CLICKHOUSE = ClickHouseResource()
+QDRANT = QdrantResource()
+EMBEDDER = EmbedderResource()
 
 defs = dg.Definitions.merge(
     load_playbook_definitions(PLAYBOOKS, translator=TunedTranslator(TUNING)),
-    export_definitions(playbooks=PLAYBOOKS, clickhouse=CLICKHOUSE),
-    tuning_definitions(profiles=TUNING, playbooks=PLAYBOOKS, clickhouse=CLICKHOUSE),
+    export_definitions(playbooks=PLAYBOOKS, clickhouse=CLICKHOUSE, qdrant=QDRANT, embedder=EMBEDDER),
+    tuning_definitions(profiles=TUNING, playbooks=PLAYBOOKS, clickhouse=CLICKHOUSE, qdrant=QDRANT, embedder=EMBEDDER),
 )

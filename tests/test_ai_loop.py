@@ -21,11 +21,13 @@ import pytest
 import yaml
 
 from noetl_dagster import build_job, load_playbook, run_playbook
-from noetl_dagster.ai import (TUNING_JOB, TUNING_REPORT_KEY, TUNING_SCHEDULE, TunedTranslator, load_profiles,
-                              step_stats, tuning_definitions, tuning_run_config)
+from noetl_dagster.ai import (STEP_STATS_KEY, TUNING_JOB, TUNING_REPORT_KEY, TUNING_SCHEDULE, TunedTranslator,
+                              load_profiles, step_stats, tuning_definitions, tuning_run_config)
 from noetl_dagster.ai.report import PNG_MAGIC
 from noetl_dagster.resources.clickhouse import ClickHouseResource
-from noetl_dagster.sensors import CLICKHOUSE_KEY
+from noetl_dagster.resources.embedder import EmbedderResource
+from noetl_dagster.resources.qdrant import QdrantResource
+from noetl_dagster.sensors import CLICKHOUSE_KEY, EMBEDDER_KEY, QDRANT_KEY
 from noetl_dagster.sensors.cli import run_export
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ def history(chdb_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         reports = [run_playbook(PLAYBOOK, workload(tmp / "gateway"), instance=instance, log_level="CRITICAL")
                    for _ in range(N_RUNS)]
         export(instance, resource, tmp / "cursors")
-        yield SimpleNamespace(reports=reports, resource=resource, tmp=tmp)
+        yield SimpleNamespace(reports=reports, resource=resource, tmp=tmp, instance=instance)
 
 
 def materialize(defs: dg.Definitions, auto_approve: bool = False) -> dict:
@@ -133,6 +135,31 @@ def test_report_asset_proposes_then_is_quiet(history, tmp_path):
     assert profile_file.read_text() == before
 
 
+def test_retry_recommendation_is_explained_by_similar_past_failures(history, tmp_path):
+    """With the runs also exported to Qdrant (local mode, hashing embedder), the proposed retry
+    policy carries the two 429 failures: the first was followed by a run where the step
+    succeeded, the last one not (yet)."""
+    qdrant, embedder = QdrantResource(path=str(tmp_path / "qdrant")), EmbedderResource(kind="hashing")
+    results = run_export(history.instance, [qdrant.sink(embedder.get())], lag_seconds=0, folder=tmp_path / "cursors")
+    assert not results["qdrant"].error and results["qdrant"].failures == 2
+    folder = tmp_path / "tuning"
+    defs = tuning_definitions(profiles=folder, playbooks=ROOT / "playbooks", clickhouse=history.resource,
+                              qdrant=qdrant, embedder=embedder)
+    meta = materialize(defs)
+    assert meta["with_similar_failures"] == 1
+    (retry,) = [e for e in load_profiles(folder)[PLAYBOOK_PATH].entries(FLAKY, "retry_policy")]
+    assert retry.value == EXPECTED_RETRY
+    first, last = history.reports[2], history.reports[5]
+    hits = {h["run_id"]: h for h in retry.evidence["similar_failures"] if h["step"] == FLAKY}
+    assert set(hits) == {first.run_id, last.run_id}
+    assert all("429 Too Many Requests" in h["message"] for h in hits.values())
+    assert hits[first.run_id]["later_succeeded"] and hits[first.run_id]["resolved_by_run"] == history.reports[3].run_id
+    assert not hits[last.run_id]["later_succeeded"] and hits[last.run_id]["resolved_by_run"] is None
+    assert "### Similar past failures" in meta["report"]
+    assert f"run `{first.run_id[:8]}` step {FLAKY} of {PLAYBOOK_PATH}" in meta["report"]
+    assert f"a later run `{history.reports[3].run_id[:8]}` of the step succeeded" in meta["report"]
+
+
 def test_loop_closes_failure_absorbed_by_approved_retry(history, tmp_path):
     folder = tmp_path / "tuning"
     defs = tuning_definitions(profiles=folder, playbooks=ROOT / "playbooks", clickhouse=history.resource)
@@ -179,9 +206,12 @@ def test_definitions_py_has_the_tuning_job_and_schedule():
     assert defs.resolve_job_def(TUNING_JOB).name == TUNING_JOB
     schedule = defs.resolve_schedule_def(TUNING_SCHEDULE)
     assert schedule.job_name == TUNING_JOB and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert TUNING_REPORT_KEY in defs.resolve_asset_graph().get_all_asset_keys()
-    # one ClickHouse resource object serves the export sensors and the tuning report
+    graph = defs.resolve_asset_graph()
+    assert graph.get(TUNING_REPORT_KEY).parent_keys == {STEP_STATS_KEY}
+    # one resource object each serves the export sensors and the tuning assets (Qdrant: evidence)
     assert defs.resources[CLICKHOUSE_KEY] is module.CLICKHOUSE
+    assert defs.resources[QDRANT_KEY] is module.QDRANT and defs.resources[EMBEDDER_KEY] is module.EMBEDDER
+    assert {QDRANT_KEY, EMBEDDER_KEY} <= defs.resolve_assets_def(TUNING_REPORT_KEY).required_resource_keys
     assert "logistics__carrier_tracking" in {job.name for job in defs.jobs}
 
 
