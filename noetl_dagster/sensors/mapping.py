@@ -61,6 +61,18 @@ _SKIP_LOG = re.compile(r"^Dependencies for step (\S+) (?:failed|were not execute
 _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 _NO_STEP = ("", "", "")
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+_C_ENCODER = (json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False,
+                                          False, True) if json.encoder.c_make_encoder else None)
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON (``_JSON.encode``), through the C encoder directly when there is one (no
+    circular check: metadata values come from JSON)."""
+    if _C_ENCODER is None or not isinstance(value, dict):
+        return _JSON.encode(value)
+    return "".join(_C_ENCODER(value, 0))
+
+
 _MESSAGE_TYPES = frozenset({"ENGINE_EVENT", "STEP_WORKER_STARTING", "STEP_WORKER_STARTED", "RUN_CANCELING",
                             "PIPELINE_CANCELING", "LOG"})
 #: event types whose data, metadata or message map_record reads (the others need only the basics)
@@ -305,7 +317,7 @@ def _copy_metadata(metadata: Mapping[str, Any] | None, out: dict[str, str]) -> d
             plain = getattr(value, "value", value)
             if isinstance(plain, dict):
                 steps = plain
-                out["steps"] = _JSON.encode(plain)[:MAX_TEXT]
+                out["steps"] = _json_text(plain)[:MAX_TEXT]
     return steps
 
 
