@@ -192,9 +192,9 @@ def test_unavailable_qdrant_leaves_recommendations_unchanged(clickhouse, tmp_pat
     """Local mode's folder held by another process (as by the export sensors' code server): the
     report logs why, recommends as without Qdrant, and nothing fails."""
     held = tmp_path / "qdrant"
-    holder = subprocess.Popen([sys.executable, "-c", "from qdrant_client import QdrantClient\n"
-                               f"c = QdrantClient(path={str(held)!r})\nprint('ready', flush=True)\nimport sys; sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (f"import sys\nfrom qdrant_client import QdrantClient\nc = QdrantClient(path={str(held)!r})\n"
+            "print('ready', flush=True)\nsys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
         folder = tmp_path / "tuning"

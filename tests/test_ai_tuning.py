@@ -10,7 +10,6 @@ import json
 import logging
 import random
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pytest

@@ -59,8 +59,8 @@ def similar_failures_markdown(recommendations: Sequence[Recommendation]) -> str:
             continue
         lines.append(f"- **{_cell(r.playbook)} / {_cell(r.step)}** ({r.parameter}: {_cell(r.summary())})")
         for h in hits:
-            outcome = (f"a later run `{str(h['resolved_by_run'])[:8]}` of the step succeeded" if h.get("later_succeeded")
-                       else "no later run of the step succeeded")
+            outcome = (f"a later run `{str(h['resolved_by_run'])[:8]}` of the step succeeded"
+                       if h.get("later_succeeded") else "no later run of the step succeeded")
             message = " ".join(str(h.get("message") or "").split())[:300]
             lines.append(f"  - run `{str(h['run_id'])[:8]}` step {h.get('step') or '?'} of {h.get('playbook') or '?'} "
                          f"(similarity {float(h.get('score') or 0):.2f}): {message} -> {outcome}")
