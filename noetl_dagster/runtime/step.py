@@ -105,7 +105,8 @@ def _route(step: Step, after: Context, output: Any, run: RunInfo, first_only: bo
            ) -> list[tuple[int, Arc, dict[str, Any]]]:
     if step.next is None:
         return []
-    scope = after.scope(run.execution_id, {**run.globals, "output": output})
+    rendered = any(arc.when is not None or arc.set for arc in step.next.arcs)
+    scope = after.scope(run.execution_id, {**run.globals, "output": output}) if rendered else {}
     exclusive = first_only or step.next.mode == "exclusive"
     fired = []
     for index, arc in enumerate(step.next.arcs):
