@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from noetl_dagster import TunedTranslator, load_playbook_definitions, tuning_definitions
+from noetl_dagster.resources.arrow_io import retention_definitions
 from noetl_dagster.resources.clickhouse import ClickHouseResource
 from noetl_dagster.resources.embedder import EmbedderResource
 from noetl_dagster.resources.qdrant import QdrantResource
@@ -32,4 +33,5 @@ defs = dg.Definitions.merge(
     load_playbook_definitions(PLAYBOOKS, translator=TunedTranslator(TUNING)),
     export_definitions(playbooks=PLAYBOOKS, clickhouse=CLICKHOUSE, qdrant=QDRANT, embedder=EMBEDDER),
     tuning_definitions(profiles=TUNING, playbooks=PLAYBOOKS, clickhouse=CLICKHOUSE, qdrant=QDRANT, embedder=EMBEDDER),
+    retention_definitions(),  # daily: delete op outputs older than intermediate_retention_days
 )
