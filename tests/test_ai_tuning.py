@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 import uuid
 
 import dagster as dg
 import pytest
 import yaml
 
-from noetl_dagster import build_job
+from noetl_dagster import PlaybookTranslator, build_job, run_playbook
 from noetl_dagster.ai import (NO_RETRY, TIMEOUT_TAG, TunedTranslator, TuningBounds, apply_recommendations,
                               load_profiles, markdown_table, recommend, save_profile, step_stats)
 from noetl_dagster.ai.cli import add_commands, run_tune
@@ -248,3 +249,46 @@ def test_tune_apply_approves_pending_proposals_within_bounds(sink, tmp_path):
     # the 60s cap made the slow step's timeout need review: proposed, not approved
     assert profile.approved("slow", "timeout_seconds") is None
     assert [e.status for e in profile.entries("slow", "timeout_seconds")] == ["proposed"]
+
+
+class _Timeouts(PlaybookTranslator):
+    """A translator setting the op timeout tag (what an approved profile entry compiles to)."""
+
+    def get_op_tags(self, playbook, step):  # type: ignore[no-untyped-def]
+        tags = super().get_op_tags(playbook, step)
+        return {**tags, TIMEOUT_TAG: "1"} if step.step in ("slow", "slow_loop") else tags
+
+
+TIMEOUT_PLAYBOOK = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: timeouts, path: ops/timeouts}
+workload: {sleep: 30}
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: slow
+  - step: slow
+    tool:
+      kind: python
+      input: {s: "{{ workload.sleep }}"}
+      code: |
+        import time
+        try:
+            time.sleep(s)
+        except Exception:   # a tool catching everything cannot swallow the deadline
+            pass
+        result = {"slept": s}
+"""
+
+
+def test_an_op_timeout_fails_the_step_with_a_clear_message(instance):
+    started = time.monotonic()
+    report = run_playbook(parse_text(TIMEOUT_PLAYBOOK), instance=instance, translator=_Timeouts(),
+                          log_level="CRITICAL")
+    assert time.monotonic() - started < 20  # not the 30 s the step wanted
+    assert report.status == "failure"
+    assert report.steps["slow"].error == "step 'slow': timed out after 1s (op tag noetl/timeout_seconds)"
+    # within the limit the step completes
+    report = run_playbook(parse_text(TIMEOUT_PLAYBOOK), {"sleep": 0.1}, instance=instance, translator=_Timeouts(),
+                          log_level="CRITICAL")
+    assert report.status == "success" and report.steps["slow"].result == {"slept": 0.1}

@@ -4,9 +4,8 @@
   ``max_retries: 0`` (the *no retry* of deterministic failures) -> none;
 * ``resources`` -> merged into the step's ``dagster-k8s/config`` tag
   (``container_config.resources``), over what the ``hardware:`` extension declares;
-* ``timeout_seconds`` -> op tag ``noetl/timeout_seconds``. Dagster's ``dagster/max_runtime``
-  bounds whole *runs* only; there is no per-op timeout in Dagster, so the tag records the
-  approved bound for the step runtime / a run monitor to enforce.
+* ``timeout_seconds`` -> op tag ``noetl/timeout_seconds``, which the compiled op enforces
+  (:mod:`noetl_dagster.runtime.deadline`; Dagster itself bounds whole runs only).
 
 Only ``approved`` entries count; ``proposed`` and ``rejected`` ones change nothing.
 
@@ -27,10 +26,10 @@ from typing import Any
 import dagster as dg
 
 from ..playbook.models import Playbook, Step
+from ..runtime.deadline import TIMEOUT_TAG
 from ..translator.translator import PlaybookTranslator
 from .profiles import TuningProfile, load_profiles
 
-TIMEOUT_TAG = "noetl/timeout_seconds"
 PROFILE_VERSION_TAG = "noetl/tuning_profile_version"
 
 _BACKOFF = {"exponential": dg.Backoff.EXPONENTIAL, "linear": dg.Backoff.LINEAR}

@@ -29,6 +29,7 @@ from ..playbook.models import Playbook, ProductCheck, Step
 from ..resources.arrow_io import ArrowRefIOManager
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
+from ..runtime.deadline import TIMEOUT_TAG, StepTimedOut, deadline, enforceable
 from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
@@ -196,6 +197,21 @@ def usage_metadata(run: RunInfo) -> dict[str, Any]:
             "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
+def _with_deadline(fn: Callable[..., Any], node: str, seconds: float) -> Callable[..., Any]:
+    """``fn`` (an op's compute generator) failing its step after ``seconds``."""
+
+    def compute(context, inputs):  # type: ignore[no-untyped-def]
+        if not enforceable():
+            context.log.warning(f"{TIMEOUT_TAG}={seconds:g} is not enforced outside the main thread")
+        try:
+            with deadline(seconds):
+                yield from fn(context, inputs)
+        except StepTimedOut as exc:
+            raise _failure(StepFailed(node, str(exc))) from None
+
+    return compute
+
+
 def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = None) -> dg.Failure:
     metadata: dict[str, Any] = {"noetl/failed_step": exc.step}
     if exc.kind:
@@ -307,9 +323,10 @@ class _Emitter:
     def _op(self, local: str, fn: Callable[..., Any], *, ins: Mapping[str, dg.In], outs: Mapping[str, Any],
             config: Any = None, **kwargs: Any) -> Any:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
+        timeout = float((kwargs.get("tags") or {}).get(TIMEOUT_TAG) or 0)
         definition = dg.OpDefinition(
-            compute_fn=fn, name=f"{self.name}__{local}", ins=dict(ins), outs=dict(outs),
-            config_schema=config, required_resource_keys=keys, **kwargs)
+            compute_fn=_with_deadline(fn, local, timeout) if timeout > 0 else fn, name=f"{self.name}__{local}",
+            ins=dict(ins), outs=dict(outs), config_schema=config, required_resource_keys=keys, **kwargs)
         return definition.alias(local)
 
     def _common(self, step: Step, extra_description: str = "") -> dict[str, Any]:
