@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from functools import lru_cache
-from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -159,10 +159,11 @@ def _arrow_types() -> dict[str, Any]:
 
     return {"EventId": pa.uint64(), "Duration": pa.uint64(), "Attempt": pa.uint16(), "DurationMs": pa.uint64(),
             "Retries": pa.uint16(), "Rows": pa.int64(), "Bytes": pa.int64(), "CpuSeconds": pa.float64(),
-            "PeakRssMb": pa.float64()}
+            "PeakRssMb": pa.float64(), "Metadata": pa.map_(pa.string(), pa.string())}
 
 
-def _timestamps(values: Sequence[float]) -> Any:
+def _timestamps(values: Any) -> Any:
+    """Seconds (floats, or an Arrow float64 array) -> Arrow ``timestamp[us, UTC]``."""
     import numpy as np
     import pyarrow as pa
 
@@ -170,38 +171,26 @@ def _timestamps(values: Sequence[float]) -> Any:
     return pa.array(micros).cast(pa.timestamp("us", tz="UTC"))
 
 
-def _map_array(values: Sequence[dict[str, str]]) -> Any:
-    """Dicts -> an Arrow ``map<string, string>`` (keys, items and offsets gathered in C loops)."""
-    import numpy as np
-    import pyarrow as pa
-
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int32, count=len(values)), out=offsets[1:])
-    keys = pa.array(list(chain.from_iterable(values)), pa.string())
-    items = pa.array(list(chain.from_iterable(map(dict.values, values))), pa.string())
-    return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
-
-
 def rows_to_arrow(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> Any:
     """Named-tuple rows -> an Arrow table with the ClickHouse column names (``columns``: column ->
-    field), transposed with ``zip(*rows)`` and converted column by column."""
+    field): the rows are converted in one pass as an Arrow struct array, then split into columns.
+
+    Example: ``rows_to_arrow(step_runs, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))``
+    """
     import pyarrow as pa
 
     if not rows:
         raise ValueError("no rows")
     fields = type(rows[0])._fields
-    transposed = list(zip(*rows))
     types = _arrow_types()
-    arrays = {}
-    for column, attr in columns.items():
-        values = transposed[fields.index(attr)]
+    struct = pa.struct([(column, pa.float64() if column in time_columns else types.get(column) or pa.string())
+                        for column in columns])
+    pick = itemgetter(*(fields.index(attr) for attr in columns.values()))
+    arrays = pa.array(list(map(pick, rows)), type=struct).flatten()
+    for i, column in enumerate(columns):
         if column in time_columns:
-            arrays[column] = _timestamps(values)
-        elif column == "Metadata":
-            arrays[column] = _map_array(values)
-        else:
-            arrays[column] = pa.array(values, types.get(column) or pa.string())
-    return pa.table(arrays)
+            arrays[i] = _timestamps(arrays[i])
+    return pa.Table.from_arrays(arrays, names=list(columns))
 
 
 class ClickHouseSink:

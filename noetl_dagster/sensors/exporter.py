@@ -351,8 +351,7 @@ class Exporter:
             all_read = all_read and read_all
             if terminal and read_all and safe:
                 self._finish(run_id, ctx, rows, self._staged_pos.get(run_id, cur.active[run_id]))
-            if len(self._pending) >= self.batch_size:
-                self._flush(cur, stats)
+            self._flush_pending(stats)
         return all_read
 
     def _export_events(self, run_id: str, ctx: RunContext, position: int, safe_ts: float,
@@ -390,8 +389,7 @@ class Exporter:
                         else:
                             safe = False
                 read_to = records[-1].storage_id
-            if len(self._pending) >= self.batch_size:
-                self._flush_pending(stats)
+            self._flush_pending(stats)
             if not conn.has_more:
                 return True, safe, whole
             if over():
@@ -428,11 +426,20 @@ class Exporter:
         self._staged_done[run_id] = (ctx.end_time or summary.finished_at, last)
 
     # -- commit --------------------------------------------------------------------------
-    def _flush_pending(self, stats: ExportStats) -> None:
-        """Hand what is pending to the writer (after the previous write finished, so one batch is
-        written while the next is mapped); positions are applied by :meth:`_flush`."""
-        batch = self._pending
-        self._pending = ExportBatch()
+    def _flush_pending(self, stats: ExportStats, final: bool = False) -> None:
+        """Hand the pending events (and step attempts and summaries) to the writer once there are
+        ``batch_size`` of them, or all of them when ``final``; the writer waits for the previous
+        write, so one batch is written while the next is mapped. Positions are applied by
+        :meth:`_flush`, which is final (a tick that raises returns no cursor at all)."""
+        pending = self._pending
+        events = final or len(pending.events) >= self.batch_size
+        rest = final or len(pending.step_runs) + len(pending.runs) >= self.batch_size
+        if not (events or rest):
+            return
+        batch = ExportBatch(pending.events if events else [], pending.step_runs if rest else [],
+                            pending.runs if rest else [])
+        self._pending = ExportBatch([] if events else pending.events, [] if rest else pending.step_runs,
+                                    [] if rest else pending.runs)
         self._wait(stats)
         if len(batch):
             self._writing = (self._writer.submit(self.sink.write, batch) if self._writer is not None
@@ -453,7 +460,7 @@ class Exporter:
 
     def _flush(self, cur: ExportCursor, stats: ExportStats) -> None:
         """Write what is pending, wait until it is written, then move the positions."""
-        self._flush_pending(stats)
+        self._flush_pending(stats, final=True)
         self._wait(stats)
         for run_id, pos in self._staged_pos.items():
             if run_id in cur.active:
