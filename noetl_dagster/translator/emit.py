@@ -101,8 +101,7 @@ def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None 
         tags=translator.get_job_tags(playbook),
         metadata=translator.get_job_metadata(playbook),
         executor_def=translator.get_executor(playbook),
-        partitions_def=_partitions(playbook),
-    )
+    )  # partitioned like its assets
     return dg.Definitions(assets=[assets], asset_checks=checks, jobs=[job],
                           schedules=_schedules(playbook, translator, job))
 
