@@ -46,7 +46,7 @@ from dagster._core.events.log import EventLogEntry  # noqa: E402
 from dagster._core.storage.event_log.base import EventLogCursor, EventLogRecord  # noqa: E402
 
 from noetl_dagster.resources.clickhouse import (EVENT_COLUMNS, INSERT_SETTINGS, ClickHouseSink,  # noqa: E402
-                                                get_client, rows_to_arrow)
+                                                get_client, rows_to_columns)
 from noetl_dagster.sensors.exporter import ExportCursor, Exporter  # noqa: E402
 from noetl_dagster.sensors.mapping import RunContext, map_records  # noqa: E402
 
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = ClickHouseSink(client, "bench_warmup")
     sample = map_records(logs[False][:50], RunContext("warm"))
     warm.write_events(sample)
+    client.insert_arrow("noetl_events", _arrow_table(sample), database="bench_warmup")
     client.insert("noetl_events", [[getattr(r, a) if c != "Timestamp" else _dt(r.timestamp)
                                     for c, a in EVENT_COLUMNS.items()] for r in sample],
                   database="bench_warmup", column_names=list(EVENT_COLUMNS))
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [ctx_rows[i: i + args.batch] for i in range(0, len(ctx_rows), args.batch)]
     as_lists = [[[getattr(r, EVENT_COLUMNS[c]) if c != "Timestamp" else _dt(r.timestamp) for c in names] for r in b]
                 for b in batches]
-    tables = [rows_to_arrow(b, EVENT_COLUMNS, ("Timestamp",)) for b in batches]
+    tables = [_arrow_table(b) for b in batches]
     del ctx_rows, batches
     raw = {}
     for key, label, settings, insert, blocks in (
@@ -254,6 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(["embedder", "texts", "seconds", "texts/s"], rows))
     return 0
+
+
+def _arrow_table(rows: list[Any]) -> Any:
+    """``noetl_events`` rows as an Arrow table (for the ``insert_arrow`` reference path)."""
+    import pyarrow as pa
+
+    types = {"Timestamp": pa.timestamp("us", tz="UTC"), "EventId": pa.uint64(), "Duration": pa.uint64(),
+             "Attempt": pa.uint16(), "Metadata": pa.map_(pa.string(), pa.string())}
+    columns = rows_to_columns(rows, EVENT_COLUMNS, ("Timestamp",))
+    return pa.table({name: pa.array(values, types.get(name, pa.string()))
+                     for name, values in zip(EVENT_COLUMNS, columns)})
 
 
 def _settle(client: Any, database: str) -> None:

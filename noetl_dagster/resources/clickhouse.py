@@ -6,7 +6,7 @@ are created and migrated by :meth:`ClickHouseSink.migrate` (a ``noetl_schema_mig
 records the applied versions). Both tables are ``ReplacingMergeTree`` keyed on the row identity
 - ``(ExecutionId, EventId)`` and ``(ExecutionId, StepKey, Attempt)`` - so a replayed batch
 collapses into the rows already there: **query with ``FINAL``** (or ``GROUP BY`` the key) for
-exact counts before background merges run. Inserts are batched, as Arrow tables.
+exact counts before background merges run. Inserts are batched, as column lists (Native format).
 
 chdb limits: one data folder per process, and one process per folder (``dagster dev``'s code
 server holds it while it runs sensors; stop it before ``noetl-dagster export`` on the same folder).
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import lru_cache
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -152,45 +150,26 @@ def get_client(dsn: str | None = None, **kwargs: Any) -> Any:
         return client
 
 
-@lru_cache(maxsize=1)
-def _arrow_types() -> dict[str, Any]:
-    """Arrow types of the non-string columns (strings are the default)."""
-    import pyarrow as pa
+def rows_to_columns(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> list[Sequence]:
+    """Named-tuple rows -> one sequence per ClickHouse column (``columns``: column -> field, in
+    table order), transposed with ``zip(*rows)``; ``time_columns`` (float seconds) become the
+    integer microseconds of ``DateTime64(6)``.
 
-    return {"EventId": pa.uint64(), "Duration": pa.uint64(), "Attempt": pa.uint16(), "DurationMs": pa.uint64(),
-            "Retries": pa.uint16(), "Rows": pa.int64(), "Bytes": pa.int64(), "CpuSeconds": pa.float64(),
-            "PeakRssMb": pa.float64(), "Metadata": pa.map_(pa.string(), pa.string())}
-
-
-def _timestamps(values: Any) -> Any:
-    """Seconds (floats, or an Arrow float64 array) -> Arrow ``timestamp[us, UTC]``."""
-    import numpy as np
-    import pyarrow as pa
-
-    micros = np.rint(np.asarray(values, dtype=np.float64) * 1_000_000).astype(np.int64)
-    return pa.array(micros).cast(pa.timestamp("us", tz="UTC"))
-
-
-def rows_to_arrow(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> Any:
-    """Named-tuple rows -> an Arrow table with the ClickHouse column names (``columns``: column ->
-    field): the rows are converted in one pass as an Arrow struct array, then split into columns.
-
-    Example: ``rows_to_arrow(step_runs, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))``
+    Example: ``rows_to_columns(rows, EVENT_COLUMNS, ("Timestamp",))[0][:2]   # [1700000000010000, ...]``
     """
-    import pyarrow as pa
+    import numpy as np
 
     if not rows:
-        raise ValueError("no rows")
+        return [[] for _ in columns]
     fields = type(rows[0])._fields
-    types = _arrow_types()
-    struct = pa.struct([(column, pa.float64() if column in time_columns else types.get(column) or pa.string())
-                        for column in columns])
-    pick = itemgetter(*(fields.index(attr) for attr in columns.values()))
-    arrays = pa.array(list(map(pick, rows)), type=struct).flatten()
-    for i, column in enumerate(columns):
+    transposed = list(zip(*rows))
+    out: list[Sequence] = []
+    for column, attr in columns.items():
+        values = transposed[fields.index(attr)]
         if column in time_columns:
-            arrays[i] = _timestamps(arrays[i])
-    return pa.Table.from_arrays(arrays, names=list(columns))
+            values = np.rint(np.asarray(values, dtype=np.float64) * 1_000_000).astype(np.int64).tolist()
+        out.append(values)
+    return out
 
 
 class ClickHouseSink:
@@ -241,20 +220,20 @@ class ClickHouseSink:
 
     # -- writes --------------------------------------------------------------------------
     def write_events(self, rows: Sequence[Any]) -> None:
-        if not rows:
-            return
-        table = rows_to_arrow(rows, EVENT_COLUMNS, ("Timestamp",))
-        with self._lock:
-            self._ensure()
-            self.client.insert_arrow(EVENTS_TABLE, table, database=self.database, settings=INSERT_SETTINGS)
+        self._insert(EVENTS_TABLE, rows, EVENT_COLUMNS, ("Timestamp",))
 
     def write_step_runs(self, rows: Sequence[Any]) -> None:
+        self._insert(STEP_RUNS_TABLE, rows, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))
+
+    def _insert(self, table: str, rows: Sequence[Any], columns: dict[str, str], time_columns: Sequence[str]) -> None:
+        """One insert of ``rows`` as column lists (clickhouse-connect's Native format)."""
         if not rows:
             return
-        table = rows_to_arrow(rows, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))
+        data = rows_to_columns(rows, columns, time_columns)
         with self._lock:
             self._ensure()
-            self.client.insert_arrow(STEP_RUNS_TABLE, table, database=self.database, settings=INSERT_SETTINGS)
+            self.client.insert(table, data, database=self.database, column_names=list(columns),
+                               column_oriented=True, settings=INSERT_SETTINGS)
 
     def write(self, batch: Any) -> None:
         """Write an :class:`~noetl_dagster.sensors.exporter.ExportBatch` (events, then step runs)."""
@@ -324,4 +303,4 @@ class ClickHouseResource(dg.ConfigurableResource):
 
 
 __all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
-           "STEP_RUNS_TABLE", "default_dsn", "default_home", "get_client"]
+           "STEP_RUNS_TABLE", "default_dsn", "default_home", "get_client", "rows_to_columns"]
