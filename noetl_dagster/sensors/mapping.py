@@ -438,6 +438,8 @@ def map_records(records: Sequence[Any], ctx: RunContext,
     levels = _LEVELS.get
     steps: dict[tuple[str, int | None], tuple[str, str, dict[str, str], int, str]] = {}
     retried = False
+    last_key: tuple[str, int | None] | None = None
+    parts = ("", "", {}, 0, "")
     for record in records:
         entry = record.event_log_entry
         event = entry.dagster_event
@@ -445,9 +447,13 @@ def map_records(records: Sequence[Any], ctx: RunContext,
             append(_log_row(record, ctx))
             continue
         dtype = event.event_type_value
-        step_key = entry.step_key or event.step_key or ""
-        parts = steps.get((step_key, event.pid))
-        if parts is None:
+        key = (entry.step_key or event.step_key or "", event.pid)
+        if key == last_key:  # events of one step mostly come in a row
+            pass
+        elif (found := steps.get(key)) is not None:
+            last_key, parts = key, found
+        else:
+            step_key = key[0]
             meta: dict[str, str] = {} if event.pid is None else {"worker": _worker(event.pid)}
             if step_key:
                 name, node, mapping_key = step_parts(step_key)
@@ -456,9 +462,11 @@ def map_records(records: Sequence[Any], ctx: RunContext,
                     meta["tool"] = tool
                 if mapping_key:
                     meta["mapping_key"] = mapping_key
-                parts = steps[(step_key, event.pid)] = (name, step_key, meta, 1, mapping_key)
+                parts = (name, step_key, meta, 1, mapping_key)
             else:
-                parts = steps[(step_key, event.pid)] = ("", "playbook", meta, 0, "")
+                parts = ("", "playbook", meta, 0, "")
+            last_key = key
+            steps[key] = parts
         if dtype in detailed:
             etype, status, extra, error, duration, message, reported = _details(entry, event, dtype, ctx)
             meta = {**parts[2], **extra} if extra else parts[2]
