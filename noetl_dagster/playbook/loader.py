@@ -45,6 +45,7 @@ FIELD_HINTS = {
     "arcs": "write `arcs: [{step: <name>, when: \"{{ ... }}\"}]`",
     "attempts": "`attempts` is the total number of tries, the first one included",
     "max_in_flight": "at most this many iterations run at once; use 1 or more",
+    "chunk_size": "how many consecutive items one op of a parallel loop runs: a whole number, 1 (default) or more",
 }
 
 

@@ -170,12 +170,18 @@ class Task(_Model):
 
 
 class Loop(_Model):
-    """``loop: {in, iterator, spec: {mode, max_in_flight}}``."""
+    """``loop: {in, iterator, chunk_size, spec: {mode, max_in_flight}}``.
+
+    ``chunk_size`` (an extension, default 1) groups a parallel loop's items: one mapped op runs
+    that many consecutive items in order. ``max_in_flight`` is NoETL's concurrency hint; here it
+    is the default of ``PlaybookTranslator.get_loop_concurrency``.
+    """
 
     in_: Any = Field(alias="in", default=None)
     iterator: str
     mode: Literal["sequential", "parallel"] = "sequential"
     max_in_flight: int | None = Field(default=None, ge=1)
+    chunk_size: int = Field(default=1, ge=1, strict=True)
 
     @model_validator(mode="before")
     @classmethod
