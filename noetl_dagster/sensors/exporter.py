@@ -14,6 +14,11 @@ Each discovered playbook run becomes *active*; its events are paged with
 ``get_records_for_run`` after a per-run position. When a finished run has been read to its
 end, its step attempts and summary are computed from its whole log, and it moves to *done*.
 
+Events appended to a finished run (a similar-failures hint, a worker's last events after a
+cancel): a finished run stays in ``tail`` with its last exported storage id for ``tail_seconds``
+(at most ``max_tail`` runs); each tick probes those runs and reopens one with newer events from
+that id, so only the new events are written (its step attempts and summary are rewritten).
+
 Out-of-order ids (Postgres with concurrent writers; SQLite's per-run ids are in order):
 positions and the watermark only move past records older than ``lag_seconds``; younger
 records are exported but re-read next tick (an overlap window), the dedup absorbs the repeats.
