@@ -23,7 +23,7 @@ from .playbook.catalog import PlaybookCatalog
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
-                              steps_metadata, workload_run_config)
+                              loop_items_of, steps_metadata, workload_run_config)
 from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
@@ -175,7 +175,7 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
         if node is None:
             continue
         if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            loop_runs[node.name] = loop_runs.get(node.name, 0) + 1
+            loop_runs[node.name] = loop_runs.get(node.name, 0) + loop_items_of(key)
         if event.event_type_value == "STEP_OUTPUT":
             output = event.step_output_data.output_name
             for name, meta in steps_metadata(event.step_output_data.metadata).items():

@@ -162,3 +162,147 @@ def test_ops_record_cpu_and_memory(playbook, instance):
                and e.step_output_data.output_name == "result"]
     assert outputs and all("noetl/cpu_seconds" in e.step_output_data.metadata for e in outputs)
     assert all(e.step_output_data.metadata["noetl/peak_rss_mb"].value > 10 for e in outputs)
+
+
+CHUNKED = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: chunked
+  path: ops/chunked
+workload:
+  items: [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: square
+  - step: square
+    loop:
+      in: "{{ workload.items }}"
+      iterator: item
+      chunk_size: 4
+      spec: {mode: parallel}
+    tool:
+      - name: calc
+        kind: python
+        input: {x: "{{ item }}", i: "{{ _index }}", n: "{{ _total }}"}
+        code: |
+          result = {"x": x, "sq": x * x, "index": i, "total": n}
+        spec:
+          policy:
+            rules:
+              - else:
+                  then:
+                    do: continue
+                    set:
+                      last_index: "{{ _index }}"
+    set:
+      ctx.count: "{{ output | length }}"
+    next: total
+  - step: total
+    tool:
+      kind: python
+      input: {rows: "{{ square }}", last: "{{ last_index }}", count: "{{ count }}"}
+      code: |
+        result = {"sum": sum(r["calc"]["sq"] for r in rows), "last": last, "count": count}
+"""
+
+
+class _Chunks(PlaybookTranslator):
+    """Overrides the loop chunk size (None: the playbook's own)."""
+
+    def __init__(self, size):  # type: ignore[no-untyped-def]
+        self.size = size
+
+    def get_loop_chunk_size(self, playbook, step):  # type: ignore[no-untyped-def]
+        return self.size or super().get_loop_chunk_size(playbook, step)
+
+
+def _body_keys(result: dg.ExecuteInProcessResult, op: str) -> list[str]:
+    return [e.step_key for e in result.all_events
+            if e.event_type_value == "STEP_SUCCESS" and e.step_key.startswith(f"{op}[")]
+
+
+def test_loop_chunks_run_consecutive_items_with_identical_results(tmp_path, instance):
+    from noetl_dagster.translator.emit import loop_items_of
+
+    playbook = parse_text(CHUNKED, str(tmp_path / "chunked.yaml"))
+    assert playbook.steps["square"].loop.chunk_size == 4
+    chunked = build_job(playbook).execute_in_process(instance=instance)
+    single = build_job(playbook, _Chunks(1)).execute_in_process(instance=instance)
+    assert chunked.success and single.success
+    keys = _body_keys(chunked, "square")
+    assert keys == ["square[i00000_i00003]", "square[i00004_i00007]", "square[i00008_i00009]"]
+    assert [loop_items_of(k) for k in keys] == [4, 4, 2]
+    assert _body_keys(single, "square") == [f"square[i{i:05d}]" for i in range(10)]
+    # the loop's result, ctx updates (per item, in order) and `set` are those of one op per item
+    items = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    want = [{"calc": {"x": x, "sq": x * x, "index": i, "total": 10}} for i, x in enumerate(items)]
+    for result in (chunked, single):
+        assert result.output_for_node("square__collect") == want
+        assert result.output_for_node("total") == {"sum": sum(x * x for x in items), "last": 9, "count": 10}
+    # the run report counts iterations, not ops
+    report = run_playbook(playbook, instance=instance, log_level="CRITICAL")
+    assert report.steps["square"].runs == 10 and report.steps["square"].result == want
+
+
+@pytest.mark.parametrize("size", [2, 3, 100])
+def test_chunked_loop_conformance_cases_report_the_same(size, items_server, instance):
+    root = Path(__file__).parent / "conformance" / "cases"
+    cases = [c for c in sorted(root.iterdir()) if "mode: parallel" in (c / "playbook.yaml").read_text()]
+    assert len(cases) >= 4
+    for case in cases:
+        text = (case / "playbook.yaml").read_text()
+        workload = {"base_url": items_server} if "kind: http" in text else {}
+        plain = run_playbook(case / "playbook.yaml", workload, instance=instance, log_level="CRITICAL").to_dict()
+        chunked = run_playbook(case / "playbook.yaml", workload, instance=instance, translator=_Chunks(size),
+                               log_level="CRITICAL").to_dict()
+        assert {k: v for k, v in chunked.items() if k != "run_id"} == \
+            {k: v for k, v in plain.items() if k != "run_id"}, case.name
+
+
+class _ZeroChunks(PlaybookTranslator):
+    def get_loop_chunk_size(self, playbook, step):  # type: ignore[no-untyped-def]
+        return 0
+
+
+def test_a_bad_chunk_size_from_a_translator_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="get_loop_chunk_size returned 0 for step 'square'"):
+        build_job(parse_text(CHUNKED, str(tmp_path / "chunked.yaml")), _ZeroChunks())
+
+
+def _executor_config(job: dg.JobDefinition) -> dict:
+    """The configuration a job's configured executor runs with."""
+    resolved = job.executor_def.config_schema.resolve_config({})
+    assert resolved.success, resolved.errors
+    return resolved.value.get("config", resolved.value)
+
+
+class _Concurrency(PlaybookTranslator):
+    def get_loop_concurrency(self, playbook, step):  # type: ignore[no-untyped-def]
+        return 3
+
+
+def test_loop_concurrency_becomes_a_tag_concurrency_limit(tmp_path):
+    from noetl_dagster.translator.translator import LOOP_STEP_TAG
+
+    limit = {"key": LOOP_STEP_TAG, "value": "square", "limit": 3}
+    text = CHUNKED.replace("  path: ops/chunked\n", "  path: ops/chunked\n  dagster: {executor: multiprocess}\n")
+    job = build_job(parse_text(text, str(tmp_path / "x.yaml")), _Concurrency())
+    assert job.executor_def.name == "multiprocess"
+    assert _executor_config(job)["tag_concurrency_limits"] == [limit]
+    assert job.graph.node_named("square").definition.tags[LOOP_STEP_TAG] == "square"
+    assert LOOP_STEP_TAG not in job.graph.node_named("square__fan_out").definition.tags
+    # the default is the step's `spec.max_in_flight` (NoETL's hint); none: no limit
+    job = build_job(parse_text(text.replace("spec: {mode: parallel}", "spec: {mode: parallel, max_in_flight: 2}"),
+                               str(tmp_path / "x.yaml")))
+    assert _executor_config(job)["tag_concurrency_limits"] == [{**limit, "limit": 2}]
+    job = build_job(parse_text(text, str(tmp_path / "x.yaml")))
+    assert "tag_concurrency_limits" not in _executor_config(job)
+    # k8s: appended to the limits its block lists, checked against k8s_job_executor's schema
+    k8s = text.replace("dagster: {executor: multiprocess}", "dagster: {executor: k8s, k8s: {tag_concurrency_limits: "
+                       "[{key: team, limit: 5}]}}")
+    job = build_job(parse_text(k8s, str(tmp_path / "x.yaml")), _Concurrency())
+    assert job.executor_def.name == "k8s"
+    assert _executor_config(job)["tag_concurrency_limits"] == [{"key": "team", "limit": 5}, limit]
+    # in process: one op at a time anyway, nothing to configure
+    assert build_job(parse_text(CHUNKED, str(tmp_path / "x.yaml")), _Concurrency()).executor_def.name == "in_process"

@@ -5,7 +5,8 @@
   peak memory);
 * every node takes a fan-in list ``tokens`` of its inbound arcs, so an unfired branch is
   skipped without blocking a join, and the join runs once (skipped when no arc fired);
-* a parallel loop is ``<step>__fan_out`` -> ``<step>`` mapped per item -> ``<step>__collect``;
+* a parallel loop is ``<step>__fan_out`` -> ``<step>`` mapped per item (or per chunk of
+  ``loop.chunk_size`` items) -> ``<step>__collect``;
 * a region (cycle) is one op running the region interpreter;
 * the node holding ``start`` reads the run's workload overrides from its op config;
 * a playbook with ``product:`` steps becomes a graph-backed multi-asset keyed ``[domain, name]``
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import resource
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -36,7 +38,7 @@ from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
 from ..runtime.templates import TemplateFailure, condition, render_text
 from .plan import Net, Node, plan
-from .translator import PlaybookTranslator, code_reference
+from .translator import LOOP_STEP_TAG, PlaybookTranslator, code_reference
 
 RESULT = "result"
 CREDENTIALS = "noetl_credentials"
@@ -445,7 +447,14 @@ class _Emitter:
                         **common)
 
     def _loop_ops(self, node: Node, step: Step, config: Any) -> tuple[Any, ...]:
+        """``<step>__fan_out`` (one mapped output per chunk of ``get_loop_chunk_size`` consecutive
+        items; mapping key ``i00003`` for one item, ``i00000_i00007`` for a chunk) -> ``<step>`` (the
+        chunk's iterations in order) -> ``<step>__collect`` (every iteration in item order)."""
         common = self._common(step)
+        chunk_size = self.translator.get_loop_chunk_size(self.playbook, step)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"get_loop_chunk_size returned {chunk_size!r} for step {step.step!r} of "
+                             f"{self.playbook.metadata.catalog_path}; expected a whole number >= 1")
 
         def fan_out(context, inputs):  # type: ignore[no-untyped-def]
             start = self._start(context, inputs)
@@ -460,47 +469,64 @@ class _Emitter:
                 raise _failure(exc) from None
             token = start.token(step.step, start.arc)
             yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, "loop_context")
-            for index, item in enumerate(items):
-                yield dg.DynamicOutput({"token": token, "item": item, "index": index, "total": len(items)},
-                                       mapping_key=f"i{index:05d}", output_name="items")
+            for first in range(0, len(items), chunk_size):
+                chunk = items[first:first + chunk_size]
+                key = f"i{first:05d}" if chunk_size == 1 else f"i{first:05d}_i{first + len(chunk) - 1:05d}"
+                yield dg.DynamicOutput({"token": token, "items": chunk, "first": first, "total": len(items)},
+                                       mapping_key=key, output_name="items")
 
         def body(context, inputs):  # type: ignore[no-untyped-def]
             work = inputs["work"]
             run = self._run_info(context, work["token"]["workload"])
+            start = Context.merge([work["token"]])
+            results = []
             try:
-                result = run_iteration(step, Context.merge([work["token"]]), run, work["item"], work["index"],
-                                       work["total"])
+                for offset, item in enumerate(work["items"]):
+                    result = run_iteration(step, start, run, item, work["first"] + offset, work["total"])
+                    results.append({"value": result.value, "ctx_updates": result.ctx_updates})
             except StepFailed as exc:
                 raise _failure(exc) from None
-            yield dg.Output({"value": result.value, "ctx_updates": result.ctx_updates}, RESULT,
-                            metadata=usage_metadata(run))
+            yield dg.Output(results, RESULT, metadata={"noetl/loop_items": len(results), **usage_metadata(run)})
 
         def collect(context, inputs):  # type: ignore[no-untyped-def]
-            loop_context, results = inputs["loop_context"], inputs["results"]
+            loop_context, chunks = inputs["loop_context"], inputs["results"]
             start = Context.merge([loop_context["token"]])
             run = self._run_info(context, start.workload)
             try:
                 if loop_context["skipped"]:
                     outcome = run_step(step, start, run)  # the guard is false again: skip-through
                 else:
-                    outcome = finish_step(step, start, run, [Body(r["value"], r["ctx_updates"]) for r in results])
+                    bodies = [Body(r["value"], r["ctx_updates"]) for chunk in chunks for r in chunk]
+                    outcome = finish_step(step, start, run, bodies)
             except StepFailed as exc:
                 raise _failure(exc) from None
             yield from self._step_outputs(context, node, step, run, outcome)
 
+        per = "item" if chunk_size == 1 else f"chunk of {chunk_size} consecutive items"
         fan_op = self._op(
             f"{node.name}__fan_out", fan_out, ins=self._ins(node), config=config,
             outs={"loop_context": dg.Out(description="the loop's input context"),
-                  "items": dg.DynamicOut(description="one output per loop item")},
-            description=f"Evaluate `loop.in` of `{step.step}` and fan out its items.",
+                  "items": dg.DynamicOut(description=f"one output per loop {per}")},
+            description=f"Evaluate `loop.in` of `{step.step}` and fan out its items (one op per {per}).",
             tags={**common["tags"], "noetl/role": "loop-fan-out"})
-        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT: dg.Out()}, **common)
+        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT: dg.Out(list)},
+                           **{**common, "tags": {**common["tags"], LOOP_STEP_TAG: step.step}})
         collect_op = self._op(
             f"{node.name}__collect", collect, ins={"loop_context": dg.In(dict), "results": dg.In(list)},
             outs=self._outs(node, step),
             description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
             tags={**common["tags"], "noetl/role": "loop-collect"})
         return fan_op, body_op, collect_op
+
+
+_CHUNK_KEY = re.compile(r"\[i(\d+)_i(\d+)\]$")
+
+
+def loop_items_of(step_key: str) -> int:
+    """How many loop items a body op ran, from its step key: ``price[i00003]`` -> 1,
+    ``price[i00000_i00007]`` -> 8 (a chunk of ``loop.chunk_size`` items)."""
+    match = _CHUNK_KEY.search(step_key)
+    return int(match.group(2)) - int(match.group(1)) + 1 if match else 1
 
 
 def steps_metadata(event_metadata: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

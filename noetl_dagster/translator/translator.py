@@ -26,6 +26,8 @@ from .plan import op_safe
 
 #: executors a playbook may choose with ``metadata.dagster.executor``
 EXECUTORS = ("in_process", "multiprocess", "k8s")
+#: op tag of a parallel loop's body ops (value: the step); executors limit its concurrency by it
+LOOP_STEP_TAG = "noetl/loop_step"
 
 
 class PlaybookTranslator:
@@ -103,6 +105,46 @@ class PlaybookTranslator:
         """NoETL has no step-level retry; pipelines retry inside the op. Override to add one."""
         return None
 
+    def get_loop_chunk_size(self, playbook: Playbook, step: Step) -> int:
+        """How many consecutive items one body op of a parallel loop runs (default: the step's
+        ``loop.chunk_size`` extension, 1 = one op per item). Results, ``ctx`` updates and NoETL
+        semantics do not change; fewer, longer ops pay Dagster's per-op overhead less often.
+
+        Example::
+
+            class Chunked(PlaybookTranslator):
+                def get_loop_chunk_size(self, playbook, step):
+                    return 50 if step.step == "score_rows" else super().get_loop_chunk_size(playbook, step)
+        """
+        return step.loop.chunk_size if step.loop is not None else 1
+
+    def get_loop_concurrency(self, playbook: Playbook, step: Step) -> int | None:
+        """At most this many body ops of a parallel loop at once (None: only the executor's
+        ``max_concurrent``); default: the step's ``loop.spec.max_in_flight``.
+
+        Enforced by the multiprocess and k8s executors as ``tag_concurrency_limits`` on the body
+        ops' ``noetl/loop_step`` tag (:meth:`get_executor`); the in-process executor runs one op
+        at a time anyway.
+
+        Example::
+
+            class Gentle(PlaybookTranslator):
+                def get_loop_concurrency(self, playbook, step):
+                    return 2 if step.tool[0].kind == "http" else super().get_loop_concurrency(playbook, step)
+        """
+        return step.loop.max_in_flight if step.loop is not None else None
+
+    def loop_concurrency_limits(self, playbook: Playbook) -> list[dict[str, Any]]:
+        """``tag_concurrency_limits`` entries for the parallel loops with a concurrency limit."""
+        limits = []
+        for step in playbook.workflow:
+            if step.loop is None or step.loop.mode != "parallel":
+                continue
+            limit = self.get_loop_concurrency(playbook, step)
+            if limit:
+                limits.append({"key": LOOP_STEP_TAG, "value": step.step, "limit": int(limit)})
+        return limits
+
     def get_automation_condition(self, playbook: Playbook, step: Step) -> dg.AutomationCondition | None:
         """How a product refreshes by itself: ``metadata.dagster.automation: eager`` re-runs the
         playbook when an upstream product it reads changed; default None (schedules and manual runs).
@@ -117,6 +159,12 @@ class PlaybookTranslator:
         ``metadata.dagster.executor: multiprocess`` (with ``max_concurrent``) selects a
         forkserver multiprocess executor with Dagster and this package preloaded.
 
+        A parallel loop with a concurrency limit (:meth:`get_loop_concurrency`) becomes a
+        ``tag_concurrency_limits`` entry ``{key: noetl/loop_step, value: <step>, limit: N}`` of the
+        multiprocess and k8s executors (added to any the ``k8s`` block lists); a multiprocess
+        playbook without ``max_concurrent`` gets the largest loop limit as ``max_concurrent`` when
+        it exceeds the CPU count (Dagster's default), so an IO-bound loop can reach its limit.
+
         ``metadata.dagster.executor: k8s`` selects dagster-k8s's ``k8s_job_executor``: every step
         runs in its own Kubernetes Job, sized by its ``dagster-k8s/config`` tag (the step's
         ``hardware:`` extension). ``metadata.dagster.k8s`` optionally configures it with the
@@ -128,15 +176,21 @@ class PlaybookTranslator:
         """
         block = playbook.metadata.dagster
         choice = block.get("executor", "in_process")
+        if choice in (None, "in_process"):
+            return dg.in_process_executor
+        loop_limits = self.loop_concurrency_limits(playbook)
         if choice == "multiprocess":
             config: dict[str, Any] = {
                 "start_method": {"forkserver": {"preload_modules": ["dagster", "noetl_dagster"]}}
             }
             if block.get("max_concurrent"):
                 config["max_concurrent"] = int(block["max_concurrent"])
+            if loop_limits:
+                config["tag_concurrency_limits"] = loop_limits
+                top = max(limit["limit"] for limit in loop_limits)
+                if "max_concurrent" not in config and top > (os.cpu_count() or 1):
+                    config["max_concurrent"] = top  # an IO-bound loop may run more ops than cores
             return dg.multiprocess_executor.configured(config)
-        if choice in (None, "in_process"):
-            return dg.in_process_executor
 
         from ..errors import Issue, PlaybookError
 
@@ -156,6 +210,9 @@ class PlaybookTranslator:
         k8s = dict(k8s)
         if block.get("max_concurrent") and "max_concurrent" not in k8s:
             k8s["max_concurrent"] = int(block["max_concurrent"])
+        if loop_limits:
+            given = k8s.get("tag_concurrency_limits") or []
+            k8s["tag_concurrency_limits"] = [*given, *loop_limits] if isinstance(given, list) else given
         if not k8s:
             return k8s_job_executor
         checked = process_config(k8s_job_executor.config_schema.config_type, k8s)
