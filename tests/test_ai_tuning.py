@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from noetl_dagster import PlaybookTranslator, build_job, run_playbook
-from noetl_dagster.ai import (NO_RETRY, TIMEOUT_TAG, TunedTranslator, TuningBounds, apply_recommendations,
-                              load_profiles, markdown_table, recommend, save_profile, step_stats)
+from noetl_dagster.ai import (NO_RETRY, TIMEOUT_TAG, ProfileEntry, TunedTranslator, TuningBounds, TuningProfile,
+                              apply_recommendations, load_profiles, markdown_table, recommend, save_profile,
+                              step_stats)
 from noetl_dagster.ai.cli import add_commands, run_tune
 from noetl_dagster.ai.profiles import load_profile
 from noetl_dagster.ai.recommend import parse_cpu, parse_memory_mb
@@ -292,3 +293,187 @@ def test_an_op_timeout_fails_the_step_with_a_clear_message(instance):
     report = run_playbook(parse_text(TIMEOUT_PLAYBOOK), {"sleep": 0.1}, instance=instance, translator=_Timeouts(),
                           log_level="CRITICAL")
     assert report.status == "success" and report.steps["slow"].result == {"slept": 0.1}
+
+
+# -- parallel loops: chunk size and concurrency from throughput --------------------------------------
+LOOP_PATH = "ops/fanout"
+LOOP_PLAYBOOK = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: fanout
+  path: ops/fanout
+workload:
+  items: [1, 2, 3]
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: score
+  - step: score
+    loop: {in: "{{ workload.items }}", iterator: item, spec: {mode: parallel}}
+    tool: {kind: python, input: {x: "{{ item }}", i: "{{ _index }}"}, code: "result = {'x': x, 'double': 2 * x, 'i': i}"}
+    next: crunch
+  - step: crunch
+    loop: {in: "{{ score }}", iterator: row, spec: {mode: parallel}}
+    tool: {kind: python, input: {d: "{{ row.double }}"}, code: "result = d * d"}
+    next: end
+  - step: end
+    tool: {kind: python, input: {squares: "{{ crunch }}"}, code: "result = {'total': sum(squares)}"}
+"""
+LOOP_RUNS = 8
+SCORE_ITEMS, CRUNCH_ITEMS = 120, 30
+
+
+def _loop_row(rid: str, key: str, step: str, dur_ms: int, cores: float, t: float) -> StepRun:
+    return StepRun(execution_id=rid, step_key=key, attempt=1, playbook_path=LOOP_PATH, domain="ops",
+                   job_name="ops__fanout", step_name=step, tool_kind="python", status="success", started_at=t,
+                   finished_at=t + dur_ms / 1000, duration_ms=dur_ms, retries=0, rows=None, bytes=None,
+                   cpu_seconds=round(cores * dur_ms / 1000, 6), peak_rss_mb=150.0, error_message="", worker="w1")
+
+
+def loop_history(chunk: int = 1, seed: int = 3) -> list[StepRun]:
+    """``score``: 120 IO-bound items per run (~40 ms, 0.05 cores); ``crunch``: 30 CPU-bound items
+    (~100 ms, 0.9 cores); ``chunk`` consecutive items per body op (its key ``i00000_i00003``)."""
+    rnd = random.Random(seed)
+    rows: list[StepRun] = []
+    t = 1_700_000_000.0
+    for r in range(LOOP_RUNS):
+        rid = f"loop-{r:03d}"
+        t += 600
+        rows.append(_loop_row(rid, "start", "start", 20, 0.5, t))
+        for step, n, item_ms, cores in (("score", SCORE_ITEMS, 40, 0.05), ("crunch", CRUNCH_ITEMS, 100, 0.9)):
+            rows.append(_loop_row(rid, f"{step}__fan_out", step, 30, 0.5, t))
+            for first in range(0, n, chunk):
+                last = min(first + chunk, n) - 1
+                key = f"i{first:05d}" if chunk == 1 else f"i{first:05d}_i{last:05d}"
+                dur = sum(item_ms * rnd.uniform(0.9, 1.1) for _ in range(last - first + 1))
+                rows.append(_loop_row(rid, f"{step}[{key}]", step, round(dur), cores, t))
+            rows.append(_loop_row(rid, f"{step}__collect", step, 25, 0.5, t))
+    return rows
+
+
+@pytest.fixture
+def loop_sink(chdb_dsn: str) -> ClickHouseSink:
+    s = ClickHouseSink(ch.get_client(chdb_dsn), database=f"ai_{uuid.uuid4().hex[:10]}")
+    s.migrate()
+    s.write_step_runs(loop_history())
+    return s
+
+
+LOOP_BOUNDS = TuningBounds(loop_cores_available=2.0)
+
+
+def test_loop_stats_count_items_and_per_item_durations(loop_sink, chdb_dsn):
+    stats = {s.step: s for s in step_stats(loop_sink)}
+    score, crunch = stats["score"], stats["crunch"]
+    assert score.loop_items_p50 == SCORE_ITEMS and score.loop_ops_p50 == SCORE_ITEMS and score.loop_chunk_max == 1
+    assert 36 <= score.item_p50_ms <= 44 and score.item_p99_ms <= 44 and score.item_cores_p95 == pytest.approx(0.05)
+    assert crunch.loop_items_p50 == CRUNCH_ITEMS and 90 <= crunch.item_p50_ms <= 110
+    assert crunch.item_cores_p95 == pytest.approx(0.9)
+    assert score.loop_run_ids == tuple(f"loop-{r:03d}" for r in range(LOOP_RUNS))
+    assert stats["start"].loop_items_p50 is None and stats["start"].item_p50_ms is None
+    # chunked history: items and per-item durations come from the chunk keys
+    chunked = ClickHouseSink(ch.get_client(chdb_dsn), database=f"ai_{uuid.uuid4().hex[:10]}")
+    chunked.migrate()
+    chunked.write_step_runs(loop_history(chunk=8))
+    again = {s.step: s for s in step_stats(chunked)}
+    assert again["score"].loop_items_p50 == SCORE_ITEMS and again["score"].loop_ops_p50 == SCORE_ITEMS / 8
+    assert again["score"].loop_chunk_max == 8 and 36 <= again["score"].item_p50_ms <= 44
+    assert again["crunch"].loop_items_p50 == CRUNCH_ITEMS and again["crunch"].loop_ops_p50 == 4  # 3 x 8 + 6
+
+
+def test_loop_recommendations_carry_evidence_within_bounds(loop_sink):
+    b = LOOP_BOUNDS
+    recs = by_key(recommend(step_stats(loop_sink), b))
+    # many ~40 ms items: chunk them (toward 2 s per op = 50 items), at most 4x per pass from 1
+    chunk = recs[("score", "loop_chunk_size")]
+    assert chunk.value == 4 and chunk.within_bounds and chunk.summary() == "4 items per op"
+    assert chunk.evidence["current_chunk_size"] == 1 and chunk.evidence["loop_items_p50"] == SCORE_ITEMS
+    assert 36 <= chunk.evidence["item_p50_ms"] <= 44 and chunk.evidence["run_ids"][0] == "loop-000"
+    assert "30 body ops per run instead of 120" in chunk.expected_effect
+    assert recs[("crunch", "loop_chunk_size")].value == 4
+    # IO-bound: every body op of a run at once (120 items / 4 per op), up to the bound
+    io = recs[("score", "loop_concurrency")]
+    assert io.value == 30 and "io_bound" in io.flags and io.evidence["io_bound"] and io.evidence["body_ops_per_run"] == 30
+    assert "IO-bound" in io.expected_effect and io.within_bounds
+    # CPU-bound: the cores available / cores per op
+    cpu = recs[("crunch", "loop_concurrency")]
+    assert cpu.value == 2 and "cpu_bound" in cpu.flags and cpu.evidence["item_cores_p95"] == pytest.approx(0.9)
+    assert {(s, p) for s, p in recs if p.startswith("loop_")} == {
+        ("score", "loop_chunk_size"), ("score", "loop_concurrency"), ("crunch", "loop_chunk_size"),
+        ("crunch", "loop_concurrency")}
+    # without the change bound the target itself: 2 s / 40 ms = 50 items; 2 s / 100 ms = 20
+    wide = by_key(recommend(step_stats(loop_sink), TuningBounds(loop_cores_available=2.0, max_change_factor=100)))
+    assert wide[("score", "loop_chunk_size")].value == 50 and wide[("crunch", "loop_chunk_size")].value == 20
+    assert wide[("score", "loop_concurrency")].value == 3  # ceil(120 / 50) ops per run
+    # tight bounds: the chunk and the concurrency are capped, the chunk flagged for review
+    tight = by_key(recommend(step_stats(loop_sink), TuningBounds(loop_cores_available=2.0, max_change_factor=100,
+                                                                 loop_chunk_max=10, loop_concurrency_max=5)))
+    assert tight[("score", "loop_chunk_size")].value == 10 and not tight[("score", "loop_chunk_size")].within_bounds
+    assert tight[("score", "loop_concurrency")].value == 5
+    # a concurrency limit keeps the loop at least that many ops wide
+    held = {LOOP_PATH: TuningProfile(LOOP_PATH, 1, {"score": [ProfileEntry("loop_concurrency", 6, "approved")]})}
+    assert by_key(recommend(step_stats(loop_sink), TuningBounds(max_change_factor=100), held)
+                  )[("score", "loop_chunk_size")].value == 20  # ceil(120 / 6)
+    # in process, a concurrency limit changes nothing: not proposed; the declared chunk is the current one
+    loops = {(LOOP_PATH, "score"): {"chunk_size": 4, "max_in_flight": None, "executor": "in_process"}}
+    quiet = by_key(recommend(step_stats(loop_sink), b, None, None, loops=loops))
+    assert ("score", "loop_concurrency") not in quiet and quiet[("score", "loop_chunk_size")].value == 16
+    # few items per run: left alone
+    assert not [r for r in recommend(step_stats(loop_sink), TuningBounds(loop_chunk_min_items=500))
+                if r.parameter == "loop_chunk_size"]
+
+
+def test_approved_loop_tuning_runs_the_loop_in_chunks(loop_sink, tmp_path, instance):
+    folder = tmp_path / "tuning"
+    playbook = parse_text(LOOP_PLAYBOOK, str(tmp_path / "fanout.yaml"))
+    added, _ = run_tune(loop_sink, folder, bounds=LOOP_BOUNDS)
+    assert {(r.step, r.parameter) for r in added} >= {("score", "loop_chunk_size"), ("score", "loop_concurrency")}
+    assert run_tune(loop_sink, folder, bounds=LOOP_BOUNDS) == ([], [])  # unchanged history: nothing new
+    proposed = TunedTranslator(folder)
+    assert proposed.get_loop_chunk_size(playbook, playbook.steps["score"]) == 1  # proposals change nothing
+    added, _ = run_tune(loop_sink, folder, apply=True, bounds=LOOP_BOUNDS)
+    profile = load_profiles(folder)[LOOP_PATH]
+    assert profile.approved("score", "loop_chunk_size") == 4 and profile.approved("score", "loop_concurrency") == 30
+    assert profile.approved("crunch", "loop_concurrency") == 2
+    run_config = {"ops": {"start": {"config": {"workload": {"items": list(range(10))}}}}}
+    tuned = build_job(playbook, TunedTranslator(folder)).execute_in_process(run_config=run_config, instance=instance)
+    plain = build_job(playbook).execute_in_process(run_config=run_config, instance=instance)
+    assert tuned.success and plain.success
+
+    def bodies(result, op):  # type: ignore[no-untyped-def]
+        return [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
+                and e.step_key.startswith(f"{op}[")]
+
+    assert bodies(tuned, "score") == ["score[i00000_i00003]", "score[i00004_i00007]", "score[i00008_i00009]"]
+    assert bodies(plain, "score") == [f"score[i{i:05d}]" for i in range(10)]
+    assert len(bodies(tuned, "crunch")) == 3 and len(bodies(plain, "crunch")) == 10
+    for node in ("score__collect", "crunch__collect", "end"):
+        assert tuned.output_for_node(node) == plain.output_for_node(node)
+    assert tuned.output_for_node("score__collect") == [{"x": x, "double": 2 * x, "i": x} for x in range(10)]
+    assert tuned.output_for_node("end") == {"total": sum((2 * x) ** 2 for x in range(10))}
+    # under the multiprocess executor the approved concurrency is a tag concurrency limit
+    multi = parse_text(LOOP_PLAYBOOK.replace("  path: ops/fanout\n", "  path: ops/fanout\n  dagster: {executor: "
+                                             "multiprocess}\n"), str(tmp_path / "fanout.yaml"))
+    job = build_job(multi, TunedTranslator(folder))
+    config = job.executor_def.config_schema.resolve_config({}).value["config"]
+    assert config["tag_concurrency_limits"] == [{"key": "noetl/loop_step", "value": "score", "limit": 30},
+                                                {"key": "noetl/loop_step", "value": "crunch", "limit": 2}]
+    assert config["max_concurrent"] == 30  # no max_concurrent in the playbook: the IO-bound loop can reach it
+    assert job.graph.node_named("score").definition.tags["noetl/loop_step"] == "score"
+    # the next pass over unchanged history starts from the approved values: `score` stays 30 ops wide
+    # (its concurrency), `crunch` takes the next bounded step (4 -> 15 = 30 items / 2 at once, <= 4x)
+    again = by_key(recommend(step_stats(loop_sink), LOOP_BOUNDS, load_profiles(folder)))
+    assert [k for k in again if k[1].startswith("loop_")] == [("crunch", "loop_chunk_size")]
+    nxt = again[("crunch", "loop_chunk_size")]
+    assert nxt.value == 15 and nxt.evidence["current_chunk_size"] == 4 and nxt.evidence["loop_concurrency"] == 2
+
+
+def test_loop_profile_values_are_checked(tmp_path, caplog):
+    folder = tmp_path / "tuning"
+    folder.mkdir()
+    (folder / "ops__fanout.yaml").write_text(yaml.safe_dump({"playbook": LOOP_PATH, "version": 1, "steps": {
+        "score": [{"parameter": "loop_chunk_size", "value": 0, "status": "approved"}]}}))
+    with caplog.at_level(logging.ERROR, logger="noetl_dagster.ai"):
+        assert load_profiles(folder) == {}
+    assert any("steps.score[0].value must be a whole number >= 1 (items per body op), got 0" in r.getMessage()
+               for r in caplog.records)

@@ -7,7 +7,8 @@
 
 History comes from the configured ClickHouse (``NOETL_CLICKHOUSE_DSN``, embedded chdb at
 ``$DAGSTER_HOME/noetl_clickhouse`` by default). ``--playbooks`` supplies the steps' declared
-``hardware:`` (the baseline for over-provisioning). ``--similar-failures`` searches the Qdrant
+``hardware:`` (the baseline for over-provisioning) and the parallel loops' ``chunk_size``,
+``max_in_flight`` and executor. ``--similar-failures`` searches the Qdrant
 the export writes to (``NOETL_QDRANT_URL``/``NOETL_QDRANT_PATH``, ``NOETL_EMBEDDER``); unavailable,
 it warns and recommends as without. Wire with ``add_commands(subparsers)``.
 """
@@ -43,6 +44,23 @@ def declared_hardware(folder: str | None) -> dict[tuple[str, str], dict[str, Any
     return out
 
 
+def declared_loops(folder: str | Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(playbook path, step): {chunk_size, max_in_flight, executor}}`` of the parallel loops of
+    the playbooks under ``folder`` (broken ones skipped)."""
+    if not folder or not Path(folder).exists():
+        return {}
+    from ..translator.definitions import find_playbooks, load_playbooks
+
+    out = {}
+    for pb in load_playbooks(find_playbooks([folder])).playbooks:
+        executor = str(pb.metadata.dagster.get("executor") or "in_process")
+        for step in pb.workflow:
+            if step.loop is not None and step.loop.mode == "parallel":
+                out[(pb.metadata.catalog_path, step.step)] = {
+                    "chunk_size": step.loop.chunk_size, "max_in_flight": step.loop.max_in_flight, "executor": executor}
+    return out
+
+
 def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
              playbooks_dir: str | Path | None = None, stats: Sequence[StepStats] | None = None,
              qdrant: Any = None) -> tuple[list, list[Path]]:
@@ -56,7 +74,8 @@ def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds:
         stats = step_stats(client)
     profiles = load_profiles(profiles_dir)
     skip = ("approved", "rejected") if apply else ("proposed", "approved", "rejected")
-    recs = recommend(stats, bounds or TuningBounds(), profiles, declared_hardware(playbooks_dir), skip)
+    recs = recommend(stats, bounds or TuningBounds(), profiles, declared_hardware(playbooks_dir), skip,
+                     declared_loops(playbooks_dir))
     recs = add_similar_failures(recs, stats, qdrant)
     added = apply_recommendations(profiles, recs, auto_approve=apply)
     written = [save_profile(profiles[p], profiles_dir) for p in sorted({r.playbook for r in added})]
@@ -90,7 +109,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     """Register ``tune`` on the ``noetl-dagster`` argparse sub-parsers."""
-    tune = subparsers.add_parser("tune", help="recommend retries, timeouts and resources from run history")
+    tune = subparsers.add_parser("tune", help="recommend retries, timeouts, resources and loop chunking/concurrency from run history")
     tune.add_argument("--apply", action="store_true", help="approve recommendations within bounds (default: propose)")
     tune.add_argument("--profiles", default="tuning", help="folder of tuning profiles (default ./tuning)")
     tune.add_argument("--playbooks", help="playbooks folder for declared hardware (default ./playbooks if present)")
@@ -101,4 +120,4 @@ def add_commands(subparsers: Any) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
-__all__ = ["add_commands", "cmd_tune", "declared_hardware", "run_tune"]
+__all__ = ["add_commands", "cmd_tune", "declared_hardware", "declared_loops", "run_tune"]

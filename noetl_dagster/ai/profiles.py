@@ -31,7 +31,7 @@ from ..translator.plan import op_safe
 log = logging.getLogger("noetl_dagster.ai")
 
 STATUSES = ("proposed", "approved", "rejected")
-PARAMETERS = ("retry_policy", "timeout_seconds", "resources")
+PARAMETERS = ("retry_policy", "timeout_seconds", "resources", "loop_chunk_size", "loop_concurrency")
 
 
 @dataclass
@@ -151,6 +151,10 @@ def _check_value(parameter: str, value: Any, where: str) -> None:
         if not isinstance(value, Mapping) or not set(value) <= {"requests", "limits"} or not all(
                 isinstance(v, Mapping) for v in value.values()):
             raise ProfileError(f"{where}.value must be {{requests: {{cpu, memory}}, limits: {{memory}}}}")
+    elif parameter in ("loop_chunk_size", "loop_concurrency"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            what = "items per body op" if parameter == "loop_chunk_size" else "body ops at once"
+            raise ProfileError(f"{where}.value must be a whole number >= 1 ({what}), got {value!r}")
 
 
 def load_profile(path: str | os.PathLike) -> TuningProfile | None:

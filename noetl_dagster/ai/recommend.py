@@ -17,6 +17,16 @@ pass over unchanged history proposes nothing new).
   cpu_headroom``, memory from ``p99 peak RSS x memory_headroom`` - never below that floor.
   A step whose declared hardware is ``over_provision_factor`` x what it uses is flagged
   ``cheaper_hardware_candidate``.
+* **loop_chunk_size** (parallel loops): when a body op's per-item p50 is below
+  ``loop_chunk_item_max_seconds`` and a run has at least ``loop_chunk_min_items`` items, Dagster's
+  per-op overhead dominates: chunk so a body op runs about ``loop_chunk_target_seconds``
+  (bounded by the items per run, so the loop keeps at least its concurrency limit of ops, and by
+  an approved timeout: ``chunk x per-item p99 x timeout_headroom`` fits in it). Per-item
+  durations of chunked history are a chunk op's duration divided by its items.
+* **loop_concurrency** (parallel loops, not under the in-process executor): IO-bound body ops
+  (p95 cores below ``loop_io_bound_cores``) may all run at once, up to ``loop_concurrency_max``;
+  CPU-bound ones get ``loop_cores_available / cores per op``. Compiled as a
+  ``tag_concurrency_limits`` entry of the multiprocess/k8s executor.
 
 Each numeric change is at most ``max_change_factor`` x the current value per iteration (the
 memory floor wins over that bound: it is the safety invariant).
@@ -25,6 +35,7 @@ memory floor wins over that bound: it is the safety invariant).
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -60,6 +71,17 @@ class TuningBounds:
     memory_min_mb: int = 128
     memory_max_mb: int = 64 * 1024
     over_provision_factor: float = 4.0
+    # parallel loops: chunk size and concurrency of the body ops
+    loop_chunk_item_max_seconds: float = 0.5    # per-item p50 below this: op overhead dominates, chunk
+    loop_chunk_target_seconds: float = 2.0      # a chunked body op should run about this long
+    loop_chunk_min_items: int = 20              # fewer items per run (p50): leave the loop alone
+    loop_chunk_min: int = 1
+    loop_chunk_max: int = 1000
+    loop_io_bound_cores: float = 0.25           # p95 cores of a body op below this: IO-bound
+    loop_concurrency_min: int = 1
+    loop_concurrency_max: int = 32
+    loop_cores_available: float = float(os.cpu_count() or 1)  # cores a CPU-bound loop may use
+    loop_min_change: float = 1.5                # smaller changes of a loop setting are noise: none
     # iteration
     max_change_factor: float = 4.0          # per step, per parameter, per iteration
 
@@ -71,7 +93,7 @@ class TuningBounds:
 class Recommendation:
     playbook: str
     step: str
-    parameter: str                  # retry_policy | timeout_seconds | resources
+    parameter: str                  # retry_policy | timeout_seconds | resources | loop_chunk_size | loop_concurrency
     value: Any
     evidence: dict[str, Any] = field(default_factory=dict)
     expected_effect: str = ""
@@ -89,6 +111,10 @@ class Recommendation:
         if self.parameter == "resources":
             parts = [f"{kind} " + ", ".join(f"{k}={q}" for k, q in sorted(vals.items())) for kind, vals in v.items()]
             return "; ".join(parts)
+        if self.parameter == "loop_chunk_size":
+            return f"{v} items per op"
+        if self.parameter == "loop_concurrency":
+            return f"at most {v} ops at once"
         return str(v)
 
 
@@ -152,14 +178,18 @@ def _profile_for(current_profile: Any, playbook: str) -> TuningProfile | None:
 
 def recommend(stats: Sequence[StepStats], bounds: TuningBounds | None = None, current_profile: Any = None,
               declared: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
-              skip_statuses: tuple[str, ...] = ("proposed", "approved", "rejected")) -> list[Recommendation]:
+              skip_statuses: tuple[str, ...] = ("proposed", "approved", "rejected"),
+              loops: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[Recommendation]:
     """Recommendations for every step with enough history, minus what the profile already holds.
 
     ``current_profile``: a :class:`TuningProfile`, a mapping playbook -> profile, or None.
     ``declared``: ``{(playbook, step): hardware}`` - the steps' ``hardware:`` extension (the
     current resources when the profile has no approved ones). ``skip_statuses``: held entries with
     these statuses suppress an identical recommendation (``tune --apply`` passes approved and
-    rejected, so still-pending proposals the evidence supports can be approved).
+    rejected, so still-pending proposals the evidence supports can be approved). ``loops``:
+    ``{(playbook, step): {chunk_size, max_in_flight, executor}}`` of the parallel loops as the
+    playbooks declare them (the current values when the profile has no approved ones; without
+    it the chunk size history ran with).
     """
     bounds = bounds or TuningBounds()
     out: list[Recommendation] = []
@@ -168,7 +198,10 @@ def recommend(stats: Sequence[StepStats], bounds: TuningBounds | None = None, cu
             continue
         profile = _profile_for(current_profile, s.playbook)
         hardware = (declared or {}).get((s.playbook, s.step)) or {}
-        for rec in (_retry(s, bounds), _timeout(s, bounds, profile), _resources(s, bounds, profile, hardware)):
+        loop = (loops or {}).get((s.playbook, s.step)) or {}
+        chunk = _loop_chunk(s, bounds, profile, loop)
+        for rec in (_retry(s, bounds), _timeout(s, bounds, profile), _resources(s, bounds, profile, hardware),
+                    chunk, _loop_concurrency(s, bounds, profile, loop, chunk)):
             if rec is None:
                 continue
             if profile is not None and profile.holds(s.step, rec.parameter, rec.value, skip_statuses):
@@ -279,6 +312,93 @@ def _resources(s: StepStats, b: TuningBounds, profile: TuningProfile | None,
         effect = (f"requests sized to observed use: memory {format_memory(mem)} (p99 peak {s.peak_mb_p99:.0f} MB)"
                   + (f", CPU {format_cpu(cpu)} (p95 {s.cores_p95:.2f} cores)" if cpu is not None else ""))
     return Recommendation(s.playbook, s.step, "resources", value, evidence, effect, within, flags)
+
+
+def _current_chunk(s: StepStats, profile: TuningProfile | None, loop: Mapping[str, Any]) -> int:
+    approved = profile.approved(s.step, "loop_chunk_size") if profile else None
+    return int(approved or loop.get("chunk_size") or s.loop_chunk_max or 1)
+
+
+def _current_concurrency(s: StepStats, profile: TuningProfile | None, loop: Mapping[str, Any]) -> int | None:
+    approved = profile.approved(s.step, "loop_concurrency") if profile else None
+    value = approved or loop.get("max_in_flight")
+    return int(value) if value else None
+
+
+def _settled(value: float, current: float | None, b: TuningBounds) -> bool:
+    """True if ``value`` is no real change from ``current`` (equal, or within loop_min_change)."""
+    if current is None:
+        return False
+    return value == current or max(value, current) / max(min(value, current), 1e-9) < b.loop_min_change
+
+
+def _loop_chunk(s: StepStats, b: TuningBounds, profile: TuningProfile | None,
+                loop: Mapping[str, Any]) -> Recommendation | None:
+    if s.loop_items_p50 is None or not s.item_p50_ms or s.loop_items_p50 < b.loop_chunk_min_items:
+        return None
+    items, item_s = s.loop_items_p50, s.item_p50_ms / 1000.0
+    current = _current_chunk(s, profile, loop)
+    concurrency = _current_concurrency(s, profile, loop)
+    raw = 1 if item_s >= b.loop_chunk_item_max_seconds else math.ceil(b.loop_chunk_target_seconds / item_s)
+    target = min(raw, max(1, int(items)))
+    if concurrency:  # keep at least `concurrency` ops per run
+        target = min(target, max(1, math.ceil(items / concurrency)))
+    timeout = profile.approved(s.step, "timeout_seconds") if profile else None
+    fits_timeout = None
+    if timeout and s.item_p99_ms:
+        fits_timeout = max(1, int(timeout / (s.item_p99_ms / 1000.0 * b.timeout_headroom)))
+        target = min(target, fits_timeout)
+    target = min(max(target, b.loop_chunk_min), b.loop_chunk_max)
+    value = int(round(_limit_change(target, current, b.max_change_factor)))
+    value = min(max(value, b.loop_chunk_min), b.loop_chunk_max)
+    if _settled(value, current, b):
+        return None
+    ops_now, ops_next = math.ceil(items / current), math.ceil(items / value)
+    evidence = {"runs": s.runs, "loop_items_p50": _r(items, 1), "loop_items_max": s.loop_items_max,
+                "body_ops_per_run_p50": _r(s.loop_ops_p50, 1), "item_p50_ms": _r(s.item_p50_ms, 1),
+                "item_p99_ms": _r(s.item_p99_ms, 1), "current_chunk_size": current,
+                "target_op_seconds": b.loop_chunk_target_seconds, "loop_concurrency": concurrency,
+                "chunk_fitting_timeout": fits_timeout, "run_ids": list(s.loop_run_ids)}
+    if value > current:
+        effect = (f"{value} items per body op instead of {current}: about {ops_next} body ops per run instead of "
+                  f"{ops_now}, each running about {value * item_s:.1f}s (per-item p50 {s.item_p50_ms:.0f} ms), so "
+                  f"Dagster's per-op overhead is paid {ops_now / ops_next:.1f}x less often; results unchanged")
+    else:
+        effect = (f"{value} items per body op instead of {current}: per-item p50 {s.item_p50_ms:.0f} ms makes a "
+                  f"chunk run {current * item_s:.1f}s; {ops_next} smaller ops per run spread better")
+    return Recommendation(s.playbook, s.step, "loop_chunk_size", value, evidence, effect, raw <= b.loop_chunk_max)
+
+
+def _loop_concurrency(s: StepStats, b: TuningBounds, profile: TuningProfile | None, loop: Mapping[str, Any],
+                      chunk: Recommendation | None) -> Recommendation | None:
+    if s.loop_items_p50 is None or s.item_cores_p95 is None or loop.get("executor") == "in_process":
+        return None
+    chunk_size = chunk.value if chunk is not None else _current_chunk(s, profile, loop)
+    ops = max(1, math.ceil(s.loop_items_p50 / chunk_size))
+    cores = s.item_cores_p95
+    io_bound = cores < b.loop_io_bound_cores
+    raw = ops if io_bound else max(1, math.floor(b.loop_cores_available / cores))
+    target = min(max(min(raw, ops), b.loop_concurrency_min), b.loop_concurrency_max)
+    current = _current_concurrency(s, profile, loop)
+    value = int(round(_limit_change(target, current, b.max_change_factor)))
+    value = min(max(value, b.loop_concurrency_min), b.loop_concurrency_max)
+    if _settled(value, current, b):
+        return None
+    evidence = {"runs": s.runs, "loop_items_p50": _r(s.loop_items_p50, 1), "chunk_size": chunk_size,
+                "body_ops_per_run": ops, "item_cores_p95": _r(cores), "io_bound": io_bound,
+                "cores_available": b.loop_cores_available, "current_concurrency": current,
+                "item_p50_ms": _r(s.item_p50_ms, 1), "run_ids": list(s.loop_run_ids)}
+    now = "no limit" if current is None else f"{current}"
+    if io_bound:
+        effect = (f"IO-bound body ops (p95 {cores:.2f} cores each): at most {value} of the {ops} body ops per run "
+                  f"at once instead of {now}, so waiting overlaps (the executor's max_concurrent is raised to it "
+                  f"when the playbook sets none)")
+    else:
+        effect = (f"CPU-bound body ops (p95 {cores:.2f} cores each): at most {value} at once instead of {now}, "
+                  f"about {value * cores:.1f} of {b.loop_cores_available:g} cores busy without oversubscription")
+    within = raw <= b.loop_concurrency_max or io_bound
+    return Recommendation(s.playbook, s.step, "loop_concurrency", value, evidence, effect, within,
+                          ("io_bound",) if io_bound else ("cpu_bound",))
 
 
 def markdown_table(recommendations: Sequence[Recommendation]) -> str:

@@ -10,8 +10,11 @@ incomplete`` (``retried``: the attempt failed and Dagster retried it). Per (run,
 * **intermittent failures**: final failures (no retry tried) of a step that succeeds in other
   runs - flaky, the kind a retry policy helps.
 
-A mapped (parallel loop) step has one step key per item (``price[i00003]``): its per-run item
-count is ``loop_items_p50``/``loop_items_max``.
+A mapped (parallel loop) step has one step key per item (``price[i00003]``) or per chunk of
+consecutive items (``price[i00000_i00007]``, ``loop.chunk_size``): its per-run item count is
+``loop_items_p50``/``loop_items_max``, its body ops per run ``loop_ops_p50``, and the per-item
+duration (a chunk's duration divided by its items) and cores of those ops ``item_p50_ms``,
+``item_p99_ms``, ``item_cores_p95``.
 
 Example::
 
@@ -37,12 +40,16 @@ STATS_SQL = """
 WITH attempts AS (
     SELECT ExecutionId, StepKey, Attempt, PlaybookPath, StepName, ToolKind, Status, DurationMs,
            CpuSeconds, PeakRssMb, Rows, Bytes, ErrorMessage, FinishedAt,
-           if(DurationMs > 0 AND CpuSeconds IS NOT NULL, CpuSeconds / (DurationMs / 1000.0), NULL) AS Cores
+           if(DurationMs > 0 AND CpuSeconds IS NOT NULL, CpuSeconds / (DurationMs / 1000.0), NULL) AS Cores,
+           splitByChar('_', replaceAll(splitByChar('[', StepKey)[2], ']', '')) AS KeyRange,
+           if(position(StepKey, '[') = 0, 0, if(length(KeyRange) = 2,
+              toUInt32OrZero(substring(KeyRange[2], 2)) - toUInt32OrZero(substring(KeyRange[1], 2)) + 1, 1)) AS KeyItems,
+           if(KeyItems > 0, DurationMs / KeyItems, NULL) AS ItemMs
     FROM {db}.%(table)s FINAL
     WHERE Status IN ('success', 'failed', 'retried')
 ),
 groups AS (
-    SELECT PlaybookPath, StepName, ExecutionId, StepKey,
+    SELECT PlaybookPath, StepName, ExecutionId, StepKey, any(KeyItems) AS key_items,
            argMax(Status, Attempt) AS final_status,
            countIf(Status IN ('failed', 'retried')) AS failed_attempts,
            count() AS n_attempts
@@ -56,7 +63,8 @@ SELECT s.PlaybookPath, s.StepName, s.attempts, s.successes,
        s.cpu_p50, s.cpu_p95, s.cores_p95, s.cores_max,
        s.mem_p50, s.mem_p99, s.mem_max,
        s.rows_p50, s.rows_max, s.bytes_p50, s.bytes_max,
-       l.items_p50, l.items_max, s.tool, s.last_error
+       l.items_p50, l.items_max, s.tool, s.last_error,
+       l.ops_p50, l.loop_runs, s.chunk_max, s.item_p50, s.item_p99, s.item_cores_p95
 FROM (
     SELECT PlaybookPath, StepName,
            count() AS attempts,
@@ -77,6 +85,10 @@ FROM (
            quantileExact(0.5)(Bytes) AS bytes_p50,
            max(Bytes) AS bytes_max,
            any(ToolKind) AS tool,
+           max(KeyItems) AS chunk_max,
+           quantileExactIf(0.5)(ItemMs, Status = 'success' AND KeyItems > 0) AS item_p50,
+           quantileExactIf(0.99)(ItemMs, Status = 'success' AND KeyItems > 0) AS item_p99,
+           quantileExactIf(0.95)(Cores, KeyItems > 0) AS item_cores_p95,
            argMaxIf(ErrorMessage, FinishedAt, Status IN ('failed', 'retried') AND ErrorMessage != '') AS last_error
     FROM attempts
     GROUP BY PlaybookPath, StepName
@@ -96,9 +108,11 @@ INNER JOIN (
     GROUP BY PlaybookPath, StepName
 ) AS g ON s.PlaybookPath = g.PlaybookPath AND s.StepName = g.StepName
 INNER JOIN (
-    SELECT PlaybookPath, StepName, quantileExact(0.5)(items) AS items_p50, max(items) AS items_max
+    SELECT PlaybookPath, StepName, quantileExact(0.5)(items) AS items_p50, max(items) AS items_max,
+           quantileExact(0.5)(ops) AS ops_p50,
+           groupUniqArrayIf(%(max_ids)d)(ExecutionId, items > 0) AS loop_runs
     FROM (
-        SELECT PlaybookPath, StepName, ExecutionId, countIf(position(StepKey, '[') > 0) AS items
+        SELECT PlaybookPath, StepName, ExecutionId, sum(key_items) AS items, countIf(key_items > 0) AS ops
         FROM groups
         GROUP BY PlaybookPath, StepName, ExecutionId
     )
@@ -146,6 +160,12 @@ class StepStats:
     loop_items_max: int | None = None
     tool: str = ""
     last_error: str = ""                  # the latest failed attempt's message ("" if none)
+    loop_ops_p50: float | None = None     # body ops per run of a mapped step (items / chunk size)
+    loop_chunk_max: int | None = None     # most items one body op ran (the chunk size history used)
+    item_p50_ms: float | None = None      # per-item duration of successful body ops (op duration / items)
+    item_p99_ms: float | None = None
+    item_cores_p95: float | None = None   # CPU seconds / wall seconds of the body ops
+    loop_run_ids: tuple[str, ...] = field(default=())  # runs of a mapped step (up to 10)
 
     @property
     def failure_rate(self) -> float:
@@ -200,7 +220,7 @@ def step_stats(client: Any, database: str | None = None) -> list[StepStats]:
         (playbook, step, attempts, successes, runs, groups, failed_groups, transient, recovered, exhausted,
          transient_runs, failed_runs, max_recovery, p50, p95, p99, max_ms, cpu_p50, cpu_p95, cores_p95,
          cores_max, mem_p50, mem_p99, mem_max, rows_p50, rows_max, bytes_p50, bytes_max, items_p50, items_max,
-         tool, last_error) = row
+         tool, last_error, ops_p50, loop_runs, chunk_max, item_p50, item_p99, item_cores_p95) = row
         failed_groups, exhausted = int(failed_groups), int(exhausted)
         never_succeeds = int(successes) == 0
         deterministic = failed_groups if never_succeeds else exhausted
@@ -219,6 +239,10 @@ def step_stats(client: Any, database: str | None = None) -> list[StepStats]:
             transient_run_ids=tuple(sorted(transient_runs or ())), failed_run_ids=tuple(sorted(failed_runs or ())),
             loop_items_p50=_num(items_p50) if items_max else None, loop_items_max=int(items_max) if items_max else None,
             tool=str(tool or ""), last_error=str(last_error or ""),
+            loop_ops_p50=_num(ops_p50) if items_max else None, loop_chunk_max=int(chunk_max) if items_max else None,
+            item_p50_ms=_num(item_p50) if items_max else None, item_p99_ms=_num(item_p99) if items_max else None,
+            item_cores_p95=_num(item_cores_p95) if items_max else None,
+            loop_run_ids=tuple(sorted(loop_runs or ())),
         ))
     return out
 

@@ -5,7 +5,9 @@
 * ``resources`` -> merged into the step's ``dagster-k8s/config`` tag
   (``container_config.resources``), over what the ``hardware:`` extension declares;
 * ``timeout_seconds`` -> op tag ``noetl/timeout_seconds``, which the compiled op enforces
-  (:mod:`noetl_dagster.runtime.deadline`; Dagster itself bounds whole runs only).
+  (:mod:`noetl_dagster.runtime.deadline`; Dagster itself bounds whole runs only);
+* ``loop_chunk_size`` -> :meth:`get_loop_chunk_size` (items per body op of a parallel loop);
+* ``loop_concurrency`` -> :meth:`get_loop_concurrency` (the executor's ``tag_concurrency_limits``).
 
 Only ``approved`` entries count; ``proposed`` and ``rejected`` ones change nothing.
 
@@ -71,6 +73,14 @@ class TunedTranslator(PlaybookTranslator):
                 if value.get(kind):
                     resources.setdefault(kind, {}).update({str(k): str(v) for k, v in value[kind].items()})
         return config or None
+
+    def get_loop_chunk_size(self, playbook: Playbook, step: Step) -> int:
+        value = self._approved(playbook, step, "loop_chunk_size")
+        return int(value) if value else super().get_loop_chunk_size(playbook, step)
+
+    def get_loop_concurrency(self, playbook: Playbook, step: Step) -> int | None:
+        value = self._approved(playbook, step, "loop_concurrency")
+        return int(value) if value else super().get_loop_concurrency(playbook, step)
 
     def get_op_tags(self, playbook: Playbook, step: Step) -> dict[str, str]:
         tags = super().get_op_tags(playbook, step)
