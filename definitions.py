@@ -5,9 +5,9 @@ Jobs and data products come from the playbooks, compiled with the approved tunin
 $DAGSTER_HOME) and Qdrant (local mode) and attach similar-failure hints to failed runs; the
 observability/step_stats asset feeds observability/tuning_report (job noetl_tuning, scheduled
 daily), which learns from that history, explains retry recommendations with similar past
-failures from Qdrant, and proposes profile entries in ./tuning. (Qdrant local mode allows one
-process per folder: while the code server's sensors hold it, tuning runs log that and go without
-the evidence; a Qdrant server, NOETL_QDRANT_URL, serves both.)
+failures from Qdrant, and proposes profile entries in ./tuning. (chdb and Qdrant local mode
+lock their folders per process; the sensors hold them only during a tick, so tuning runs and
+`noetl-dagster export` use them in between.)
 """
 
 from pathlib import Path

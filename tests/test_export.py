@@ -7,8 +7,11 @@ database.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -162,14 +165,17 @@ def test_a_sink_down_keeps_the_cursor_and_catches_up(runs, sink: ClickHouseSink)
 
 
 class _DownResource(ClickHouseResource):
-    def sink(self) -> Any:  # type: ignore[override]
+    """A ClickHouse that refuses every write (the sensor opens a session per tick)."""
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:  # type: ignore[override]
         class Down:
             name, wants_events = "clickhouse", True
 
             def write(self, batch: Any) -> None:
                 raise ConnectionError("connection refused")
 
-        return Down()
+        yield Down()
 
 
 def test_incremental_ticks_export_only_new_runs(sink: ClickHouseSink, instance: dg.DagsterInstance) -> None:
@@ -544,3 +550,41 @@ def test_importing_the_sensors_loads_no_sink_library() -> None:
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+CHDB_SESSIONS = r"""
+import subprocess, sys
+import clickhouse_connect
+from noetl_dagster.resources.clickhouse import ClickHouseResource
+from noetl_dagster.sensors import clickhouse_session
+
+dsn = sys.argv[1]
+other = '''
+import sys, clickhouse_connect
+c = clickhouse_connect.get_client(dsn=sys.argv[1])
+print(c.query("SELECT count() FROM observability.step_runs").result_rows[0][0], flush=True)
+sys.stdin.readline()
+c.close()
+'''
+resource = ClickHouseResource(dsn=dsn)
+with clickhouse_session(resource) as sink:      # a sensor tick: migrates, then lets go of the folder
+    sink.migrate()
+holder = subprocess.Popen([sys.executable, "-c", other, dsn], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True)
+print("other process opened it:", holder.stdout.readline().strip(), flush=True)
+with clickhouse_session(resource) as sink:      # held elsewhere: the tick skips
+    print("busy:", sink is None, flush=True)
+holder.communicate("go\n", timeout=120)
+with clickhouse_session(resource) as sink:      # free again
+    print("reopened:", sink.client.query("SELECT count() FROM observability.step_runs").result_rows[0][0])
+"""
+
+
+def test_the_sensor_releases_the_chdb_folder_between_ticks(tmp_path) -> None:
+    """chdb locks its folder per process: the export sensor opens it for a tick only, so a tuning
+    run or `noetl-dagster export` can use it between ticks (in a subprocess: this test process
+    already holds the session's chdb folder, and chdb allows one per process)."""
+    proc = subprocess.run([sys.executable, "-c", CHDB_SESSIONS, f"chdb://{tmp_path / 'ch'}"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["other process opened it: 0", "busy: True", "reopened: 0"]

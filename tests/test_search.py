@@ -241,6 +241,44 @@ def test_qdrant_sensor_tick_indexes_playbooks_and_exports_runs(history, tmp_path
     assert "0 runs" in (data.skip_message or "")
 
 
+HOLD_FOLDER = """
+import sys
+from qdrant_client import QdrantClient
+client = QdrantClient(path=sys.argv[1])
+names = [c.name for c in client.get_collections().collections]
+print(client.count("noetl_runs").count if "noetl_runs" in names else -1, flush=True)
+sys.stdin.readline()   # hold the folder until told to go
+client.close()
+"""
+
+
+def test_sensor_ticks_release_the_local_folder_between_ticks(history, tmp_path: Path) -> None:
+    """Local mode locks its folder per process: the sensors open it for a tick only, so
+    `noetl-dagster export` or a tuning run can use it between ticks; a tick that finds it held
+    by another process skips and keeps its cursor."""
+    import subprocess
+    import sys
+
+    instance, _, _ = history
+    path = str(tmp_path / "q")
+    resources = {"noetl_qdrant": QdrantResource(path=path), "noetl_embedder": EmbedderResource(kind="hashing")}
+    sensor = export_definitions(**{"qdrant": resources["noetl_qdrant"], "embedder": resources["noetl_embedder"]}
+                                ).resolve_sensor_def("noetl_export_qdrant")
+    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None, resources=resources))
+    runs = len(instance.get_runs())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == str(runs)  # opened after the tick: the data is there
+        busy = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None, resources=resources))
+        assert busy.cursor is None and "open in another process" in (busy.skip_message or "")
+    finally:
+        holder.communicate("go\n", timeout=60)
+    assert holder.returncode == 0
+    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None, resources=resources))
+    assert f"{runs} runs" in (data.skip_message or "")  # the folder is free again: the tick runs
+
+
 def test_embedders() -> None:
     minilm = get_embedder("minilm")
     vectors = minilm.embed(["step failed: connection refused to postgres", "postgres connection error in step",

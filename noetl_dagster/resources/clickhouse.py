@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -126,6 +127,9 @@ _CLIENTS_LOCK = threading.Lock()
 #: per client (by id): one lock (a client is one session; sensors may run in threads)
 _LOCKS: dict[int, threading.RLock] = {}
 _MIGRATED: set[tuple[int, str]] = set()
+#: clients handed out by get_client (kept open) and the open client_session()s per key
+_PINNED: set[tuple] = set()
+_USERS: dict[tuple, int] = {}
 
 
 def _lock_for(client: Any) -> threading.RLock:
@@ -134,20 +138,57 @@ def _lock_for(client: Any) -> threading.RLock:
 
 
 def get_client(dsn: str | None = None, **kwargs: Any) -> Any:
-    """A clickhouse-connect client, shared per DSN/host in this process (chdb allows one folder)."""
+    """A clickhouse-connect client, shared per DSN/host in this process and kept open for its life
+    (chdb allows one folder per process and locks it: long-lived processes use :func:`client_session`)."""
+    key = _key(dsn, kwargs)
+    with _CLIENTS_LOCK:
+        _PINNED.add(key)
+        return _open(key, dsn, kwargs)
+
+
+@contextmanager
+def client_session(dsn: str | None = None, **kwargs: Any) -> Iterator[Any]:
+    """The shared client for a ``with`` block. A chdb client is closed when the last session
+    using it ends (and no :func:`get_client` caller holds it): that releases chdb's folder, so
+    another process (``noetl-dagster export``, a tuning run) can open it between sensor ticks.
+    Opening a folder another process holds raises clickhouse-connect's ProgrammingError."""
+    key = _key(dsn, kwargs)
+    with _CLIENTS_LOCK:
+        client = _open(key, dsn, kwargs)
+        _USERS[key] = _USERS.get(key, 0) + 1
+    try:
+        yield client
+    finally:
+        with _CLIENTS_LOCK:
+            _USERS[key] -= 1
+            release = _USERS[key] == 0 and key not in _PINNED and _is_chdb_folder(dsn)
+            if release:
+                del _USERS[key], _CLIENTS[key]
+                _LOCKS.pop(id(client), None)
+                _MIGRATED.difference_update({m for m in _MIGRATED if m[0] == id(client)})
+        if release:
+            client.close()
+
+
+def _key(dsn: str | None, kwargs: Mapping[str, Any]) -> tuple:
+    return (dsn, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+
+
+def _is_chdb_folder(dsn: str | None) -> bool:
+    return bool(dsn and dsn.startswith("chdb://") and dsn[len("chdb://"):] not in ("", "memory"))
+
+
+def _open(key: tuple, dsn: str | None, kwargs: Mapping[str, Any]) -> Any:
+    """The cached client for ``key``, created on first use; the caller holds _CLIENTS_LOCK."""
     import clickhouse_connect
 
-    key = (dsn, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            if dsn and dsn.startswith("chdb://"):
-                folder = dsn[len("chdb://"):]
-                if folder and folder != "memory":
-                    Path(folder).mkdir(parents=True, exist_ok=True)
-            client = clickhouse_connect.get_client(dsn=dsn, **kwargs) if dsn else clickhouse_connect.get_client(**kwargs)
-            _CLIENTS[key] = client
-        return client
+    client = _CLIENTS.get(key)
+    if client is None:
+        if _is_chdb_folder(dsn):
+            Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)  # type: ignore[index]
+        client = clickhouse_connect.get_client(dsn=dsn, **kwargs) if dsn else clickhouse_connect.get_client(**kwargs)
+        _CLIENTS[key] = client
+    return client
 
 
 def rows_to_columns(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> list[Sequence]:
@@ -298,9 +339,24 @@ class ClickHouseResource(dg.ConfigurableResource):
     def sink(self) -> ClickHouseSink:
         """The (process-shared) client wrapped in a sink; the schema is migrated on first write."""
         dsn, kwargs = self.connection()
-        database = self.database or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE
-        return ClickHouseSink(get_client(dsn, **kwargs), database)
+        return ClickHouseSink(get_client(dsn, **kwargs), self._database())
+
+    @contextmanager
+    def session(self) -> Iterator[ClickHouseSink]:
+        """A sink for one ``with`` block; an embedded chdb folder is released afterwards.
+
+        Example (what the export sensor does each tick)::
+
+            with ClickHouseResource().session() as sink:
+                sink.client.query("SELECT count() FROM observability.noetl_events")
+        """
+        dsn, kwargs = self.connection()
+        with client_session(dsn, **kwargs) as client:
+            yield ClickHouseSink(client, self._database())
+
+    def _database(self) -> str:
+        return self.database or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE
 
 
 __all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
-           "STEP_RUNS_TABLE", "default_dsn", "default_home", "get_client", "rows_to_columns"]
+           "STEP_RUNS_TABLE", "client_session", "default_dsn", "default_home", "get_client", "rows_to_columns"]

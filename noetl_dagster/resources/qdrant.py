@@ -29,9 +29,10 @@ import os
 import threading
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -54,6 +55,9 @@ _CLIENTS_LOCK = threading.Lock()
 #: per client (by id): one lock (local mode is not thread-safe; sensors may run in threads)
 _LOCKS: dict[int, threading.RLock] = {}
 _READY: set[tuple[int, str]] = set()
+#: clients handed out by get_client (kept open) and the open client_session()s per key
+_PINNED: set[tuple] = set()
+_USERS: dict[tuple, int] = {}
 
 
 def _lock_for(client: Any) -> threading.RLock:
@@ -71,22 +75,53 @@ def default_path() -> str:
 
 
 def get_client(url: str | None = None, api_key: str | None = None, path: str | None = None) -> Any:
-    """A ``QdrantClient`` shared per URL/path in this process (local mode locks its folder)."""
+    """A ``QdrantClient`` shared per URL/path in this process, kept open for the process's life
+    (local mode locks its folder meanwhile: long-lived processes use :func:`client_session`)."""
+    with _CLIENTS_LOCK:
+        _PINNED.add((url, path))
+        return _open(url, api_key, path)
+
+
+@contextmanager
+def client_session(url: str | None = None, api_key: str | None = None, path: str | None = None) -> Iterator[Any]:
+    """The shared client for a ``with`` block. A local-mode client is closed when the last
+    session using it ends (and no :func:`get_client` caller holds it), which releases the folder
+    lock so that another process (``noetl-dagster export``, a tuning run) can open it between
+    sensor ticks. Opening a folder another process holds raises (qdrant-client's RuntimeError)."""
+    key = (url, path)
+    with _CLIENTS_LOCK:
+        client = _open(url, api_key, path)
+        _USERS[key] = _USERS.get(key, 0) + 1
+    try:
+        yield client
+    finally:
+        with _CLIENTS_LOCK:
+            _USERS[key] -= 1
+            release = _USERS[key] == 0 and key not in _PINNED and not url and path != ":memory:"
+            if release:
+                del _USERS[key], _CLIENTS[key]
+                _LOCKS.pop(id(client), None)
+                _READY.difference_update({r for r in _READY if r[0] == id(client)})
+        if release:
+            client.close()
+
+
+def _open(url: str | None, api_key: str | None, path: str | None) -> Any:
+    """The cached client for (url, path), created on first use; the caller holds _CLIENTS_LOCK."""
     from qdrant_client import QdrantClient
 
     key = (url, path)
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            if url:
-                client = QdrantClient(url=url, api_key=api_key)
-            elif path == ":memory:":
-                client = QdrantClient(location=":memory:")
-            else:
-                Path(path or default_path()).mkdir(parents=True, exist_ok=True)
-                client = QdrantClient(path=path or default_path())
-            _CLIENTS[key] = client
-        return client
+    client = _CLIENTS.get(key)
+    if client is None:
+        if url:
+            client = QdrantClient(url=url, api_key=api_key)
+        elif path == ":memory:":
+            client = QdrantClient(location=":memory:")
+        else:
+            Path(path or default_path()).mkdir(parents=True, exist_ok=True)
+            client = QdrantClient(path=path or default_path())
+        _CLIENTS[key] = client
+    return client
 
 
 @dataclass
@@ -380,14 +415,31 @@ class QdrantResource(dg.ConfigurableResource):
     path: str | None = Field(default=None, description="local-mode folder, or ':memory:'")
     prefix: str = Field(default="noetl_", description="collection name prefix")
 
-    def client(self) -> Any:
+    def _where(self) -> dict[str, Any]:
         url = self.url or os.environ.get(ENV_URL)
         if url:
-            return get_client(url=url, api_key=self.api_key or os.environ.get(ENV_API_KEY))
-        return get_client(path=self.path or default_path())
+            return {"url": url, "api_key": self.api_key or os.environ.get(ENV_API_KEY)}
+        return {"path": self.path or default_path()}
+
+    def client(self) -> Any:
+        """The client, kept open for the life of the process (see :meth:`session` for sensors)."""
+        return get_client(**self._where())
 
     def sink(self, embedder: Any) -> QdrantSink:
         return QdrantSink(self.client(), embedder, self.prefix)
 
+    @contextmanager
+    def session(self, embedder: Any) -> Iterator[QdrantSink]:
+        """A sink for one ``with`` block; local mode releases its folder lock afterwards.
 
-__all__ = ["COLLECTIONS", "Hit", "QdrantResource", "QdrantSink", "get_client", "playbook_documents", "point_id"]
+        Example (what the export sensors do each tick)::
+
+            with QdrantResource().session(EmbedderResource().get()) as sink:
+                sink.search("failures", "connection refused")
+        """
+        with client_session(**self._where()) as client:
+            yield QdrantSink(client, embedder, self.prefix)
+
+
+__all__ = ["COLLECTIONS", "Hit", "QdrantResource", "QdrantSink", "client_session", "get_client", "playbook_documents",
+           "point_id"]

@@ -21,8 +21,9 @@ Example (``definitions.py``)::
 
 import hashlib
 import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dagster as dg
 
@@ -106,7 +107,10 @@ def clickhouse_export_sensor(*, name: str = "noetl_export_clickhouse", minimum_i
     @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
                description="Exports playbook-run events to ClickHouse (noetl_events, step_runs).")
     def _sensor(context: dg.SensorEvaluationContext, noetl_clickhouse: ClickHouseResource):
-        return export_tick(context, noetl_clickhouse.sink(), budget_seconds=budget_seconds, lag_seconds=lag_seconds)
+        with clickhouse_session(noetl_clickhouse) as sink:
+            if sink is None:
+                return dg.SkipReason(CHDB_BUSY)
+            return export_tick(context, sink, budget_seconds=budget_seconds, lag_seconds=lag_seconds)
 
     return _sensor
 
@@ -122,20 +126,63 @@ def qdrant_export_sensor(*, name: str = "noetl_export_qdrant", playbooks: str | 
                description="Exports run summaries, failures and playbooks to Qdrant for semantic search.")
     def _sensor(context: dg.SensorEvaluationContext, noetl_qdrant: QdrantResource,
                 noetl_embedder: EmbedderResource):
-        sink = noetl_qdrant.sink(noetl_embedder.get())
+        with qdrant_session(noetl_qdrant, noetl_embedder) as sink:
+            if sink is None:
+                return dg.SkipReason(QDRANT_BUSY)
 
-        def reindex(cursor: ExportCursor) -> None:
-            if playbooks is None or not Path(playbooks).is_dir():
-                return
-            fingerprint = f"{sink.embedder.model_id}:{playbook_fingerprint(playbooks)}"
-            if cursor.extra.get("playbooks") != fingerprint:
-                count = index_playbooks(sink, playbooks)
-                context.log.info(f"indexed {count} playbook/step points from {playbooks}")
-                cursor.extra["playbooks"] = fingerprint
+            def reindex(cursor: ExportCursor) -> None:
+                if playbooks is None or not Path(playbooks).is_dir():
+                    return
+                fingerprint = f"{sink.embedder.model_id}:{playbook_fingerprint(playbooks)}"
+                if cursor.extra.get("playbooks") != fingerprint:
+                    count = index_playbooks(sink, playbooks)
+                    context.log.info(f"indexed {count} playbook/step points from {playbooks}")
+                    cursor.extra["playbooks"] = fingerprint
 
-        return export_tick(context, sink, budget_seconds=budget_seconds, lag_seconds=lag_seconds, before=reindex)
+            return export_tick(context, sink, budget_seconds=budget_seconds, lag_seconds=lag_seconds,
+                               before=reindex)
 
     return _sensor
+
+
+#: why a ClickHouse sensor tick skipped: the embedded chdb folder is open in another process
+CHDB_BUSY = ("chdb folder is open in another process (e.g. `noetl-dagster export` or a tuning run); "
+             "the cursor stays, the next tick retries")
+
+
+@contextmanager
+def clickhouse_session(clickhouse: ClickHouseResource) -> Iterator[Any]:
+    """A ClickHouse sink for one sensor tick (an embedded chdb folder is released after it), or
+    None when another process holds the chdb folder."""
+    from clickhouse_connect.driver.exceptions import ProgrammingError
+
+    with ExitStack() as stack:
+        try:
+            sink = stack.enter_context(clickhouse.session())
+        except ProgrammingError as exc:
+            if "Unable to open the chdb engine" not in str(exc):
+                raise
+            sink = None
+        yield sink
+
+
+#: why a Qdrant sensor tick skipped: local mode's folder is open in another process
+QDRANT_BUSY = ("Qdrant local-mode folder is open in another process (e.g. `noetl-dagster export`); "
+               "the cursor stays, the next tick retries")
+
+
+@contextmanager
+def qdrant_session(qdrant: QdrantResource, embedder: EmbedderResource) -> Iterator[Any]:
+    """A Qdrant sink for one sensor tick (local mode's lock is released after it), or None when
+    another process holds the local-mode folder."""
+    with ExitStack() as stack:
+        try:
+            sink = stack.enter_context(qdrant.session(embedder.get()))
+        except RuntimeError as exc:
+            if "already accessed by another instance" not in str(exc):
+                raise
+            sink = None
+        yield sink
 
 
 def failure_hints_sensor(*, name: str = "noetl_failure_hints", minimum_interval_seconds: int = 30,
@@ -148,9 +195,11 @@ def failure_hints_sensor(*, name: str = "noetl_failure_hints", minimum_interval_
                description="Adds the most similar past failures (and their fixes) to failed playbook runs.")
     def _sensor(context: dg.SensorEvaluationContext, noetl_qdrant: QdrantResource,
                 noetl_embedder: EmbedderResource):
-        sink = noetl_qdrant.sink(noetl_embedder.get())
-        cursor, handled = hint_pass(context.instance, sink, context.cursor, limit=limit,
-                                    budget_seconds=budget_seconds)
+        with qdrant_session(noetl_qdrant, noetl_embedder) as sink:
+            if sink is None:
+                return dg.SkipReason(QDRANT_BUSY)
+            cursor, handled = hint_pass(context.instance, sink, context.cursor, limit=limit,
+                                        budget_seconds=budget_seconds)
         return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"hinted {handled} failed run(s)"))
 
     return _sensor
@@ -180,8 +229,8 @@ def export_definitions(*, playbooks: str | Path | None = None, clickhouse: Click
     })
 
 
-__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "EventRow", "ExportBatch", "ExportCursor", "ExportStats", "Exporter",
-           "HINT_TAG", "QDRANT_KEY", "RunContext", "RunSummary", "StepFailure", "StepRun", "clickhouse_export_sensor",
-           "default_lag", "export_definitions", "export_tick", "failure_hints_sensor", "find_similar",
-           "hint_pass", "index_playbooks", "map_record", "playbook_fingerprint", "qdrant_export_sensor",
-           "record_hints", "register_env_secrets"]
+__all__ = ["CHDB_BUSY", "CLICKHOUSE_KEY", "EMBEDDER_KEY", "EventRow", "ExportBatch", "ExportCursor", "ExportStats",
+           "Exporter", "HINT_TAG", "QDRANT_BUSY", "QDRANT_KEY", "RunContext", "RunSummary", "StepFailure", "StepRun",
+           "clickhouse_export_sensor", "clickhouse_session", "default_lag", "export_definitions", "export_tick",
+           "failure_hints_sensor", "find_similar", "hint_pass", "index_playbooks", "map_record",
+           "playbook_fingerprint", "qdrant_export_sensor", "qdrant_session", "record_hints", "register_env_secrets"]
