@@ -23,6 +23,7 @@ import yaml
 from noetl_dagster import build_job, load_playbook, run_playbook
 from noetl_dagster.ai import (STEP_STATS_KEY, TUNING_JOB, TUNING_REPORT_KEY, TUNING_SCHEDULE, TunedTranslator,
                               load_profiles, step_stats, tuning_definitions, tuning_run_config)
+from noetl_dagster.ai.cli import run_tune
 from noetl_dagster.ai.report import PNG_MAGIC
 from noetl_dagster.resources.clickhouse import ClickHouseResource
 from noetl_dagster.resources.embedder import EmbedderResource
@@ -231,3 +232,58 @@ def test_tune_command_prints_the_report_table(history, tmp_path, monkeypatch, ca
     assert main(["tune", "--profiles", str(folder)]) == 0  # unchanged history: nothing new
     out, err = capsys.readouterr()
     assert "nothing new to propose" in out and "0 recommendation(s) proposed; wrote nothing" in err
+
+
+LOOP_PLAYBOOK = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: enrich
+  path: ops/enrich
+workload:
+  ids: 40
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: enrich
+  - step: enrich
+    loop: {in: "{{ workload.ids }}", iterator: id, spec: {mode: parallel}}
+    tool: {kind: python, input: {id: "{{ id }}"}, code: "result = {'id': id, 'code': 'c' + str(id * 7)}"}
+    next: end
+  - step: end
+    tool: {kind: python, input: {rows: "{{ enrich }}"}, code: "result = {'n': len(rows), 'last': rows[-1]['code']}"}
+"""
+
+
+def test_short_loop_items_get_chunked_end_to_end(chdb_dsn, tmp_path):
+    """Real runs of a loop of 40 short items -> export -> a chunk size is recommended and approved
+    -> the recompiled job runs the loop in chunks, with the same result -> history shows the chunks."""
+    (tmp_path / "playbooks").mkdir()
+    path = tmp_path / "playbooks" / "enrich.yaml"
+    path.write_text(LOOP_PLAYBOOK)
+    folder = tmp_path / "tuning"
+    resource = ClickHouseResource(dsn=chdb_dsn, database=f"ai_chunks_{uuid.uuid4().hex[:8]}")
+    with dg.instance_for_test() as instance:
+        plain = [run_playbook(path, instance=instance, log_level="CRITICAL") for _ in range(5)]
+        assert all(r.status == "success" and r.steps["enrich"].runs == 40 for r in plain)
+        export(instance, resource, tmp_path / "cursors")
+        stats = {s.step: s for s in step_stats(resource.sink())}
+        assert stats["enrich"].loop_items_p50 == 40 and stats["enrich"].loop_chunk_max == 1
+        assert stats["enrich"].item_p50_ms < 500
+        added, _ = run_tune(resource.sink(), folder, apply=True, playbooks_dir=tmp_path / "playbooks")
+        chunk = next(r for r in added if r.parameter == "loop_chunk_size")
+        assert chunk.value == 4 and chunk.evidence["current_chunk_size"] == 1 and len(chunk.evidence["run_ids"]) == 5
+        # in process: no concurrency limit to propose (one op at a time anyway)
+        assert not [r for r in added if r.parameter == "loop_concurrency"]
+        assert load_profiles(folder)["ops/enrich"].approved("enrich", "loop_chunk_size") == 4
+        tuned = run_playbook(path, instance=instance, translator=TunedTranslator(folder), log_level="CRITICAL")
+        assert tuned.status == "success" and tuned.steps["enrich"].runs == 40
+        assert tuned.steps["enrich"].result == plain[0].steps["enrich"].result
+        assert tuned.steps["end"].result == plain[0].steps["end"].result == {"n": 40, "last": "c273"}
+        keys = {e.step_key for e in instance.all_logs(tuned.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+        assert {k for k in keys if k.startswith("enrich[")} == {f"enrich[i{i:05d}_i{i + 3:05d}]" for i in range(0, 40, 4)}
+        export(instance, resource, tmp_path / "cursors")
+    rows = resource.sink().query("SELECT count() FROM {db}.step_runs FINAL WHERE ExecutionId = {rid:String} "
+                                 "AND StepKey LIKE 'enrich[%'", {"rid": tuned.run_id})
+    assert rows[0][0] == 10
+    after = {s.step: s for s in step_stats(resource.sink())}["enrich"]
+    assert after.loop_items_p50 == 40 and after.loop_items_max == 40 and after.loop_chunk_max == 4

@@ -306,3 +306,56 @@ def test_loop_concurrency_becomes_a_tag_concurrency_limit(tmp_path):
     assert _executor_config(job)["tag_concurrency_limits"] == [{"key": "team", "limit": 5}, limit]
     # in process: one op at a time anyway, nothing to configure
     assert build_job(parse_text(CHUNKED, str(tmp_path / "x.yaml")), _Concurrency()).executor_def.name == "in_process"
+
+
+LIMITED = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: limited
+  path: ops/limited
+  dagster: {executor: multiprocess, max_concurrent: 2}
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: nap
+  - step: nap
+    loop:
+      in: [0.6, 0.6, 0.6, 0.6]
+      iterator: s
+      chunk_size: 2
+      spec: {mode: parallel, max_in_flight: 1}
+    tool:
+      kind: python
+      input: {s: "{{ s }}", i: "{{ _index }}"}
+      code: |
+        import time
+        time.sleep(s)
+        result = i
+"""
+
+
+def limited_job() -> dg.JobDefinition:
+    """Module-level factory (child processes rebuild the job from it) of a multiprocess loop job."""
+    import os
+
+    return build_job(parse_text(LIMITED, os.path.join(os.environ["NOETL_TEST_LIMITED_DIR"], "limited.yaml")))
+
+
+def test_multiprocess_executor_enforces_the_loop_concurrency(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOETL_TEST_LIMITED_DIR", str(tmp_path))
+    with dg.instance_for_test() as instance:
+        job = dg.build_reconstructable_job("test_emit", "limited_job",
+                                           reconstructor_working_directory=str(Path(__file__).parent))
+        with dg.execute_job(job, instance=instance) as result:
+            assert result.success
+            assert result.output_for_node("nap__collect") == [0, 1, 2, 3]
+            spans: dict[str, list[float]] = {}
+            for record in instance.get_records_for_run(result.run_id).records:
+                event = record.event_log_entry
+                if event.step_key and event.step_key.startswith("nap[") and event.dagster_event is not None and \
+                        event.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS"):
+                    spans.setdefault(event.step_key, []).append(event.timestamp)
+    assert sorted(spans) == ["nap[i00000_i00001]", "nap[i00002_i00003]"]
+    (a_start, a_end), (b_start, b_end) = sorted(spans.values())
+    assert a_end - a_start >= 1.2 and b_end - b_start >= 1.2  # each op ran its 2 items in order
+    assert b_start >= a_end  # max_in_flight: 1 -> tag_concurrency_limits: one body op at a time
