@@ -1,4 +1,5 @@
-"""AI tuning: learn retry policies, op timeouts and resources from run history, close the loop at compile time.
+"""AI tuning: learn retry policies, op timeouts, resources and parallel loops' chunk size and
+concurrency from run history, close the loop at compile time.
 
 ``step_runs`` (ClickHouse) --:func:`step_stats`--> :class:`StepStats` --:func:`recommend`-->
 :class:`Recommendation` (+ similar past failures from Qdrant, :func:`add_similar_failures`) -->

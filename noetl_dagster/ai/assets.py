@@ -83,6 +83,9 @@ STATS_COLUMNS: list[tuple[str, str, str, Any]] = [
     ("bytes_p50", "float", "median bytes per attempt", lambda s: s.bytes_p50),
     ("loop_items_p50", "float", "median loop items per run (mapped steps)", lambda s: s.loop_items_p50),
     ("loop_items_max", "int", "max loop items per run (mapped steps)", lambda s: s.loop_items_max),
+    ("loop_ops_p50", "float", "median body ops per run (items / chunk size)", lambda s: s.loop_ops_p50),
+    ("item_p50_s", "float", "median duration per loop item (s)", lambda s: _secs(s.item_p50_ms)),
+    ("item_cores_p95", "float", "p95 CPU cores of the loop's body ops", lambda s: _round(s.item_cores_p95)),
 ]
 
 
@@ -150,7 +153,8 @@ def tuning_report_asset(*, profiles: str | os.PathLike = "tuning", playbooks: st
     @dg.asset(key=key, group_name=group_name or key.path[0], ins={"stats": dg.AssetIn(stats_key)},
               required_resource_keys={QDRANT_KEY, EMBEDDER_KEY} if similar_failures else set(),
               kinds={"yaml"} | ({"qdrant"} if similar_failures else set()),
-              description="Bounded tuning recommendations (retries, timeouts, resources) from the step statistics, "
+              description="Bounded tuning recommendations (retries, timeouts, resources, loop chunk size and "
+                          "concurrency) from the step statistics, "
                           f"written to the profiles in {folder}/.")
     def _tuning_report(context: dg.AssetExecutionContext, config: TuningConfig,
                        stats: list[StepStats]) -> dg.MaterializeResult:
@@ -209,7 +213,8 @@ def tuning_definitions(*, profiles: str | os.PathLike = "tuning", playbooks: str
                                  similar_failures=similar)
     job = dg.define_asset_job(TUNING_JOB, selection=dg.AssetSelection.assets(stats, report),
                               description="Step statistics from run history (ClickHouse step_runs), then "
-                                          "recommended retries, timeouts and resources in the tuning profiles.")
+                                          "recommended retries, timeouts, resources and loop chunking/concurrency "
+                                          "in the tuning profiles.")
     schedule = dg.ScheduleDefinition(name=TUNING_SCHEDULE, job=job, cron_schedule=cron_schedule,
                                      execution_timezone=execution_timezone, default_status=default_status,
                                      run_config=tuning_run_config(auto_approve, report.key))

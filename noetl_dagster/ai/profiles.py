@@ -11,6 +11,10 @@
           status: proposed         # proposed | approved | rejected (edit by hand to approve)
           evidence: {transient_failures: 12, run_ids: [...]}
           expected_effect: final failure rate 30.0% -> 0.8%
+      enrich:
+        - parameter: loop_chunk_size     # also: timeout_seconds, resources, loop_concurrency
+          value: 4
+          status: approved
 
 The latest ``approved`` entry of a parameter is what :class:`~noetl_dagster.ai.TunedTranslator`
 compiles in. A malformed profile is logged (file and reason) and ignored; loading never raises.

@@ -1,4 +1,4 @@
-"""Recommendations from step statistics: retry policies, op timeouts, Kubernetes resources.
+"""Recommendations from step statistics: retry policies, op timeouts, Kubernetes resources, loop chunking.
 
 Pure: ``recommend(stats, bounds, current_profile)`` reads no history and writes nothing. Every
 recommendation carries its evidence (numbers, run ids) and expected effect, respects
