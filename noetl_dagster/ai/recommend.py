@@ -391,8 +391,8 @@ def _loop_concurrency(s: StepStats, b: TuningBounds, profile: TuningProfile | No
     now = "no limit" if current is None else f"{current}"
     if io_bound:
         effect = (f"IO-bound body ops (p95 {cores:.2f} cores each): at most {value} of the {ops} body ops per run "
-                  f"at once instead of {now}, so waiting overlaps (the executor's max_concurrent is raised to it "
-                  f"when the playbook sets none)")
+                  f"at once instead of {now}, so waiting overlaps (a multiprocess executor without max_concurrent "
+                  f"gets it as max_concurrent when it exceeds the CPU count)")
     else:
         effect = (f"CPU-bound body ops (p95 {cores:.2f} cores each): at most {value} at once instead of {now}, "
                   f"about {value * cores:.1f} of {b.loop_cores_available:g} cores busy without oversubscription")
