@@ -266,8 +266,14 @@ class _ZeroChunks(PlaybookTranslator):
 
 
 def test_a_bad_chunk_size_from_a_translator_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="get_loop_chunk_size returned 0 for step 'square'"):
+    with pytest.raises(PlaybookError, match=r"chunked.yaml:\d+:1: step 'square': loop.chunk_size: the translator's "
+                                            r"get_loop_chunk_size returned 0 \(return a whole number >= 1\)"):
         build_job(parse_text(CHUNKED, str(tmp_path / "chunked.yaml")), _ZeroChunks())
+    # in a code location it is one broken playbook, not a broken location
+    (tmp_path / "chunked.yaml").write_text(CHUNKED)
+    (tmp_path / "plain.yaml").write_text(PLAYBOOK)
+    defs = load_playbook_definitions(tmp_path, translator=_ZeroChunks())
+    assert [job.name for job in defs.jobs] == ["risk__score_application"]
 
 
 def _executor_config(job: dg.JobDefinition) -> dict:

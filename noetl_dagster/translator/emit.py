@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import dagster as dg
 
-from ..errors import StepFailed
+from ..errors import Issue, PlaybookError, StepFailed
 from ..playbook.catalog import PlaybookCatalog
 from ..playbook.loader import product_references
 from ..playbook.models import Playbook, ProductCheck, Step
@@ -453,8 +453,9 @@ class _Emitter:
         common = self._common(step)
         chunk_size = self.translator.get_loop_chunk_size(self.playbook, step)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"get_loop_chunk_size returned {chunk_size!r} for step {step.step!r} of "
-                             f"{self.playbook.metadata.catalog_path}; expected a whole number >= 1")
+            raise PlaybookError([Issue(self.playbook.file, step.line, 1, f"the translator's get_loop_chunk_size "
+                                       f"returned {chunk_size!r}", step.step, "loop.chunk_size",
+                                       "return a whole number >= 1")])
 
         def fan_out(context, inputs):  # type: ignore[no-untyped-def]
             start = self._start(context, inputs)
