@@ -22,13 +22,14 @@ Example::
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import dagster as dg
 from pydantic import Field
+
+from .pool import ClientPool
 
 #: environment variables read when the resource's fields are unset
 ENV_DSN = "NOETL_CLICKHOUSE_DSN"
@@ -122,28 +123,14 @@ def default_dsn() -> str:
     return os.environ.get(ENV_DSN) or f"chdb://{default_home() / 'noetl_clickhouse'}"
 
 
-_CLIENTS: dict[tuple, Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-#: per client (by id): one lock (a client is one session; sensors may run in threads)
-_LOCKS: dict[int, threading.RLock] = {}
-_MIGRATED: set[tuple[int, str]] = set()
-#: clients handed out by get_client (kept open) and the open client_session()s per key
-_PINNED: set[tuple] = set()
-_USERS: dict[tuple, int] = {}
-
-
-def _lock_for(client: Any) -> threading.RLock:
-    with _CLIENTS_LOCK:
-        return _LOCKS.setdefault(id(client), threading.RLock())
+#: chdb clients are released after the last sensor tick borrowing them (see ``pool``)
+_POOL = ClientPool(releasable=lambda key: _is_chdb_folder(key[0]))
 
 
 def get_client(dsn: str | None = None, **kwargs: Any) -> Any:
     """A clickhouse-connect client, shared per DSN/host in this process and kept open for its life
     (chdb allows one folder per process and locks it: long-lived processes use :func:`client_session`)."""
-    key = _key(dsn, kwargs)
-    with _CLIENTS_LOCK:
-        _PINNED.add(key)
-        return _open(key, dsn, kwargs)
+    return _POOL.get(_key(dsn, kwargs), lambda: _create(dsn, kwargs))
 
 
 @contextmanager
@@ -152,22 +139,8 @@ def client_session(dsn: str | None = None, **kwargs: Any) -> Iterator[Any]:
     using it ends (and no :func:`get_client` caller holds it): that releases chdb's folder, so
     another process (``noetl-dagster export``, a tuning run) can open it between sensor ticks.
     Opening a folder another process holds raises clickhouse-connect's ProgrammingError."""
-    key = _key(dsn, kwargs)
-    with _CLIENTS_LOCK:
-        client = _open(key, dsn, kwargs)
-        _USERS[key] = _USERS.get(key, 0) + 1
-    try:
+    with _POOL.session(_key(dsn, kwargs), lambda: _create(dsn, kwargs)) as client:
         yield client
-    finally:
-        with _CLIENTS_LOCK:
-            _USERS[key] -= 1
-            release = _USERS[key] == 0 and key not in _PINNED and _is_chdb_folder(dsn)
-            if release:
-                del _USERS[key], _CLIENTS[key]
-                _LOCKS.pop(id(client), None)
-                _MIGRATED.difference_update({m for m in _MIGRATED if m[0] == id(client)})
-        if release:
-            client.close()
 
 
 def _key(dsn: str | None, kwargs: Mapping[str, Any]) -> tuple:
@@ -178,17 +151,12 @@ def _is_chdb_folder(dsn: str | None) -> bool:
     return bool(dsn and dsn.startswith("chdb://") and dsn[len("chdb://"):] not in ("", "memory"))
 
 
-def _open(key: tuple, dsn: str | None, kwargs: Mapping[str, Any]) -> Any:
-    """The cached client for ``key``, created on first use; the caller holds _CLIENTS_LOCK."""
+def _create(dsn: str | None, kwargs: Mapping[str, Any]) -> Any:
     import clickhouse_connect
 
-    client = _CLIENTS.get(key)
-    if client is None:
-        if _is_chdb_folder(dsn):
-            Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)  # type: ignore[index]
-        client = clickhouse_connect.get_client(dsn=dsn, **kwargs) if dsn else clickhouse_connect.get_client(**kwargs)
-        _CLIENTS[key] = client
-    return client
+    if _is_chdb_folder(dsn):
+        Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)  # type: ignore[index]
+    return clickhouse_connect.get_client(dsn=dsn, **kwargs) if dsn else clickhouse_connect.get_client(**kwargs)
 
 
 def rows_to_columns(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> list[Sequence]:
@@ -231,7 +199,7 @@ class ClickHouseSink:
     def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
         self.client = client
         self.database = database
-        self._lock = _lock_for(client)
+        self._lock = _POOL.lock_for(client)
 
     # -- schema --------------------------------------------------------------------------
     def migrate(self) -> list[int]:
@@ -252,11 +220,11 @@ class ClickHouseSink:
                 self.client.insert(MIGRATIONS_TABLE, [[version, description]], database=db,
                                    column_names=["Version", "Description"])
                 applied.append(version)
-            _MIGRATED.add((id(self.client), db))
+            _POOL.mark(self.client, ("migrated", db))
             return applied
 
     def _ensure(self) -> None:
-        if (id(self.client), self.database) not in _MIGRATED:
+        if not _POOL.marked(self.client, ("migrated", self.database)):
             self.migrate()
 
     # -- writes --------------------------------------------------------------------------

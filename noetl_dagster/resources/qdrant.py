@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ import dagster as dg
 from pydantic import Field
 
 from .credentials import is_secret_field, redact
+from .pool import ClientPool
 from .clickhouse import default_home
 
 ENV_URL = "NOETL_QDRANT_URL"
@@ -50,19 +50,8 @@ _TOOL_TEXT = ("code", "query", "sql", "command", "cmd", "url", "endpoint", "meth
               "workbook", "script")
 _MAX_TEXT = 2000
 
-_CLIENTS: dict[tuple, Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-#: per client (by id): one lock (local mode is not thread-safe; sensors may run in threads)
-_LOCKS: dict[int, threading.RLock] = {}
-_READY: set[tuple[int, str]] = set()
-#: clients handed out by get_client (kept open) and the open client_session()s per key
-_PINNED: set[tuple] = set()
-_USERS: dict[tuple, int] = {}
-
-
-def _lock_for(client: Any) -> threading.RLock:
-    with _CLIENTS_LOCK:
-        return _LOCKS.setdefault(id(client), threading.RLock())
+#: local-mode clients are released after the last sensor tick borrowing them (see ``pool``)
+_POOL = ClientPool(releasable=lambda key: not key[0] and key[1] != ":memory:")
 
 
 def point_id(model_id: str, *parts: Any) -> str:
@@ -77,9 +66,7 @@ def default_path() -> str:
 def get_client(url: str | None = None, api_key: str | None = None, path: str | None = None) -> Any:
     """A ``QdrantClient`` shared per URL/path in this process, kept open for the process's life
     (local mode locks its folder meanwhile: long-lived processes use :func:`client_session`)."""
-    with _CLIENTS_LOCK:
-        _PINNED.add((url, path))
-        return _open(url, api_key, path)
+    return _POOL.get((url, path), lambda: _create(url, api_key, path))
 
 
 @contextmanager
@@ -88,40 +75,19 @@ def client_session(url: str | None = None, api_key: str | None = None, path: str
     session using it ends (and no :func:`get_client` caller holds it), which releases the folder
     lock so that another process (``noetl-dagster export``, a tuning run) can open it between
     sensor ticks. Opening a folder another process holds raises (qdrant-client's RuntimeError)."""
-    key = (url, path)
-    with _CLIENTS_LOCK:
-        client = _open(url, api_key, path)
-        _USERS[key] = _USERS.get(key, 0) + 1
-    try:
+    with _POOL.session((url, path), lambda: _create(url, api_key, path)) as client:
         yield client
-    finally:
-        with _CLIENTS_LOCK:
-            _USERS[key] -= 1
-            release = _USERS[key] == 0 and key not in _PINNED and not url and path != ":memory:"
-            if release:
-                del _USERS[key], _CLIENTS[key]
-                _LOCKS.pop(id(client), None)
-                _READY.difference_update({r for r in _READY if r[0] == id(client)})
-        if release:
-            client.close()
 
 
-def _open(url: str | None, api_key: str | None, path: str | None) -> Any:
-    """The cached client for (url, path), created on first use; the caller holds _CLIENTS_LOCK."""
+def _create(url: str | None, api_key: str | None, path: str | None) -> Any:
     from qdrant_client import QdrantClient
 
-    key = (url, path)
-    client = _CLIENTS.get(key)
-    if client is None:
-        if url:
-            client = QdrantClient(url=url, api_key=api_key)
-        elif path == ":memory:":
-            client = QdrantClient(location=":memory:")
-        else:
-            Path(path or default_path()).mkdir(parents=True, exist_ok=True)
-            client = QdrantClient(path=path or default_path())
-        _CLIENTS[key] = client
-    return client
+    if url:
+        return QdrantClient(url=url, api_key=api_key)
+    if path == ":memory:":
+        return QdrantClient(location=":memory:")
+    Path(path or default_path()).mkdir(parents=True, exist_ok=True)
+    return QdrantClient(path=path or default_path())
 
 
 @dataclass
@@ -192,7 +158,7 @@ class QdrantSink:
         self.client = client
         self.embedder = embedder
         self.prefix = prefix
-        self._lock = _lock_for(client)
+        self._lock = _POOL.lock_for(client)
 
     def collection(self, name: str) -> str:
         if name not in COLLECTIONS:
@@ -206,7 +172,7 @@ class QdrantSink:
         with self._lock:
             for name in COLLECTIONS:
                 full = self.collection(name)
-                if (id(self.client), full) in _READY:
+                if _POOL.marked(self.client, full):
                     continue
                 if self.client.collection_exists(full):
                     info = self.client.get_collection(full)
@@ -226,7 +192,7 @@ class QdrantSink:
                                 self.client.create_payload_index(full, key, models.PayloadSchemaType.KEYWORD)
                             except Exception:  # noqa: BLE001 - optional speed-up only
                                 pass
-                _READY.add((id(self.client), full))
+                _POOL.mark(self.client, full)
 
     # -- writes --------------------------------------------------------------------------
     def _upsert(self, name: str, ids: Sequence[str], payloads: Sequence[dict[str, Any]]) -> None:
