@@ -15,54 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _ItemsHandler(BaseHTTPRequestHandler):
-    """The conformance harness server: GET /items -> {"items": [1, 2, 3]}, else 404."""
+class _JsonHandler(BaseHTTPRequestHandler):
+    """A JSON API on loopback: subclasses answer ``route(path, query) -> (status, data)``."""
 
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/items":
-            body = json.dumps({"items": [1, 2, 3]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-        else:
-            body = b'{"error": "not found"}'
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="session")
-def items_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ItemsHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-#: what the FX-rates API answers (USD value of one unit); CHF is deliberately missing
-FX_RATES = {"EUR": 1.0825, "GBP": 1.2710, "JPY": 0.00667, "CAD": 0.7312, "XX1": -1}
-#: a date the FX API has no rates for (it answers 503)
-FX_MISSING_DATE = "1999-01-01"
-
-
-class _FxHandler(BaseHTTPRequestHandler):
-    """GET /rates?base=USD&date=YYYY-MM-DD -> {"base", "date", "rates"}; 503 for FX_MISSING_DATE."""
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        raise NotImplementedError
 
     def do_GET(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        date = query.get("date", [""])[0]
-        if url.path != "/rates" or query.get("base") != ["USD"]:
-            status, data = 404, {"error": "not found"}
-        elif date == FX_MISSING_DATE:
-            status, data = 503, {"error": f"no rates published for {date}"}
-        else:
-            status, data = 200, {"base": "USD", "date": date, "rates": FX_RATES}
+        status, data = self.route(url.path, parse_qs(url.query))
         body = json.dumps(data).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -74,13 +35,47 @@ class _FxHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
-def fx_api() -> Iterator[str]:
-    """An FX-rates API on loopback for playbooks/payments/settle_merchants.yaml."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FxHandler)
+class _ItemsHandler(_JsonHandler):
+    """The conformance harness server: GET /items -> {"items": [1, 2, 3]}, else 404."""
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        return (200, {"items": [1, 2, 3]}) if path == "/items" else (404, {"error": "not found"})
+
+
+#: what the FX-rates API answers (USD value of one unit); CHF is deliberately missing
+FX_RATES = {"EUR": 1.0825, "GBP": 1.2710, "JPY": 0.00667, "CAD": 0.7312, "XX1": -1}
+#: a date the FX API has no rates for (it answers 503)
+FX_MISSING_DATE = "1999-01-01"
+
+
+class _FxHandler(_JsonHandler):
+    """GET /rates?base=USD&date=YYYY-MM-DD -> {"base", "date", "rates"}; 503 for FX_MISSING_DATE."""
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        date = query.get("date", [""])[0]
+        if path != "/rates" or query.get("base") != ["USD"]:
+            return 404, {"error": "not found"}
+        if date == FX_MISSING_DATE:
+            return 503, {"error": f"no rates published for {date}"}
+        return 200, {"base": "USD", "date": date, "rates": FX_RATES}
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def items_server() -> Iterator[str]:
+    yield from _serve(_ItemsHandler)
+
+
+@pytest.fixture(scope="session")
+def fx_api() -> Iterator[str]:
+    """An FX-rates API on loopback for playbooks/payments/settle_merchants.yaml."""
+    yield from _serve(_FxHandler)
 
 
 @pytest.fixture
