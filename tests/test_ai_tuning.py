@@ -477,3 +477,40 @@ def test_loop_profile_values_are_checked(tmp_path, caplog):
         assert load_profiles(folder) == {}
     assert any("steps.score[0].value must be a whole number >= 1 (items per body op), got 0" in r.getMessage()
                for r in caplog.records)
+
+
+LOOP_TIMEOUT_PLAYBOOK = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: loop_timeouts, path: ops/loop_timeouts}
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: slow-loop
+  - step: slow-loop
+    loop: {in: "{{ [0.1, 30] }}", iterator: s}
+    tool:
+      kind: python
+      input: {s: "{{ s }}"}
+      code: |
+        import time
+        time.sleep(s)
+        result = s
+"""
+
+
+class _LoopTimeouts(PlaybookTranslator):
+    def get_op_tags(self, playbook, step):  # type: ignore[no-untyped-def]
+        return {**super().get_op_tags(playbook, step), TIMEOUT_TAG: "2"}
+
+
+def test_a_timed_out_loop_names_its_step_and_is_retried(instance):
+    class Retried(_LoopTimeouts):
+        def get_retry_policy(self, playbook, step):  # type: ignore[no-untyped-def]
+            return dg.RetryPolicy(max_retries=1)
+
+    report = run_playbook(parse_text(LOOP_TIMEOUT_PLAYBOOK), instance=instance, translator=Retried(),
+                          log_level="CRITICAL")
+    assert report.status == "failure"  # the report names the playbook step (not the op `slow_loop`)
+    assert report.steps["slow-loop"].error == "step 'slow-loop': timed out after 2s (op tag noetl/timeout_seconds)"
+    retried = [r for r in instance.all_logs(report.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)]
+    assert [r.dagster_event.step_key for r in retried] == ["slow_loop"]  # a dg.Failure: retried

@@ -1,8 +1,9 @@
 """A per-op time limit: Dagster bounds whole runs (``dagster/max_runtime``) but not ops.
 
 An op tagged ``noetl/timeout_seconds`` (what an approved tuning profile sets, or any
-translator's ``get_op_tags``) runs under a ``SIGALRM`` timer; when it fires, the step fails
-with a clear message (and its RetryPolicy, if any, applies). The alarm raises a
+translator's ``get_op_tags``) runs its own code under a ``SIGALRM`` timer (paused while Dagster
+stores its outputs); when it fires, the step fails with a clear message and its RetryPolicy, if
+any, applies. Deadlines nest: the enclosing one is re-armed with the time it has left. The alarm raises a
 ``BaseException`` so that tool code catching ``Exception`` (pipeline policies, retries inside a
 tool) cannot swallow it. Signals reach only the main thread: elsewhere the limit is not
 enforced (ops run in the main thread with the in-process, multiprocess and k8s executors).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -48,9 +50,12 @@ def deadline(seconds: float | None) -> Iterator[None]:
         raise StepTimedOut(seconds)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)  # an enclosing deadline's time left
+    started = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:  # re-arm the enclosing deadline (a nested playbook run) with what it has left
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 0.001))

@@ -38,7 +38,7 @@ from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
 from ..runtime.templates import TemplateFailure, condition, render_text
 from .plan import Net, Node, plan
-from .translator import LOOP_STEP_TAG, PlaybookTranslator, code_reference
+from .translator import LOOP_STEP_TAG, STEP_TAG, PlaybookTranslator, code_reference
 
 RESULT = "result"
 CREDENTIALS = "noetl_credentials"
@@ -198,17 +198,29 @@ def usage_metadata(run: RunInfo) -> dict[str, Any]:
             "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
-def _with_deadline(fn: Callable[..., Any], node: str, seconds: float) -> Callable[..., Any]:
-    """``fn`` (an op's compute generator) failing its step after ``seconds``."""
+def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callable[..., Any]:
+    """``fn`` (an op's compute generator) failing ``step`` once its own code has run ``seconds``.
+
+    The timer runs only while the generator computes, never while Dagster stores a yielded
+    output, so the alarm always surfaces here as a ``dg.Failure`` (and the retry policy applies).
+    """
 
     def compute(context, inputs):  # type: ignore[no-untyped-def]
         if not enforceable():
             context.log.warning(f"{TIMEOUT_TAG}={seconds:g} is not enforced outside the main thread")
-        try:
-            with deadline(seconds):
-                yield from fn(context, inputs)
-        except StepTimedOut as exc:
-            raise _failure(StepFailed(node, str(exc))) from None
+        outputs, left = fn(context, inputs), seconds
+        while True:
+            started = time.monotonic()
+            try:
+                with deadline(max(left, 0.001)):
+                    output = next(outputs)
+            except StopIteration:
+                return
+            except StepTimedOut:
+                outputs.close()
+                raise _failure(StepFailed(step, str(StepTimedOut(seconds)))) from None
+            left -= time.monotonic() - started
+            yield output
 
     return compute
 
@@ -324,9 +336,12 @@ class _Emitter:
     def _op(self, local: str, fn: Callable[..., Any], *, ins: Mapping[str, dg.In], outs: Mapping[str, Any],
             config: Any = None, **kwargs: Any) -> Any:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
-        timeout = float((kwargs.get("tags") or {}).get(TIMEOUT_TAG) or 0)
+        tags = kwargs.get("tags") or {}
+        timeout = float(tags.get(TIMEOUT_TAG) or 0)
+        if timeout > 0:
+            fn = _with_deadline(fn, tags.get(STEP_TAG, local), timeout)
         definition = dg.OpDefinition(
-            compute_fn=_with_deadline(fn, local, timeout) if timeout > 0 else fn, name=f"{self.name}__{local}",
+            compute_fn=fn, name=f"{self.name}__{local}",
             ins=dict(ins), outs=dict(outs), config_schema=config, required_resource_keys=keys, **kwargs)
         return definition.alias(local)
 

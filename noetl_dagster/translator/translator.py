@@ -28,6 +28,8 @@ from .plan import op_safe
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 #: op tag of a parallel loop's body ops (value: the step); executors limit its concurrency by it
 LOOP_STEP_TAG = "noetl/loop_step"
+#: op tag naming the playbook step an op runs (a region's op: its entry step)
+STEP_TAG = "noetl/step"
 
 
 class PlaybookTranslator:
@@ -63,7 +65,7 @@ class PlaybookTranslator:
     def get_op_tags(self, playbook: Playbook, step: Step) -> dict[str, str]:
         """``noetl/*`` tags plus ``dagster/kind/*`` so the UI shows the tool kinds."""
         kinds = sorted({t.kind for t in step.tool})
-        tags = {"noetl/step": step.step, "noetl/tool": "+".join(t.kind for t in step.tool),
+        tags = {STEP_TAG: step.step, "noetl/tool": "+".join(t.kind for t in step.tool),
                 "dagster/kind/noetl": ""}
         tags.update({f"dagster/kind/{k}": "" for k in kinds})
         if step.loop is not None:
