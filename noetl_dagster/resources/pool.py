@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Hashable, Iterator
 
@@ -32,12 +33,15 @@ class ClientPool:
         self._marks: set[tuple[int, Hashable]] = set()
         self._kept: set[Hashable] = set()
         self._borrowers: dict[Hashable, int] = {}
+        self._tracked: set[int] = set()
+        self._dead: list[int] = []
 
     def get(self, key: Hashable, create: Callable[[], Any]) -> Any:
         """The client for ``key`` (``create()`` on first use), kept open for the process's life."""
         with self._guard:
+            client = self._client(key, create)
             self._kept.add(key)
-            return self._client(key, create)
+            return client
 
     @contextmanager
     def session(self, key: Hashable, create: Callable[[], Any]) -> Iterator[Any]:
@@ -48,28 +52,45 @@ class ClientPool:
         try:
             yield client
         finally:
-            with self._guard:
+            with self._guard:  # closed under the guard: a new session never meets a half-closed folder
                 self._borrowers[key] -= 1
-                release = self._borrowers[key] == 0 and key not in self._kept and self._releasable(key)
-                if release:
+                if self._borrowers[key] == 0 and key not in self._kept and self._releasable(key):
                     del self._borrowers[key], self._clients[key]
-                    self._locks.pop(id(client), None)
-                    self._marks.difference_update({m for m in self._marks if m[0] == id(client)})
-            if release:
-                client.close()
+                    self._forget(id(client))
+                    client.close()
 
     def lock_for(self, client: Any) -> threading.RLock:
         """One re-entrant lock per client (local-mode and chdb clients are not thread-safe)."""
         with self._guard:
+            self._track(client)
             return self._locks.setdefault(id(client), threading.RLock())
 
     def marked(self, client: Any, what: Hashable) -> bool:
-        return (id(client), what) in self._marks
+        with self._guard:
+            self._track(client)
+            return (id(client), what) in self._marks
 
     def mark(self, client: Any, what: Hashable) -> None:
-        """Remember that ``what`` was done for ``client`` (forgotten when the client is closed)."""
+        """Remember that ``what`` was done for ``client`` (forgotten when it is closed or collected)."""
         with self._guard:
+            self._track(client)
             self._marks.add((id(client), what))
+
+    def _track(self, client: Any) -> None:
+        """Forget a client's lock and marks once it is garbage-collected: a later client that
+        reuses its ``id`` (also one the pool did not create) starts unmarked. The finalizer only
+        queues the id (it may run inside any allocation, even under the guard); the next guarded
+        call forgets it."""
+        while self._dead:
+            self._forget(self._dead.pop())
+        if id(client) not in self._tracked:
+            self._tracked.add(id(client))
+            weakref.finalize(client, self._dead.append, id(client))
+
+    def _forget(self, ident: int) -> None:
+        self._locks.pop(ident, None)
+        self._tracked.discard(ident)
+        self._marks.difference_update({m for m in self._marks if m[0] == ident})
 
     def _client(self, key: Hashable, create: Callable[[], Any]) -> Any:
         client = self._clients.get(key)

@@ -108,8 +108,8 @@ def clickhouse_export_sensor(*, name: str = "noetl_export_clickhouse", minimum_i
                description="Exports playbook-run events to ClickHouse (noetl_events, step_runs).")
     def _sensor(context: dg.SensorEvaluationContext, noetl_clickhouse: ClickHouseResource):
         with clickhouse_session(noetl_clickhouse) as sink:
-            if sink is None:
-                return dg.SkipReason(CHDB_BUSY)
+            if isinstance(sink, dg.SkipReason):
+                return sink
             return export_tick(context, sink, budget_seconds=budget_seconds, lag_seconds=lag_seconds)
 
     return _sensor
@@ -127,8 +127,8 @@ def qdrant_export_sensor(*, name: str = "noetl_export_qdrant", playbooks: str | 
     def _sensor(context: dg.SensorEvaluationContext, noetl_qdrant: QdrantResource,
                 noetl_embedder: EmbedderResource):
         with qdrant_session(noetl_qdrant, noetl_embedder) as sink:
-            if sink is None:
-                return dg.SkipReason(QDRANT_BUSY)
+            if isinstance(sink, dg.SkipReason):
+                return sink
 
             def reindex(cursor: ExportCursor) -> None:
                 if playbooks is None or not Path(playbooks).is_dir():
@@ -145,44 +145,34 @@ def qdrant_export_sensor(*, name: str = "noetl_export_qdrant", playbooks: str | 
     return _sensor
 
 
-#: why a ClickHouse sensor tick skipped: the embedded chdb folder is open in another process
-CHDB_BUSY = ("chdb folder is open in another process (e.g. `noetl-dagster export` or a tuning run); "
-             "the cursor stays, the next tick retries")
-
-
 @contextmanager
-def clickhouse_session(clickhouse: ClickHouseResource) -> Iterator[Any]:
-    """A ClickHouse sink for one sensor tick (an embedded chdb folder is released after it), or
-    None when another process holds the chdb folder."""
+def tick_sink(open_session: Callable[[], Any], held: type[Exception], marker: str, what: str) -> Iterator[Any]:
+    """The sink of ``open_session()`` (a resource's ``session``) for one sensor tick, or a
+    ``SkipReason`` when opening it raised ``held`` with ``marker`` in the message: the embedded
+    folder is locked by another process (``noetl-dagster export``, a tuning run). The cursor then
+    stays and the next tick retries; the skip reason quotes the error."""
+    with ExitStack() as stack:
+        try:
+            sink = stack.enter_context(open_session())
+        except held as exc:
+            if marker not in str(exc):
+                raise
+            sink = dg.SkipReason(f"{what} is open in another process (e.g. `noetl-dagster export` or a tuning "
+                                 f"run); the cursor stays, the next tick retries ({type(exc).__name__}: {exc})")
+        yield sink
+
+
+def clickhouse_session(clickhouse: ClickHouseResource) -> Any:
+    """:func:`tick_sink` of the ClickHouse resource (chdb's folder)."""
     from clickhouse_connect.driver.exceptions import ProgrammingError
 
-    with ExitStack() as stack:
-        try:
-            sink = stack.enter_context(clickhouse.session())
-        except ProgrammingError as exc:
-            if "Unable to open the chdb engine" not in str(exc):
-                raise
-            sink = None
-        yield sink
+    return tick_sink(clickhouse.session, ProgrammingError, "Unable to open the chdb engine", "the chdb folder")
 
 
-#: why a Qdrant sensor tick skipped: local mode's folder is open in another process
-QDRANT_BUSY = ("Qdrant local-mode folder is open in another process (e.g. `noetl-dagster export`); "
-               "the cursor stays, the next tick retries")
-
-
-@contextmanager
-def qdrant_session(qdrant: QdrantResource, embedder: EmbedderResource) -> Iterator[Any]:
-    """A Qdrant sink for one sensor tick (local mode's lock is released after it), or None when
-    another process holds the local-mode folder."""
-    with ExitStack() as stack:
-        try:
-            sink = stack.enter_context(qdrant.session(embedder.get()))
-        except RuntimeError as exc:
-            if "already accessed by another instance" not in str(exc):
-                raise
-            sink = None
-        yield sink
+def qdrant_session(qdrant: QdrantResource, embedder: EmbedderResource) -> Any:
+    """:func:`tick_sink` of the Qdrant resource (local mode's folder)."""
+    return tick_sink(lambda: qdrant.session(embedder.get()), RuntimeError, "already accessed by another instance",
+                     "the Qdrant local-mode folder")
 
 
 def failure_hints_sensor(*, name: str = "noetl_failure_hints", minimum_interval_seconds: int = 30,
@@ -196,8 +186,8 @@ def failure_hints_sensor(*, name: str = "noetl_failure_hints", minimum_interval_
     def _sensor(context: dg.SensorEvaluationContext, noetl_qdrant: QdrantResource,
                 noetl_embedder: EmbedderResource):
         with qdrant_session(noetl_qdrant, noetl_embedder) as sink:
-            if sink is None:
-                return dg.SkipReason(QDRANT_BUSY)
+            if isinstance(sink, dg.SkipReason):
+                return sink
             cursor, handled = hint_pass(context.instance, sink, context.cursor, limit=limit,
                                         budget_seconds=budget_seconds)
         return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"hinted {handled} failed run(s)"))
@@ -229,8 +219,9 @@ def export_definitions(*, playbooks: str | Path | None = None, clickhouse: Click
     })
 
 
-__all__ = ["CHDB_BUSY", "CLICKHOUSE_KEY", "EMBEDDER_KEY", "EventRow", "ExportBatch", "ExportCursor", "ExportStats",
-           "Exporter", "HINT_TAG", "QDRANT_BUSY", "QDRANT_KEY", "RunContext", "RunSummary", "StepFailure", "StepRun",
+__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "EventRow", "ExportBatch", "ExportCursor", "ExportStats", "Exporter",
+           "HINT_TAG", "QDRANT_KEY", "RunContext", "RunSummary", "StepFailure", "StepRun",
            "clickhouse_export_sensor", "clickhouse_session", "default_lag", "export_definitions", "export_tick",
            "failure_hints_sensor", "find_similar", "hint_pass", "index_playbooks", "map_record",
-           "playbook_fingerprint", "qdrant_export_sensor", "qdrant_session", "record_hints", "register_env_secrets"]
+           "playbook_fingerprint", "qdrant_export_sensor", "qdrant_session", "record_hints", "register_env_secrets",
+           "tick_sink"]
