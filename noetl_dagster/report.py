@@ -126,7 +126,13 @@ def _partition_key(playbook: Playbook, job: dg.JobDefinition, key: str | None) -
                                        hint="add `partitions: {daily: {start: YYYY-MM-DD}}` under metadata")])
         return None
     if key is None:
-        return partitions.get_last_partition_key()
+        key = partitions.get_last_partition_key()
+        if key is None:
+            start = playbook.metadata.partitions["daily"]["start"]
+            raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
+                                       f"no daily partition is complete yet (they start on {start})",
+                                       field="metadata.partitions", hint="pass a partition key, or wait a day")])
+        return key
     if not partitions.has_partition_key(key):
         start = playbook.metadata.partitions["daily"]["start"]
         raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,

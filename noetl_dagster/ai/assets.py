@@ -26,6 +26,7 @@ Example (``definitions.py``)::
 """
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from pydantic import Field
 from ..resources.clickhouse import ClickHouseResource
 from ..resources.embedder import EmbedderResource
 from ..resources.qdrant import QdrantResource
+from ..sensors import CLICKHOUSE_KEY, EMBEDDER_KEY, QDRANT_KEY
 from .cli import run_tune
-from .evidence import open_sink
+from .evidence import evidence_sink
 from .recommend import TuningBounds
 from .report import chart_markdown, chart_png, report_markdown
 from .stats import StepStats, step_stats
@@ -45,10 +47,8 @@ STEP_STATS_KEY = dg.AssetKey(["observability", "step_stats"])
 TUNING_REPORT_KEY = dg.AssetKey(["observability", "tuning_report"])
 TUNING_JOB = "noetl_tuning"
 TUNING_SCHEDULE = "noetl_tuning_daily"
-#: the resource keys of the export sensors (:mod:`noetl_dagster.sensors`)
-CLICKHOUSE_KEY = "noetl_clickhouse"
-QDRANT_KEY = "noetl_qdrant"
-EMBEDDER_KEY = "noetl_embedder"
+#: an embedded chdb folder is busy while an export sensor ticks (seconds): try again after it
+STATS_RETRY = dg.RetryPolicy(max_retries=4, delay=30)
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -118,12 +118,13 @@ def step_stats_asset(*, key: dg.AssetKey = STEP_STATS_KEY, group_name: str | Non
     """
 
     @dg.asset(key=key, group_name=group_name or key.path[0], required_resource_keys={CLICKHOUSE_KEY},
-              kinds={"clickhouse"},
+              kinds={"clickhouse"}, retry_policy=STATS_RETRY,
               description="Per playbook and step, from ClickHouse step_runs: runs, failure rates, transient vs "
                           "deterministic failures, p50/p95/p99 durations, CPU, peak memory, rows, bytes, loop items.")
     def _step_stats(context: dg.AssetExecutionContext) -> dg.Output[list[StepStats]]:
         resource: ClickHouseResource = getattr(context.resources, CLICKHOUSE_KEY)
-        stats = step_stats(resource.sink())
+        with resource.session() as sink:  # chdb's folder is held only while reading
+            stats = step_stats(sink)
         context.log.info(f"{len(stats)} step(s) of history in step_runs")
         return dg.Output(stats, metadata={
             "stats": stats_table_metadata(stats),
@@ -158,10 +159,10 @@ def tuning_report_asset(*, profiles: str | os.PathLike = "tuning", playbooks: st
                           f"written to the profiles in {folder}/.")
     def _tuning_report(context: dg.AssetExecutionContext, config: TuningConfig,
                        stats: list[StepStats]) -> dg.MaterializeResult:
-        qdrant = (open_sink(getattr(context.resources, QDRANT_KEY), getattr(context.resources, EMBEDDER_KEY),
-                            context.log) if similar_failures else None)
-        added, written = run_tune(None, folder, apply=config.auto_approve, bounds=bounds,
-                                  playbooks_dir=playbooks, stats=stats, qdrant=qdrant)
+        with (evidence_sink(getattr(context.resources, QDRANT_KEY), getattr(context.resources, EMBEDDER_KEY),
+                            context.log) if similar_failures else nullcontext()) as qdrant:
+            added, written = run_tune(None, folder, apply=config.auto_approve, bounds=bounds,
+                                      playbooks_dir=playbooks, stats=stats, qdrant=qdrant)
         approved = sum(1 for r in added if config.auto_approve and r.within_bounds)
         explained = sum(1 for r in added if r.evidence.get("similar_failures"))
         context.log.info(f"{len(stats)} step(s) of history; {len(added)} new recommendation(s), {approved} "
@@ -199,9 +200,9 @@ def tuning_definitions(*, profiles: str | os.PathLike = "tuning", playbooks: str
     :class:`EmbedderResource` when ``qdrant`` is given): with them retry recommendations carry
     similar past failures. ``similar_failures`` defaults to ``qdrant is not None``; ``True``
     without ``qdrant`` uses the merged definitions' resources. Pass the same objects to both
-    when merging. Qdrant local mode allows one process per folder: while another process (the
-    export sensors' code server) holds it, the report logs that and goes without the evidence;
-    a Qdrant server (``NOETL_QDRANT_URL``) serves both. ``auto_approve`` applies to scheduled runs.
+    when merging. chdb and Qdrant local mode lock their folders per process and the export
+    sensors hold them during a tick: the statistics then retry (``STATS_RETRY``), the report
+    goes without the evidence (logged). ``auto_approve`` applies to scheduled runs.
 
     Example::
 
@@ -226,6 +227,6 @@ def tuning_definitions(*, profiles: str | os.PathLike = "tuning", playbooks: str
     return dg.Definitions(assets=[stats, report], jobs=[job], schedules=[schedule], resources=resources)
 
 
-__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "QDRANT_KEY", "STATS_COLUMNS", "STEP_STATS_KEY", "TUNING_JOB",
+__all__ = ["STATS_COLUMNS", "STATS_RETRY", "STEP_STATS_KEY", "TUNING_JOB",
            "TUNING_REPORT_KEY", "TUNING_SCHEDULE", "TuningConfig", "stats_table_metadata", "step_stats_asset",
            "tuning_definitions", "tuning_report_asset", "tuning_run_config"]

@@ -16,12 +16,13 @@ it warns and recommends as without. Wire with ``add_commands(subparsers)``.
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .evidence import add_similar_failures, open_sink
+from .evidence import add_similar_failures, evidence_sink
 from .profiles import apply_recommendations, load_profiles, save_profile
 from .recommend import TuningBounds, recommend
 from .report import report_markdown
@@ -86,15 +87,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..resources.clickhouse import ClickHouseResource
 
     playbooks = args.playbooks or ("playbooks" if Path("playbooks").is_dir() else None)
+    from ..resources.embedder import EmbedderResource
+    from ..resources.qdrant import QdrantResource
+
     sink = ClickHouseResource().sink()
     stats = step_stats(sink)
-    qdrant = None
-    if args.similar_failures:
-        from ..resources.embedder import EmbedderResource
-        from ..resources.qdrant import QdrantResource
-
-        qdrant = open_sink(QdrantResource(), EmbedderResource())
-    added, written = run_tune(sink, args.profiles, args.apply, playbooks_dir=playbooks, stats=stats, qdrant=qdrant)
+    with evidence_sink(QdrantResource(), EmbedderResource()) if args.similar_failures else nullcontext() as qdrant:
+        added, written = run_tune(sink, args.profiles, args.apply, playbooks_dir=playbooks, stats=stats,
+                                  qdrant=qdrant)
     if args.json:
         print(json.dumps([{"playbook": r.playbook, "step": r.step, "parameter": r.parameter, "value": r.value,
                            "evidence": r.evidence, "expected_effect": r.expected_effect,

@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator, Sequence
 
 from .recommend import Recommendation
 from .stats import StepStats
@@ -39,17 +40,20 @@ log = logging.getLogger("noetl_dagster.ai")
 EXPLAINED_PARAMETERS = ("retry_policy",)
 
 
-def open_sink(qdrant: Any, embedder: Any, logger: Any = None) -> Any:
-    """The :class:`~noetl_dagster.resources.qdrant.QdrantSink` of these resources, or None with a
-    warning on ``logger`` (default: this module's) when it cannot be opened - e.g. local mode's
-    folder held by another process (the export sensors' code server)."""
-    try:
-        qdrant.client()  # first: fails fast, before the embedder loads its model
-        return qdrant.sink(embedder.get())
-    except Exception as exc:  # noqa: BLE001 - optional evidence
-        (logger or log).warning(f"Qdrant unavailable, recommendations get no similar-failure evidence: "
-                                f"{type(exc).__name__}: {exc}")
-        return None
+@contextmanager
+def evidence_sink(qdrant: Any, embedder: Any, logger: Any = None) -> Iterator[Any]:
+    """The :class:`~noetl_dagster.resources.qdrant.QdrantSink` of these resources for a ``with``
+    block (local mode's folder is released after it), or None with a warning on ``logger``
+    (default: this module's) when it cannot be opened - a server down, or local mode's folder held
+    by another process (an export sensor's tick)."""
+    with ExitStack() as stack:
+        try:
+            sink = stack.enter_context(qdrant.session(embedder.get()))
+        except Exception as exc:  # noqa: BLE001 - optional evidence
+            (logger or log).warning(f"Qdrant unavailable, recommendations get no similar-failure evidence: "
+                                    f"{type(exc).__name__}: {exc}")
+            sink = None
+        yield sink
 
 
 def similar_failures(sink: Any, stats: StepStats, limit: int = 3, min_score: float | None = None,
@@ -93,4 +97,4 @@ def add_similar_failures(recommendations: Sequence[Recommendation], stats: Seque
     return out
 
 
-__all__ = ["EXPLAINED_PARAMETERS", "add_similar_failures", "open_sink", "similar_failures"]
+__all__ = ["EXPLAINED_PARAMETERS", "add_similar_failures", "evidence_sink", "similar_failures"]

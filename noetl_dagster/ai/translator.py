@@ -59,8 +59,10 @@ class TunedTranslator(PlaybookTranslator):
 
     def get_retry_policy(self, playbook: Playbook, step: Step) -> dg.RetryPolicy | None:
         value = self._approved(playbook, step, "retry_policy")
-        if not value or not value.get("max_retries"):
+        if not value:
             return super().get_retry_policy(playbook, step)
+        if not value.get("max_retries"):  # an approved "no retry": deterministic failures
+            return None
         return dg.RetryPolicy(max_retries=int(value["max_retries"]), delay=value.get("delay") or None,
                               backoff=_BACKOFF.get(value.get("backoff") or ""))
 

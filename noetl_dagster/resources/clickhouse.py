@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -29,7 +30,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import dagster as dg
 from pydantic import Field
 
+from .credentials import register_connection_secret, register_secret
 from .pool import ClientPool
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 #: environment variables read when the resource's fields are unset
 ENV_DSN = "NOETL_CLICKHOUSE_DSN"
@@ -197,6 +201,8 @@ class ClickHouseSink:
     thread_safe = True  # writes take the client's lock: the exporter may write from its writer thread
 
     def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
+        if not _IDENTIFIER.match(database):  # formatted into the SQL (identifiers cannot be bound)
+            raise ValueError(f"ClickHouse database name {database!r} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
         self.client = client
         self.database = database
         self._lock = _POOL.lock_for(client)
@@ -293,6 +299,9 @@ class ClickHouseResource(dg.ConfigurableResource):
     database: str | None = Field(default=None, description="database of the tables (default observability)")
 
     def connection(self) -> tuple[str | None, dict[str, Any]]:
+        """``(dsn, client kwargs)``; the password (or the one inside the DSN) is registered for redaction."""
+        register_secret(self.password)
+        register_connection_secret(self.dsn or os.environ.get(ENV_DSN))
         if self.host:
             kwargs: dict[str, Any] = {"host": self.host, "secure": self.secure}
             if self.port:

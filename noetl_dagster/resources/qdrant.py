@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import dagster as dg
 from pydantic import Field
 
-from .credentials import is_secret_field, redact
+from .credentials import is_secret_field, redact, register_connection_secret, register_secret
 from .pool import ClientPool
 from .clickhouse import default_home
 
@@ -384,7 +384,10 @@ class QdrantResource(dg.ConfigurableResource):
     def _where(self) -> dict[str, Any]:
         url = self.url or os.environ.get(ENV_URL)
         if url:
-            return {"url": url, "api_key": self.api_key or os.environ.get(ENV_API_KEY)}
+            api_key = self.api_key or os.environ.get(ENV_API_KEY)
+            register_secret(api_key)  # masked in any error or log that quotes it
+            register_connection_secret(url)
+            return {"url": url, "api_key": api_key}
         return {"path": self.path or default_path()}
 
     def client(self) -> Any:

@@ -54,6 +54,9 @@ class Keychain(Mapping):
             self._resolved[name] = ReadOnlyMap(self._resolve(name))
         return self._resolved[name]
 
+    def __contains__(self, name: object) -> bool:  # declared, without resolving it
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
