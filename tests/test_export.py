@@ -588,3 +588,22 @@ def test_the_sensor_releases_the_chdb_folder_between_ticks(tmp_path) -> None:
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["other process opened it: 0", "busy: True", "reopened: 0"]
+
+
+def test_watched_runs_are_probed_in_turn(sink: ClickHouseSink, instance: dg.DagsterInstance) -> None:
+    """Each tick probes `tail_probes` watched runs (one query each), the next ones the next tick,
+    so a long watch list costs the same per tick and every run is probed in turn."""
+    ids = [run_case(instance, "01_linear_chain") for _ in range(3)]
+    exporter = Exporter(instance, sink, tail_probes=2)
+    cursor, _ = exporter.export(ExportCursor())
+    assert set(cursor.tail) == set(ids)
+    late = ids[2]
+    instance.report_engine_event("a late event", dagster_run=instance.get_run_by_id(late))
+    offsets, reopened = [], []
+    for _ in range(2):  # the late run is among the first two probed, or the next tick's
+        cursor, stats = exporter.export(cursor)
+        offsets.append(cursor.extra["tail_offset"])
+        reopened.append(stats.reopened)
+    assert offsets == [2, 4] and sum(reopened) == 1  # the offset moves by tail_probes per tick
+    got = exported_ids(sink)
+    assert len(got) == len(set(got)) and set(got) == event_ids(instance, ids)

@@ -16,8 +16,9 @@ end, its step attempts and summary are computed from its whole log, and it moves
 
 Events appended to a finished run (a similar-failures hint, a worker's last events after a
 cancel): a finished run stays in ``tail`` with its last exported storage id for ``tail_seconds``
-(at most ``max_tail`` runs); each tick probes those runs and reopens one with newer events from
-that id, so only the new events are written (its step attempts and summary are rewritten).
+(at most ``max_tail`` runs); each tick probes ``tail_probes`` of them in turn and reopens one with
+newer events from that id, so only the new events are written (its step attempts and summary are
+rewritten).
 
 Out-of-order ids (Postgres with concurrent writers; SQLite's per-run ids are in order):
 positions and the watermark only move past records older than ``lag_seconds``; younger
@@ -50,8 +51,11 @@ _RETRY = "STEP_UP_FOR_RETRY"
 _DAGSTER_TYPE = attrgetter("dagster_event_type")
 _TIMESTAMP = attrgetter("timestamp")
 #: how long after its end a finished run is watched for appended events, and how many runs at most
-DEFAULT_TAIL_SECONDS = 6 * 3600.0
-DEFAULT_MAX_TAIL = 2000
+DEFAULT_TAIL_SECONDS = 3600.0
+DEFAULT_MAX_TAIL = 500
+#: watched runs probed per tick (one event-log query each), in turn
+DEFAULT_TAIL_PROBES = 100
+_TAIL_OFFSET = "tail_offset"
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 _START = dg.DagsterEventType.RUN_START
 _TERMINAL_TYPES = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
@@ -181,7 +185,7 @@ class Exporter:
                  playbook_runs_only: bool = True, clock: Callable[[], float] = time.time,
                  max_cached_rows: int = 100_000, pause_gc: bool = True,
                  background_writes: bool | None = None, tail_seconds: float = DEFAULT_TAIL_SECONDS,
-                 max_tail: int = DEFAULT_MAX_TAIL) -> None:
+                 max_tail: int = DEFAULT_MAX_TAIL, tail_probes: int = DEFAULT_TAIL_PROBES) -> None:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
@@ -199,6 +203,7 @@ class Exporter:
         #: finished runs are watched for appended events this long after their end (at most max_tail runs)
         self.tail_seconds = tail_seconds
         self.max_tail = max_tail
+        self.tail_probes = tail_probes
         self._tools: dict[str, dict[str, str]] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -251,9 +256,16 @@ class Exporter:
         """Make finished runs with events after their last exported one active again (from that
         event on), e.g. a hint recorded on a failed run or a step's events after a cancel."""
         self._prune(cur, now)
-        for run_id, (_, last) in list(cur.tail.items()):
+        watched = list(cur.tail)
+        if not watched:
+            return
+        start = int(cur.extra.get(_TAIL_OFFSET, 0)) % len(watched)  # a rotating slice: each run in turn
+        probe = (watched[start:] + watched[:start])[: self.tail_probes]
+        cur.extra[_TAIL_OFFSET] = start + len(probe)
+        for run_id in probe:
             if over():
                 return
+            last = cur.tail[run_id][1]
             if run_id in cur.active:
                 continue
             if self.instance.get_records_for_run(run_id, cursor=_id_cursor(last), limit=1).records:
@@ -423,7 +435,8 @@ class Exporter:
         if rows is None:
             records = self.instance.get_records_for_run(run_id).records
             rows = map_records(records, ctx)
-            last = records[-1].storage_id if records else last
+            if not self.live:  # an event sink watches from what it wrote, not from what it re-read
+                last = records[-1].storage_id if records else last
         step_runs, summary = self.summarize(run_id, ctx, rows)
         if self.live:
             self._pending.step_runs.extend(step_runs)
