@@ -29,37 +29,28 @@ from .report import report_markdown
 from .stats import StepStats, step_stats
 
 
-def declared_hardware(folder: str | None) -> dict[tuple[str, str], dict[str, Any]]:
-    """``{(playbook path, step): hardware}`` from the playbooks under ``folder`` (broken ones skipped)."""
+def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str, Any]],
+                                                  dict[tuple[str, str], dict[str, Any]]]:
+    """What the playbooks under ``folder`` declare, read once (broken ones skipped):
+    ``{(playbook path, step): hardware}`` and, for parallel loops,
+    ``{(playbook path, step): {chunk_size, max_in_flight, executor}}``."""
+    hardware: dict[tuple[str, str], dict[str, Any]] = {}
+    loops: dict[tuple[str, str], dict[str, Any]] = {}
     if not folder or not Path(folder).exists():
-        return {}
+        return hardware, loops
     from ..translator.definitions import find_playbooks, load_playbooks
 
-    loaded = load_playbooks(find_playbooks([folder]))
-    out = {}
-    for pb in loaded.playbooks:
-        for step in pb.workflow:
-            hw = (step.model_extra or {}).get("hardware")
-            if isinstance(hw, dict):
-                out[(pb.metadata.catalog_path, step.step)] = dict(hw)
-    return out
-
-
-def declared_loops(folder: str | Path | None) -> dict[tuple[str, str], dict[str, Any]]:
-    """``{(playbook path, step): {chunk_size, max_in_flight, executor}}`` of the parallel loops of
-    the playbooks under ``folder`` (broken ones skipped)."""
-    if not folder or not Path(folder).exists():
-        return {}
-    from ..translator.definitions import find_playbooks, load_playbooks
-
-    out = {}
     for pb in load_playbooks(find_playbooks([folder])).playbooks:
         executor = str(pb.metadata.dagster.get("executor") or "in_process")
         for step in pb.workflow:
+            key = (pb.metadata.catalog_path, step.step)
+            hw = (step.model_extra or {}).get("hardware")
+            if isinstance(hw, dict):
+                hardware[key] = dict(hw)
             if step.loop is not None and step.loop.mode == "parallel":
-                out[(pb.metadata.catalog_path, step.step)] = {
-                    "chunk_size": step.loop.chunk_size, "max_in_flight": step.loop.max_in_flight, "executor": executor}
-    return out
+                loops[key] = {"chunk_size": step.loop.chunk_size, "max_in_flight": step.loop.max_in_flight,
+                              "executor": executor}
+    return hardware, loops
 
 
 def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
@@ -75,8 +66,8 @@ def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds:
         stats = step_stats(client)
     profiles = load_profiles(profiles_dir)
     skip = ("approved", "rejected") if apply else ("proposed", "approved", "rejected")
-    recs = recommend(stats, bounds or TuningBounds(), profiles, declared_hardware(playbooks_dir), skip,
-                     declared_loops(playbooks_dir))
+    hardware, loops = declared(playbooks_dir)
+    recs = recommend(stats, bounds or TuningBounds(), profiles, hardware, skip, loops)
     recs = add_similar_failures(recs, stats, qdrant)
     added = apply_recommendations(profiles, recs, auto_approve=apply)
     written = [save_profile(profiles[p], profiles_dir) for p in sorted({r.playbook for r in added})]
@@ -120,4 +111,4 @@ def add_commands(subparsers: Any) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
-__all__ = ["add_commands", "cmd_tune", "declared_hardware", "declared_loops", "run_tune"]
+__all__ = ["add_commands", "cmd_tune", "declared", "run_tune"]

@@ -76,8 +76,9 @@ def index_playbooks(sink: Any, folder: str | Path) -> int:
 
 def _summary(stats: ExportStats) -> str:
     state = "caught up" if stats.caught_up else "more to do"
+    reopened = f", {stats.reopened} reopened for late events" if stats.reopened else ""
     return (f"exported {stats.events} events, {stats.step_runs} step runs, {stats.runs} runs "
-            f"({stats.failures} failures) in {stats.batches} batches, {stats.seconds:.1f}s; {state}")
+            f"({stats.failures} failures{reopened}) in {stats.batches} batches, {stats.seconds:.1f}s; {state}")
 
 
 def export_tick(context: dg.SensorEvaluationContext, sink: Any, *, budget_seconds: float | None,
