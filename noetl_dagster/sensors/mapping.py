@@ -582,26 +582,21 @@ def build_step_runs(rows: Sequence[EventRow]) -> list[StepRun]:
 
     for row in rows:
         dtype = row.dagster_event_type
-        if dtype in _STEP_TYPES:
-            key = (row.node_name, row.attempt)
-            if dtype == "STEP_START" or dtype == "STEP_RESTARTED":
-                open_[key] = (row.timestamp, dict(row.metadata))
-            elif dtype == "STEP_OUTPUT":
-                if row.metadata.get("output") == RESULT_OUTPUT:
-                    state = open_.get(key)
-                    if state is None:
-                        state = open_[key] = (row.timestamp, {})
-                    state[1].update(row.metadata)
-                    state[1].pop("output", None)
-            elif dtype == "STEP_SUCCESS":
-                close(key, row, "success", row.duration_ms)
-            elif dtype == "STEP_FAILURE":
-                close(key, row, "failed", None)
-            elif dtype == "STEP_UP_FOR_RETRY":
-                close(key, row, "retried", None)
-            elif row.event_type == "step.skipped" and row.node_name != "playbook" and row.node_name not in skipped:
-                skipped.add(row.node_name)
-                done.append(_skipped_step(row))
+        if dtype == "STEP_START" or dtype == "STEP_RESTARTED":
+            open_[(row.node_name, row.attempt)] = (row.timestamp, dict(row.metadata))
+        elif dtype == "STEP_OUTPUT":
+            if row.metadata.get("output") == RESULT_OUTPUT:
+                state = open_.get((row.node_name, row.attempt))
+                if state is None:
+                    state = open_[(row.node_name, row.attempt)] = (row.timestamp, {})
+                state[1].update(row.metadata)
+                state[1].pop("output", None)
+        elif dtype == "STEP_SUCCESS":
+            close((row.node_name, row.attempt), row, "success", row.duration_ms)
+        elif dtype == "STEP_FAILURE":
+            close((row.node_name, row.attempt), row, "failed", None)
+        elif dtype == "STEP_UP_FOR_RETRY":
+            close((row.node_name, row.attempt), row, "retried", None)
         elif row.event_type == "step.skipped" and row.node_name != "playbook" and row.node_name not in skipped:
             skipped.add(row.node_name)
             done.append(_skipped_step(row))
