@@ -90,13 +90,18 @@ def synthetic_history(seed: int = 7) -> list[StepRun]:
     return rows
 
 
-@pytest.fixture
-def sink(chdb_dsn: str) -> ClickHouseSink:
+def history_sink(chdb_dsn: str, *batches: list) -> ClickHouseSink:
+    """A sink on a fresh database of the session's chdb holding ``batches`` of step runs."""
     s = ClickHouseSink(ch.get_client(chdb_dsn), database=f"ai_{uuid.uuid4().hex[:10]}")
     s.migrate()
-    s.write_step_runs(synthetic_history())
-    s.write_step_runs(synthetic_history()[:20])  # a replayed batch collapses (FINAL)
+    for batch in batches:
+        s.write_step_runs(batch)
     return s
+
+
+@pytest.fixture
+def sink(chdb_dsn: str) -> ClickHouseSink:
+    return history_sink(chdb_dsn, synthetic_history(), synthetic_history()[:20])  # a replayed batch collapses
 
 
 def by_key(recs):
@@ -353,10 +358,7 @@ def loop_history(chunk: int = 1, seed: int = 3) -> list[StepRun]:
 
 @pytest.fixture
 def loop_sink(chdb_dsn: str) -> ClickHouseSink:
-    s = ClickHouseSink(ch.get_client(chdb_dsn), database=f"ai_{uuid.uuid4().hex[:10]}")
-    s.migrate()
-    s.write_step_runs(loop_history())
-    return s
+    return history_sink(chdb_dsn, loop_history())
 
 
 LOOP_BOUNDS = TuningBounds(loop_cores_available=2.0)
