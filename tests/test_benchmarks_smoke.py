@@ -70,3 +70,15 @@ def test_step_overhead_direct_jobs_have_the_noetl_shape() -> None:
                          (so.linear_yaml(4, "noop"), so.direct_job("n", so.linear_edges(4))),
                          (so.fanout_yaml(3), so.direct_job("f", so.fanout_edges(3)))]:
         assert _wiring(build_job(parse_text(text, "/bench/pb.yaml"))) == _wiring(direct)
+
+
+def test_export_benchmark_runs() -> None:
+    """benchmarks/export.py at 2,000 events, two rounds, in a subprocess (chdb: one folder per process):
+    every path's table holds the exported rows (the script asserts the digests)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "export.py"), "--events", "2000", "--texts", "2",
+                           "--repeat", "2"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2,000 synthetic events" in done.stdout and "same digest" in done.stdout, done.stdout
+    assert "targets: >= 100,000 events/s" in done.stdout and "texts/s" in done.stdout, done.stdout

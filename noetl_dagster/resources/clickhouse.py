@@ -6,7 +6,7 @@ are created and migrated by :meth:`ClickHouseSink.migrate` (a ``noetl_schema_mig
 records the applied versions). Both tables are ``ReplacingMergeTree`` keyed on the row identity
 - ``(ExecutionId, EventId)`` and ``(ExecutionId, StepKey, Attempt)`` - so a replayed batch
 collapses into the rows already there: **query with ``FINAL``** (or ``GROUP BY`` the key) for
-exact counts before background merges run. Inserts are batched, as column lists (Native format).
+exact counts before background merges run. Inserts are batched, as Arrow tables.
 
 chdb limits: one data folder per process, and one process per folder (``dagster dev``'s code
 server holds it while it runs sensors; stop it before ``noetl-dagster export`` on the same folder).
@@ -163,26 +163,58 @@ def _create(dsn: str | None, kwargs: Mapping[str, Any]) -> Any:
     return clickhouse_connect.get_client(dsn=dsn, **kwargs) if dsn else clickhouse_connect.get_client(**kwargs)
 
 
-def rows_to_columns(rows: Sequence[tuple], columns: dict[str, str], time_columns: Sequence[str]) -> list[Sequence]:
-    """Named-tuple rows -> one sequence per ClickHouse column (``columns``: column -> field, in
-    table order), transposed with ``zip(*rows)``; ``time_columns`` (float seconds) become the
-    integer microseconds of ``DateTime64(6)``.
+#: Arrow type of each column (by kind): ``LowCardinality`` columns go as dictionary arrays, which
+#: ClickHouse reads without re-hashing every value in Python
+_KINDS = {
+    "Timestamp": "time", "EventId": "u64", "EventType": "lc", "Status": "lc", "PlaybookPath": "lc",
+    "Duration": "u64", "Metadata": "map", "Domain": "lc", "JobName": "lc", "Attempt": "u16",
+    "DagsterEventType": "lc", "Level": "lc", "ToolKind": "lc", "StartedAt": "time", "FinishedAt": "time",
+    "DurationMs": "u64", "Retries": "u16", "Rows": "i64", "Bytes": "i64", "CpuSeconds": "f64", "PeakRssMb": "f64",
+}
 
-    Example: ``rows_to_columns(rows, EVENT_COLUMNS, ("Timestamp",))[0][:2]   # [1700000000010000, ...]``
+
+def rows_to_arrow(rows: Sequence[tuple], columns: dict[str, str]) -> Any:
+    """Named-tuple rows -> a ``pyarrow.Table`` with one column per ClickHouse column (``columns``:
+    column -> field, in table order), transposed with ``zip(*rows)``: float-second times become
+    ``timestamp[us, UTC]``, ``LowCardinality`` columns dictionary arrays, ``Map`` columns map arrays
+    (``None`` stays null in ``Nullable`` columns).
+
+    Example: ``rows_to_arrow(rows, EVENT_COLUMNS).column("Timestamp")[0]   # <TimestampScalar: ...>``
     """
     import numpy as np
+    import pyarrow as pa
 
-    if not rows:
-        return [[] for _ in columns]
-    fields = type(rows[0])._fields
+    plain = {"str": pa.string(), "u64": pa.uint64(), "u16": pa.uint16(), "i64": pa.int64(), "f64": pa.float64()}
+    fields = type(rows[0])._fields if rows else ()
     transposed = list(zip(*rows))
-    out: list[Sequence] = []
+    arrays = {}
     for column, attr in columns.items():
-        values = transposed[fields.index(attr)]
-        if column in time_columns:
-            values = np.rint(np.asarray(values, dtype=np.float64) * 1_000_000).astype(np.int64).tolist()
-        out.append(values)
-    return out
+        values = transposed[fields.index(attr)] if rows else []
+        kind = _KINDS.get(column, "str")
+        if kind == "time":
+            micros = np.rint(np.asarray(values, dtype=np.float64) * 1_000_000).astype(np.int64)
+            arrays[column] = pa.array(micros, pa.timestamp("us", tz="UTC"))
+        elif kind == "lc":
+            arrays[column] = pa.array(values, pa.dictionary(pa.int32(), pa.string()))
+        elif kind == "map":
+            arrays[column] = _map_array(values)
+        else:
+            arrays[column] = pa.array(values, plain[kind])
+    return pa.table(arrays)
+
+
+def _map_array(dicts: Sequence[Mapping[str, str]]) -> Any:
+    """``Map(String, String)`` values as an Arrow map array, built from flat keys, values and offsets."""
+    import pyarrow as pa
+
+    offsets, keys, values, total = [0], [], [], 0
+    for item in dicts:
+        keys.extend(item)
+        values.extend(item.values())
+        total += len(item)
+        offsets.append(total)
+    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, pa.string()),
+                                   pa.array(values, pa.string()))
 
 
 class ClickHouseSink:
@@ -198,6 +230,7 @@ class ClickHouseSink:
 
     name = "clickhouse"
     wants_events = True
+    wants_runs = False  # step attempts only: run summaries go to Qdrant
     thread_safe = True  # writes take the client's lock: the exporter may write from its writer thread
 
     def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
@@ -235,20 +268,19 @@ class ClickHouseSink:
 
     # -- writes --------------------------------------------------------------------------
     def write_events(self, rows: Sequence[Any]) -> None:
-        self._insert(EVENTS_TABLE, rows, EVENT_COLUMNS, ("Timestamp",))
+        self._insert(EVENTS_TABLE, rows, EVENT_COLUMNS)
 
     def write_step_runs(self, rows: Sequence[Any]) -> None:
-        self._insert(STEP_RUNS_TABLE, rows, STEP_RUN_COLUMNS, ("StartedAt", "FinishedAt"))
+        self._insert(STEP_RUNS_TABLE, rows, STEP_RUN_COLUMNS)
 
-    def _insert(self, table: str, rows: Sequence[Any], columns: dict[str, str], time_columns: Sequence[str]) -> None:
-        """One insert of ``rows`` as column lists (clickhouse-connect's Native format)."""
+    def _insert(self, table: str, rows: Sequence[Any], columns: dict[str, str]) -> None:
+        """One insert of ``rows`` as an Arrow table (Arrow format in, no per-value Python encoding)."""
         if not rows:
             return
-        data = rows_to_columns(rows, columns, time_columns)
+        data = rows_to_arrow(rows, columns)
         with self._lock:
             self._ensure()
-            self.client.insert(table, data, database=self.database, column_names=list(columns),
-                               column_oriented=True, settings=INSERT_SETTINGS)
+            self.client.insert_arrow(table, data, database=self.database, settings=INSERT_SETTINGS)
 
     def write(self, batch: Any) -> None:
         """Write an :class:`~noetl_dagster.sensors.exporter.ExportBatch` (events, then step runs)."""
@@ -336,4 +368,4 @@ class ClickHouseResource(dg.ConfigurableResource):
 
 
 __all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
-           "STEP_RUNS_TABLE", "client_session", "default_dsn", "default_home", "get_client", "rows_to_columns"]
+           "STEP_RUNS_TABLE", "client_session", "default_dsn", "default_home", "get_client", "rows_to_arrow"]

@@ -153,6 +153,7 @@ class QdrantSink:
 
     name = "qdrant"
     wants_events = False
+    wants_runs = True
 
     def __init__(self, client: Any, embedder: Any, prefix: str = "noetl_") -> None:
         self.client = client

@@ -78,7 +78,8 @@ class Sink(Protocol):
     """A destination: ``write`` must be idempotent for the same rows (replays happen)."""
 
     name: str
-    wants_events: bool  # False: only finished-run summaries (no live event stream)
+    wants_events: bool  # events and step attempts, live; False: only finished runs
+    # optional ``wants_runs``: finished-run summaries (default: when it wants no events)
     # optional ``thread_safe = True``: ``write`` may run in the exporter's writer thread
 
     def write(self, batch: ExportBatch) -> None: ...
@@ -121,8 +122,8 @@ class ExportCursor:
 class ExportStats:
     events: int = 0
     step_runs: int = 0
-    runs: int = 0
-    failures: int = 0
+    runs: int = 0  # finished runs
+    failures: int = 0  # steps failed for good (summaries), or failed step attempts (an event sink)
     batches: int = 0
     discovered: int = 0
     reopened: int = 0
@@ -189,6 +190,7 @@ class Exporter:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
+        self.summaries = bool(getattr(sink, "wants_runs", not self.live))
         self.lag = default_lag(instance) if lag_seconds is None else float(lag_seconds)
         self.batch_size = batch_size
         self.page_size = page_size
@@ -431,17 +433,18 @@ class Exporter:
 
     def _finish(self, run_id: str, ctx: RunContext, rows: Sequence[EventRow] | None, last: int) -> None:
         """A finished run read to its end (``last``: its last storage id, -1 unknown): its step
-        attempts and summary, from its whole log."""
+        attempts (an event sink) and summary (a run sink), from its whole log."""
         if rows is None:
             records = self.instance.get_records_for_run(run_id).records
             rows = map_records(records, ctx)
             if not self.live:  # an event sink watches from what it wrote, not from what it re-read
                 last = records[-1].storage_id if records else last
-        step_runs, summary = self.summarize(run_id, ctx, rows)
+        rows = relevant_rows(rows)
         if self.live:
-            self._pending.step_runs.extend(step_runs)
-        self._pending.runs.append(summary)
-        self._staged_done[run_id] = (ctx.end_time or summary.finished_at, last)
+            self._pending.step_runs.extend(build_step_runs(rows))
+        if self.summaries:
+            self._pending.runs.append(build_run_summary(rows, ctx))
+        self._staged_done[run_id] = (ctx.end_time or (rows[-1].timestamp if rows else self.clock()), last)
 
     # -- commit --------------------------------------------------------------------------
     def _flush_pending(self, stats: ExportStats, final: bool = False) -> None:
@@ -473,8 +476,8 @@ class Exporter:
         stats.batches += 1
         stats.events += len(batch.events)
         stats.step_runs += len(batch.step_runs)
-        stats.runs += len(batch.runs)
-        stats.failures += sum(len(r.failures) for r in batch.runs)
+        stats.failures += (sum(len(r.failures) for r in batch.runs) if self.summaries
+                           else sum(s.status == "failed" for s in batch.step_runs))
 
     def _flush(self, cur: ExportCursor, stats: ExportStats) -> None:
         """Write what is pending, wait until it is written, then move the positions."""
@@ -488,6 +491,7 @@ class Exporter:
             cur.done[run_id] = end
             if last >= 0 and self.tail_seconds > 0:
                 cur.tail[run_id] = [end, last]
+        stats.runs += len(self._staged_done)
         self._staged_pos.clear()
         self._staged_done.clear()
 

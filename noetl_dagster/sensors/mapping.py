@@ -53,6 +53,7 @@ EVENT_TYPES: dict[str, tuple[str, str]] = {
     "ASSET_CHECK_EVALUATION": ("check.evaluated", "PASSED"),
     "ASSET_CHECK_EVALUATION_PLANNED": ("check.planned", "PENDING"),
 }
+_OUTPUT_TYPE, _SUCCESS_TYPE = EVENT_TYPES["STEP_OUTPUT"], EVENT_TYPES["STEP_SUCCESS"]
 RUN_TERMINAL = {"PIPELINE_SUCCESS": "success", "PIPELINE_FAILURE": "failure", "PIPELINE_CANCELED": "canceled"}
 #: the op output that carries a step's result and usage metadata
 RESULT_OUTPUT = "result"
@@ -345,23 +346,12 @@ def failure_error(failure_data: Any) -> str:
 def _details(entry: Any, event: Any, dtype: str, ctx: RunContext
              ) -> tuple[str, str, dict[str, str], str, int, str, dict[str, Any] | None]:
     """What an event of a detailed type adds: (event type, status, metadata, error, duration,
-    message, ``noetl/steps``)."""
+    message, ``noetl/steps``); step outputs and successes are mapped inline by :func:`map_records`."""
     etype, status = _event_type(dtype)
     data = event.event_specific_data
     meta: dict[str, str] = {}
     error, duration, message, steps = "", 0, "", None
-    if dtype == "STEP_OUTPUT":
-        handle = data.step_output_handle
-        meta["output"] = handle.output_name
-        if handle.mapping_key:
-            meta["mapping_key"] = handle.mapping_key
-        if handle.output_name == RESULT_OUTPUT:
-            etype = "call.done"
-        if data.metadata:
-            steps = _copy_metadata(data.metadata, meta)
-    elif dtype == "STEP_SUCCESS":
-        duration = int(round(data.duration_ms or 0))
-    elif dtype == "STEP_FAILURE":
+    if dtype == "STEP_FAILURE":
         error = failure_error(data)
         if data.user_failure_data is not None:
             steps = _copy_metadata(data.user_failure_data.metadata, meta)
@@ -407,6 +397,23 @@ def _details(entry: Any, event: Any, dtype: str, ctx: RunContext
     return etype, status, meta, error, duration, message, steps
 
 
+def _step_parts(key: tuple[str, int | None], tools: Mapping[str, str]
+                ) -> tuple[str, str, dict[str, str], int, str]:
+    """What every event of one step (and worker) shares: (step name, node name, base metadata,
+    attempt, mapping key); run-level events (no step key) have node ``playbook``, attempt 0."""
+    step_key, pid = key
+    meta: dict[str, str] = {} if pid is None else {"worker": _worker(pid)}
+    if not step_key:
+        return "", "playbook", meta, 0, ""
+    name, node, mapping_key = step_parts(step_key)
+    tool = tools.get(node)
+    if tool:
+        meta["tool"] = tool
+    if mapping_key:
+        meta["mapping_key"] = mapping_key
+    return name, step_key, meta, 1, mapping_key
+
+
 def map_record(record: Any, ctx: RunContext, attempt: int = 1) -> EventRow:
     """One Dagster ``EventLogRecord`` as a NoETL-style row (``attempt``: of its step).
 
@@ -437,6 +444,7 @@ def map_records(records: Sequence[Any], ctx: RunContext,
     types = _TYPES.get
     levels = _LEVELS.get
     steps: dict[tuple[str, int | None], tuple[str, str, dict[str, str], int, str]] = {}
+    outputs: dict[tuple[Any, str], dict[str, str]] = {}  # metadata of outputs without metadata of their own
     retried = False
     last_key: tuple[str, int | None] | None = None
     parts = ("", "", {}, 0, "")
@@ -453,29 +461,37 @@ def map_records(records: Sequence[Any], ctx: RunContext,
         elif (found := steps.get(key)) is not None:
             last_key, parts = key, found
         else:
-            step_key = key[0]
-            meta: dict[str, str] = {} if event.pid is None else {"worker": _worker(event.pid)}
-            if step_key:
-                name, node, mapping_key = step_parts(step_key)
-                tool = tools.get(node)
-                if tool:
-                    meta["tool"] = tool
-                if mapping_key:
-                    meta["mapping_key"] = mapping_key
-                parts = (name, step_key, meta, 1, mapping_key)
-            else:
-                parts = ("", "playbook", meta, 0, "")
+            parts = steps[key] = _step_parts(key, tools)
             last_key = key
-            steps[key] = parts
-        if dtype in detailed:
-            etype, status, extra, error, duration, message, reported = _details(entry, event, dtype, ctx)
-            meta = {**parts[2], **extra} if extra else parts[2]
-            if parts[4] and extra:
-                meta["mapping_key"] = parts[4]
-            retried = retried or dtype == "STEP_UP_FOR_RETRY"
-        else:
+        meta, error, duration, message, reported = parts[2], "", 0, "", None
+        if dtype not in detailed:
             etype, status = types(dtype) or _event_type(dtype)
-            meta, error, duration, message, reported = parts[2], "", 0, "", None
+        elif dtype == "STEP_OUTPUT":  # the most frequent detailed types, inline
+            etype, status = _OUTPUT_TYPE
+            data = event.event_specific_data
+            handle = data.step_output_handle
+            output = handle.output_name
+            if output == RESULT_OUTPUT:
+                etype = "call.done"
+            item = handle.mapping_key if not parts[4] else None  # a fan-out's dynamic output item
+            if data.metadata or item:
+                meta = {**meta, "output": output}
+                if item:
+                    meta["mapping_key"] = item
+                if data.metadata:
+                    reported = _copy_metadata(data.metadata, meta)
+            elif (meta := outputs.get((key, output))) is None:
+                meta = outputs[(key, output)] = {**parts[2], "output": output}
+        elif dtype == "STEP_SUCCESS":
+            etype, status = _SUCCESS_TYPE
+            duration = int(round(event.event_specific_data.duration_ms or 0))
+        else:
+            etype, status, extra, error, duration, message, reported = _details(entry, event, dtype, ctx)
+            if extra:
+                meta = {**meta, **extra}
+                if parts[4]:
+                    meta["mapping_key"] = parts[4]
+            retried = retried or dtype == "STEP_UP_FOR_RETRY"
         append(new(EventRow, (
             entry.timestamp, record.storage_id, run_id or entry.run_id, etype, status, parts[0], parts[1],
             playbook, duration, error, meta, domain, job or entry.job_name or "",
@@ -583,14 +599,12 @@ def build_step_runs(rows: Sequence[EventRow]) -> list[StepRun]:
     for row in rows:
         dtype = row.dagster_event_type
         if dtype == "STEP_START" or dtype == "STEP_RESTARTED":
-            open_[(row.node_name, row.attempt)] = (row.timestamp, dict(row.metadata))
+            open_[(row.node_name, row.attempt)] = (row.timestamp, row.metadata)  # rows' metadata is read-only
         elif dtype == "STEP_OUTPUT":
-            if row.metadata.get("output") == RESULT_OUTPUT:
-                state = open_.get((row.node_name, row.attempt))
-                if state is None:
-                    state = open_[(row.node_name, row.attempt)] = (row.timestamp, {})
-                state[1].update(row.metadata)
-                state[1].pop("output", None)
+            if row.metadata.get("output") == RESULT_OUTPUT:  # usage (rows, bytes, CPU, memory) of the attempt
+                key = (row.node_name, row.attempt)
+                started, meta = open_.get(key) or (row.timestamp, {})
+                open_[key] = (started, {**meta, **row.metadata})
         elif dtype == "STEP_SUCCESS":
             close((row.node_name, row.attempt), row, "success", row.duration_ms)
         elif dtype == "STEP_FAILURE":
