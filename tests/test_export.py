@@ -152,6 +152,37 @@ def test_a_sink_raising_mid_batch_loses_and_duplicates_nothing(runs, sink: Click
     assert all(name.startswith("noetl-export") == threaded for name in flaky.threads), flaky.threads
 
 
+def test_prepared_writes_store_what_plain_writes_store(runs, sink: ClickHouseSink, chdb_dsn: str) -> None:
+    """The exporter encodes a batch (``prepare``) and its writer thread only inserts: the tables hold the
+    same rows, values and types as a plain ``write``; the tick restores Python's thread switch interval."""
+    instance, _ = runs
+
+    class Capture:
+        name, wants_events, wants_runs, thread_safe = "clickhouse", True, False, True
+
+        def __init__(self) -> None:
+            self.batches: list[Any] = []
+
+        def write(self, batch: Any) -> None:
+            self.batches.append(batch)
+
+    captured = Capture()
+    Exporter(instance, captured, batch_size=40).export(ExportCursor())
+    assert len(captured.batches) >= 2 and sum(len(b.step_runs) for b in captured.batches) > 0
+    plain = ClickHouseSink(get_client(chdb_dsn), database=f"t_{uuid.uuid4().hex[:10]}")
+    for batch in captured.batches:
+        plain.write(batch)
+        sink.write(sink.prepare(batch))
+    for table in ("noetl_events", "step_runs"):
+        digest = f"SELECT count(), groupBitXor(cityHash64(*)) FROM {{db}}.{table} FINAL"
+        assert plain.query(digest) == sink.query(digest) and sink.query(digest)[0][0] > 0
+        types = f"SELECT name, type FROM system.columns WHERE database = '{{db}}' AND table = '{table}'"
+        assert plain.query(types) == sink.query(types)
+    before = sys.getswitchinterval()
+    Exporter(instance, ClickHouseSink(get_client(chdb_dsn), database=f"t_{uuid.uuid4().hex[:10]}")).export()
+    assert sys.getswitchinterval() == before
+
+
 def test_a_sink_down_keeps_the_cursor_and_catches_up(runs, sink: ClickHouseSink) -> None:
     instance, ids = runs
     sensor = clickhouse_export_sensor(budget_seconds=30)

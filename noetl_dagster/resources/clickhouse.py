@@ -25,7 +25,7 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -217,6 +217,13 @@ def _map_array(dicts: Sequence[Mapping[str, str]]) -> Any:
                                    pa.array(values, pa.string()))
 
 
+class ArrowBatch(NamedTuple):
+    """A prepared write: the ``noetl_events`` and ``step_runs`` Arrow tables (``None``: no rows)."""
+
+    events: Any
+    step_runs: Any
+
+
 class ClickHouseSink:
     """Writes export batches to ``noetl_events`` / ``step_runs``; idempotent under replays.
 
@@ -268,24 +275,34 @@ class ClickHouseSink:
 
     # -- writes --------------------------------------------------------------------------
     def write_events(self, rows: Sequence[Any]) -> None:
-        self._insert(EVENTS_TABLE, rows, EVENT_COLUMNS)
+        self._insert(EVENTS_TABLE, rows_to_arrow(rows, EVENT_COLUMNS) if rows else None)
 
     def write_step_runs(self, rows: Sequence[Any]) -> None:
-        self._insert(STEP_RUNS_TABLE, rows, STEP_RUN_COLUMNS)
+        self._insert(STEP_RUNS_TABLE, rows_to_arrow(rows, STEP_RUN_COLUMNS) if rows else None)
 
-    def _insert(self, table: str, rows: Sequence[Any], columns: dict[str, str]) -> None:
-        """One insert of ``rows`` as an Arrow table (Arrow format in, no per-value Python encoding)."""
-        if not rows:
+    def _insert(self, table: str, data: Any) -> None:
+        """One insert of an Arrow table (Arrow format in: no per-value encoding in Python)."""
+        if data is None:
             return
-        data = rows_to_arrow(rows, columns)
         with self._lock:
             self._ensure()
             self.client.insert_arrow(table, data, database=self.database, settings=INSERT_SETTINGS)
 
+    def prepare(self, batch: Any) -> "ArrowBatch":
+        """An :class:`~noetl_dagster.sensors.exporter.ExportBatch` as Arrow tables: the CPU work of a
+        write, which the exporter does in its own thread so that its writer thread only inserts
+        (ClickHouse works without holding the interpreter).
+
+        Example: ``sink.write(sink.prepare(batch))``  # the same as ``sink.write(batch)``
+        """
+        return ArrowBatch(rows_to_arrow(batch.events, EVENT_COLUMNS) if batch.events else None,
+                          rows_to_arrow(batch.step_runs, STEP_RUN_COLUMNS) if batch.step_runs else None)
+
     def write(self, batch: Any) -> None:
-        """Write an :class:`~noetl_dagster.sensors.exporter.ExportBatch` (events, then step runs)."""
-        self.write_events(batch.events)
-        self.write_step_runs(batch.step_runs)
+        """Write an ``ExportBatch`` (or its :meth:`prepare`-d tables): events, then step attempts."""
+        tables = batch if isinstance(batch, ArrowBatch) else self.prepare(batch)
+        self._insert(EVENTS_TABLE, tables.events)
+        self._insert(STEP_RUNS_TABLE, tables.step_runs)
 
     # -- reads ---------------------------------------------------------------------------
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
@@ -367,5 +384,5 @@ class ClickHouseResource(dg.ConfigurableResource):
         return self.database or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE
 
 
-__all__ = ["ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
+__all__ = ["ArrowBatch", "ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
            "STEP_RUNS_TABLE", "client_session", "default_dsn", "default_home", "get_client", "rows_to_arrow"]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -81,6 +82,7 @@ class Sink(Protocol):
     wants_events: bool  # events and step attempts, live; False: only finished runs
     # optional ``wants_runs``: finished-run summaries (default: when it wants no events)
     # optional ``thread_safe = True``: ``write`` may run in the exporter's writer thread
+    # optional ``prepare(batch)``: the CPU part of a write (run by the exporter), its result given to ``write``
 
     def write(self, batch: ExportBatch) -> None: ...
 
@@ -153,6 +155,22 @@ def _gc_paused(enabled: bool) -> Any:
         yield
     finally:
         gc.enable()
+
+
+@contextmanager
+def _short_switches(enabled: bool, interval: float = 0.001) -> Any:
+    """Let threads hand the interpreter over every ``interval`` s (Python's default is 5 ms) for a
+    tick: ClickHouse (chdb) takes the interpreter back several times during an insert, and at 5 ms
+    per hand-over the writer thread would wait on the mapping thread instead of working beside it."""
+    previous = sys.getswitchinterval()
+    if not enabled or previous <= interval:
+        yield
+        return
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _done(fn: Callable[..., Any], *args: Any) -> Future:
@@ -232,7 +250,7 @@ class Exporter:
         self._writing: tuple[Future, ExportBatch] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="noetl-export") if self.background_writes else None
         try:
-            with _gc_paused(self.pause_gc):
+            with _gc_paused(self.pause_gc), _short_switches(self._writer is not None):
                 self._reopen(cur, now, stats, over)
                 self._loop(cur, safe_ts, stats, over)
         finally:
@@ -461,10 +479,12 @@ class Exporter:
                             pending.runs if rest else [])
         self._pending = ExportBatch([] if events else pending.events, [] if rest else pending.step_runs,
                                     [] if rest else pending.runs)
+        prepare = getattr(self.sink, "prepare", None)  # encoding, here: the writer thread only does I/O
+        payload = prepare(batch) if prepare is not None and len(batch) else batch
         self._wait(stats)
         if len(batch):
-            self._writing = (self._writer.submit(self.sink.write, batch) if self._writer is not None
-                             else _done(self.sink.write, batch), batch)
+            self._writing = (self._writer.submit(self.sink.write, payload) if self._writer is not None
+                             else _done(self.sink.write, payload), batch)
 
     def _wait(self, stats: ExportStats) -> None:
         """Wait for the write in flight; count it, or raise what the sink raised."""
