@@ -1,12 +1,12 @@
 """Incremental export of the Dagster event log to a sink: cursor, time budget, catch-up.
 
-Delivery is at-least-once with idempotent writes: a tick reads, writes a batch to the sink, and
-only then advances its cursor (in memory); the caller stores the cursor after the tick. A
-thread-safe sink (``thread_safe = True``) writes a batch in a writer thread while the next one
-is mapped; positions still move only after the write returned. If the
-sink raises, :meth:`Exporter.export` raises and the stored cursor stays where it was, so the
-next tick writes the same rows again and the sink's dedup (ClickHouse ``ReplacingMergeTree``
-keyed on the event identity, Qdrant deterministic point ids) absorbs them.
+Delivery is at-least-once with idempotent writes: a tick reads and writes batches to the sink,
+moving positions in its own copy of the cursor, and returns that copy only after every write
+returned; the caller stores it after the tick. A thread-safe sink (``thread_safe = True``) writes
+in a writer thread while the next batch is mapped. If the sink raises, :meth:`Exporter.export`
+raises and the stored cursor stays where it was, so the next tick writes the same rows again and
+the sink's dedup (ClickHouse ``ReplacingMergeTree`` keyed on the event identity, Qdrant
+deterministic point ids) absorbs them.
 
 Which runs: a *discovery* pass reads run status changes (``fetch_run_status_changes``,
 ``PIPELINE_START`` and the terminal types, merged in storage-id order) after a watermark.
@@ -37,6 +37,7 @@ import gc
 import json
 import sys
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -204,7 +205,8 @@ class Exporter:
                  playbook_runs_only: bool = True, clock: Callable[[], float] = time.time,
                  max_cached_rows: int = 100_000, pause_gc: bool = True,
                  background_writes: bool | None = None, tail_seconds: float = DEFAULT_TAIL_SECONDS,
-                 max_tail: int = DEFAULT_MAX_TAIL, tail_probes: int = DEFAULT_TAIL_PROBES) -> None:
+                 max_tail: int = DEFAULT_MAX_TAIL, tail_probes: int = DEFAULT_TAIL_PROBES,
+                 queued_writes: int = 2) -> None:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
@@ -224,6 +226,8 @@ class Exporter:
         self.tail_seconds = tail_seconds
         self.max_tail = max_tail
         self.tail_probes = tail_probes
+        #: batches handed to the writer thread and not yet written, at most (each holds batch_size rows)
+        self.queued_writes = max(1, queued_writes)
         self._tools: dict[str, dict[str, str]] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -247,12 +251,13 @@ class Exporter:
         def over() -> bool:
             return deadline is not None and time.monotonic() > deadline
 
-        self._writing: tuple[Future, ExportBatch] | None = None
+        self._writing: deque[tuple[Future, ExportBatch]] = deque()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="noetl-export") if self.background_writes else None
         try:
             with _gc_paused(self.pause_gc), _short_switches(self._writer is not None):
                 self._reopen(cur, now, stats, over)
                 self._loop(cur, safe_ts, stats, over)
+                self._wait(stats)  # every write returned: only now is the cursor handed back
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
@@ -467,9 +472,10 @@ class Exporter:
     # -- commit --------------------------------------------------------------------------
     def _flush_pending(self, stats: ExportStats, final: bool = False) -> None:
         """Hand the pending events (and step attempts and summaries) to the writer once there are
-        ``batch_size`` of them, or all of them when ``final``; the writer waits for the previous
-        write, so one batch is written while the next is mapped. Positions are applied by
-        :meth:`_flush`, which is final (a tick that raises returns no cursor at all)."""
+        ``batch_size`` of them, or all of them when ``final``; up to ``queued_writes`` batches wait
+        for the writer thread while the next one is mapped (a slow insert does not stall the mapping).
+        Positions are applied by :meth:`_flush`, which is final (a tick that raises returns no
+        cursor at all)."""
         pending = self._pending
         events = final or len(pending.events) >= self.batch_size
         rest = final or len(pending.step_runs) + len(pending.runs) >= self.batch_size
@@ -479,19 +485,22 @@ class Exporter:
                             pending.runs if rest else [])
         self._pending = ExportBatch([] if events else pending.events, [] if rest else pending.step_runs,
                                     [] if rest else pending.runs)
-        prepare = getattr(self.sink, "prepare", None)  # encoding, here: the writer thread only does I/O
-        payload = prepare(batch) if prepare is not None and len(batch) else batch
-        self._wait(stats)
-        if len(batch):
-            self._writing = (self._writer.submit(self.sink.write, payload) if self._writer is not None
-                             else _done(self.sink.write, payload), batch)
-
-    def _wait(self, stats: ExportStats) -> None:
-        """Wait for the write in flight; count it, or raise what the sink raised."""
-        if self._writing is None:
+        if not len(batch):
             return
-        future, batch = self._writing
-        self._writing = None
+        prepare = getattr(self.sink, "prepare", None)  # encoding, here: the writer thread only does I/O
+        payload = prepare(batch) if prepare is not None else batch
+        self._wait(stats, keep=self.queued_writes - 1)
+        self._writing.append((self._writer.submit(self.sink.write, payload) if self._writer is not None
+                              else _done(self.sink.write, payload), batch))
+
+    def _wait(self, stats: ExportStats, keep: int = 0) -> None:
+        """Wait for the oldest writes until ``keep`` are in flight; count them, or raise what the
+        sink raised."""
+        while len(self._writing) > keep:
+            self._count(self._writing.popleft(), stats)
+
+    def _count(self, write: tuple[Future, ExportBatch], stats: ExportStats) -> None:
+        future, batch = write
         future.result()
         stats.batches += 1
         stats.events += len(batch.events)
@@ -500,9 +509,10 @@ class Exporter:
                            else sum(s.status == "failed" for s in batch.step_runs))
 
     def _flush(self, cur: ExportCursor, stats: ExportStats) -> None:
-        """Write what is pending, wait until it is written, then move the positions."""
+        """Hand what is pending to the writer and move the positions in the tick's copy of the
+        cursor, which :meth:`export` returns only after every write returned (a write that raises
+        makes the tick raise: the caller keeps its cursor)."""
         self._flush_pending(stats, final=True)
-        self._wait(stats)
         for run_id, pos in self._staged_pos.items():
             if run_id in cur.active:
                 cur.active[run_id] = max(cur.active[run_id], pos)
