@@ -36,6 +36,8 @@ test: install
 bench: install
 	$(PY) benchmarks/compile_scale.py
 	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/io_manager.py
+	$(PY) benchmarks/export.py
 
 clean:
 	rm -rf $(VENV) .dagster_home .pytest_cache

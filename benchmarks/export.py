@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         *([labels[key], f"{seconds:.2f}", f"{cpu:.2f}", f"{total / seconds:,.0f}", f"{export_s / seconds:.2f}"]
           for key, (seconds, cpu) in best.items() if key != "export"),
     ]))
-    print(f"\nbest of {args.repeat} interleaved rounds per path; export / raw client.insert per round: "
-          + ", ".join(f"{e[0] / r[0]:.2f}" for e, r in zip(times["export"], times["raw"])))
+    print(f"\nbest of {args.repeat} interleaved rounds per path; per round, export / raw client.insert: "
+          + ", ".join(f"{e[0]:.2f} s / {r[0]:.2f} s = {e[0] / r[0]:.2f}" for e, r in zip(times["export"], times["raw"])))
     print(f"export: {stats.events:,} events, {stats.step_runs:,} step runs, {stats.runs:,} finished runs "
           f"in {stats.batches} batches; every raw table holds the exported noetl_events rows (same digest)")
     print(f"targets: >= 100,000 events/s -> {rate:,.0f} ({'met' if rate >= 100_000 else 'NOT met'}); "

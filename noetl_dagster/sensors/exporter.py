@@ -257,6 +257,7 @@ class Exporter:
             with _gc_paused(self.pause_gc), _short_switches(self._writer is not None):
                 self._reopen(cur, now, stats, over)
                 self._loop(cur, safe_ts, stats, over)
+                self._flush_pending(stats, final=True)
                 self._wait(stats)  # every write returned: only now is the cursor handed back
         finally:
             if self._writer is not None:
@@ -270,7 +271,7 @@ class Exporter:
             before = (stats.discovered, stats.runs)
             more = self._discover(cur, safe_ts, stats, over)
             finished_all = self._export_active(cur, safe_ts, stats, over)
-            self._flush(cur, stats)
+            self._advance(cur, stats)
             progressed = (stats.discovered, stats.runs) != before
             if over() or not more or not progressed:
                 stats.caught_up = finished_all and not more
@@ -474,8 +475,7 @@ class Exporter:
         """Hand the pending events (and step attempts and summaries) to the writer once there are
         ``batch_size`` of them, or all of them when ``final``; up to ``queued_writes`` batches wait
         for the writer thread while the next one is mapped (a slow insert does not stall the mapping).
-        Positions are applied by :meth:`_flush`, which is final (a tick that raises returns no
-        cursor at all)."""
+        Positions move in :meth:`_advance` (a tick that raises returns no cursor at all)."""
         pending = self._pending
         events = final or len(pending.events) >= self.batch_size
         rest = final or len(pending.step_runs) + len(pending.runs) >= self.batch_size
@@ -508,11 +508,11 @@ class Exporter:
         stats.failures += (sum(len(r.failures) for r in batch.runs) if self.summaries
                            else sum(s.status == "failed" for s in batch.step_runs))
 
-    def _flush(self, cur: ExportCursor, stats: ExportStats) -> None:
-        """Hand what is pending to the writer and move the positions in the tick's copy of the
-        cursor, which :meth:`export` returns only after every write returned (a write that raises
-        makes the tick raise: the caller keeps its cursor)."""
-        self._flush_pending(stats, final=True)
+    def _advance(self, cur: ExportCursor, stats: ExportStats) -> None:
+        """Move the positions in the tick's copy of the cursor (finished runs leave ``active``, so
+        discovery can take more); :meth:`export` writes what is still pending and returns the
+        cursor only after every write returned (a write that raises makes the tick raise: the
+        caller keeps its cursor)."""
         for run_id, pos in self._staged_pos.items():
             if run_id in cur.active:
                 cur.active[run_id] = max(cur.active[run_id], pos)
