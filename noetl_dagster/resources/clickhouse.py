@@ -217,6 +217,11 @@ def _map_array(dicts: Sequence[Mapping[str, str]]) -> Any:
                                    pa.array(values, pa.string()))
 
 
+def _encode(rows: Sequence[tuple], columns: dict[str, str]) -> Any:
+    """:func:`rows_to_arrow`, or ``None`` for no rows (nothing to insert)."""
+    return rows_to_arrow(rows, columns) if rows else None
+
+
 class ArrowBatch(NamedTuple):
     """A prepared write: the ``noetl_events`` and ``step_runs`` Arrow tables (``None``: no rows)."""
 
@@ -275,10 +280,10 @@ class ClickHouseSink:
 
     # -- writes --------------------------------------------------------------------------
     def write_events(self, rows: Sequence[Any]) -> None:
-        self._insert(EVENTS_TABLE, rows_to_arrow(rows, EVENT_COLUMNS) if rows else None)
+        self._insert(EVENTS_TABLE, _encode(rows, EVENT_COLUMNS))
 
     def write_step_runs(self, rows: Sequence[Any]) -> None:
-        self._insert(STEP_RUNS_TABLE, rows_to_arrow(rows, STEP_RUN_COLUMNS) if rows else None)
+        self._insert(STEP_RUNS_TABLE, _encode(rows, STEP_RUN_COLUMNS))
 
     def _insert(self, table: str, data: Any) -> None:
         """One insert of an Arrow table (Arrow format in: no per-value encoding in Python)."""
@@ -295,8 +300,7 @@ class ClickHouseSink:
 
         Example: ``sink.write(sink.prepare(batch))``  # the same as ``sink.write(batch)``
         """
-        return ArrowBatch(rows_to_arrow(batch.events, EVENT_COLUMNS) if batch.events else None,
-                          rows_to_arrow(batch.step_runs, STEP_RUN_COLUMNS) if batch.step_runs else None)
+        return ArrowBatch(_encode(batch.events, EVENT_COLUMNS), _encode(batch.step_runs, STEP_RUN_COLUMNS))
 
     def write(self, batch: Any) -> None:
         """Write an ``ExportBatch`` (or its :meth:`prepare`-d tables): events, then step attempts."""
@@ -384,5 +388,6 @@ class ClickHouseResource(dg.ConfigurableResource):
         return self.database or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE
 
 
-__all__ = ["ArrowBatch", "ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS", "MIGRATIONS",
-           "STEP_RUNS_TABLE", "client_session", "default_dsn", "default_home", "get_client", "rows_to_arrow"]
+__all__ = ["ArrowBatch", "ClickHouseResource", "ClickHouseSink", "DEFAULT_DATABASE", "EVENTS_TABLE", "INSERT_SETTINGS",
+           "MIGRATIONS", "STEP_RUNS_TABLE", "client_session", "default_dsn", "default_home", "get_client",
+           "rows_to_arrow"]
