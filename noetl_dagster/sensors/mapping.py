@@ -60,7 +60,6 @@ RESULT_OUTPUT = "result"
 _MAPPED = re.compile(r"\[([^\]]*)\]$")
 _SKIP_LOG = re.compile(r"^Dependencies for step (\S+) (?:failed|were not executed)")
 _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
-_NO_STEP = ("", "", "")
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 _C_ENCODER = (json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False,
                                           False, True) if json.encoder.c_make_encoder else None)
@@ -516,18 +515,11 @@ def _log_row(record: Any, ctx: RunContext) -> EventRow:
     else:
         etype, status = "log", _LEVELS.get(entry.level, str(entry.level))
     error = _error_message(entry.error_info) if entry.error_info is not None else ""
-    meta: dict[str, str] = {}
-    name, node, mapping_key = step_parts(step_key) if step_key else _NO_STEP
-    if step_key:
-        tool = ctx.tools.get(node)
-        if tool:
-            meta["tool"] = tool
-        if mapping_key:
-            meta["mapping_key"] = mapping_key
+    name, node, meta, attempt, _ = _step_parts((step_key, None), ctx.tools)
     return EventRow(
-        entry.timestamp, record.storage_id, ctx.run_id or entry.run_id, etype, status, name, step_key or "playbook",
+        entry.timestamp, record.storage_id, ctx.run_id or entry.run_id, etype, status, name, node,
         ctx.playbook, 0, error, meta, ctx.domain, ctx.job_name or entry.job_name or "",
-        1 if step_key and etype != "step.skipped" else 0, "", _LEVELS.get(entry.level) or str(entry.level), message)
+        attempt if etype != "step.skipped" else 0, "", _LEVELS.get(entry.level) or str(entry.level), message)
 
 
 def attempts_of(records: Sequence[Any], retries: Iterable[tuple[int, str]] = ()) -> list[int]:
