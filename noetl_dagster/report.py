@@ -24,6 +24,7 @@ from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
                               loop_items_of, steps_metadata, workload_run_config)
+from .translator.guard import compiling, deep_enough
 from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
@@ -99,19 +100,21 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
         playbook = load_playbook(playbook)
     if catalog is None:
         catalog = catalog_around(playbook)
-    net = plan(playbook)
-    if has_products(playbook):
-        resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
-        defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
-                                    dg.Definitions(resources=default_resources(resources, catalog)))
-        job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
-    else:
-        job = build_job(playbook, translator, net, resources, catalog)
+    with compiling(playbook):  # a compile failure is a PlaybookError naming the playbook
+        net = plan(playbook)
+        if has_products(playbook):
+            resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
+            defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
+                                        dg.Definitions(resources=default_resources(resources, catalog)))
+            job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
+        else:
+            job = build_job(playbook, translator, net, resources, catalog)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
                   "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     partition_key = _partition_key(playbook, job, partition_key)
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
+    with deep_enough(playbook):
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                        tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
     return build_report(net, result)
 
 

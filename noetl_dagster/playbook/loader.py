@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from ..errors import Issue, PlaybookError
 from ..runtime.templates import check_syntax, is_template
 from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
+from .extensions import check_extensions
 from .models import Playbook, Step, Task, normalise_tool
 from .source import SourceList, SourceMap, YamlError, load_yaml_text
 
@@ -298,6 +299,7 @@ def _parse(raw: Any, issues: _Issues) -> Playbook | None:
     playbook.file = issues.file
     _check_cycles(playbook, raw, issues)
     _check_products(playbook, raw, issues)
+    check_extensions(playbook, raw, issues)  # extensions and reserved names (playbook/extensions.py)
     return None if issues.items else playbook
 
 
