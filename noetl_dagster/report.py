@@ -19,7 +19,7 @@ import dagster as dg
 
 from .errors import Issue, PlaybookError
 from .playbook.loader import load_playbook
-from .playbook.catalog import PlaybookCatalog
+from .playbook.catalog import PlaybookCatalog, catalog_for, catalog_root
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
@@ -152,21 +152,13 @@ def _products_io_manager(instance: dg.DagsterInstance | None) -> ArrowRefIOManag
 
 
 def playbook_root(playbook: Playbook) -> Path:
-    """The folder a playbook's ``metadata.path`` is relative to (``playbooks/`` for
-    ``risk/score`` in ``playbooks/risk/score.yaml``)."""
-    root = Path(playbook.file).resolve().parent
-    for _ in range(len(playbook.metadata.catalog_path.strip("/").split("/")) - 1):
-        root = root.parent
-    return root
+    """The folder a playbook's sub-playbooks are looked up in (see :func:`catalog_root`)."""
+    return catalog_root(playbook)
 
 
 def catalog_around(*playbooks: Playbook) -> PlaybookCatalog:
-    """``playbooks`` plus the valid playbooks of the trees they live in (each tree read once)."""
-    from .translator.definitions import load_playbooks
-
-    roots = {playbook_root(p) for p in playbooks if Path(p.file).is_file()}
-    found = [p for root in sorted(roots) for p in load_playbooks(root).playbooks]
-    return PlaybookCatalog.of([*found, *playbooks])
+    """``playbooks`` plus the playbooks of their catalog root, read on demand (bounded)."""
+    return catalog_for(*playbooks)
 
 
 def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
