@@ -144,6 +144,11 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
         if isinstance(arc, dict):
             path = ("next", "arcs", i, "set") if isinstance(nxt, dict) else ("next", i, "set")
             _check_set_keys(raw_step, path, f"next.arcs[{i}].set", issues, name)
+    for path, field, text in _template_strings(raw_step, (), ""):
+        if _PRIVATE_ATTR.search(text):
+            issues.add(raw_step, path, "a template reads an attribute "
+                       "starting with `_` (such as `__class__`), which templates can never reach", step=name,
+                       field=field, hint="templates see plain data only; read keys of results and workload")
     if "hardware" in raw_step:
         _check_hardware(raw_step, issues, name)
     product = step.product
@@ -170,6 +175,24 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
                            f"checks[{seen[check.check_name]}])", step=name, field=field,
                            hint="remove one, or give it its own `name:`")
             seen.setdefault(check.check_name, i)
+
+
+#: `x.__class__`, `x._private`, `x['__dict__']` inside `{{ }}` or `{% %}`
+_PRIVATE_ATTR = re.compile(r"(\{\{|\{%)(?:(?!\}\}|%\}).)*?(\.\s*_\w*|\[\s*['\"]_)", re.DOTALL)
+
+
+def _template_strings(value: Any, path: tuple[Any, ...], field: str) -> Any:
+    """(path, field, text) of every template string in a raw step, python `code:` left out."""
+    if isinstance(value, str):
+        if "{{" in value or "{%" in value:
+            yield path, field, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key != "code":
+                yield from _template_strings(item, path + (key,), f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _template_strings(item, path + (i,), f"{field}[{i}]")
 
 
 def _check_set_keys(raw_step: Any, path: tuple[Any, ...], field: str, issues: Any, name: str) -> None:

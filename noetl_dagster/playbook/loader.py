@@ -154,6 +154,8 @@ def _pydantic_message(err: Any) -> str:
         return f"must be a mapping, got {_describe(value)}"
     if kind == "list_type":
         return f"must be a list, got {_describe(value)}"
+    if kind == "string_too_short":
+        return f"must not be empty, got {_describe(value)}"
     if kind == "string_type":
         return f"must be a string, got {_describe(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float"):

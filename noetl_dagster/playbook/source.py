@@ -82,6 +82,22 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def _small(value: Any, budget: int = 64) -> bool:
+    """Whether ``value`` holds at most ``budget`` values (aliases counted each time they appear)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return True
+
+
 def _construct_map(loader: _SourceLoader, node: yaml.MappingNode):  # type: ignore[no-untyped-def]
     data = SourceMap()
     data.line, data.col = _mark(node)
@@ -91,8 +107,10 @@ def _construct_map(loader: _SourceLoader, node: yaml.MappingNode):  # type: igno
         key = loader.construct_object(key_node, deep=True)
         try:
             hash(key)
-        except TypeError:  # a mapping or list as a key (`? [a]`): never stringified (an alias may be huge)
-            raise _BadKey(*_mark(key_node)) from None
+        except TypeError:  # a mapping or list as a key: `{{ x }}` unquoted reads as one, so keep its text
+            if not (isinstance(key, dict) and len(key) == 1 and None in key.values() and _small(key)):
+                raise _BadKey(*_mark(key_node)) from None  # any other (maybe huge) key is never stringified
+            key = str(key)
         if key in data:
             raise _DuplicateKey(key, *_mark(key_node), data.key_positions[key])
         data[key] = loader.construct_object(value_node, deep=False)
