@@ -760,6 +760,12 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
         issues.add(meta, "schedule", f"schedule {schedule!r} of a daily-partitioned playbook must run once a day "
                    "(each tick fills the partition of the day before)", field="metadata.schedule",
                    hint='minute and hour only, e.g. "0 2 * * *"')
+    on_error = playbook.metadata.dagster.get("on_error")
+    if on_error is not None and on_error not in ("complete", "fail"):
+        block = meta.get("dagster") if isinstance(meta, SourceMap) else None
+        issues.add(block if isinstance(block, SourceMap) else meta, "on_error",
+                   f"on_error {on_error!r} is not `complete` or `fail`", field="metadata.dagster.on_error",
+                   hint="complete (NoETL: an error result completes the step) or fail (strict)")
     for path in product_references(playbook):
         if len(path.split("/")) != 2:
             issues.add(meta, "uses", f"product reference {path!r} must be `domain/product`",

@@ -50,7 +50,9 @@ class _Model(BaseModel):
         return data
 
 
-def _normalise_set(value: Any) -> dict[str, Any]:
+def _normalise_set(value: Any, strip: bool = True) -> dict[str, Any]:
+    """A ``set:`` block checked; step and arc keys lose their scope prefix (NoETL's flat context),
+    pipeline task and rule keys keep it (``ctx.x`` nests inside the pipeline, ``set_nested_var``)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -62,7 +64,7 @@ def _normalise_set(value: Any) -> dict[str, Any]:
             raise PydanticCustomError(
                 "set_key", "set key {shown} must be a non-empty name such as `ctx.total`",
                 {"key": key, "shown": repr(key)})
-        out[strip_scope(key)] = template
+        out[strip_scope(key) if strip else key] = template
     return out
 
 
@@ -110,7 +112,7 @@ class RuleThen(_Model):
     to: str | None = None
     set: dict[str, Any] = Field(default_factory=dict)
 
-    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v, strip=False))
 
 
 class Rule(_Model):
@@ -138,7 +140,7 @@ class Task(_Model):
     set: dict[str, Any] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
 
-    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v, strip=False))
 
     @model_validator(mode="before")
     @classmethod

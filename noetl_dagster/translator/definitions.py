@@ -63,7 +63,7 @@ def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = Fals
 def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
                               translator: PlaybookTranslator | None = None,
                               resources: Mapping[str, Any] | None = None,
-                              strict: bool = False) -> dg.Definitions:
+                              strict: bool = False, on_error: str | None = None) -> dg.Definitions:
     """Compile every playbook under ``paths`` into jobs.
 
     A broken playbook is logged with every issue and left out, unless ``strict=True``, which
@@ -71,19 +71,22 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     are an error for the second one. ``resources`` configure the jobs, e.g.
     ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}`` or
     ``{"io_manager": ArrowRefIOManager(base_uri="s3://lake/noetl")}`` (the default io_manager is
-    an ArrowRefIOManager under ``$DAGSTER_HOME/noetl_data``).
+    an ArrowRefIOManager under ``$DAGSTER_HOME/noetl_data``). ``on_error="fail"`` makes every
+    error result fail its op (strict mode) whatever the playbooks' ``metadata.dagster.on_error``
+    says; by default each playbook's choice applies (``complete``, as NoETL, unless it says so).
     """
     translator = translator or PlaybookTranslator()
     threshold = gc.get_threshold()
     gc.set_threshold(50_000, 20, 20)  # compiling many playbooks makes many small objects: collect less often
     try:
-        return _load_definitions(paths, translator, resources, strict)
+        return _load_definitions(paths, translator, resources, strict, on_error)
     finally:
         gc.set_threshold(*threshold)
 
 
 def _load_definitions(paths: str | Path | Sequence[str | Path], translator: PlaybookTranslator,
-                      resources: Mapping[str, Any] | None, strict: bool) -> dg.Definitions:
+                      resources: Mapping[str, Any] | None, strict: bool,
+                      on_error: str | None = None) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
     parts: dict[str, dg.Definitions] = {}
@@ -106,7 +109,7 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
                          for s in playbook.workflow if s.product})
         try:
-            parts[name] = build_definitions(playbook, translator)
+            parts[name] = build_definitions(playbook, translator, on_error=on_error)
         except PlaybookError as exc:  # e.g. an unknown metadata.dagster.executor
             problems.extend(exc.issues)
             continue

@@ -1,6 +1,6 @@
 """Tool kinds: one module each, registered here."""
 
-from .base import Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
+from .base import ErrorResult, Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
 from .container import ContainerTool
 from .duckdb import DuckDBTool
 from .http import HttpTool
@@ -23,5 +23,5 @@ NOETL_KINDS = frozenset({
     "playbooks", "snowflake_transfer", "mcp", "provider", "result_fetch", "agent",
 })
 
-__all__ = ["Tool", "ToolContext", "ToolError", "get_tool", "register_tool", "supported_kinds",
+__all__ = ["ErrorResult", "Tool", "ToolContext", "ToolError", "get_tool", "register_tool", "supported_kinds",
            "NOETL_KINDS"]
