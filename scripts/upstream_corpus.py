@@ -68,6 +68,7 @@ class Row:
     validate_ok: bool = False
     error: str = ""                 # our first validation error
     errors: int = 0
+    warnings: int = 0               # accepted forms the validator warns about
     kinds: list[str] = field(default_factory=list)
     run: str = ""                   # "", "skipped: ...", "success", "failure", "timeout", "error: ..."
     run_seconds: float | None = None
@@ -189,8 +190,6 @@ def playbook_root(path: Path) -> Path:
 
 
 def validate_corpus(root: Path, timeout: float) -> list[Row]:
-    import logging
-
     import yaml
 
     from noetl_dagster.errors import PlaybookError
@@ -198,9 +197,9 @@ def validate_corpus(root: Path, timeout: float) -> list[Row]:
     from noetl_dagster.playbook.loader import load_playbook
     from noetl_dagster.translator.definitions import find_playbooks
 
-    logging.getLogger("noetl_dagster.playbook").setLevel(logging.ERROR)  # warnings: not failures here
     rows: list[Row] = []
     loaded = []
+    paths: dict[str, Row] = {}  # catalog path -> row, to explain references to broken playbooks
     for path in find_playbooks(root):
         rel = str(path.relative_to(root))
         try:
@@ -210,10 +209,14 @@ def validate_corpus(root: Path, timeout: float) -> list[Row]:
         group, reason = classify(rel, doc)
         row = Row(rel, group, reason, kinds=tool_kinds(doc))
         rows.append(row)
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("path") or meta.get("name"), str):
+            paths[str(meta.get("path") or meta.get("name")).strip("/")] = row
         try:
             with bounded(timeout):
-                loaded.append((row, load_playbook(path)))
-            row.validate_ok = True
+                playbook = load_playbook(path)
+            loaded.append((row, playbook))
+            row.validate_ok, row.warnings = True, len(playbook.warnings)
         except PlaybookError as exc:
             row.errors = len(exc.issues)
             first = exc.issues[0]
@@ -225,7 +228,11 @@ def validate_corpus(root: Path, timeout: float) -> list[Row]:
         missing = catalog.missing_references(playbook)
         if missing:
             row.validate_ok, row.errors = False, len(missing)
-            row.error = f"{missing[0].line}: {missing[0].field}: {missing[0].message} ({missing[0].hint})"
+            first = missing[0]
+            target = paths.get(str(playbook.step(first.step).tool[0].config.get("path", "")).strip("/")) \
+                if first.step else None
+            why = f"the playbook at that path, {target.file}, does not validate here" if target else first.hint
+            row.error = f"{first.line}: {first.field}: {first.message} ({why})"
     return rows
 
 
@@ -282,6 +289,10 @@ def summary(rows: list[Row]) -> list[str]:
     if len(both) != len(valid):
         lines.append(f"(counting the ones that fail on NoETL at run time as valid: {ok_both}/{len(both)} = "
                      f"{100.0 * ok_both / len(both):.1f} %)")
+    warned = [r for r in rows if r.warnings]
+    if warned:
+        lines.append(f"validated with warnings: {len(warned)} playbook(s), {sum(r.warnings for r in warned)} "
+                     "warning(s) (`noetl-dagster validate` prints them)")
     failing = Counter(_cause(r.error) for r in valid if not r.validate_ok)
     if failing:
         lines.append("NoETL-valid playbooks that do not validate, by cause:")
@@ -296,7 +307,10 @@ def summary(rows: list[Row]) -> list[str]:
 def _cause(error: str) -> str:
     text = re.sub(r"^\d+: ", "", error)
     text = re.sub(r"^[\w\[\].]+: ", "", text)          # the field
-    return re.sub(r"'[^']*'", "'…'", text)[:100]
+    if "does not validate here" in text:
+        return "sub-playbook path of a playbook that does not validate here"
+    text = text.split(" (")[0]
+    return text if text.startswith("tool kind") else re.sub(r"'[^']*'", "'…'", text)[:100]
 
 
 def table(rows: list[Row], with_runs: bool) -> list[str]:

@@ -7,7 +7,6 @@ noetl/server orchestrate-core (cursor loops).
 
 from __future__ import annotations
 
-import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -114,17 +113,17 @@ def _outcome(s, fail: bool):
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_else_without_then_matches_and_does_nothing(fail: bool, caplog: pytest.LogCaptureFixture) -> None:
+def test_else_without_then_matches_and_does_nothing(fail: bool) -> None:
     """NoETL: the `else` rule matches (so later rules are never reached) and applies no action or
     set: the task's outcome decides, exactly as if the task had no rules at all."""
-    with caplog.at_level(logging.WARNING, logger="noetl_dagster.playbook"):
-        with_else = step(PIPELINE.replace("RULES", ELSE_NO_THEN))
+    playbook = parse_text(HEAD + PIPELINE.replace("RULES", ELSE_NO_THEN), "p.yaml")
+    with_else = playbook.workflow[1]
     without_rules = step(PIPELINE.replace("        spec:\n          policy:\n            rules:\nRULES\n", ""))
     got = _outcome(with_else, fail)
     assert got == _outcome(without_rules, fail)
     if not fail:
         assert got[1]["after"] == {"reached": True} and got[2] is None  # no break, no set
-    warning = next(r.getMessage() for r in caplog.records if "else" in r.getMessage())
+    (warning,) = [str(w) for w in playbook.warnings]
     assert "p.yaml:" in warning and "tool[0].spec.policy.rules[1]" in warning
     assert "`do:`, `set:` are ignored" in warning and "1 rule(s) after it are never reached" in warning
 
@@ -274,6 +273,16 @@ def test_bad_script_sources(script: str, message: str) -> None:
     assert any(message in i and "step 's': tool.script:" in i for i in found), found
 
 
+def test_validate_cli_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from noetl_dagster.cli import main
+
+    (tmp_path / "p.yaml").write_text(HEAD + PIPELINE.replace("RULES", ELSE_NO_THEN))
+    assert main(["validate", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "1 playbook(s) valid" in captured.out
+    assert captured.err.startswith("warning: ") and "`else:` without `then:`" in captured.err
+
+
 def test_flat_code_wins_over_script() -> None:
     config = {"code": "result = 1", "script": {"source": {"type": "ftp"}}}
     assert get_tool("python").validate(config) == []
@@ -345,13 +354,11 @@ def test_cursor_loop_parses_and_plans_as_one_op() -> None:
     (("RETURNING id, payload", "RETURNING {{ id "), "template syntax error"),
     (("max_rows: 2", "max_rows: '{{ workload.n }}'"), "must be a whole number"),
 ])
-def test_cursor_loop_validation(change: tuple[str, str], message: str | None,
-                                caplog: pytest.LogCaptureFixture) -> None:
+def test_cursor_loop_validation(change: tuple[str, str], message: str | None) -> None:
     text = CURSOR.replace(*change)
     if message is None:  # a `cursor:` block on another mode is ignored (as in NoETL), with a warning
-        with caplog.at_level(logging.WARNING, logger="noetl_dagster.playbook"):
-            parse_text(HEAD + text, "p.yaml")
-        assert any("`loop.cursor` is ignored" in r.getMessage() for r in caplog.records)
+        warnings = [str(w) for w in parse_text(HEAD + text, "p.yaml").warnings]
+        assert len(warnings) == 1 and "step 'drain': loop.cursor: `loop.cursor` is ignored" in warnings[0]
         return
     found = issues(text)
     assert any(message in i and "step 'drain'" in i for i in found), found

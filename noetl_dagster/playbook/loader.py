@@ -9,7 +9,6 @@ Example::
 from __future__ import annotations
 
 import difflib
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_sc
 from .models import Playbook, Step, Task, else_without_then, normalise_tool
 from .source import SourceList, SourceMap, YamlError, load_yaml_text
 
-logger = logging.getLogger("noetl_dagster.playbook")
 API_VERSION = "noetl.io/v2"
 ROOT_KEYS = {"apiVersion", "kind", "metadata", "workload", "keychain", "workbook", "workflow",
              "vars", "executor", "spec", "tracing"}
@@ -61,7 +59,7 @@ class _Issues:
         self.file = file
         self.lines = text.splitlines()
         self.items: list[Issue] = []
-        #: accepted, but probably not what the author meant (logged, never fail validation)
+        #: accepted, but probably not what the author meant (``Playbook.warnings``; never fail validation)
         self.warnings: list[Issue] = []
 
     def add(self, node: Any, key: Any, message: str, *, step: str | None = None,
@@ -286,8 +284,7 @@ def parse_text(text: str, file: str = "<string>") -> Playbook:
         playbook = None
     if issues.items or playbook is None:
         raise PlaybookError(sorted(issues.items, key=lambda i: (i.line, i.col)))
-    for warning in issues.warnings:
-        logger.warning("%s", warning)
+    playbook.warnings = list(issues.warnings)
     return playbook
 
 

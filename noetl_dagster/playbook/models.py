@@ -505,6 +505,8 @@ class Playbook(_Model):
     workbook: list[WorkbookEntry] = Field(default_factory=list)
     workflow: list[Step]
     file: str = Field(default="<string>", exclude=True)
+    #: accepted forms that probably do not do what the author meant (``noetl-dagster validate`` prints them)
+    warnings: list[Any] = Field(default_factory=list, exclude=True)
 
     def step(self, name: str) -> Step:
         for step in self.workflow:

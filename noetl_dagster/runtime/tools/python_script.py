@@ -36,6 +36,8 @@ from .python import PythonTool, compile_code
 SOURCE_TYPES = ("inline", "file", "http", "gcs", "s3")
 #: config key the loader sets on python tasks with a ``script:``: the playbook file's folder
 BASE_DIR_KEY = "_playbook_dir"
+#: config key set on the config PythonTool receives when its ``code`` came from ``script:``
+LOADED_KEY = "_script_loaded"
 #: the largest script file or download read (bytes)
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
@@ -208,5 +210,6 @@ class PythonScriptTool(PythonTool):
                 compile_code(code, "<check>")
             except SyntaxError as exc:
                 raise ToolError(f"Python syntax error at script line {exc.lineno}: {exc.msg}") from None
-            config = {**config, "code": code}
+            # LOADED_KEY: the code is final (an inline source was rendered, a file is never rendered)
+            config = {**config, "code": code, LOADED_KEY: True}
         return super().run(config, ctx)
