@@ -136,6 +136,18 @@ def test_rule_when_may_be_a_yaml_boolean(when: str, reached: bool) -> None:
     assert out.context.ctx.get("hit", (0, None))[1] == (None if reached else "matched")
 
 
+def test_rule_without_when_or_else_never_matches() -> None:
+    rules = ("              - then: {do: break, set: {ctx.hit: matched}}\n"
+             "              - when: \"{{ output.status == 'success' }}\"\n"
+             "                then: {do: continue, set: {ctx.second: matched}}\n")
+    playbook = parse_text(HEAD + PIPELINE.replace("RULES", rules), "p.yaml")
+    out = run(playbook.workflow[1], {"fail": False})
+    assert "after" in out.result and "hit" not in out.context.ctx
+    assert out.context.ctx["second"][1] == "matched"
+    (warning,) = [str(w) for w in playbook.warnings]
+    assert "tool[0].spec.policy.rules[0]: a rule with neither `when:` nor `else:` never matches" in warning
+
+
 # ------------------------------------------------------------------- tool-level credential:
 
 def test_tool_level_credential_is_the_auth_alias(pg_server: PgServer) -> None:  # noqa: F811

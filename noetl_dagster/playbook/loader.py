@@ -19,7 +19,7 @@ from ..errors import Issue, PlaybookError
 from ..runtime.templates import check_syntax, is_template
 from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
 from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
-from .models import Playbook, Step, Task, else_without_then, normalise_tool
+from .models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
 from .source import SourceList, SourceMap, YamlError, load_yaml_text
 
 API_VERSION = "noetl.io/v2"
@@ -652,6 +652,12 @@ def _check_task(task: Task, raw: SourceMap, tpath: tuple[Any, ...], fname: str, 
     raw_rules = _node_at(raw, tpath + ("spec", "policy", "rules"))
     cut = next((i for i, r in enumerate(raw_rules) if else_without_then(r)), None) \
         if isinstance(raw_rules, list) else None
+    for index, rule in enumerate(raw_rules if isinstance(raw_rules, list) else []):
+        if never_matches(rule) and (cut is None or index < cut):
+            issues.warn(raw, tpath + ("spec", "policy", "rules", index),
+                        "a rule with neither `when:` nor `else:` never matches (as in NoETL)",
+                        step=name, field=f"{fname}.spec.policy.rules[{index}]",
+                        hint="add `when: \"{{ ... }}\"`, or write it as `- else: {then: ...}`")
     if cut is not None:
         later = len(raw_rules) - cut - 1
         body = raw_rules[cut]["else"]

@@ -137,6 +137,11 @@ class Rule(_Model):
         return value
 
 
+def never_matches(rule: Any) -> bool:
+    """A policy rule with neither ``when:`` nor ``else:``: NoETL's task_sequence never matches it."""
+    return isinstance(rule, dict) and "when" not in rule and "else" not in rule
+
+
 def else_without_then(rule: Any) -> bool:
     """A policy rule ``- else:`` without ``then:``: NoETL matches it and applies no action, so the
     task's outcome decides (an error result fails the pipeline, a success continues)."""
@@ -178,6 +183,8 @@ class Task(_Model):
                     # and leaves the default action; dropping it and them is the same behaviour
                     cut = next((i for i, r in enumerate(rules) if else_without_then(r)), None)
                     rules = rules if cut is None else rules[:cut]
+                    # a rule with neither `when:` nor `else:` never matches in NoETL
+                    rules = [{**r, "when": False} if never_matches(r) else r for r in rules]
                 if rules is not None:
                     data = {**data, "rules": rules, "line": _line_of(data)}
         return data
