@@ -73,6 +73,7 @@ class Row:
     run: str = ""                   # "", "skipped: ...", "success", "failure", "timeout", "error: ..."
     run_seconds: float | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    step_errors: dict[str, str] = field(default_factory=dict)  # when the --json report carries `error`
 
 
 # ---------------------------------------------------------------- classification of NoETL's rejects
@@ -255,7 +256,9 @@ def run_one(root: Path, row: Row, timeout: float, home: str) -> None:
         row.run = f"error: exit {done.returncode}: {last[:160]}"
         return
     row.run = str(report.get("status"))
-    row.steps = {name: str(step.get("status")) for name, step in (report.get("steps") or {}).items()}
+    steps = report.get("steps") or {}
+    row.steps = {name: str(step.get("status")) for name, step in steps.items()}
+    row.step_errors = {name: str(step["error"])[:300] for name, step in steps.items() if step.get("error")}
 
 
 def _report(stdout: str) -> dict[str, Any] | None:
@@ -326,6 +329,8 @@ def table(rows: list[Row], with_runs: bool) -> list[str]:
             line += f"\n{'':<{width}}  run: {row.run}" + (f" ({row.run_seconds} s)" if row.run_seconds else "")
             if row.steps:
                 line += " " + " ".join(f"{name}={status}" for name, status in row.steps.items())
+            for name, error in list(row.step_errors.items())[:1]:
+                line += f"\n{'':<{width}}  {name}: {error}"
         lines.append(line)
     return lines
 

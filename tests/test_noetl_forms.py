@@ -7,7 +7,11 @@ noetl/server orchestrate-core (cursor loops).
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -261,14 +265,52 @@ def test_http_script_source(tmp_path: Path) -> None:
         server.server_close()
 
 
-@pytest.mark.parametrize("source,message", [
-    ("{uri: gs://bucket/jobs/a.py, source: {type: gcs}}", "loading gcs scripts is not implemented"),
-    ("{uri: s3://bucket/a.py, source: {type: s3}}", "loading s3 scripts is not implemented"),
-])
-def test_object_store_sources_validate_and_fail_clearly_at_run(source: str, message: str) -> None:
-    s = step(f"  - step: s\n    tool: {{kind: python, script: {source}}}\n")
-    with pytest.raises(StepFailed, match=message):
-        run(s)
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API), stopped by PID at the end."""
+    moto = Path(sys.executable).parent / "moto_server"
+    if not moto.exists():
+        pytest.skip("moto_server (moto[server]) is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("moto_server did not start")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_s3_script_source(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.fs as pafs
+
+    for name, value in {"AWS_ENDPOINT_URL": f"http://{s3_server}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test-Secr3t", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    fs = pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True)
+    fs.create_dir("scripts-bucket")
+    with fs.open_output_stream("scripts-bucket/jobs/triple.py") as out:
+        out.write(b"result = {'tripled': n * 3}\n")
+    s = step("""  - step: s
+    tool:
+      kind: python
+      script: {uri: "s3://scripts-bucket/jobs/{{ workload.job }}.py", source: {type: s3}}
+      input: {n: 5}
+""")
+    assert run(s, {"job": "triple"}).result == {"tripled": 15}
+    with pytest.raises(StepFailed, match=r"s3 script s3://scripts-bucket/jobs/nope.py not found"):
+        run(s, {"job": "nope"})
 
 
 @pytest.mark.parametrize("script,message", [

@@ -16,8 +16,9 @@
   step runs and is not rendered.
 * ``http``: GET (``source.method``) ``source.endpoint``, else ``uri``, with
   ``source.timeout`` seconds (default 30); a non-2xx answer fails the step.
-* ``gcs`` (``gs://bucket/object``) and ``s3`` (``s3://bucket/key``) are parsed and validated;
-  loading them is not implemented yet, so such a step fails with a message saying so.
+* ``gcs`` (``gs://bucket/object``) and ``s3`` (``s3://bucket/key``): read through ``pyarrow.fs``
+  with the deployment's credentials, as the Arrow IO manager reads ``s3://``/``gs://`` roots
+  (``AWS_*`` variables incl. ``AWS_ENDPOINT_URL``; Google application-default credentials).
 
 A flat ``code:`` wins over ``script:`` (NoETL's ``resolve_source``). :func:`load_script_source`
 is the loader; :class:`PythonScriptTool` registers it for ``kind: python`` on top of
@@ -160,8 +161,25 @@ def load_script_source(config: Mapping[str, Any], playbook_dir: str | Path | Non
         return _text(data, f"script file {uri!r}")
     if kind == "http":
         return _load_http(ctx.render(source.get("endpoint") or script.get("uri")), source, ctx)
-    raise ToolError(f"loading {kind} scripts is not implemented by noetl_dagster yet "
-                    f"({uri!r}); use a file or http source, or inline the code")
+    return _load_object(uri, kind)
+
+
+def _load_object(uri: Any, kind: str) -> str:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    scheme = _SCHEMES[kind]
+    if not isinstance(uri, str) or not uri.startswith(scheme) or "/" not in uri.removeprefix(scheme).strip("/"):
+        raise ToolError(f"a {kind} script uri must render to {scheme}<bucket>/<object>")
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(path) as stream:
+            data = stream.read(MAX_SCRIPT_BYTES + 1)
+    except FileNotFoundError:
+        raise ToolError(f"{kind} script {uri} not found") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise ToolError(f"{kind} script {uri} could not be read: {exc}") from None
+    return _text(data, f"{kind} script {uri}")
 
 
 def _load_http(url: Any, source: Mapping[str, Any], ctx: ToolContext) -> str:
