@@ -284,7 +284,7 @@ def parse_text(text: str, file: str = "<string>") -> Playbook:
         playbook = None
     if issues.items or playbook is None:
         raise PlaybookError(sorted(issues.items, key=lambda i: (i.line, i.col)))
-    playbook.warnings = list(issues.warnings)
+    playbook.warnings.extend(issues.warnings)
     return playbook
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .source import SourceMap
@@ -513,7 +513,11 @@ class Playbook(_Model):
     workflow: list[Step]
     file: str = Field(default="<string>", exclude=True)
     #: accepted forms that probably do not do what the author meant (``noetl-dagster validate`` prints them)
-    warnings: list[Any] = Field(default_factory=list, exclude=True)
+    _warnings: list[Any] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[Any]:
+        return self._warnings
 
     def step(self, name: str) -> Step:
         for step in self.workflow:
