@@ -88,6 +88,10 @@ def run_step(step: Step, context: Context, run: RunInfo, *, items: list[Any] | N
     if step.when is not None and not _guard(step, scope):
         after = context.without_arc()
         return StepOutcome(step.step, "skipped", None, 0, after, _route(step, after, None, run, first_only=True))
+    if step.loop is not None and step.loop.mode == "cursor":
+        from .cursor import run_cursor_loop  # cursor.py builds on this module
+
+        return run_cursor_loop(step, context, run)
     if step.loop is not None:
         if items is None:
             items = loop_items(step, scope)

@@ -118,5 +118,8 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         raise PlaybookError(issues)
     for issue in issues:
         logger.warning("playbook skipped: %s", issue)
+    for playbook in loaded.playbooks:
+        for warning in playbook.warnings:
+            logger.warning("playbook warning: %s", warning)
     resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True))
     return dg.Definitions.merge(resources_defs, *parts.values())

@@ -8,12 +8,14 @@ from .noop import NoopTool
 from .playbook import PlaybookTool
 from .postgres import PostgresTool
 from .python import PythonTool
+from .python_script import PythonScriptTool
 from .shell import ShellTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
               PlaybookTool(), TransferTool(), ContainerTool()):
     register_tool(_tool)
+register_tool(PythonScriptTool())  # kind: python, with NoETL's `script:` sources on top of PythonTool
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
 NOETL_KINDS = frozenset({

@@ -82,7 +82,7 @@ class PythonTool(Tool):
             raise ToolError("`input` must render to a mapping of name: value")
         args.update(ctx.iteration)
         source = config.get("code") or ""
-        if "{{" in source or "{%" in source:
+        if ("{{" in source or "{%" in source) and not config.get("_script_loaded"):  # a script: source is final
             source = str(ctx.render(source))
         filename = f"<step {ctx.step}>"
         try:
