@@ -93,7 +93,7 @@ class PythonTool(Tool):
         env.update(args)
         env.update(input_data=dict(args), args=dict(args), execution_id=ctx.execution_id,
                    step=ctx.step)
-        if {"variables", "context"} & set(_names(code)):
+        if _wants_context(code):
             variables = {k: thaw(v) for k, v in ctx.scope.items()}
             env.update(variables=variables, context={"args": dict(args), "variables": variables,
                                                      "execution_id": ctx.execution_id, "step": ctx.step})
@@ -147,6 +147,12 @@ class _BoundedText(io.StringIO):
         if room > 0:
             super().write(text[:room])
         return len(text)
+
+
+@lru_cache(maxsize=1024)
+def _wants_context(code: CodeType) -> bool:
+    """Does the code read NoETL's ``variables``/``context`` globals (built only when it does)?"""
+    return not {"variables", "context"}.isdisjoint(_names(code))
 
 
 def _names(code: CodeType) -> Iterator[str]:
