@@ -19,7 +19,7 @@ import dagster as dg
 
 from .errors import Issue, PlaybookError
 from .playbook.loader import load_playbook
-from .playbook.catalog import PlaybookCatalog
+from .playbook.catalog import PlaybookCatalog, calls_playbooks
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
@@ -105,8 +105,8 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
     """
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
-    if catalog is None:
-        catalog = catalog_around(playbook)
+    if catalog is None:  # the folder tree is read only when a step can call a sub-playbook
+        catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
     net = plan(playbook)
     if has_products(playbook):
         resources = {"io_manager": _products_io_manager(instance), **(resources or {})}

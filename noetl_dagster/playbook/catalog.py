@@ -20,6 +20,11 @@ from .models import Playbook
 MAX_LISTED = 5
 
 
+def calls_playbooks(playbook: Playbook) -> bool:
+    """Whether ``playbook`` has a ``kind: playbook`` task (only then does a run need a catalog)."""
+    return any(task.kind == "playbook" for step in playbook.workflow for task in step.tool)
+
+
 @dataclass
 class PlaybookCatalog:
     playbooks: dict[str, Playbook] = field(default_factory=dict)

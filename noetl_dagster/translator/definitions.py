@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import dagster as dg
 
@@ -34,11 +35,27 @@ def find_playbooks(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.suffix in PLAYBOOK_SUFFIXES and p.is_file()
-                         and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found.extend(sorted(_walk_playbooks(path)))
         else:
             found.append(path)
     return found
+
+
+def _walk_playbooks(root: Path) -> Iterator[Path]:
+    """``*.yaml``/``*.yml`` files under ``root``; hidden folders (``.venv``, ``.git``,
+    ``.dagster_home``) are never entered, hidden files never returned. Linked folders are
+    followed once each."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and name.endswith(PLAYBOOK_SUFFIXES):
+                yield Path(folder) / name
 
 
 @dataclass
