@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ CATALOG_ROOT_ENV = "NOETL_CATALOG_ROOT"
 MAX_CATALOG_FILES = int(os.environ.get("NOETL_MAX_CATALOG_FILES", 2_000))
 #: folders a scan never enters (besides hidden ones)
 SKIPPED_FOLDERS = frozenset({"node_modules", "site-packages", "__pycache__", "venv", "noetl_data"})
+#: how many loaded paths an unknown sub-playbook path's hint lists at most
+MAX_LISTED = 5
+
+
+def calls_playbooks(playbook: Playbook) -> bool:
+    """Whether ``playbook`` has a ``kind: playbook`` task (only then does a run need a catalog)."""
+    return any(task.kind == "playbook" for step in playbook.workflow for task in step.tool)
 
 
 @dataclass
@@ -48,10 +56,9 @@ class PlaybookCatalog:
                     continue
                 field = f"tool[{index}].path" if step.pipeline else "tool.path"
                 if self.get(path) is None:
-                    known = ", ".join(sorted(self.playbooks)) or "none loaded"
                     issues.append(Issue(playbook.file, task.line or step.line, 1,
                                         f"sub-playbook {path!r} is not among the loaded playbooks",
-                                        step.step, field, f"known: {known}"))
+                                        step.step, field, self.closest_hint(path)))
                     continue
                 cycle = self._cycle(playbook.metadata.catalog_path.strip("/"), path.strip("/"))
                 if cycle:
@@ -60,6 +67,22 @@ class PlaybookCatalog:
                                         + " (each run would start the next without end)", step.step, field,
                                         "break the cycle; runs are also stopped past NOETL_MAX_SUBPLAYBOOK_DEPTH"))
         return issues
+
+    def closest_hint(self, path: str) -> str:
+        """What to say about an unknown ``path``: the few closest loaded paths, not all of them."""
+        known = sorted(self.playbooks)
+        if not known:
+            return "no playbooks are loaded"
+        if len(known) <= MAX_LISTED:
+            return "known: " + ", ".join(known)
+        wanted = str(path).strip("/")
+        close = difflib.get_close_matches(wanted, known, n=MAX_LISTED, cutoff=0.5)
+        # a path whose last segment matches (the playbook moved to another folder) is close too
+        tail = wanted.rsplit("/", 1)[-1]
+        close += [k for k in known if k.rsplit("/", 1)[-1] == tail and k not in close]
+        if close:
+            return f"closest of {len(known)} loaded: " + ", ".join(close[:MAX_LISTED])
+        return f"none of the {len(known)} loaded playbooks has a similar path"
 
     def _cycle(self, origin: str, first: str) -> list[str] | None:
         """The static call path ``origin -> first -> ... -> origin``, or None (templated paths end it)."""
