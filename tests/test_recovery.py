@@ -1,0 +1,110 @@
+"""Crash recovery: `kill -9` of `noetl-dagster run`, the orphaned run marked failed, `--resume`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from noetl_dagster.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PLAYBOOK = """\
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: slow, path: crash/slow}
+workload: {marks: MARKS}
+workflow:
+  - step: start
+    tool:
+      kind: python
+      input: {marks: "{{ workload.marks }}"}
+      code: |
+        import os
+        with open(os.path.join(marks, "start.count"), "a") as f:
+            f.write("x")
+        result = {"n": 41, "token": os.urandom(4).hex()}
+    next: slow
+  - step: slow
+    tool:
+      kind: python
+      input: {marks: "{{ workload.marks }}", n: "{{ start.n }}"}
+      code: |
+        import os, time
+        open(os.path.join(marks, "slow.started"), "w").close()
+        while not os.path.exists(os.path.join(marks, "go")):
+            time.sleep(0.1)
+        result = n + 1
+    next: end
+  - step: end
+    tool: {kind: noop, result: {n: "{{ slow }}", token: "{{ start.token }}"}}
+"""
+
+
+def _cli(*args: str, home: Path, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "noetl_dagster.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.2)
+
+
+def test_kill_9_then_resume_reruns_only_what_did_not_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    home.mkdir()
+    marks.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    playbook = tmp_path / "slow.yaml"
+    playbook.write_text(PLAYBOOK.replace("MARKS", str(marks)))
+
+    first = _cli("run", str(playbook), "--json", home=home)
+    try:
+        _wait_for(marks / "slow.started", 120)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)  # the process this test started
+        first.communicate(timeout=60)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED  # what a killed run leaves behind
+        killed = run.run_id
+
+    (marks / "go").touch()
+    resumed = _cli("run", "--resume", killed, "--json", home=home)
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    report = json.loads(out)
+    assert report["status"] == "success" and report["run_id"] != killed
+    assert report["steps"]["end"]["result"]["n"] == 42
+    assert (marks / "start.count").read_text() == "x"  # upstream was not recomputed
+    assert report["steps"]["start"] == {"status": "success", "result": None, "runs": 0}
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        old = instance.get_run_by_id(killed)
+        assert old.status == dg.DagsterRunStatus.FAILURE  # marked when the next CLI started
+        new = instance.get_run_by_id(report["run_id"])
+        assert new.tags["noetl/resumed_from"] == killed and new.parent_run_id == killed
+        # the token start produced in the killed run reached end through the persisted output
+        token = [r for r in instance.all_logs(killed, of_type=dg.DagsterEventType.STEP_SUCCESS)]
+        assert token and len(report["steps"]["end"]["result"]["token"]) == 8
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["run", "--resume", report["run_id"]]) == 1
+    assert "cannot be resumed: it succeeded; there is nothing to resume" in capsys.readouterr().err
+    assert main(["run", "--resume", "no-such-run"]) == 1
+    assert "run no-such-run cannot be resumed: no such run" in capsys.readouterr().err
+    assert main(["run"]) == 2
