@@ -146,8 +146,8 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             _check_set_keys(raw_step, path, f"next.arcs[{i}].set", issues, name)
     for path, field, text in _template_strings(raw_step, (), ""):
         if _PRIVATE_ATTR.search(text):
-            issues.add(raw_step, path, "a template reads an attribute "
-                       "starting with `_` (such as `__class__`), which templates can never reach", step=name,
+            issues.add(raw_step, path, "a template reads a dunder "
+                       "attribute (such as `__class__`), which templates can never reach", step=name,
                        field=field, hint="templates see plain data only; read keys of results and workload")
     if "hardware" in raw_step:
         _check_hardware(raw_step, issues, name)
@@ -177,8 +177,8 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             seen.setdefault(check.check_name, i)
 
 
-#: `x.__class__`, `x._private`, `x['__dict__']` inside `{{ }}` or `{% %}`
-_PRIVATE_ATTR = re.compile(r"(\{\{|\{%)(?:(?!\}\}|%\}).)*?(\.\s*_\w*|\[\s*['\"]_)", re.DOTALL)
+#: `x.__class__`, `x['__dict__']` inside `{{ }}` or `{% %}` (`iter._index` is NoETL's: single `_` is fine)
+_PRIVATE_ATTR = re.compile(r"(\{\{|\{%)(?:(?!\}\}|%\}).)*?(\.\s*__\w*|\[\s*['\"]__)", re.DOTALL)
 
 
 def _template_strings(value: Any, path: tuple[Any, ...], field: str) -> Any:
