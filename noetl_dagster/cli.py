@@ -63,6 +63,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .playbook.loader import load_playbook
     from .recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
     from .report import default_instance, run_playbook
 
@@ -77,10 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resume:
             report = resume_run(args.resume, instance, tags)
         else:
-            report = run_playbook(args.playbook, workload, instance=instance, log_level=args.log_level,
+            playbook = load_playbook(args.playbook)
+            report = run_playbook(playbook, workload, instance=instance, log_level=args.log_level,
                                   tags={**tags, **cli_tags(args.playbook)}, run_id=args.run_id,
                                   partition_key=args.partition, on_error=args.on_error,
-                                  resources=persistent_resources(instance))
+                                  resources=persistent_resources(instance, playbook))
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -41,12 +41,34 @@ def cli_tags(playbook_file: str | Path) -> dict[str, str]:
             FILE_TAG: str(Path(playbook_file).resolve())}
 
 
-def persistent_resources(instance: dg.DagsterInstance) -> dict[str, Any]:
-    """The IO manager of a CLI run: op outputs under the instance's ``noetl_data`` (or none: in memory)."""
+#: tool kinds whose results are plain data (no Arrow tables from the tool itself)
+LIGHT_KINDS = frozenset({"python", "noop", "http", "shell", "playbook"})
+
+
+def persistent_resources(instance: dg.DagsterInstance, playbook: Any) -> dict[str, Any]:
+    """The IO manager of a CLI run of ``playbook``: op outputs stored under the instance's folder.
+
+    The project's :class:`~noetl_dagster.resources.arrow_io.ArrowRefIOManager` (Arrow tables once,
+    by reference) for playbooks whose tools make tables; Dagster's pickling
+    ``FilesystemIOManager`` under ``noetl_data/cli_outputs`` for plain-data playbooks (python,
+    noop, http, shell, playbook), which keeps their start-up free of pyarrow; nothing for
+    playbooks with products (``run_playbook`` already stores those runs) or without a
+    persistent instance.
+    """
+    root = getattr(instance, "root_directory", None)
+    return _io_manager(playbook, str(root)) if root else {}
+
+
+def _io_manager(playbook: Any, home: str) -> dict[str, Any]:
+    from .translator.emit import has_products
+
+    if has_products(playbook):
+        return {}
+    if all(task.kind in LIGHT_KINDS for step in playbook.workflow for task in step.tool):
+        return {"io_manager": dg.FilesystemIOManager(base_dir=os.path.join(home, "noetl_data", "cli_outputs"))}
     from .resources.arrow_io import ArrowRefIOManager
 
-    root = getattr(instance, "root_directory", None)
-    return {"io_manager": ArrowRefIOManager(base_uri=os.path.join(root, "noetl_data"))} if root else {}
+    return {"io_manager": ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data"))}
 
 
 def _alive(pid: int) -> bool:
@@ -87,10 +109,11 @@ def resumable_job(file: str, home: str) -> dg.JobDefinition:
 
     playbook = load_playbook(file)
     catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
-    resources = {"io_manager": ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data"))}
+    resources = _io_manager(playbook, home)
     with compiling(playbook):
         net = plan(playbook)
         if has_products(playbook):
+            resources = {"io_manager": ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data"))}
             defs = dg.Definitions.merge(build_definitions(playbook, None, net),
                                         dg.Definitions(resources=default_resources(resources, catalog)))
             return defs.resolve_job_def(PlaybookTranslator().get_job_name(playbook))

@@ -108,3 +108,52 @@ def test_kill_9_then_resume_reruns_only_what_did_not_finish(tmp_path: Path, monk
     assert main(["run", "--resume", "no-such-run"]) == 1
     assert "run no-such-run cannot be resumed: no such run" in capsys.readouterr().err
     assert main(["run"]) == 2
+
+
+def test_a_failed_run_with_tables_resumes_from_its_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Arrow tables between steps (the project's IO manager): the resumed run reads the stored
+    table of the step that succeeded instead of running it again."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    gate = tmp_path / "gate"
+    playbook = tmp_path / "tables.yaml"
+    playbook.write_text(f"""\
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {{name: tables, path: crash/tables, dagster: {{on_error: fail}}}}
+workflow:
+  - step: start
+    tool: {{kind: duckdb, format: arrow, query: "SELECT range AS n, random() AS r FROM range(5)"}}
+    next: check
+  - step: check
+    tool:
+      kind: python
+      input: {{gate: "{gate}"}}
+      code: |
+        import os
+        if not os.path.exists(gate):
+            raise RuntimeError("the gate is closed")
+        result = "open"
+    next: end
+  - step: end
+    tool: {{kind: duckdb, query: "SELECT sum(r) AS total FROM start"}}
+""")
+    assert main(["run", str(playbook), "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["steps"]["check"]["status"] == "failed"
+    gate.touch()
+    assert main(["run", "--resume", failed["run_id"], "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["steps"]["start"]["status"] == "success" and resumed["steps"]["start"]["runs"] == 0
+    assert resumed["steps"]["check"]["result"] == "open"
+    total = resumed["steps"]["end"]["result"]["rows"][0]["total"]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        resumed_run = instance.get_run_by_id(resumed["run_id"])
+        assert resumed_run.parent_run_id == failed["run_id"]
+    rows = failed["steps"]["start"]["result"]
+    assert total == pytest.approx(sum(row["r"] for row in rows))  # the first run's table, read back
+    again = main(["run", str(playbook), "--json"])  # a fresh run draws other random values
+    assert again == 0 and json.loads(capsys.readouterr().out)["steps"]["end"]["result"]["rows"][0]["total"] != total
