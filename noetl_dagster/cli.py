@@ -145,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_commands(sub)
     add_tune_commands(sub)
+    from .recovery import add_commands as add_recovery_commands
+
+    add_recovery_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

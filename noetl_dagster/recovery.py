@@ -172,3 +172,75 @@ def _succeeded_steps(instance: dg.DagsterInstance, run_id: str, net: Any) -> set
 
 def _cannot(run_id: str, why: str) -> PlaybookError:
     return PlaybookError([Issue(run_id, 1, 1, f"run {run_id} cannot be resumed: {why}", field="--resume")])
+
+
+DETACHED_PREFIX = "noetl/detached/"
+
+
+def _is_our_process(pid: int, run: Any) -> bool:
+    """Whether ``pid`` is still the ``noetl-dagster run`` process of ``run`` (pids are reused): its
+    command line names this package and the run id (a detached child) or the playbook file."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    text = [part.decode("utf-8", "replace") for part in cmdline]
+    if not any("noetl_dagster" in part or "noetl-dagster" in part for part in text):
+        return False
+    file = run.tags.get(FILE_TAG, "")
+    return run.run_id in text or any(part and Path(part).name == Path(file).name for part in text if file)
+
+
+def cancel_run(run_id: str, instance: dg.DagsterInstance) -> list[str]:
+    """Cancel run ``run_id`` and, recursively, the detached sub-playbook runs it started.
+
+    A run still going in a ``noetl-dagster run`` process of this host is ended (SIGTERM to the
+    pid its tags name, checked to still be that run's process) and marked canceled; finished
+    runs are left as they are, their detached children are still followed. Returns the ids
+    marked canceled.
+    """
+    import signal
+
+    canceled: list[str] = []
+    seen: set[str] = set()
+    pending = [run_id]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        run = instance.get_run_by_id(current)
+        if run is None:
+            continue
+        pending.extend(key[len(DETACHED_PREFIX):] for key in run.tags if key.startswith(DETACHED_PREFIX))
+        if run.status not in (*_ACTIVE, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED):
+            continue
+        pid = run.tags.get(PID_TAG, "")
+        if pid.isdigit() and run.tags.get(HOST_TAG) == socket.gethostname() and int(pid) != os.getpid() \
+                and _is_our_process(int(pid), run):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        instance.report_run_canceled(run, message="canceled by `noetl-dagster cancel`")
+        canceled.append(current)
+    return canceled
+
+
+def cmd_cancel(args: Any) -> int:
+    from .report import default_instance
+
+    instance = default_instance()
+    if instance.get_run_by_id(args.run_id) is None:
+        print(f"noetl-dagster: no run {args.run_id} in this instance (check DAGSTER_HOME)")
+        return 1
+    canceled = cancel_run(args.run_id, instance)
+    print(f"canceled {len(canceled)} run(s)" + (": " + ", ".join(canceled) if canceled else ""))
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """``noetl-dagster cancel RUN_ID``: the run and the detached sub-playbook runs it started."""
+    cancel = subparsers.add_parser("cancel", help="cancel a run and the fire-and-forget sub-playbook runs it started")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(func=cmd_cancel)

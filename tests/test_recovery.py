@@ -157,3 +157,59 @@ workflow:
     assert total == pytest.approx(sum(row["r"] for row in rows))  # the first run's table, read back
     again = main(["run", str(playbook), "--json"])  # a fresh run draws other random values
     assert again == 0 and json.loads(capsys.readouterr().out)["steps"]["end"]["result"]["rows"][0]["total"] != total
+
+
+def test_cancel_ends_the_detached_children_of_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A fire-and-forget child is tracked by its parent run: `noetl-dagster cancel PARENT` ends it."""
+    from noetl_dagster.report import run_playbook
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    (tmp_path / "dom").mkdir()
+    (tmp_path / "dom" / "waits.yaml").write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: waits, path: dom/waits}\nworkflow:\n"
+        "  - step: start\n    tool:\n      kind: python\n      code: |\n        import time\n"
+        "        while True:\n            time.sleep(0.2)\n")
+    parent = tmp_path / "dom" / "parent.yaml"
+    parent.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: parent, path: dom/parent}\n"
+                      "workflow:\n  - step: start\n    tool: {kind: playbook, path: dom/waits}\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        top = run_playbook(parent, instance=instance, log_level="CRITICAL")
+        assert top.status == "success"
+        child_id = top.steps["start"].result["execution_id"]
+        deadline = time.monotonic() + 120
+        while True:
+            child = instance.get_run_by_id(child_id)
+            if child is not None and child.status == dg.DagsterRunStatus.STARTED:
+                break
+            assert time.monotonic() < deadline, "the detached child never started"
+            time.sleep(0.3)
+        pid = int(child.tags["noetl/cli_pid"])
+        assert instance.get_run_by_id(top.run_id).tags[f"noetl/detached/{child_id}"] == str(pid)
+        try:
+            assert main(["cancel", top.run_id]) == 0
+            assert child_id in capsys.readouterr().out
+            deadline = time.monotonic() + 30
+            while not _ended(pid):
+                assert time.monotonic() < deadline, "the child process is still running"
+                time.sleep(0.2)
+        finally:
+            if not _ended(pid):
+                os.kill(pid, signal.SIGKILL)  # launched by this test's run
+        assert instance.get_run_by_id(child_id).status == dg.DagsterRunStatus.CANCELED
+
+
+def _ended(pid: int) -> bool:
+    """The process is gone (reaped here when this test process is its parent: no zombie)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
