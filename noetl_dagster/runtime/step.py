@@ -18,6 +18,7 @@ from ..playbook.models import Arc, Step, Task
 from .context import Context
 from .templates import TemplateFailure, condition, freeze, render_value
 from .tools import ToolContext, ToolError, get_tool
+from ..resources.credentials import redact_value as _mask  # registered secrets never leave a step
 
 #: a pipeline jump loop stops after this many task executions (NoETL's cap is 1e6)
 MAX_PIPELINE_ITERATIONS = 100_000
@@ -87,7 +88,7 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
     if step.set:
         scope = after.scope(run.execution_id, {**run.globals, "output": result})
         try:
-            updates = {k: render_value(v, scope) for k, v in step.set.items()}
+            updates = _mask({k: render_value(v, scope) for k, v in step.set.items()})
         except TemplateFailure as exc:
             raise _fail(step, f"set: {exc}") from None
         after = after.with_ctx(updates)
@@ -112,7 +113,7 @@ def _route(step: Step, after: Context, output: Any, run: RunInfo, first_only: bo
     for index, arc in enumerate(step.next.arcs):
         try:
             matched = condition(arc.when, scope)
-            arc_set = {k: render_value(v, scope) for k, v in arc.set.items()} if matched else {}
+            arc_set = _mask({k: render_value(v, scope) for k, v in arc.set.items()}) if matched else {}
         except TemplateFailure as exc:
             raise _fail(step, f"next.arcs[{index}] (to {arc.step}): {exc}") from None
         if matched:
@@ -128,7 +129,7 @@ def loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
     """Evaluate ``loop.in`` and coerce it the way NoETL does."""
     assert step.loop is not None
     try:
-        value = render_value(step.loop.in_, scope)
+        value = _mask(render_value(step.loop.in_, scope))
     except TemplateFailure as exc:
         raise _fail(step, f"loop.in: {exc}") from None
     if isinstance(value, list):
@@ -175,14 +176,15 @@ def run_body(step: Step, context: Context, run: RunInfo, scope: Mapping[str, Any
     if not step.pipeline and not step.tool[0].rules:
         task = step.tool[0]
         try:
-            return Body(get_tool(task.kind).run(task.config, tool_ctx))
+            return Body(_mask(get_tool(task.kind).run(task.config, tool_ctx)))
         except (ToolError, TemplateFailure) as exc:
             raise _fail(step, str(exc), task.kind) from None
         except StepFailed:
             raise
         except Exception as exc:  # noqa: BLE001 - any tool crash fails the step with its message
             raise _fail(step, f"{type(exc).__name__}: {exc}", task.kind) from None
-    return run_pipeline(step, tool_ctx, run)
+    body = run_pipeline(step, tool_ctx, run)
+    return Body(_mask(body.value), _mask(body.ctx_updates))
 
 
 def run_pipeline(step: Step, tool_ctx: ToolContext, run: RunInfo) -> Body:

@@ -12,6 +12,12 @@ Config (rendered as templates)::
       check: true            # false: a non-zero exit completes the step (route on exit_code)
       capture: true          # false: output goes to this process's stdout/stderr
 
+**Templates in** ``command`` never become shell syntax: each ``{{ }}`` value is passed as a
+positional parameter (``sh -c 'echo "${1}"' noetl-shell <value>``) and referenced where the
+template stood, whatever quotes surround it (see :mod:`noetl_dagster.runtime.binding`).
+``{{ x | raw_shell }}`` inserts a trusted value as syntax (``validate`` lists each use).
+``env:`` values are environment variables, never syntax either.
+
 Result ``{stdout, stderr, exit_code}`` (text, decoded as UTF-8). A non-zero exit fails the step
 with the exit code and the tail of stderr (of stdout when stderr is empty); a timeout fails it
 naming the limit. The command runs as ``<shell> -c <command>`` in a new process group.
@@ -70,10 +76,13 @@ class ShellTool(Tool):
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from ...resources import credentials as creds
 
-        cfg = ctx.render(config)
-        command = cfg.get("command", cfg.get("cmds"))
-        if isinstance(command, list):
-            command = "set -e\n" + "\n".join(str(c) for c in command if c is not None)
+        from ..binding import render_shell
+
+        source = config.get("command", config.get("cmds"))
+        cfg = ctx.render({k: v for k, v in config.items() if k not in ("command", "cmds")})
+        # each {{ }} value reaches the shell as a positional parameter, never as syntax
+        command, arguments = render_shell(source if isinstance(source, list) else str(source),
+                                          ctx.scope)
         if not isinstance(command, str) or not command.strip():
             raise ToolError("shell: `command` rendered empty")
         shell = str(cfg.get("shell") or "sh")
@@ -99,7 +108,7 @@ class ShellTool(Tool):
         pipe = subprocess.PIPE if capture else None
 
         try:
-            proc = subprocess.Popen([shell_path, "-c", command], cwd=cwd, env=env, stdout=pipe,
+            proc = subprocess.Popen([shell_path, "-c", command, "noetl-shell", *arguments], cwd=cwd, env=env, stdout=pipe,
                                     stderr=pipe, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise ToolError(creds.redact(f"shell: cannot start {shell}: {exc}")) from None
