@@ -493,17 +493,78 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
         if c == "$":
             tag = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
             if tag:
-                close = text.find(tag.group(0), i + len(tag.group(0)))
-                close = n if close < 0 else close + len(tag.group(0))
-                if _MARKER.search(text, i, close):
-                    raise TemplateFailure("a template inside a dollar-quoted body ($$ ... $$) cannot be "
-                                          "bound; mark the value `| raw_sql` if it is trusted SQL")
-                out.append(text[i:close])
+                mark = tag.group(0)
+                close = text.find(mark, i + len(mark))
+                close = n if close < 0 else close + len(mark)
+                if not _MARKER.search(text, i, close):
+                    out.append(text[i:close])
+                elif _BODY_BEFORE.search("".join(out[-40:])):  # DO $$ / AS $$: code, not a string
+                    body = text[i + len(mark):close - len(mark)]
+                    out.append(mark + _inline_body(body, values, mark) + mark)
+                else:  # a dollar-quoted string: the same as '...'
+                    body = text[i + len(mark):close - len(mark)]
+                    pieces, last = [], 0
+                    for mm in _MARKER.finditer(body):
+                        pieces.append(("text", body[last:mm.start()]))
+                        pieces.append(("value", values[int(mm.group(1))]))
+                        last = mm.end()
+                    pieces.append(("text", body[last:]))
+                    texts = [t for kind, t in pieces if kind == "text"]
+                    found = [v for kind, v in pieces if kind == "value"]
+                    if len(found) == 1 and not "".join(texts):
+                        out.append(bind(_text(found[0])))
+                    else:
+                        parts = [mark + t + mark if kind == "text" else f"CAST({bind(_text(t))} AS {text_type})"
+                                 for kind, t in pieces if kind == "value" or t]
+                        out.append("(" + " || ".join(parts) + ")")
                 i = close
                 continue
         out.append(c)
         i += 1
     return "".join(out), params
+
+
+_BODY_BEFORE = re.compile(r"\b(do|as)\s*$", re.IGNORECASE)
+_NUMERIC = re.compile(r"^\s*-?\d+(\.\d+)?([eE][-+]?\d+)?\s*$")
+
+
+def _inline_body(body: str, values: list[Any], mark: str) -> str:
+    """A function/DO body with its values inlined where that is safe, else a TemplateFailure.
+
+    A body is code: nothing can be bound inside it. A value inside one of the body's own
+    ``'...'`` literals is inlined with ``'`` doubled; elsewhere only a number is accepted. A
+    value holding the body's dollar tag is refused (it would end the body).
+    """
+    out: list[str] = []
+    in_string = False
+    i, n = 0, len(body)
+    while i < n:
+        m = _MARKER.match(body, i)
+        if m:
+            value = values[int(m.group(1))]
+            text = _text(value)
+            if mark in text:
+                raise TemplateFailure(f"a template value would end the dollar-quoted body ({mark}) it sits in")
+            if in_string:
+                out.append(text.replace("'", "''"))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) or _NUMERIC.match(text):
+                out.append(text.strip())
+            else:
+                raise TemplateFailure("a template inside a DO/function body ($$ ... $$) outside a quoted "
+                                      "string must render to a number; quote it ('{{ x }}') for text, "
+                                      "or mark trusted SQL `| raw_sql`")
+            i = m.end()
+            continue
+        c = body[i]
+        if c == "'":
+            if in_string and body.startswith("''", i):
+                out.append("''")
+                i += 2
+                continue
+            in_string = not in_string
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def has_markers(text: str) -> bool:
