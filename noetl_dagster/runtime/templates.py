@@ -273,11 +273,17 @@ def render_text(source: str, scope: Mapping[str, Any]) -> str:
         raise TemplateFailure(_message(exc)) from None
 
 
+_WHOLE_KEYCHAIN = re.compile(r"\bkeychain\b(?!\s*[.\[])")
+
+
 def evaluate(expr: str, scope: Mapping[str, Any]) -> Any:
     """Evaluate one Jinja expression to a plain Python value (None when undefined)."""
     direct = _resolve_path(expr, scope)
     if direct is not _MISSING:
         return thaw(direct)
+    if "keychain" in expr and _WHOLE_KEYCHAIN.search(expr):  # MiniJinja's tojson would give {}
+        raise TemplateFailure("the keychain cannot be listed or serialised as a whole; "
+                              "use `keychain.<name>.<field>`")
     try:
         return json.loads(str(_TYPED_ENV.eval_expr(f"({expr}) | tojson", **scope)))
     except Exception as exc:  # noqa: BLE001
