@@ -169,6 +169,7 @@ def sql_findings(source: str) -> list[tuple[int, str, str, str]]:
         else:
             stripped = text.strip()
             unbindable = stripped == _MARK or bool(_NAME_BEFORE.search(before)) \
+                or bool(re.search(r"\bvalues\s*$", before, re.IGNORECASE)) \
                 or before.rstrip().endswith(".") or _after(text, i).startswith(".")
         if unbindable:
             findings.append((m.start(), expr, "sits where SQL needs a name or SQL text, which a bound "
