@@ -52,6 +52,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(issue, file=sys.stderr)
     for warning in (w for p in loaded.playbooks for w in p.warnings):
         print(f"warning: {warning}", file=sys.stderr)
+    from .playbook.bindings import binding_warnings  # templates that would produce syntax
+
+    for warning in (w for f in files for w in binding_warnings(f)):
+        print(warning, file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
