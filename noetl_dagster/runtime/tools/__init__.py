@@ -4,6 +4,7 @@ from .base import Tool, ToolContext, ToolError, get_tool, register_tool, support
 from .container import ContainerTool
 from .duckdb import DuckDBTool
 from .http import HttpTool
+from .nats import NatsTool
 from .noop import NoopTool
 from .playbook import PlaybookTool
 from .postgres import PostgresTool
@@ -12,7 +13,7 @@ from .shell import ShellTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
-              PlaybookTool(), TransferTool(), ContainerTool()):
+              PlaybookTool(), TransferTool(), ContainerTool(), NatsTool()):
     register_tool(_tool)
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
