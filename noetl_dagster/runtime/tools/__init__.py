@@ -3,6 +3,7 @@
 from .base import Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
 from .container import ContainerTool
 from .duckdb import DuckDBTool
+from .ducklake import DuckLakeTool
 from .http import HttpTool
 from .nats import NatsTool
 from .noop import NoopTool
@@ -13,7 +14,8 @@ from .shell import ShellTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
-              PlaybookTool(), TransferTool(), ContainerTool(), NatsTool()):
+              PlaybookTool(), TransferTool(), ContainerTool(), NatsTool(),
+              DuckLakeTool()):
     register_tool(_tool)
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
