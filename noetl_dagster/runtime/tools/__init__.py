@@ -11,11 +11,12 @@ from .playbook import PlaybookTool
 from .postgres import PostgresTool
 from .python import PythonTool
 from .shell import ShellTool
+from .snowflake import SnowflakeTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
               PlaybookTool(), TransferTool(), ContainerTool(), NatsTool(),
-              DuckLakeTool()):
+              DuckLakeTool(), SnowflakeTool()):
     register_tool(_tool)
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
