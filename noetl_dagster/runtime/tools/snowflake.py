@@ -339,7 +339,7 @@ def _cell(value: Any) -> Any:
 
 
 class SnowflakeTarget:
-    """A transfer target: bound ``INSERT``s in one transaction."""
+    """A transfer target: bound ``INSERT``s in one transaction (autocommit off)."""
 
     def __init__(self, cfg: Mapping[str, Any], ctx: ToolContext, table: str, mode: str, keys: list[str]) -> None:
         from ...resources.credentials import redact
@@ -355,7 +355,7 @@ class SnowflakeTarget:
 
     def begin(self) -> None:
         try:
-            self.cur.execute("BEGIN")
+            self.con.autocommit(False)  # one transaction, committed in finish()
             self.exists = self._exists()
             if self.exists and self.mode == "replace":
                 self.cur.execute(f"TRUNCATE TABLE {self.ref}")
@@ -377,12 +377,10 @@ class SnowflakeTarget:
         return bool(self.cur.fetchone()[0])
 
     def _create(self, schema: "pa.Schema") -> None:
-        # DDL commits an open transaction in Snowflake: create between two (nothing is written
-        # yet: the table did not exist, so neither a truncate nor a row happened before)
+        # DDL commits the open transaction in Snowflake: nothing is written yet at this point
+        # (the table did not exist, so neither a truncate nor a row happened before)
         cols = ", ".join(f"{_ident(f.name)} {_sf_type(f.type)}" for f in schema)
-        self.cur.execute("COMMIT")
         self.cur.execute(f"CREATE TABLE IF NOT EXISTS {self.ref} ({cols})")
-        self.cur.execute("BEGIN")
         self.exists = True
 
     def write(self, batch: "pa.RecordBatch") -> None:
@@ -412,14 +410,14 @@ class SnowflakeTarget:
         try:
             if not self.exists and schema is not None and len(schema):
                 self._create(schema)
-            self.cur.execute("COMMIT")
+            self.con.commit()
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc) from None
 
     def close(self, ok: bool) -> None:
         try:
             if not ok:
-                self.cur.execute("ROLLBACK")
+                self.con.rollback()
         except Exception:  # noqa: BLE001
             pass
         self.con.close()
