@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 from ..errors import StepFailed
 from ..playbook.models import Arc, Step, Task, strip_scope
 from .context import Context
+from .limits import too_many_items
 from .templates import TemplateFailure, condition, freeze, render_value
 from .tools import ErrorResult, ToolContext, ToolError, get_tool
 from ..resources.credentials import redact_value as _mask  # registered secrets never leave a step
@@ -165,7 +166,15 @@ def _route(step: Step, after: Context, output: Any, run: RunInfo, first_only: bo
 
 
 def loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
-    """Evaluate ``loop.in`` and coerce it the way NoETL does."""
+    """Evaluate ``loop.in`` and coerce it the way NoETL does (at most ``MAX_LOOP_ITEMS`` items)."""
+    items = _loop_items(step, scope)
+    problem = too_many_items(len(items))
+    if problem:
+        raise _fail(step, problem)
+    return items
+
+
+def _loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
     assert step.loop is not None
     try:
         value = _mask(render_value(step.loop.in_, scope))
@@ -188,6 +197,8 @@ def loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
             return []
         return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
     if isinstance(value, int) and not isinstance(value, bool):
+        if too_many_items(value):
+            raise _fail(step, too_many_items(value) or "")
         return list(range(value))
     kind = "null (undefined)" if value is None else type(value).__name__
     raise _fail(step, f"loop.in did not evaluate to a list (got {kind})",
