@@ -1,8 +1,8 @@
 """The Dagster UI as a user sees it: ``dagster dev`` on the example playbooks, driven by Chromium.
 
-``dagster dev`` runs from the project root with no target flags, so the code location comes from
-``[tool.dagster]`` in pyproject.toml (``definitions.py``, location ``noetl_playbooks``), on
-127.0.0.1 with a temporary ``DAGSTER_HOME``. Headless Debian Chromium (``/usr/bin/chromium``,
+``dagster dev`` is started as ``make dev`` starts it (``tests/devserver.py``, one per session):
+no target flags, so the code location comes from ``[tool.dagster]`` in pyproject.toml
+(``definitions.py``, location ``noetl_playbooks``), on 127.0.0.1 with a temporary ``DAGSTER_HOME``. Headless Debian Chromium (``/usr/bin/chromium``,
 driven by Playwright; no downloaded browser) then:
 
 * skips the community modal, finds every example job on the Jobs page;
@@ -24,14 +24,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -40,10 +36,10 @@ if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(f"Chromium not found at {CHROMIUM} (CI: `apt-get install -y chromium`)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
+from devserver import DagsterDev, group_pids  # noqa: E402
 from noetl_dagster import PlaybookTranslator, load_playbook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 #: the launch flow uses an op job (a playbook without products): steps are nodes of its graph
 PLAYBOOK = ROOT / "playbooks" / "observability" / "ingest_traces.yaml"
 JOB, DOMAIN, STEP = "observability__ingest_traces", "observability", "detect_anomalies"
@@ -53,98 +49,7 @@ EXAMPLE_JOBS = sorted(PlaybookTranslator().get_job_name(load_playbook(p))
                       for p in (ROOT / "playbooks").rglob("*.yaml"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
-STARTUP_TIMEOUT = 300  # dagster dev on a loaded 2-core machine has taken 75 s
 RUN_TIMEOUT = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DagsterDev:
-    def __init__(self, home: Path, port: int, log: Path) -> None:
-        self.home, self.port, self.log = home, port, log
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "DAGSTER_HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port)],
-                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            assert self.proc.poll() is None, f"dagster dev exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"dagster dev not ready: {self.log.read_text()[-3000:]}"
-            try:
-                status = self.location_status()
-                if status == "LOADED":
-                    return
-                assert status != "ERROR", f"code location failed to load: {self.log.read_text()[-3000:]}"
-            except OSError:
-                pass
-            time.sleep(1)
-
-    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.url}/graphql", method="POST",
-                                         data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = json.loads(response.read())
-        assert "errors" not in body, body
-        return body["data"]
-
-    def location_status(self) -> str | None:
-        data = self.graphql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
-            name loadStatus locationOrLoadError { __typename } } } } }""")
-        entries = data["workspaceOrError"].get("locationEntries") or []
-        if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
-            return None
-        if any(e["locationOrLoadError"]["__typename"] != "RepositoryLocation" for e in entries):
-            return "ERROR"
-        return "LOADED"
-
-    def stop(self) -> None:
-        """Ctrl-C for dagster dev (SIGINT to its PID: it stops the webserver, daemon and code
-        servers), then SIGTERM and SIGKILL to its process group for anything left behind."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            if not self._alive(pgid):
-                break
-            try:
-                if sig == signal.SIGINT:
-                    self.proc.send_signal(sig)
-                else:
-                    os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._alive(pgid):
-                time.sleep(0.25)
-            self.stopped_by = sig.name
-        self.proc.wait(timeout=30)
-        assert not _group_pids(pgid), f"left running: {_group_pids(pgid)}"
-
-    def _alive(self, pgid: int) -> bool:
-        self.proc.poll()  # reap the leader: a zombie still counts for killpg(pgid, 0)
-        return bool(_group_pids(pgid))
-
-
-@pytest.fixture(scope="module")
-def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
-    home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    dev = DagsterDev(home, _free_port(), home.parent / "dagster_dev.log")
-    try:
-        dev.start()
-        yield dev
-    finally:
-        dev.stop()
 
 
 def _job_link(page: Any, job: str) -> Any:
@@ -277,28 +182,12 @@ def test_only_loopback_listeners(dagster_dev: DagsterDev) -> None:
     if not shutil.which("ss"):
         pytest.skip("no `ss` to list sockets")
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-    pids = _group_pids(dagster_dev.proc.pid)  # type: ignore[union-attr]
+    pids = group_pids(dagster_dev.proc.pid)  # type: ignore[union-attr]
     ours = [line for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
     assert ours, out
     for line in ours:
         local = line.split()[3]
         assert local.startswith("127.0.0.1:"), line
-
-
-def _group_pids(pgid: int) -> set[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.add(int(entry.name))
-    return pids
 
 
 def step_names(step_keys: Any) -> set[str]:

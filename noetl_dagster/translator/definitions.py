@@ -63,7 +63,8 @@ def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = Fals
 def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
                               translator: PlaybookTranslator | None = None,
                               resources: Mapping[str, Any] | None = None,
-                              strict: bool = False) -> dg.Definitions:
+                              strict: bool = False,
+                              executor: dg.ExecutorDefinition | None = dg.in_process_executor) -> dg.Definitions:
     """Compile every playbook under ``paths`` into jobs.
 
     A broken playbook is logged with every issue and left out, unless ``strict=True``, which
@@ -72,18 +73,24 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}`` or
     ``{"io_manager": ArrowRefIOManager(base_uri="s3://lake/noetl")}`` (the default io_manager is
     an ArrowRefIOManager under ``$DAGSTER_HOME/noetl_data``).
+
+    ``executor`` is the definitions' default executor: in process, like every playbook job, so
+    "Materialize all" (Dagster's global asset job) does not spawn a process per step. Each
+    playbook's own job keeps the executor its ``metadata.dagster.executor`` asks for. Merging
+    with definitions that set another default executor: pass ``executor=None``.
     """
     translator = translator or PlaybookTranslator()
     threshold = gc.get_threshold()
     gc.set_threshold(50_000, 20, 20)  # compiling many playbooks makes many small objects: collect less often
     try:
-        return _load_definitions(paths, translator, resources, strict)
+        return _load_definitions(paths, translator, resources, strict, executor)
     finally:
         gc.set_threshold(*threshold)
 
 
 def _load_definitions(paths: str | Path | Sequence[str | Path], translator: PlaybookTranslator,
-                      resources: Mapping[str, Any] | None, strict: bool) -> dg.Definitions:
+                      resources: Mapping[str, Any] | None, strict: bool,
+                      executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
     parts: dict[str, dg.Definitions] = {}
@@ -115,5 +122,6 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         raise PlaybookError(issues)
     for issue in issues:
         logger.warning("playbook skipped: %s", issue)
-    resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True))
+    resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True),
+                                    executor=executor)
     return dg.Definitions.merge(resources_defs, *parts.values())
