@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import resource
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -36,7 +35,8 @@ from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
-from ..runtime.templates import TemplateFailure, condition, render_text
+from ..runtime.templates import TemplateFailure, condition, render_text, render_value
+from . import observe
 from .plan import Net, Node, plan
 from .translator import LOOP_STEP_TAG, STEP_TAG, PlaybookTranslator, code_reference
 
@@ -192,10 +192,8 @@ def _product_function(io_manager: Any) -> Callable[[str], Any]:
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
-    """CPU seconds the op used and the process's peak RSS (what tuning learns resources from)."""
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"noetl/cpu_seconds": round(time.process_time() - run.cpu_start, 4),
-            "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
+    """CPU seconds the op used and its memory, measured per step (:mod:`.observe`)."""
+    return observe.usage_metadata(run.cpu_start)
 
 
 def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callable[..., Any]:
@@ -338,6 +336,7 @@ class _Emitter:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         tags = kwargs.get("tags") or {}
         timeout = float(tags.get(TIMEOUT_TAG) or 0)
+        fn = observe.measured(fn)
         if timeout > 0:
             fn = _with_deadline(fn, tags.get(STEP_TAG, local), timeout)
         definition = dg.OpDefinition(
@@ -408,6 +407,9 @@ class _Emitter:
             table = as_table(value)  # once: a record batch reader can be read only once
             value = value if table is None else table
         meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
+        context.log.info(observe.step_line(step, outcome.status, outcome.result, outcome.fired, runs=outcome.runs,
+                                           render=lambda v: render_value(v, outcome.context.scope(
+                                               run.execution_id, run.globals))))
         yield from self._emit(context, node, run, value, meta, tokens, publish=outcome.status == "success")
 
     def _node_ops(self, node: Node) -> tuple[Any, ...]:
