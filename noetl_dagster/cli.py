@@ -59,14 +59,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .progress import new_run_id, step_progress
     from .report import default_instance, run_playbook
 
     workload = _workload(args.workload)
     try:
         tags = _workload(args.tags, "--tags") if args.tags else {}
-        report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level,
-                              tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id,
-                              partition_key=args.partition)
+        instance, run_id = default_instance(), args.run_id or new_run_id()
+        with step_progress(instance, run_id, enabled=not args.json and sys.stderr.isatty(), title=args.playbook):
+            report = run_playbook(args.playbook, workload, instance=instance, log_level=args.log_level,
+                                  tags={str(k): str(v) for k, v in tags.items()}, run_id=run_id,
+                                  partition_key=args.partition)
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
