@@ -30,6 +30,7 @@ import dagster as dg
 from ..resources.clickhouse import ClickHouseResource
 from ..resources.embedder import EmbedderResource
 from ..resources.qdrant import QdrantResource
+from .held import quiet_native_stderr
 from .exporter import ExportBatch, ExportCursor, Exporter, ExportStats, default_lag
 from .hints import HINT_TAG, find_similar, hint_pass, record_hints
 from .mapping import EventRow, RunContext, RunSummary, StepFailure, StepRun, map_record
@@ -154,7 +155,8 @@ def tick_sink(open_session: Callable[[], Any], held: type[Exception], marker: st
     stays and the next tick retries; the skip reason quotes the error."""
     with ExitStack() as stack:
         try:
-            sink = stack.enter_context(open_session())
+            with quiet_native_stderr():  # chdb prints its lock error on fd 2: the skip reason says it
+                sink = stack.enter_context(open_session())
         except held as exc:
             if marker not in str(exc):
                 raise
