@@ -257,3 +257,59 @@ def _run_messages(dev: DagsterDev, run_id: str) -> list[str]:
     data = dev.graphql("""query($id: ID!) { logsForRun(runId: $id, limit: 5000) { __typename
         ... on EventConnection { events { __typename ... on MessageEvent { message } } } } }""", {"id": run_id})
     return [e.get("message") or "" for e in data["logsForRun"]["events"]]
+
+
+SENSOR = "noetl_export_clickhouse"
+SENSOR_TICKS = """query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { __typename ... on Sensor {
+    sensorState { ticks(limit: 20) { tickId status skipReason originRunIds } } } } }"""
+
+
+def test_export_sensor_tick_shows_success_and_counts(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    """A run finishes; the next export tick that exported it is "Success" (not "Skipped"), targets
+    that run, and its counts are visible: in the tick's logs and as an observation of the asset
+    observability/noetl_events."""
+    import subprocess
+
+    from devserver import ROOT as PROJECT, dev_env
+
+    env = {**dev_env(dagster_dev.home), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run([str(PROJECT / ".venv" / "bin" / "noetl-dagster"), "run", "tests/observe/route.yaml",
+                           "--json"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = json.loads(done.stdout)["run_id"]
+    selector = {"repositoryLocationName": "noetl_playbooks", "repositoryName": "__repository__", "sensorName": SENSOR}
+    deadline = time.monotonic() + 240  # a tick every 30 s; the daemon is slow under load
+    while True:
+        ticks = dagster_dev.graphql(SENSOR_TICKS, {"sel": selector})["sensorOrError"]["sensorState"]["ticks"]
+        tick = next((t for t in ticks if run_id in (t["originRunIds"] or [])), None)
+        if tick is not None:
+            break
+        assert time.monotonic() < deadline, ticks
+        time.sleep(3)
+    assert tick["status"] == "SUCCESS", tick
+    observed = dagster_dev.graphql("""{ assetOrError(assetKey: {path: ["observability", "noetl_events"]}) {
+        ... on Asset { assetObservations(limit: 50) { metadataEntries { label
+        ... on IntMetadataEntry { intValue } } } } } }""")["assetOrError"]["assetObservations"]
+    counts = [{e["label"]: e.get("intValue") for e in o["metadataEntries"]} for o in observed]
+    assert any(c.get("events", 0) > 0 and c.get("runs", 0) >= 1 for c in counts), counts
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60000)
+            page.goto(f"{dagster_dev.url}/locations/noetl_playbooks/sensors/{SENSOR}", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            row = page.locator("tr", has=page.get_by_text(run_id[:8], exact=True)).first
+            expect(row).to_be_visible()
+            assert "Skipped" not in row.inner_text()
+            page.screenshot(path=str(tmp_path / "sensor.png"))
+            row.get_by_role("button", name="View logs").click()
+            expect(page.get_by_text(re.compile(r"clickhouse: exported [1-9]\d* events")).first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "sensor_logs.png"))
+            page.keyboard.press("Escape")
+            page.goto(f"{dagster_dev.url}/assets/observability/noetl_events?view=events", wait_until="domcontentloaded")
+            expect(page.get_by_text("step_runs", exact=True).first).to_be_visible()  # the observation's counts
+            page.screenshot(path=str(tmp_path / "noetl_events.png"))
+        finally:
+            browser.close()
