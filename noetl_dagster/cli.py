@@ -50,11 +50,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
+    from .playbook.references import undefined_references
+
+    warnings = [w for p in loaded.playbooks for w in undefined_references(p)]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
         return 1
-    print(f"{len(files)} playbook(s) valid")
+    print(f"{len(files)} playbook(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 

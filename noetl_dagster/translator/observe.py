@@ -137,8 +137,13 @@ def current() -> Usage | None:
     return stack[-1] if stack else None
 
 
-def measured(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    """``fn`` (an op's compute generator) with its step measured while its own code runs."""
+def measured(fn: Callable[..., Iterator[Any]],
+             diagnose: Callable[[Any, Mapping[str, Any]], list[str]] | None = None) -> Callable[..., Iterator[Any]]:
+    """``fn`` (an op's compute generator) with its step measured while its own code runs.
+
+    When the op fails and ``diagnose(context, inputs)`` names undefined template variables of
+    its step (:func:`diagnoser`), they are logged and added to the failure's description: the
+    real cause of a ``TypeError`` on ``None`` is usually a misspelt name rendered empty."""
 
     def compute(context, inputs):  # type: ignore[no-untyped-def]
         usage, stack = Usage(), _stack()
@@ -149,6 +154,9 @@ def measured(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
                 paused = time.monotonic()
                 yield output
                 usage.paused += time.monotonic() - paused
+        except Exception as exc:
+            _explain(exc, diagnose, context, inputs)
+            raise
         finally:
             usage.stop()
             peak = usage.peak_kb()
@@ -158,6 +166,47 @@ def measured(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
 
     compute.__wrapped__ = fn  # type: ignore[attr-defined]
     return compute
+
+
+def _explain(exc: Exception, diagnose: Any, context: Any, inputs: Mapping[str, Any]) -> None:
+    if diagnose is None:
+        return
+    try:
+        found = diagnose(context, inputs)
+    except Exception:  # noqa: BLE001 - a diagnosis never hides the failure itself
+        return
+    if not found:
+        return
+    note = "undefined template variable(s): " + "; ".join(found)
+    try:
+        context.log.error(note)
+    except Exception:  # noqa: BLE001
+        pass
+    description = getattr(exc, "description", None)
+    if isinstance(description, str) and note not in description:
+        exc.description = f"{description} [{note}]"  # type: ignore[attr-defined]
+
+
+def diagnoser(step: Any, start: Callable[[Any, Mapping[str, Any]], Any]) -> Callable[[Any, Mapping[str, Any]], list[str]]:
+    """``diagnose(context, inputs)`` for :func:`measured`: the undefined names of ``step``'s
+    templates in the scope its op had (``start(context, inputs)`` gives the op's input Context;
+    loop ops carry theirs in ``work``/``loop_context``)."""
+
+    def diagnose(context: Any, inputs: Mapping[str, Any]) -> list[str]:
+        from ..playbook.references import undefined_in
+        from ..runtime.context import Context
+
+        carried = inputs.get("work") or inputs.get("loop_context")
+        start_ctx = Context.merge([carried["token"]]) if carried else start(context, inputs)
+        scope = start_ctx.scope(context.run_id)
+        if step.loop is not None:
+            scope[step.loop.iterator] = None
+        for task in step.tool:  # a pipeline's tasks see the earlier tasks' results by name
+            if task.name:
+                scope[task.name] = None
+        return undefined_in(step, scope)
+
+    return diagnose
 
 
 def usage_metadata(cpu_start: float) -> dict[str, Any]:
