@@ -31,10 +31,12 @@ def test_example_playbooks_have_no_warnings() -> None:
 def test_run_names_the_undefined_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the default IO root (./.noetl_data) stays in the test's folder
     report = run_playbook(TYPO, instance=dg.DagsterInstance.ephemeral())
-    assert report.status == "failure"
+    assert report.steps["total"].status == "error"  # NoETL: a raising python step completes with an error
     error = report.steps["total"].error or ""
     assert "TypeError" in error and "'fecth' is undefined here (did you mean 'fetch'?)" in error, error
     assert "tool.input.rows" in error
+    strict = run_playbook(TYPO, instance=dg.DagsterInstance.ephemeral(), on_error="fail")
+    assert strict.status == "failure" and "(did you mean 'fetch'?)" in (strict.steps["total"].error or "")
 
 
 @pytest.mark.parametrize("text, roots", [

@@ -187,6 +187,21 @@ def _explain(exc: Exception, diagnose: Any, context: Any, inputs: Mapping[str, A
         exc.description = f"{description} [{note}]"  # type: ignore[attr-defined]
 
 
+def with_undefined(step: Any, error: str | None, scope: Mapping[str, Any]) -> str | None:
+    """An error result's message, plus the step's undefined template variables if any."""
+    from ..playbook.references import undefined_in
+
+    try:
+        names = {**scope, **({step.loop.iterator: None} if step.loop is not None else {}),
+                 **{t.name: None for t in step.tool if t.name}}
+        found = undefined_in(step, names)
+    except Exception:  # noqa: BLE001 - a diagnosis never hides the error itself
+        return error
+    if not found:
+        return error
+    return f"{error or 'error result'} [undefined template variable(s): {'; '.join(found)}]"
+
+
 def diagnoser(step: Any, start: Callable[[Any, Mapping[str, Any]], Any]) -> Callable[[Any, Mapping[str, Any]], list[str]]:
     """``diagnose(context, inputs)`` for :func:`measured`: the undefined names of ``step``'s
     templates in the scope its op had (``start(context, inputs)`` gives the op's input Context;
