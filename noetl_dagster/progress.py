@@ -20,7 +20,8 @@ from typing import Any, Iterator
 
 #: how much of an op's step line the progress line shows
 SUMMARY_CHARS = 150
-_MARKS = {"success": ("[green]✔[/]", "ok"), "failed": ("[red]✘[/]", "failed"), "skipped": ("[dim]-[/]", "skipped")}
+_MARKS = {"success": ("[green]✔[/]", "ok"), "error": ("[yellow]![/]", "error result"),
+          "failed": ("[red]✘[/]", "failed"), "skipped": ("[dim]-[/]", "skipped")}
 
 
 def new_run_id() -> str:
@@ -41,6 +42,7 @@ class StepProgress:
         self.console = console
         self.running: dict[str, float] = {}
         self.summaries: dict[str, str] = {}
+        self.errors: set[str] = set()
         self.done = 0
         self.status: Any = None
 
@@ -55,9 +57,10 @@ class StepProgress:
         if event is None:  # a user log line: keep an op's step summary for its finished line
             message = entry.user_message or ""
             if message.startswith("step ") and entry.step_key:
-                summary = message.split(" | ", 1)[1] if " | " in message else ""
-                summary = summary.rsplit(" | result ", 1)[0]
-                self.summaries[entry.step_key] = summary
+                head, _, summary = message.partition(" | ")
+                self.summaries[entry.step_key] = summary.rsplit(" | result ", 1)[0]
+                if head.endswith(": error"):  # completed with an error result (the op itself succeeded)
+                    self.errors.add(entry.step_key)
             return
         kind, key = event.event_type_value, event.step_key
         if kind == "STEP_START" and key:
@@ -65,6 +68,8 @@ class StepProgress:
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED") and key:
             started = self.running.pop(key, None)
             status = {"STEP_SUCCESS": "success", "STEP_FAILURE": "failed"}.get(kind, "skipped")
+            if status == "success" and key in self.errors:
+                status = "error"
             self._finished(key, status, None if started is None else time.monotonic() - started, event)
         elif kind in ("RUN_SUCCESS", "RUN_FAILURE"):
             self.running.clear()

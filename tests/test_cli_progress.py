@@ -71,3 +71,10 @@ def test_json_stays_pure_json_on_a_tty_and_in_a_pipe(tmp_path: Path) -> None:
     assert code == 0, out[-3000:]
     assert "✔" not in out
     assert json.loads(out.strip().splitlines()[-1])["steps"]["end"]["result"] == {"cheap": 4201}
+
+
+def test_an_error_result_is_marked_on_the_tty(tmp_path: Path) -> None:
+    code, out = _on_tty([str(CLI), "run", str(ROOT / "tests" / "references" / "typo.yaml")], _env(tmp_path))
+    assert code == 0, out[-3000:]  # completed with an error result (NoETL); --fail-on-error would exit 1
+    assert re.search(r"! total \d+\.\d\ds  tool python", out), out[-3000:]
+    assert re.search(r"✔ fetch \d+\.\d\ds", out)
