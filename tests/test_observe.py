@@ -93,3 +93,17 @@ def test_size_and_preview() -> None:
     assert size_of({"status_code": 200, "body": "x" * 2048}) == "HTTP 200, 2.0 KB"
     assert preview(table) == "<table 3 rows: a>"
     assert len(preview({"k": "v" * 1000})) <= 160
+
+
+def test_launchpad_default_is_the_playbook_workload() -> None:
+    """The entry op's config defaults to the playbook's workload (the Launchpad shows it, not `{}`)."""
+    import json
+
+    defs = load_playbook_definitions(HERE, strict=True)
+    job = defs.resolve_job_def("ops__route")
+    config = job.run_config_schema.config_type.fields["ops"].config_type.fields["start"].config_type
+    default = json.loads(config.fields["config"].config_type.fields["workload"].default_value_as_json_str)
+    assert default == {"amount": 4200, "api": "http://127.0.0.1:9/never-called"}
+    overridden = job.execute_in_process(run_config={"ops": {"start": {"config": {"workload": {"amount": 5}}}}},
+                                        instance=dg.DagsterInstance.ephemeral())
+    assert overridden.output_for_node("small") == {"size": "small"}  # amount 5: the other arc

@@ -486,7 +486,7 @@ class _Emitter:
 
     def _node_ops(self, node: Node) -> tuple[Any, ...]:
         first = self.playbook.steps[node.steps[0]]
-        config = WORKLOAD_CONFIG if node.is_entry else None
+        config = observe.workload_config(self.playbook.workload, WORKLOAD_CONFIG) if node.is_entry else None
         if node.kind == "region":
             return (self._region_op(node, config),)
         if node.kind == "loop":

@@ -224,6 +224,20 @@ def diagnoser(step: Any, start: Callable[[Any, Mapping[str, Any]], Any]) -> Call
     return diagnose
 
 
+def workload_config(workload: Mapping[str, Any], fallback: Any) -> Any:
+    """The entry op's config schema, defaulting to the playbook's own workload so the Launchpad
+    shows (and a run without config uses) it; ``fallback`` (default ``{}``) when the workload is
+    not plain JSON (YAML dates, ...). Overrides still merge key by key over the playbook's."""
+    import dagster as dg
+
+    try:
+        default = json.loads(json.dumps(workload, allow_nan=False))
+    except (TypeError, ValueError):
+        return fallback
+    return {"workload": dg.Field(dg.Permissive(), is_required=False, default_value=default,
+                                 description=fallback["workload"].description)}
+
+
 def usage_metadata(cpu_start: float) -> dict[str, Any]:
     """The op's usage metadata: CPU seconds and memory (see the module doc)."""
     usage = current()
