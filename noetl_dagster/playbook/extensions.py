@@ -131,7 +131,8 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             issues.add(raw_step, "step", f"step name {name!r} ends in {suffix!r}, which names the ops of a "
                        "parallel loop" + (f" (step {base!r} loops)" if base in loops else ""), step=name,
                        field="step", hint="rename the step")
-    if step.loop is not None and step.loop.iterator in RESERVED_NAMES:
+    # `product` may name an iterator (NoETL reserves nothing): inside that loop it is the item
+    if step.loop is not None and step.loop.iterator in RESERVED_NAMES and step.loop.iterator != "product":
         issues.add(raw_step, ("loop", "iterator"), f"iterator {step.loop.iterator!r} is a reserved name",
                    step=name, field="loop.iterator", hint="use a plain name such as `item`")
     _check_set_keys(raw_step, ("set",), "set", issues, name)
@@ -146,8 +147,8 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             _check_set_keys(raw_step, path, f"next.arcs[{i}].set", issues, name)
     for path, field, text in _template_strings(raw_step, (), ""):
         if _PRIVATE_ATTR.search(text):
-            issues.add(raw_step, path, "a template reads an attribute "
-                       "starting with `_` (such as `__class__`), which templates can never reach", step=name,
+            issues.add(raw_step, path, "a template reads a dunder attribute "
+                       "(such as `__class__`), which templates can never reach", step=name,
                        field=field, hint="templates see plain data only; read keys of results and workload")
     if "hardware" in raw_step:
         _check_hardware(raw_step, issues, name)
@@ -178,7 +179,9 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
 
 
 #: `x.__class__`, `x._private`, `x['__dict__']` inside `{{ }}` or `{% %}`
-_PRIVATE_ATTR = re.compile(r"(\{\{|\{%)(?:(?!\}\}|%\}).)*?(\.\s*_\w*|\[\s*['\"]_)", re.DOTALL)
+#: a template reading a dunder attribute (``x.__class__``): never reachable. A single leading
+#: underscore is a plain key NoETL results use (``{{ start._ref is defined }}``) and stays allowed.
+_PRIVATE_ATTR = re.compile(r"(\{\{|\{%)(?:(?!\}\}|%\}).)*?(\.\s*__\w*|\[\s*['\"]__)", re.DOTALL)
 
 
 def _template_strings(value: Any, path: tuple[Any, ...], field: str) -> Any:

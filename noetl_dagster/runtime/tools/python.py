@@ -29,7 +29,6 @@ from functools import lru_cache
 from types import CodeType
 from typing import Any, Iterator, Mapping
 
-from ...resources.credentials import redact
 from ..templates import thaw
 from .base import ErrorResult, Tool, ToolContext, ToolError
 
@@ -116,6 +115,8 @@ class PythonTool(Tool):
                     data = json.loads(stdout)
             return ErrorResult(data, f"{type(exc).__name__}: {exc}{where}")
         finally:
+            from ...resources.credentials import redact  # (it imports the tools: not at module level)
+
             for name, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
                 if text.strip():
                     ctx.log.info(redact(f"step {ctx.step} python {name}:\n{text.rstrip()}"))
