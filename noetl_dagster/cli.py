@@ -52,18 +52,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
-    for warning in (w for p in loaded.playbooks for w in p.warnings):
+    from .playbook.references import undefined_references
+
+    warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from .playbook.bindings import binding_warnings  # templates that would produce syntax
+
+    for warning in (w for f in files for w in binding_warnings(f)):
+        print(warning, file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
         return 1
-    print(f"{len(files)} playbook(s) valid")
+    print(f"{len(files)} playbook(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .playbook.loader import load_playbook
+    from .progress import new_run_id, step_progress
     from .recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
     from .report import default_instance, run_playbook
 
@@ -79,10 +87,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             report = resume_run(args.resume, instance, tags)
         else:
             playbook = load_playbook(args.playbook)
-            report = run_playbook(playbook, workload, instance=instance, log_level=args.log_level,
-                                  tags={**tags, **cli_tags(args.playbook)}, run_id=args.run_id,
-                                  partition_key=args.partition, on_error=args.on_error,
-                                  resources=persistent_resources(instance, playbook))
+            run_id = args.run_id or new_run_id()
+            with step_progress(instance, run_id, enabled=not args.json and sys.stderr.isatty(), title=args.playbook):
+                report = run_playbook(playbook, workload, instance=instance, log_level=args.log_level,
+                                      tags={**tags, **cli_tags(args.playbook)}, run_id=run_id,
+                                      partition_key=args.partition, on_error=args.on_error,
+                                      resources=persistent_resources(instance, playbook))
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1

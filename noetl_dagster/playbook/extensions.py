@@ -131,7 +131,8 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             issues.add(raw_step, "step", f"step name {name!r} ends in {suffix!r}, which names the ops of a "
                        "parallel loop" + (f" (step {base!r} loops)" if base in loops else ""), step=name,
                        field="step", hint="rename the step")
-    if step.loop is not None and step.loop.iterator in RESERVED_NAMES:
+    # `product` may name an iterator (NoETL reserves nothing): inside that loop it is the item
+    if step.loop is not None and step.loop.iterator in RESERVED_NAMES and step.loop.iterator != "product":
         issues.add(raw_step, ("loop", "iterator"), f"iterator {step.loop.iterator!r} is a reserved name",
                    step=name, field="loop.iterator", hint="use a plain name such as `item`")
     _check_set_keys(raw_step, ("set",), "set", issues, name)

@@ -9,9 +9,11 @@ Sinks are configured as for the sensors (``NOETL_CLICKHOUSE_DSN``, ``NOETL_QDRAN
 defaults under ``$DAGSTER_HOME`` (or ``./.dagster_home``). The CLI keeps its own cursors in
 ``$DAGSTER_HOME/noetl_export/<sink>-<destination hash>.cursor.json``, one per destination (DSN +
 database, URL + prefix: a new ClickHouse starts from the beginning; ``--full`` starts over;
-rewriting is idempotent). Each sink opens and exports on its own: one that is locked or
-unreachable is reported in one line and the others still export. Embedded chdb and Qdrant folders are locked by the process using them: stop
-``dagster dev`` first when it runs the export sensors on the same folders.
+rewriting is idempotent). Each sink opens and exports on its own: one that is held, locked or
+unreachable is reported in one line and the others still export. Embedded chdb and Qdrant
+folders are locked by the process using them; ``dagster dev``'s sensors hold them only during a
+tick, so the commands wait (``--wait``, 15 s) and then say which folder is held, without a
+traceback (:mod:`.held`).
 
 Wire into the main parser with ``add_commands(subparsers)``.
 """
@@ -21,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from .destination import cursor_name, one_line
 from .exporter import ExportCursor, ExportStats
+from .held import SinkHeld, open_sink
 
 SINKS = ("clickhouse", "qdrant")
 
@@ -51,14 +55,17 @@ def save_cursor(sink: str, cursor: ExportCursor, folder: Path | None = None, des
     tmp.replace(folder / name)
 
 
-def open_sinks(names: list[str], clickhouse: Any = None, qdrant: Any = None,
-               embedder: Any = None) -> tuple[list[Any], dict[str, str]]:
-    """The sinks that open, and a one-line error for each that does not (a locked or unreachable
-    sink never keeps the others from exporting)."""
+def open_sinks(stack: ExitStack, names: list[str], *, wait_seconds: float = 15.0, clickhouse: Any = None,
+               qdrant: Any = None, embedder: Any = None) -> tuple[list[Any], dict[str, str]]:
+    """The sinks that open (sessions closed with ``stack``), and a one-line error for each that
+    does not: a held, locked or unreachable sink never keeps the others from exporting."""
     sinks, errors = [], {}
     for name in names:
         try:
-            sinks.extend(make_sinks([name], clickhouse, qdrant, embedder))
+            sinks.append(open_sink(stack, name, clickhouse=clickhouse, qdrant=qdrant, embedder=embedder,
+                                   wait_seconds=wait_seconds))
+        except SinkHeld as exc:
+            errors[name] = str(exc).removeprefix(f"{name}: ")
         except Exception as exc:  # noqa: BLE001 - reported per sink
             errors[name] = one_line(exc)
     return sinks, errors
@@ -109,9 +116,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     names = list(SINKS) if args.sink == "all" else [args.sink]
     playbooks = args.playbooks if args.playbooks is not None else ("playbooks" if Path("playbooks").is_dir() else None)
     instance = default_instance()
-    sinks, errors = open_sinks(names)
-    results = run_export(instance, sinks, full=args.full, playbooks=playbooks,
-                         budget_seconds=args.budget, lag_seconds=args.lag)
+    with ExitStack() as stack:  # sessions: every client is closed before the interpreter exits
+        sinks, errors = open_sinks(stack, names, wait_seconds=args.wait)
+        results = run_export(instance, sinks, full=args.full, playbooks=playbooks,
+                             budget_seconds=args.budget, lag_seconds=args.lag)
     results.update({name: ExportStats(error=error) for name, error in errors.items()})
     if args.json:
         print(json.dumps({name: stats.as_dict() for name, stats in results.items()}, sort_keys=True))
@@ -146,7 +154,13 @@ def format_hit(hit: dict[str, Any]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    hits = search(args.query, args.collection, args.limit)
+    with ExitStack() as stack:
+        try:
+            sink = open_sink(stack, "qdrant", wait_seconds=args.wait)
+        except SinkHeld as exc:
+            print(f"noetl-dagster search: {exc}", file=sys.stderr)
+            return 1
+        hits = search(args.query, args.collection, args.limit, sink=sink)
     if args.json:
         print(json.dumps(hits, default=str))
     else:
@@ -167,12 +181,16 @@ def add_commands(subparsers: Any) -> None:
     export.add_argument("--lag", type=float, default=None,
                         help="overlap window in seconds for out-of-order ids (default 0 on SQLite, 5 otherwise)")
     export.add_argument("--json", action="store_true", help="print the counts as JSON")
+    export.add_argument("--wait", type=float, default=15.0,
+                        help="seconds to wait while an embedded folder is held by another process (default 15)")
     export.set_defaults(func=cmd_export)
     find = subparsers.add_parser("search", help="semantic search over exported playbooks, runs or failures")
     find.add_argument("query")
     find.add_argument("--collection", choices=["playbooks", "runs", "failures"], default="failures")
     find.add_argument("--limit", type=int, default=5)
     find.add_argument("--json", action="store_true", help="print the hits as JSON")
+    find.add_argument("--wait", type=float, default=15.0,
+                      help="seconds to wait while the Qdrant folder is held by another process (default 15)")
     find.set_defaults(func=cmd_search)
 
 
