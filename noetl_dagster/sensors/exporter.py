@@ -120,6 +120,8 @@ class ExportCursor:
     ``active``: run id -> storage id of the last exported event (-1: none yet).
     ``done``: finished runs still inside the re-scan window -> their end time.
     ``tail``: finished runs watched for events appended later -> [end time, last exported storage id].
+    ``destination``: where these positions were written (the sink's ``destination``: DSN and
+    database, URL and prefix); a cursor of another destination starts over.
     """
 
     watermark: int = 0
@@ -128,10 +130,12 @@ class ExportCursor:
     done: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     tail: dict[str, list] = field(default_factory=dict)
+    destination: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"v": 1, "w": self.watermark, "wt": self.watermark_ts, "a": self.active,
-                           "d": self.done, "x": self.extra, "t": self.tail}, separators=(",", ":"), sort_keys=True)
+                           "d": self.done, "x": self.extra, "t": self.tail, "dst": self.destination},
+                          separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "ExportCursor":
@@ -139,7 +143,8 @@ class ExportCursor:
             return cls()
         data = json.loads(text)
         return cls(int(data.get("w", 0)), float(data.get("wt", 0.0)), dict(data.get("a", {})),
-                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})))
+                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})),
+                   str(data.get("dst", "")))
 
     def copy(self) -> "ExportCursor":
         return ExportCursor.from_json(self.to_json())
@@ -265,6 +270,10 @@ class Exporter:
         started = time.monotonic()
         deadline = None if budget_seconds is None else started + budget_seconds
         cur = (cursor or ExportCursor()).copy()
+        destination = str(getattr(self.sink, "destination", "") or "")
+        if destination and cur.destination and cur.destination != destination:
+            cur = ExportCursor()  # positions of another ClickHouse/Qdrant: this one has none of it yet
+        cur.destination = destination or cur.destination
         stats = ExportStats()
         self._pending = ExportBatch()
         self._staged_pos: dict[str, int] = {}
