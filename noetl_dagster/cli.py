@@ -50,6 +50,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
+    for warning in (w for p in loaded.playbooks for w in p.warnings):
+        print(f"warning: {warning}", file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
@@ -66,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tags = _workload(args.tags, "--tags") if args.tags else {}
         report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level,
                               tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id,
-                              partition_key=args.partition)
+                              partition_key=args.partition, on_error=args.on_error)
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -85,7 +87,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if last is not None and report.steps[last].result is not None:
             text = json.dumps(report.steps[last].result, default=str)
             print(f"result of {last}: {text if len(text) <= RESULT_CHARS else text[:RESULT_CHARS] + '...'}")
-    return 0 if report.status == "success" else 1
+        if report.error_steps:
+            print(f"completed with error results in {len(report.error_steps)} step(s): "
+                  f"{', '.join(report.error_steps)}" + ("" if args.fail_on_error else
+                                                       " (exit 0; --fail-on-error makes this exit 1)"))
+    if report.status != "success":
+        return 1
+    return 1 if args.fail_on_error and report.error_steps else 0
 
 
 def console() -> None:
@@ -108,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--tags", help="JSON object of extra run tags")
     run.add_argument("--run-id", help="use this run id (sub-playbook launches set it)")
     run.add_argument("--partition", help="partition key (YYYY-MM-DD) of a partitioned playbook; default: the last")
+    run.add_argument("--fail-on-error", action="store_true",
+                     help="exit 1 when a step completed with an error result (the run itself succeeded)")
+    run.add_argument("--on-error", choices=("complete", "fail"),
+                     help="error results complete the step (NoETL, default) or fail it (strict); "
+                          "overrides metadata.dagster.on_error")
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)

@@ -19,7 +19,7 @@ import dagster as dg
 
 from .errors import Issue, PlaybookError
 from .playbook.loader import load_playbook
-from .playbook.catalog import PlaybookCatalog
+from .playbook.catalog import PlaybookCatalog, calls_playbooks
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
@@ -34,7 +34,7 @@ _MAPPED = re.compile(r"\[[^\]]*\]$")
 
 @dataclass
 class StepReport:
-    status: str  # success | failed | skipped
+    status: str  # success | error | failed | skipped
     result: Any = None
     runs: int = 0
     error: str | None = None
@@ -51,9 +51,15 @@ class RunReport:
         return {
             "status": self.status,
             "run_id": self.run_id,
-            "steps": {name: {"status": s.status, "result": s.result, "runs": s.runs}
+            "steps": {name: {"status": s.status, "result": s.result, "runs": s.runs,
+                             **({"error": s.error} if s.error is not None else {})}
                       for name, s in self.steps.items()},
         }
+
+    @property
+    def error_steps(self) -> dict[str, str]:
+        """Steps that completed with an error result (status ``error``), with their messages."""
+        return {name: s.error or "" for name, s in self.steps.items() if s.status == "error"}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), default=_json_default, sort_keys=False)
@@ -88,25 +94,27 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
                  translator: PlaybookTranslator | None = None, log_level: str = "INFO",
                  resources: Mapping[str, Any] | None = None, catalog: PlaybookCatalog | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None,
-                 partition_key: str | None = None) -> RunReport:
+                 partition_key: str | None = None, on_error: str | None = None) -> RunReport:
     """Compile and execute a playbook in process; ``workload`` overrides top-level keys.
 
     ``catalog`` holds the playbooks it may call (default: the playbooks of its own folder tree).
     A partitioned playbook (``metadata.partitions``) runs ``partition_key`` (``YYYY-MM-DD``), by
-    default its last partition, as its schedule would.
+    default its last partition, as its schedule would. ``on_error`` (``complete``: NoETL's error
+    results complete their step; ``fail``: strict) overrides the playbook's
+    ``metadata.dagster.on_error``.
     """
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
-    if catalog is None:
-        catalog = catalog_around(playbook)
+    if catalog is None:  # the folder tree is read only when a step can call a sub-playbook
+        catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
     net = plan(playbook)
     if has_products(playbook):
         resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
-        defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
+        defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
                                     dg.Definitions(resources=default_resources(resources, catalog)))
         job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
     else:
-        job = build_job(playbook, translator, net, resources, catalog)
+        job = build_job(playbook, translator, net, resources, catalog, on_error)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
                   "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     partition_key = _partition_key(playbook, job, partition_key)
@@ -186,6 +194,7 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
             output = event.step_output_data.output_name
             for name, meta in steps_metadata(event.step_output_data.metadata).items():
                 steps[name].status, steps[name].runs = meta["status"], meta["runs"]
+                steps[name].error = meta.get("error")
                 steps[name].result = plain(_result_value(result, node, _MAPPED.sub("", key), output, name))
         elif event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data

@@ -74,13 +74,15 @@ def embedder() -> MiniLMEmbedder:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dg.DagsterInstance, dict[str, str], Path]]:
-    """A SQLite instance with four different failures, the divide-by-zero failure, then its fix."""
+    """A SQLite instance with four different failures, the divide-by-zero failure, then its fix.
+    The failing playbooks run in strict mode: their python exceptions fail the runs (hints are for
+    failed runs; by default NoETL's error results complete them)."""
     folder = tmp_path_factory.mktemp("playbooks")
     with dg.instance_for_test() as instance:
         runs = {}
         for path, step, code, _ in FAILURES:
             runs[path] = run_playbook(failing_playbook(folder, path, step, code), {}, instance=instance,
-                                      log_level="CRITICAL").run_id
+                                      log_level="CRITICAL", on_error="fail").run_id
         divide = CASES / "21_failure_skips_downstream" / "playbook.yaml"
         runs["divide"] = run_playbook(divide, {}, instance=instance, log_level="CRITICAL").run_id
         runs["divide_fixed"] = run_playbook(divide, {"divisor": 2}, instance=instance, log_level="CRITICAL").run_id

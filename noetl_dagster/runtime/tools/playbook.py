@@ -1,8 +1,12 @@
 """``kind: playbook``: call another playbook (NoETL's sub-playbooks).
 
 * awaited (``return_result: true``, or ``return_step``): the child runs as its own Dagster run,
-  tagged ``noetl/parent_run_id``, in the calling step's process; the step returns the child's
-  result (``result_step``, else ``end``, else the last step that ran). A failed child fails the step.
+  tagged ``noetl/parent_run_id``, in the calling step's process. With ``return_result`` the step
+  returns the child's result (``result_step``, else ``end``, else the last step that ran) and a
+  failed child fails the step; a child whose steps completed with error results completed, as
+  in NoETL. With only ``return_step`` the step returns the child's status payload
+  ``{status: COMPLETED|FAILED, execution_id, path, result, error}``: a failed child never fails
+  the parent (NoETL's legacy status poll).
 * fire-and-forget (the default): the child is launched as a separate process recording its run
   in the same instance; the step returns ``{status: started, execution_id, path, async: true}``.
 
@@ -40,19 +44,23 @@ class PlaybookTool(Tool):
         workload = ctx.render(config.get("payload") or config.get("args") or config.get("input") or {})
         if not isinstance(workload, dict):
             raise ToolError("sub-playbook `args`/`payload` must render to a mapping")
-        tags = {"noetl/parent_run_id": ctx.execution_id, "noetl/parent_step": ctx.step}
+        tags = {"noetl/parent_run_id": ctx.run_id, "noetl/parent_step": ctx.step}
         instance = ctx.resources.get("instance")
         if config.get("return_result") or config.get("return_step"):
             report = run_playbook(child, workload, instance=instance, tags=tags, catalog=catalog,
                                   resources=ctx.resources.get("dagster_resources"), log_level="WARNING")
-            if report.status != "success":
-                failed = [f"{name}: {s.error}" for name, s in report.steps.items() if s.status == "failed"]
+            failed = [f"{name}: {s.error}" for name, s in report.steps.items() if s.status == "failed"]
+            if report.status != "success" and config.get("return_result"):
                 raise ToolError(f"sub-playbook {path!r} failed (run {report.run_id}): {'; '.join(failed)}")
             chosen = config.get("result_step") or (config.get("return_step") if isinstance(config.get("return_step"), str) else None)
             data = _child_result(report, chosen)
             if config.get("return_result"):
                 return data
-            return {"status": "success", "execution_id": report.run_id, "path": path, "result": data}
+            payload = {"status": "COMPLETED" if report.status == "success" else "FAILED",
+                       "execution_id": report.run_id, "path": path, "result": data}
+            if failed:
+                payload["error"] = "; ".join(failed)
+            return payload
         return _launch(child.file, path, workload, tags, instance)
 
 

@@ -303,7 +303,7 @@ def _json_at(data: Any, path: str | None) -> Any:
 def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContext) -> _Source:
     import pyarrow as pa
 
-    from .base import get_tool
+    from .base import ErrorResult, get_tool
 
     if not cfg.get("url") and not cfg.get("endpoint"):
         raise ToolError("transfer: http source needs `url`")
@@ -311,6 +311,8 @@ def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContex
     if raw.get("query") is not None and "params" not in request:
         request["params"] = raw["query"]
     response = get_tool("http").run(request, ctx)
+    if isinstance(response, ErrorResult):  # a non-2xx answer: the transfer cannot read rows from it
+        response = response.data
     status = response.get("status_code")
     if not (isinstance(status, int) and 200 <= status < 300):
         raise ToolError(f"transfer: http source {cfg.get('url') or cfg.get('endpoint')} answered "
