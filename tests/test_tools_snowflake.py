@@ -17,6 +17,7 @@ from noetl_dagster import PlaybookError, run_playbook
 from noetl_dagster.playbook.loader import parse_text
 from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools.base import ErrorResult
 from pg import PgServer, pg_server  # noqa: F401  (tests/pg.py; pg_server is a fixture)
 
 SF_PASSWORD = "Sf-Secr3t-" + uuid.uuid4().hex[:10]
@@ -91,11 +92,13 @@ def test_format_arrow(fakesnow_server: dict) -> None:
     assert not table.schema.field("N").metadata  # the connector's field metadata is dropped
 
 
-def test_failing_statement_names_it_and_hides_the_password(fakesnow_server: dict) -> None:
-    with pytest.raises(ToolError) as info:
-        run(fakesnow_server, {"command": "SELECT 1; SELECT * FROM NO_SUCH_TABLE_X"})
-    text = no_secret(info.value, SF_PASSWORD)
-    assert "statement_1 failed" in text and "NO_SUCH_TABLE_X" in text.upper()
+def test_failing_statement_is_an_error_result_like_noetl(fakesnow_server: dict) -> None:
+    out = run(fakesnow_server, {"command": "SELECT 1 AS a; SELECT * FROM NO_SUCH_TABLE_X; SELECT 2 AS b"})
+    assert isinstance(out, ErrorResult) and out.message.startswith("Some statements failed (statement_1: ")
+    assert out.data["statement_0"]["result"] == [{"A": 1}] and out.data["statement_2"]["result"] == [{"B": 2}]
+    assert out.data["statement_1"]["status"] == "error" and "NO_SUCH_TABLE_X" in out.data["statement_1"]["error"].upper()
+    no_secret(out.data, SF_PASSWORD)
+    no_secret(out.message, SF_PASSWORD)
 
 
 def test_unreachable_server_error_hides_the_password() -> None:

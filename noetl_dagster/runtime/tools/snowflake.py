@@ -20,9 +20,10 @@ Defaults as in NoETL: warehouse ``COMPUTE_WH``, schema ``PUBLIC``. Result (NoETL
 entry per statement, ``{statement_0: {status: success, row_count, result: [{COL: value}],
 columns}, ...}`` (``result``/``columns`` absent for statements without rows). Values are
 JSON-compatible like the postgres tool's (NUMBER with a scale as a string, timestamps ISO).
-A failing statement fails the step naming it (NoETL completes with an error result); the
-statements before it have run. The session is one connection, so ``USE`` and temporary tables
-carry over between statements.
+As in NoETL, a failing statement does not stop the others: it is ``{status: error, row_count: 0,
+error}`` and the step completes with an *error result* ("Some statements failed", status
+``error``; strict mode fails it). A connection or login failure fails the step. The session is
+one connection, so ``USE`` and temporary tables carry over between statements.
 
 The password, private key and passphrase are registered for redaction and never logged; the
 connector's own logging stays at WARNING. ``host``/``port``/``protocol`` in the credential (or
@@ -43,7 +44,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from .base import Tool, ToolContext, ToolError, format_problems, result_format
+from .base import ErrorResult, Tool, ToolContext, ToolError, format_problems, result_format
 from .postgres import json_value
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -224,10 +225,16 @@ class SnowflakeTool(Tool):
                 except Exception as exc:  # noqa: BLE001 - ProgrammingError, DatabaseError...
                     if isinstance(exc, ToolError):
                         raise
-                    raise ToolError(redact(f"snowflake: {key} failed: {_message(exc)}")) from None
+                    # NoETL runs the remaining statements and reports each one's outcome
+                    results[key] = {"status": "error", "row_count": 0, "error": redact(_message(exc))}
+                    continue
                 results[key] = {"status": "success", "row_count": len(rows), "result": rows, "columns": columns}
         finally:
             con.close()
+        failed = [k for k, v in results.items() if v["status"] == "error"]
+        if failed:
+            detail = "; ".join(f"{k}: {results[k]['error']}" for k in failed)
+            return ErrorResult(results, f"Some statements failed ({detail})")
         if arrow:
             if table is None:
                 raise ToolError("snowflake: format: arrow needs the last statement to return rows")
