@@ -12,13 +12,14 @@ from .playbook import PlaybookTool
 from .postgres import PostgresTool
 from .python import PythonTool
 from .python_script import PythonScriptTool
+from .script import ScriptTool
 from .shell import ShellTool
 from .snowflake import SnowflakeTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
               PlaybookTool(), TransferTool(), ContainerTool(), NatsTool(),
-              DuckLakeTool(), SnowflakeTool(), ArtifactTool()):
+              DuckLakeTool(), SnowflakeTool(), ArtifactTool(), ScriptTool()):
     register_tool(_tool)
 register_tool(PythonScriptTool())  # kind: python, with NoETL's `script:` sources on top of PythonTool
 
