@@ -137,9 +137,9 @@ def test_transfer_snowflake_to_postgres_and_back(fakesnow_server: dict, pg_serve
         "source": {"type": "snowflake", "auth": "sf_test", "query": "SELECT * FROM TEST_DATA ORDER BY id"},
         "target": {"type": "postgres", "auth": "pg", "table": table}}, ctx)
     assert out["rows_transferred"] == 3 and out["batches"] == 2
-    rows = get_tool("postgres").run({"auth": "pg", "query": f'SELECT "ID", "NAME", "VALUE" FROM {table} ORDER BY 1'},
+    rows = get_tool("postgres").run({"auth": "pg", "query": f"SELECT id, name, value FROM {table} ORDER BY 1"},
                                     ctx)["rows"]
-    assert [(r["ID"], r["NAME"], float(r["VALUE"])) for r in rows] == [
+    assert [(r["id"], r["name"], float(r["value"])) for r in rows] == [
         (1, "Record 1", 100.5), (2, "Record 2", 200.75), (3, "Record 3", 300.25)]
     # Postgres -> Snowflake: a new table created from the Arrow schema, then an upsert on id
     get_tool("postgres").run({"auth": "pg", "command": f"""

@@ -30,7 +30,8 @@ connector's own logging stays at WARNING. ``host``/``port``/``protocol`` in the 
 the tool) point the connector somewhere else than ``<account>.snowflakecomputing.com`` (a
 private link, or a local test server).
 
-``transfer`` uses :func:`source_batches` (Arrow batches fetched by the connector) and
+``transfer`` uses :func:`source_batches` (Arrow batches fetched by the connector; upper-case
+unquoted column names become lower-case, as an unquoted name means the same in both) and
 :class:`SnowflakeTarget` (``executemany`` with bound rows; the table is created from the
 source's Arrow schema when missing; ``replace`` truncates it, ``upsert`` deletes the batch's
 keys first; one transaction).
@@ -57,6 +58,7 @@ _FIELDS = ("account", "user", "password", "private_key", "private_key_passphrase
            "database", "schema", "role", "host", "port", "protocol", "authenticator", "login_timeout")
 _SECRETS = ("password", "private_key", "private_key_passphrase")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_UPPER_IDENT = re.compile(r"^[A-Z_][A-Z0-9_$]*$")
 
 
 def _templated(value: Any) -> bool:
@@ -297,6 +299,10 @@ def source_batches(cfg: Mapping[str, Any], ctx: ToolContext) -> tuple[Iterator["
         raise ToolError(redact(f"transfer: snowflake source failed: {_message(exc)}")) from None
     con.close()
     table = _plain(table) if table is not None else pa.table({})
+    # Snowflake reports unquoted identifiers upper-cased; as a source they keep their meaning
+    # case-insensitively (NoETL writes them into an unquoted INSERT): ID -> id, as Postgres names it
+    names = [n.lower() if _UPPER_IDENT.match(n) else n for n in table.column_names]
+    table = table.rename_columns(names)
     return iter(table.to_batches()), table.schema
 
 
