@@ -223,3 +223,70 @@ workflow:
         parse_text(text, "bad.yaml")
     (issue,) = info.value.issues
     assert issue.field == "tool.action" and "unknown artifact action 'fetch'" in issue.message
+
+
+#: NoETL's step `output:` externalisation: a large result leaves only its selected fields and `_ref`
+EXTERNALIZED = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: externalized, path: tests/externalized}
+workload: {count: 1000, size: 200}
+workflow:
+- step: start
+  tool:
+  - name: generate_data
+    kind: python
+    input: {count: '{{ count }}', size: '{{ size }}'}
+    code: |
+      items = [{"id": i, "data": "x" * size} for i in range(count)]
+      result = {"status": "success", "count": len(items), "items": items}
+  output:
+    store: {kind: auto}
+    output_select: [status, count]
+  next: small
+- step: small
+  tool: {kind: python, code: 'result = {"status": "ok", "n": 1}'}
+  output: {output_select: [status]}
+  next: load
+- step: load
+  tool:
+  - {name: load_artifact, kind: artifact, action: get, input: {result_ref: '{{ start._ref }}'}}
+  next: check
+- step: check
+  tool:
+    kind: python
+    input: {start: '{{ start }}', small: '{{ small }}', full: '{{ load.load_artifact }}'}
+    code: |
+      result = {"start_keys": sorted(start), "small": small, "items": len(full["items"]),
+                "first": full["generate_data"]["items"][0]["id"]}
+"""
+
+
+def test_step_output_externalizes_large_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                instance: dg.DagsterInstance) -> None:
+    monkeypatch.setenv("NOETL_ARTIFACT_URI", str(tmp_path))
+    report = run_playbook(parse_text(EXTERNALIZED), instance=instance)
+    assert report.status == "success", {k: s.error for k, s in report.steps.items() if s.error}
+    check = report.steps["check"].result
+    assert check["start_keys"] == ["_ref", "_size", "_store", "count", "status"]
+    assert check["small"] == {"status": "ok", "n": 1}  # under 64 KiB: stays inline, untouched
+    assert check["items"] == 1000 and check["first"] == 0
+    assert report.steps["start"].result["_ref"].startswith(str(tmp_path / "artifacts") + "/")
+
+
+def test_step_output_to_gcs_and_back(gcs_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                     instance: dg.DagsterInstance) -> None:
+    """`output.store.kind: gcs` (NoETL's test_gcs_storage): the artifact lands in the GCS root and
+    `artifact get` finds it there by its `gs://` reference."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    monkeypatch.setenv("NOETL_ARTIFACT_GCS_URI", "gs://arts/noetl")
+    monkeypatch.setenv("NOETL_ARTIFACT_URI", str(tmp_path))
+    text = EXTERNALIZED.replace("store: {kind: auto}", "store: {kind: gcs}").replace("count: 1000", "count: 10")
+    report = run_playbook(parse_text(text), instance=instance)
+    assert report.status == "success", {k: s.error for k, s in report.steps.items() if s.error}
+    start = report.steps["start"].result
+    assert start["_store"] == "gcs" and start["_ref"].startswith("gs://arts/noetl/artifacts/")
+    assert report.steps["check"].result["items"] == 10
+    monkeypatch.delenv("NOETL_ARTIFACT_GCS_URI")  # kind gcs without a GCS root: a clear error
+    report = run_playbook(parse_text(text), instance=instance)
+    assert report.status == "failure" and "set NOETL_ARTIFACT_GCS_URI" in report.steps["start"].error

@@ -67,11 +67,20 @@ def _inputs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def default_root() -> str:
-    """``$NOETL_ARTIFACT_URI``, else the IO manager's default root."""
+def default_root(kind: str | None = None) -> str:
+    """The artifact root: for ``kind`` ``gcs``/``s3`` ``$NOETL_ARTIFACT_GCS_URI``/``..._S3_URI``
+    when set; else ``$NOETL_ARTIFACT_URI``, else the IO manager's default root."""
     from ...resources.arrow_io import ArrowRefIOManager
 
+    if kind in ("gcs", "s3") and os.environ.get(f"NOETL_ARTIFACT_{kind.upper()}_URI"):
+        return os.environ[f"NOETL_ARTIFACT_{kind.upper()}_URI"]
     return os.environ.get("NOETL_ARTIFACT_URI") or ArrowRefIOManager().root
+
+
+def _root_for_ref(ref: Any) -> str:
+    """The default root a reference lives under (its scheme's tier root)."""
+    scheme = _scheme(ref) if isinstance(ref, str) else None
+    return default_root(_STORE_NAMES.get(scheme or ""))
 
 
 def _scheme(uri: str) -> str | None:
@@ -209,8 +218,10 @@ class ArtifactTool(Tool):
         action = str(cfg.get("action") or "get")
         if action not in ACTIONS:
             raise ToolError(f"artifact: unknown action {action!r}; use get or put")
-        store = _Store(cfg.get("store") or default_root(), cfg, ctx)
         inputs = _inputs(cfg)
+        ref = inputs.get("result_ref") or inputs.get("ref")
+        ref = ref.get("_ref") if isinstance(ref, Mapping) else ref
+        store = _Store(cfg.get("store") or (_root_for_ref(ref) if action == "get" else default_root()), cfg, ctx)
         try:
             return _put(store, inputs, ctx) if action == "put" else _get(store, inputs)
         except ToolError:
@@ -303,3 +314,47 @@ def _get(store: _Store, inputs: Mapping[str, Any]) -> Any:
     except FileNotFoundError:
         raise ToolError(f"artifact: no artifact at {ref!r}") from None
     return decode_value(text)
+
+
+#: NoETL's inline threshold: results below it stay in the token (64 KiB of JSON)
+INLINE_LIMIT = 64 * 1024
+
+
+def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: str) -> Any:
+    """NoETL's step ``output: {store: {kind}, output_select: [fields]}``: a large result is stored
+    as an artifact and replaced by its selected fields plus ``_ref``/``_store``/``_size``.
+
+    ``store.kind: auto`` (or no ``store``) externalises results above :data:`INLINE_LIMIT`
+    bytes of JSON, as NoETL does; another kind always does. The artifact goes to ``store.uri``,
+    else for ``kind: gcs``/``s3`` to ``$NOETL_ARTIFACT_GCS_URI``/``$NOETL_ARTIFACT_S3_URI``
+    (an error when that root is not of that kind), else to the default artifact store
+    (``$NOETL_ARTIFACT_URI`` or the IO manager's root; NoETL's NATS ``kv`` tier lands there too),
+    where ``kind: artifact`` ``action: get`` finds it by ``_ref``. Steps without ``output:`` are
+    untouched.
+    """
+    import json
+
+    from ...resources.arrow_ref import json_default
+
+    store_spec = spec.get("store")
+    kind = str(store_spec.get("kind") or "auto") if isinstance(store_spec, Mapping) else "auto"
+    select = spec.get("output_select") or []
+    if not isinstance(select, list):
+        raise ToolError("output.output_select must be a list of field names")
+    try:
+        size = len(json.dumps(result, default=json_default))
+    except (TypeError, ValueError):
+        return result  # not JSON (tables): the IO manager already passes those by reference
+    if kind == "auto" and size < INLINE_LIMIT:
+        return result
+    ctx = ToolContext(step, str(execution_id), {})
+    tier = {"gs": "gcs"}.get(kind, kind)
+    root = store_spec.get("uri") if isinstance(store_spec, Mapping) and store_spec.get("uri") else None
+    store = _Store(str(root or default_root(tier)), {}, ctx)
+    if tier in ("gcs", "s3") and store.kind != tier:
+        raise ToolError(f"output.store.kind {kind}: the artifact root {store.root} is not {tier}; set "
+                        f"NOETL_ARTIFACT_{tier.upper()}_URI (or store.uri) to a "
+                        f"{'gs' if tier == 'gcs' else 's3'}://bucket/prefix root")
+    fields = [f for f in select if isinstance(result, Mapping) and f in result]
+    put = _put(store, {"data": result, "name": "result", "select": fields}, ctx)
+    return {**{f: result[f] for f in fields}, "_ref": put["_ref"], "_store": put["_store"], "_size": size}
