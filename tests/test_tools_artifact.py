@@ -290,3 +290,32 @@ def test_step_output_to_gcs_and_back(gcs_server: str, monkeypatch: pytest.Monkey
     monkeypatch.delenv("NOETL_ARTIFACT_GCS_URI")  # kind gcs without a GCS root: a clear error
     report = run_playbook(parse_text(text), instance=instance)
     assert report.status == "failure" and "set NOETL_ARTIFACT_GCS_URI" in report.steps["start"].error
+
+
+S3_PLAYBOOK = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: s3_artifacts, path: tests/s3_artifacts}
+workflow:
+- step: start
+  tool:
+    kind: artifact
+    action: put
+    auth: s3_art
+    store: s3://arts/pb
+    input: {data: {rows: [1, 2, 3]}, name: rows}
+  next: load
+- step: load
+  tool: {kind: artifact, auth: s3_art, store: s3://arts/pb, input: {result_ref: "{{ start._ref }}"}}
+"""
+
+
+def test_s3_playbook_keeps_the_secret_out_of_results_and_events(s3_server: str, instance: dg.DagsterInstance) -> None:
+    creds = CredentialsResource(use_env=False, credentials={
+        "s3_art": {"access_key_id": "test", "secret_access_key": S3_SECRET, "endpoint": s3_server}})
+    report = run_playbook(parse_text(S3_PLAYBOOK), instance=instance, resources={"noetl_credentials": creds})
+    assert report.status == "success", {k: s.error for k, s in report.steps.items() if s.error}
+    assert report.steps["load"].result == {"rows": [1, 2, 3]}
+    events = [repr(e) for e in instance.all_logs(report.run_id)]
+    assert events and not any(S3_SECRET in e for e in events)
+    assert S3_SECRET not in json.dumps({k: s.result for k, s in report.steps.items()})
