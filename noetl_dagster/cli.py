@@ -40,6 +40,7 @@ def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .report import catalog_around
     from .translator.definitions import find_playbooks, load_playbooks
+    from .translator.guard import compile_issues
 
     files = find_playbooks(args.paths)
     if not files:
@@ -48,27 +49,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_playbooks(files)
     catalog = catalog_around(*loaded.playbooks)
     loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
+    loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
-    for warning in (w for p in loaded.playbooks for w in p.warnings):
+    from .playbook.references import undefined_references
+
+    warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from .playbook.bindings import binding_warnings  # templates that would produce syntax
+
+    for warning in (w for f in files for w in binding_warnings(f)):
+        print(warning, file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
         return 1
-    print(f"{len(files)} playbook(s) valid")
+    print(f"{len(files)} playbook(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .progress import new_run_id, step_progress
     from .report import default_instance, run_playbook
 
     workload = _workload(args.workload)
     try:
         tags = _workload(args.tags, "--tags") if args.tags else {}
-        report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level,
-                              tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id,
-                              partition_key=args.partition, on_error=args.on_error)
+        instance, run_id = default_instance(), args.run_id or new_run_id()
+        with step_progress(instance, run_id, enabled=not args.json and sys.stderr.isatty(), title=args.playbook):
+            report = run_playbook(args.playbook, workload, instance=instance, log_level=args.log_level,
+                                  tags={str(k): str(v) for k, v in tags.items()}, run_id=run_id,
+                                  partition_key=args.partition, on_error=args.on_error)
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -317,7 +317,7 @@ workflow:
       source:
         type: postgres
         auth: pg_main
-        query: SELECT id, name FROM {{ workload.table }} ORDER BY id
+        query: SELECT id, name FROM {{ workload.table | sql_identifier }} ORDER BY id
       target:
         type: duckdb
         db_path: "{{ workload.db }}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import resource
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -37,7 +36,8 @@ from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
 from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
                             run_iteration, run_step)
-from ..runtime.templates import TemplateFailure, condition, render_text
+from ..runtime.templates import TemplateFailure, condition, render_text, render_value
+from . import observe
 from .plan import Net, Node, plan
 from .translator import LOOP_STEP_TAG, STEP_TAG, PlaybookTranslator, code_reference
 
@@ -202,10 +202,8 @@ def _product_function(io_manager: Any) -> Callable[[str], Any]:
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
-    """CPU seconds the op used and the process's peak RSS (what tuning learns resources from)."""
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"noetl/cpu_seconds": round(time.process_time() - run.cpu_start, 4),
-            "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
+    """CPU seconds the op used and its memory, measured per step (:mod:`.observe`)."""
+    return observe.usage_metadata(run.cpu_start)
 
 
 def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callable[..., Any]:
@@ -396,6 +394,8 @@ class _Emitter:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         tags = kwargs.get("tags") or {}
         timeout = float(tags.get(TIMEOUT_TAG) or 0)
+        step = self.playbook.steps.get(tags.get(STEP_TAG, "")) if "noetl/region" not in tags else None
+        fn = observe.measured(fn, observe.diagnoser(step, self._start) if step is not None else None)
         if timeout > 0:
             fn = _with_deadline(fn, tags.get(STEP_TAG, local), timeout)
         definition = dg.OpDefinition(
@@ -468,7 +468,9 @@ class _Emitter:
                       outcome: Any, retry: dg.RetryPolicy | None = None) -> Iterator[dg.Output]:
         names = {(a.source, a.index): a.output for a in node.outbound}
         errors = {}
-        if outcome.status == "error":
+        if outcome.status == "error":  # name a misspelt template variable behind the error
+            outcome.error = observe.with_undefined(step, outcome.error, outcome.context.scope(
+                run.execution_id, run.globals))
             errors[step.step] = _error_result(context, step.step, outcome.error, retry)
         tokens = [(names[(step.step, i)], outcome.context.token(arc.step, arc_set)) for i, arc, arc_set in outcome.fired]
         value = outcome.result
@@ -477,11 +479,14 @@ class _Emitter:
             value = value if table is None else table
         meta = {step.step: _step_meta(outcome.status, outcome.runs, outcome.error)}
         publish = outcome.status == "success" or (outcome.status == "error" and step.product is None)
+        context.log.info(observe.step_line(step, outcome.status, outcome.result, outcome.fired, runs=outcome.runs,
+                                           render=lambda v: render_value(v, outcome.context.scope(
+                                               run.execution_id, run.globals))))
         yield from self._emit(context, node, run, value, meta, tokens, publish=publish, errors=errors)
 
     def _node_ops(self, node: Node) -> tuple[Any, ...]:
         first = self.playbook.steps[node.steps[0]]
-        config = WORKLOAD_CONFIG if node.is_entry else None
+        config = observe.workload_config(self.playbook.workload, WORKLOAD_CONFIG) if node.is_entry else None
         if node.kind == "region":
             return (self._region_op(node, config),)
         if node.kind == "loop":

@@ -567,7 +567,20 @@ class TransferTool(Tool):
             raise ToolError("transfer: `source` must be a mapping {type, query | url, ...}")
         if not isinstance(raw_target, Mapping):
             raise ToolError("transfer: `target` must be a mapping {type, table, ...}")
-        source = ctx.render(dict(raw_source))
+        sql_source = str(ctx.render(raw_source.get("type")) or "").strip().lower() in ("postgres", "duckdb")
+        sql_key = "query" if raw_source.get("query") is not None else "command"
+        source = ctx.render({k: v for k, v in raw_source.items()
+                             if not (sql_source and k in ("query", "command"))})
+        if sql_source and raw_source.get(sql_key) is not None:
+            # the source query's {{ }} values are bound parameters, never SQL text
+            from .postgres import bind_query
+
+            source[sql_key], params = bind_query(
+                raw_source[sql_key], source.get("params"), ctx.scope, script=bool(source.get("script")),
+                tool="transfer", text_type="text" if str(source.get("type")).strip().lower() == "postgres"
+                else "VARCHAR")
+            if params is not None:
+                source["params"] = params
         target = ctx.render(dict(raw_target))
         stype = str(source.get("type") or "").strip().lower()
         ttype = str(target.get("type") or "").strip().lower()
