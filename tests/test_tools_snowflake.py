@@ -84,6 +84,22 @@ def test_statements_results_and_bound_params(fakesnow_server: dict) -> None:
     assert listed["statement_0"]["result"] == [{"NAME": "Ada"}]
 
 
+def test_templated_values_are_bound_not_spliced(fakesnow_server: dict) -> None:
+    evil = "x' OR 1=1 --"
+    scope = {"workload": {"name": evil, "table": "PEOPLE2", "id": 5}}
+    run(fakesnow_server, {"command": "CREATE DATABASE IF NOT EXISTS TEST_DB; "
+                                     "CREATE OR REPLACE TABLE {{ workload.table | sql_identifier }} (id INTEGER, name STRING); "
+                                     "INSERT INTO {{ workload.table | sql_identifier }} VALUES ({{ workload.id }}, '{{ workload.name }}')"},
+        scope)
+    out = run(fakesnow_server, {"commands": ["SELECT id, name FROM PEOPLE2 WHERE name = '{{ workload.name }}'",
+                                             "SELECT count(*) AS n FROM PEOPLE2 WHERE name = 'nobody' OR id = {{ workload.id }}"]},
+              scope)
+    assert out["statement_0"]["result"] == [{"ID": 5, "NAME": evil}]  # stored and matched literally
+    assert out["statement_1"]["result"] == [{"N": 1}]
+    with pytest.raises(ToolError, match="one placeholder style per statement"):
+        run(fakesnow_server, {"command": "SELECT ? AS a, {{ workload.id }} AS b", "params": [1]}, scope)
+
+
 def test_format_arrow(fakesnow_server: dict) -> None:
     run(fakesnow_server, {"command": "CREATE DATABASE IF NOT EXISTS TEST_DB; "
                                      "CREATE OR REPLACE TABLE NUMS AS SELECT 1 AS n UNION ALL SELECT 2"})

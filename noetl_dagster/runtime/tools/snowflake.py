@@ -13,7 +13,9 @@ NoETL's contract (rendered as templates)::
         CREATE TABLE IF NOT EXISTS T (id INTEGER, name STRING);   # or commands: [...],
         SELECT * FROM T WHERE id > ?                               # or command_b64
       params: [1]                    # extension: bound by Snowflake (qmark) in every statement
-                                     # that has `?` placeholders, never formatted into the SQL
+                                     # that has `?` placeholders, never formatted into the SQL;
+                                     # a {{ }} value in the SQL is bound the same way (a `?`),
+                                     # unlike NoETL, which writes it into the text
       format: rows                   # or arrow: the last statement's result as a pyarrow.Table
 
 Defaults as in NoETL: warehouse ``COMPUTE_WH``, schema ``PUBLIC``. Result (NoETL's shape): one
@@ -92,6 +94,52 @@ def statements_of(cfg: Mapping[str, Any]) -> list[str]:
     raise ToolError("snowflake: no SQL given (use command, commands or command_b64)")
 
 
+_SQL_KEYS = ("command", "commands", "query")
+_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.DOTALL)
+_DOLLAR_N = re.compile(r"\$(\d+)")
+
+
+def bound_statements(config: Mapping[str, Any], ctx: ToolContext, params: Any) -> list[tuple[str, Any]]:
+    """``(statement, its bound values)`` pairs: every ``{{ }}`` value in ``command``/``commands``
+    becomes a ``?`` bound by Snowflake (:mod:`noetl_dagster.runtime.binding`), never SQL text.
+
+    ``params`` (the tool's own list) go to the statements with ``?`` placeholders of their own;
+    a statement cannot use both. ``command_b64`` is decoded after rendering and not templated.
+    """
+    from ..binding import render_sql
+    from ..templates import TemplateFailure
+
+    b64 = config.get("command_b64") or config.get("commands_b64")
+    if b64:
+        return [(st, params if "?" in st else None) for st in statements_of({"command_b64": ctx.render(b64)})]
+    source = next((config[k] for k in _SQL_KEYS if config.get(k) is not None), None)
+    if source is None:
+        raise ToolError("snowflake: no SQL given (use command, commands or command_b64)")
+    pieces = [source] if isinstance(source, str) else list(source) if isinstance(source, (list, tuple)) else None
+    if pieces is None:
+        raise ToolError("snowflake: `commands` must be a list of SQL statements")
+    out: list[tuple[str, Any]] = []
+    for piece in pieces:
+        try:
+            text, values = render_sql(str(piece), ctx.scope, first=1, text_type="VARCHAR", script=True)
+        except TemplateFailure as exc:
+            raise ToolError(f"snowflake: {exc}") from None
+        if values and _DOLLAR_N.search(_TEMPLATE.sub("", str(piece))):
+            raise ToolError("snowflake: the SQL has its own $n references and templated values (bound as "
+                            "placeholders): pass those values through `params` with ? placeholders instead")
+        parts = split_statements(text) if isinstance(source, str) else [text.strip().rstrip(";")]
+        for statement in parts:
+            marks = [int(n) for n in _DOLLAR_N.findall(statement)] if values else []
+            if not marks:
+                out.append((statement, params if params is not None and "?" in statement else None))
+                continue
+            if params and "?" in statement:
+                raise ToolError("snowflake: a statement binds templated values; give its other values as "
+                                "templates too, not through `params` (one placeholder style per statement)")
+            out.append((_DOLLAR_N.sub("?", statement), [values[n - 1] for n in marks]))
+    return [(st, vals) for st, vals in out if st.strip()]
+
+
 # ---------------------------------------------------------------------------------- connection
 def connection_fields(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Connection fields from ``auth:`` (``sf_``-prefixed or plain) overlaid by the tool's own."""
@@ -166,7 +214,7 @@ def connect(fields: Mapping[str, Any]) -> Any:
 
 
 def _execute(cur: Any, statement: str, params: Any) -> None:
-    if params is not None and "?" in statement:
+    if params:
         cur.execute(statement, params)
     else:
         cur.execute(statement)
@@ -198,13 +246,13 @@ class SnowflakeTool(Tool):
     def _run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from ...resources.credentials import redact
 
-        cfg = ctx.render({k: v for k, v in config.items() if k != "kind"})
-        statements = statements_of(cfg)
-        if not statements:
-            raise ToolError("snowflake: the SQL has no statement")
+        cfg = ctx.render({k: v for k, v in config.items() if k not in ("kind", *_SQL_KEYS)})
         params = cfg.get("params")
         if params is not None and not isinstance(params, (list, tuple)):
             raise ToolError("snowflake: `params` must render to a list (bound to `?` placeholders)")
+        statements = bound_statements(config, ctx, params)
+        if not statements:
+            raise ToolError("snowflake: the SQL has no statement")
         arrow = result_format(config) == "arrow"
         fields = connection_fields(cfg, ctx)
         con = connect(fields)
@@ -212,10 +260,10 @@ class SnowflakeTool(Tool):
         table = None
         try:
             cur = con.cursor()
-            for index, statement in enumerate(statements):
+            for index, (statement, values) in enumerate(statements):
                 key = f"statement_{index}"
                 try:
-                    _execute(cur, statement, params)
+                    _execute(cur, statement, values)
                     if cur.description is None:
                         results[key] = {"status": "success", "row_count": max(cur.rowcount or 0, 0)}
                         continue
@@ -285,7 +333,7 @@ def source_batches(cfg: Mapping[str, Any], ctx: ToolContext) -> tuple[Iterator["
     con = connect(connection_fields(cfg, ctx))
     try:
         cur = con.cursor()
-        _execute(cur, query.strip().rstrip(";"), params)
+        _execute(cur, query.strip().rstrip(";"), params if params and "?" in query else None)
         columns = [d[0] for d in cur.description or []]
         try:
             table = cur.fetch_arrow_all(force_return_table=True)
