@@ -336,6 +336,8 @@ def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: s
 
     from ...resources.arrow_ref import json_default
 
+    if "store" not in spec and "output_select" not in spec:
+        return result  # another use of `output:`: not a storage directive
     store_spec = spec.get("store")
     kind = str(store_spec.get("kind") or "auto") if isinstance(store_spec, Mapping) else "auto"
     select = spec.get("output_select") or []
