@@ -319,3 +319,58 @@ def test_s3_playbook_keeps_the_secret_out_of_results_and_events(s3_server: str, 
     events = [repr(e) for e in instance.all_logs(report.run_id)]
     assert events and not any(S3_SECRET in e for e in events)
     assert S3_SECRET not in json.dumps({k: s.result for k, s in report.steps.items()})
+
+
+TIERS = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: tiers, path: tests/tiers}
+workflow:
+- step: start
+  tool: {kind: python, code: 'result = {"status": "ok", "items": ["x" * 50] * 100}'}
+  output: {output_select: [status]}
+  next: kv
+- step: kv
+  tool: {kind: python, code: 'result = {"status": "ok", "items": ["K" * 200] * 500}'}
+  output: {output_select: [status]}
+  next: disk
+- step: disk
+  tool: {kind: python, code: 'result = {"status": "ok", "items": ["D" * 1000] * 1200}'}
+  output: {output_select: [status]}
+  next: load
+- step: load
+  tool:
+  - {name: kv_back, kind: artifact, input: {result_ref: '{{ kv._ref }}'}}
+  - {name: disk_back, kind: artifact, input: {result_ref: '{{ disk._ref }}'}}
+  next: check
+- step: check
+  tool:
+    kind: python
+    input: {start: '{{ start }}', kv: '{{ kv }}', disk: '{{ disk }}', back: '{{ load }}'}
+    code: |
+      result = {"inline": "_ref" in start, "kv": kv["_store"], "disk": disk["_store"],
+                "kv_items": len(back["kv_back"]["items"]), "disk_items": len(back["disk_back"]["items"])}
+"""
+
+
+def test_storage_tiers_with_nats_kv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    instance: dg.DagsterInstance) -> None:
+    """NoETL's tiers: inline below 64 KiB, NATS KV below 1 MiB (a real nats-server), files above."""
+    from nats_server import start
+
+    gen = start("tiers-T0ken-0xbeef")
+    server = next(gen)
+    try:
+        monkeypatch.setenv("NOETL_ARTIFACT_NATS_URL", f"nats://{server.token}@127.0.0.1:{server.port}")
+        monkeypatch.setenv("NOETL_ARTIFACT_URI", str(tmp_path))
+        report = run_playbook(parse_text(TIERS), instance=instance)
+        assert report.status == "success", {k: s.error for k, s in report.steps.items() if s.error}
+        assert report.steps["check"].result == {"inline": False, "kv": "kv", "disk": "disk",
+                                                "kv_items": 500, "disk_items": 1200}
+        assert report.steps["kv"].result["_ref"].startswith("nats-kv://noetl_results/")
+        events = [repr(e) for e in instance.all_logs(report.run_id)]
+        assert not any(server.token in e for e in events)  # the token inside the URL is redacted
+        with pytest.raises(ToolError, match="outside the artifact KV bucket"):
+            artifact({"input": {"result_ref": "nats-kv://other/x.y"}})
+    finally:
+        gen.close()

@@ -221,6 +221,10 @@ class ArtifactTool(Tool):
         inputs = _inputs(cfg)
         ref = inputs.get("result_ref") or inputs.get("ref")
         ref = ref.get("_ref") if isinstance(ref, Mapping) else ref
+        if action == "get" and isinstance(ref, str) and ref.startswith(KV_SCHEME):
+            if not os.environ.get("NOETL_ARTIFACT_NATS_URL"):
+                raise ToolError(f"artifact: {ref!r} is in NATS KV: set NOETL_ARTIFACT_NATS_URL")
+            return _kv_get(ref.strip())
         store = _Store(cfg.get("store") or (_root_for_ref(ref) if action == "get" else default_root()), cfg, ctx)
         try:
             return _put(store, inputs, ctx) if action == "put" else _get(store, inputs)
@@ -318,6 +322,83 @@ def _get(store: _Store, inputs: Mapping[str, Any]) -> Any:
 
 #: NoETL's inline threshold: results below it stay in the token (64 KiB of JSON)
 INLINE_LIMIT = 64 * 1024
+#: NoETL's NATS-KV tier holds results below 1 MiB (when NOETL_ARTIFACT_NATS_URL is set)
+KV_LIMIT = 1024 * 1024
+KV_SCHEME = "nats-kv://"
+_KV_KEY = re.compile(r"[^A-Za-z0-9_=-]+")
+
+
+def _kv_bucket() -> str:
+    return os.environ.get("NOETL_ARTIFACT_NATS_BUCKET") or "noetl_results"
+
+
+def _kv_call(op: str, key: str, value: bytes | None = None) -> bytes | None:
+    """One KV operation on the artifact bucket of ``$NOETL_ARTIFACT_NATS_URL`` (nats-py)."""
+    from ...resources.credentials import redact, register_connection_secret
+    from .nats import _run_sync
+
+    url = os.environ["NOETL_ARTIFACT_NATS_URL"]
+    register_connection_secret(url)
+    from urllib.parse import urlsplit
+
+    from ...resources.credentials import register_secret
+
+    parts = urlsplit(url)
+    if parts.username and not parts.password:  # nats://<token>@host: the token is the user part
+        register_secret(parts.username)
+    bucket = _kv_bucket()
+
+    async def call() -> bytes | None:
+        import nats
+        from nats.js.api import KeyValueConfig
+        from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+        nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            try:
+                kv = await js.key_value(bucket)
+            except (BucketNotFoundError, NotFoundError):
+                if op == "get":
+                    raise ToolError(f"artifact: no KV bucket {bucket!r} for {KV_SCHEME}{bucket}/{key}") from None
+                kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+            if op == "put":
+                await kv.put(key, value or b"")
+                return None
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                raise ToolError(f"artifact: no artifact at {KV_SCHEME}{bucket}/{key}") from None
+            return entry.value or b""
+        finally:
+            await nc.close()
+
+    try:
+        return _run_sync(call())
+    except ToolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - nats-py's errors, OSError, timeouts
+        raise ToolError(redact(f"artifact: NATS KV {op} failed: {exc or type(exc).__name__}")) from None
+
+
+def _kv_put(result: Any, ctx: ToolContext) -> str:
+    from ...resources.arrow_io import encode_value
+
+    text = encode_value(result)
+    if text is None:
+        raise ToolError("artifact: the result is not JSON-able")
+    key = ".".join(_KV_KEY.sub("_", str(p)) for p in (ctx.execution_id, ctx.step, "result"))
+    _kv_call("put", key, text.encode())
+    return f"{KV_SCHEME}{_kv_bucket()}/{key}"
+
+
+def _kv_get(ref: str) -> Any:
+    from ...resources.arrow_io import decode_value
+
+    bucket, _, key = ref[len(KV_SCHEME):].partition("/")
+    if bucket != _kv_bucket() or not key or _KV_KEY.sub("", key.replace(".", "")) != key.replace(".", ""):
+        raise ToolError(f"artifact: reference {ref!r} is outside the artifact KV bucket {_kv_bucket()!r}")
+    return decode_value(_kv_call("get", key) or b"")
 
 
 def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: str) -> Any:
@@ -328,7 +409,10 @@ def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: s
     bytes of JSON, as NoETL does; another kind always does. The artifact goes to ``store.uri``,
     else for ``kind: gcs``/``s3`` to ``$NOETL_ARTIFACT_GCS_URI``/``$NOETL_ARTIFACT_S3_URI``
     (an error when that root is not of that kind), else to the default artifact store
-    (``$NOETL_ARTIFACT_URI`` or the IO manager's root; NoETL's NATS ``kv`` tier lands there too),
+    (``$NOETL_ARTIFACT_URI`` or the IO manager's root). With ``$NOETL_ARTIFACT_NATS_URL`` set,
+    results of 64 KiB–1 MiB (``kind: auto``, or ``kind: kv``) go to NoETL's NATS KV tier instead
+    (bucket ``$NOETL_ARTIFACT_NATS_BUCKET``, default ``noetl_results``, created when missing;
+    ``_ref`` ``nats-kv://<bucket>/<key>``, ``_store: kv``),
     where ``kind: artifact`` ``action: get`` finds it by ``_ref``. Steps without ``output:`` are
     untouched.
     """
@@ -350,6 +434,10 @@ def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: s
     if kind == "auto" and size < INLINE_LIMIT:
         return result
     ctx = ToolContext(step, str(execution_id), {})
+    fields = [f for f in select if isinstance(result, Mapping) and f in result]
+    if (kind == "kv" or (kind == "auto" and size < KV_LIMIT)) and os.environ.get("NOETL_ARTIFACT_NATS_URL"):
+        ref = _kv_put(result, ctx)
+        return {**{f: result[f] for f in fields}, "_ref": ref, "_store": "kv", "_size": size}
     tier = {"gs": "gcs"}.get(kind, kind)
     root = store_spec.get("uri") if isinstance(store_spec, Mapping) and store_spec.get("uri") else None
     store = _Store(str(root or default_root(tier)), {}, ctx)
@@ -357,6 +445,5 @@ def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: s
         raise ToolError(f"output.store.kind {kind}: the artifact root {store.root} is not {tier}; set "
                         f"NOETL_ARTIFACT_{tier.upper()}_URI (or store.uri) to a "
                         f"{'gs' if tier == 'gcs' else 's3'}://bucket/prefix root")
-    fields = [f for f in select if isinstance(result, Mapping) and f in result]
     put = _put(store, {"data": result, "name": "result", "select": fields}, ctx)
     return {**{f: result[f] for f in fields}, "_ref": put["_ref"], "_store": put["_store"], "_size": size}
