@@ -14,12 +14,11 @@ import datetime as _dt
 import re
 from typing import Any
 
+from ..contract import GENERATED_SUFFIXES
 from .models import Playbook, strip_scope
 
 #: names every template sees; a step, iterator or `set:` key so named would be shadowed or shadow them
 RESERVED_NAMES = ("workload", "ctx", "execution_id", "output", "keychain", "partition_key", "product")
-#: suffixes of the op names generated for a parallel loop
-GENERATED_SUFFIXES = ("__fan_out", "__collect")
 DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -46,6 +46,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import dagster as dg
 
+from ..contract import PLAYBOOK_TAG, TOOL_TAG
 from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
@@ -80,7 +81,7 @@ def tools_by_node(snap: Any) -> dict[str, str]:
             if graph is not None and depth < 8:
                 walk(graph.dep_structure_snapshot, path + ".", depth + 1)
                 continue
-            tool = (inv.tags or {}).get("noetl/tool") or by_def.get(inv.node_def_name, {}).get("noetl/tool")
+            tool = (inv.tags or {}).get(TOOL_TAG) or by_def.get(inv.node_def_name, {}).get(TOOL_TAG)
             if tool:
                 tools[path] = tool
 
@@ -379,7 +380,7 @@ class Exporter:
         if not self.playbook_runs_only:
             return True
         run = self.instance.get_run_by_id(run_id)
-        return run is not None and bool(run.tags.get("noetl/playbook"))
+        return run is not None and bool(run.tags.get(PLAYBOOK_TAG))
 
     # -- per-run export ------------------------------------------------------------------
     def _context(self, record: Any) -> RunContext:
