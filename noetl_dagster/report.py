@@ -84,8 +84,10 @@ def default_instance() -> dg.DagsterInstance:
     home = Path(LOCAL_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists():  # the embedded default, with the event log that keeps its connections
+        from .storage import write_instance_config
+
+        write_instance_config(str(home))
     return dg.DagsterInstance.from_config(str(home))
 
 

@@ -47,6 +47,7 @@ from typing import Any, Callable, Protocol, Sequence
 import dagster as dg
 
 from ..contract import PLAYBOOK_TAG, TOOL_TAG
+from .fast_read import read_run_page
 from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
@@ -236,7 +237,7 @@ class Exporter:
                  max_cached_rows: int = 100_000, pause_gc: bool = True,
                  background_writes: bool | None = None, tail_seconds: float = DEFAULT_TAIL_SECONDS,
                  max_tail: int = DEFAULT_MAX_TAIL, tail_probes: int = DEFAULT_TAIL_PROBES,
-                 queued_writes: int = 2) -> None:
+                 queued_writes: int = 2, fast_reads: bool = True) -> None:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
@@ -258,6 +259,8 @@ class Exporter:
         self.tail_probes = tail_probes
         #: batches handed to the writer thread and not yet written, at most (each holds batch_size rows)
         self.queued_writes = max(1, queued_writes)
+        #: read an SQL event log's rows directly, parsing their JSON lazily (:mod:`.fast_read`)
+        self.fast_reads = fast_reads
         self._tools: dict[str, dict[str, str]] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -442,8 +445,7 @@ class Exporter:
         read_to = position
         safe = True
         while True:
-            conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(read_to), limit=self.page_size)
-            records = conn.records
+            records, has_more = self._page(run_id, read_to)
             if records:
                 rows = map_records(records, ctx, retries)
                 if _RETRY in map(_DAGSTER_TYPE, rows):
@@ -463,7 +465,7 @@ class Exporter:
                             safe = False
                 read_to = records[-1].storage_id
             self._flush_pending(stats)
-            if not conn.has_more:
+            if not has_more:
                 return True, safe, whole
             if over():
                 return False, safe, None
@@ -480,16 +482,28 @@ class Exporter:
                 raise ValueError(f"no run {run_id}")
             ctx = self._context(record)
         if rows is None:
-            records = self.instance.get_records_for_run(run_id).records
-            rows = map_records(records, ctx)
+            rows = map_records(self._whole(run_id), ctx)
         rows = relevant_rows(rows)
         return build_step_runs(rows), build_run_summary(rows, ctx)
+
+    def _page(self, run_id: str, after: int) -> tuple[Sequence[Any], bool]:
+        """The run's next ``page_size`` records after storage id ``after`` and whether more remain:
+        read straight from an SQL event log (:mod:`.fast_read`), else through the instance."""
+        page = read_run_page(self.instance, run_id, after, self.page_size) if self.fast_reads else None
+        if page is not None:
+            return page
+        conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(after), limit=self.page_size)
+        return conn.records, conn.has_more
+
+    def _whole(self, run_id: str) -> Sequence[Any]:
+        page = read_run_page(self.instance, run_id, -1, None) if self.fast_reads else None
+        return page[0] if page is not None else self.instance.get_records_for_run(run_id).records
 
     def _finish(self, run_id: str, ctx: RunContext, rows: Sequence[EventRow] | None, last: int) -> None:
         """A finished run read to its end (``last``: its last storage id, -1 unknown): its step
         attempts (an event sink) and summary (a run sink), from its whole log."""
         if rows is None:
-            records = self.instance.get_records_for_run(run_id).records
+            records = self._whole(run_id)
             rows = map_records(records, ctx)
             if not self.live:  # an event sink watches from what it wrote, not from what it re-read
                 last = records[-1].storage_id if records else last
