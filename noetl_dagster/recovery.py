@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import dagster as dg
 
+from .contract import FAN_OUT_SUFFIX, parse_step_key
 from .errors import Issue, PlaybookError
 
 PID_TAG = "noetl/cli_pid"
@@ -163,9 +164,9 @@ def _succeeded_steps(instance: dg.DagsterInstance, run_id: str, net: Any) -> set
     """Playbook steps whose op succeeded in run ``run_id``."""
     names = set()
     for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS):
-        key = (record.step_key or "").rsplit(".", 1)[-1].split("[")[0]
-        node = next((n for n in net.nodes if n.name == key.removesuffix("__collect")), None)
-        if node is not None and not key.endswith("__fan_out"):
+        key = parse_step_key(record.step_key or "")
+        node = next((n for n in net.nodes if n.name == key.step), None)
+        if node is not None and not key.node.endswith(FAN_OUT_SUFFIX):
             names.update(node.steps)
     return names
 
