@@ -42,3 +42,17 @@ def test_no_module_spells_the_generated_op_suffixes_itself() -> None:
                     "__fan_out", "__collect", "__playbook", "noetl/steps", "noetl/step", "noetl/loop_step"):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
     assert not offenders, offenders
+
+
+def test_package_face() -> None:
+    """`py.typed`, `__version__`, and every name in the root `__all__` resolves (lazily)."""
+    from importlib.metadata import version
+
+    import noetl_dagster
+
+    assert (PACKAGE / "py.typed").is_file()
+    assert noetl_dagster.__version__ == version("noetl-dagster")
+    missing = [n for n in noetl_dagster.__all__ if getattr(noetl_dagster, n, None) is None]
+    assert not missing
+    assert {"ArrowRefIOManager", "PlaybookComponent", "ClickHouseResource", "export_definitions",
+            "retention_definitions", "default_resources", "ErrorResult"} <= set(noetl_dagster.__all__)
