@@ -359,12 +359,16 @@ def test_errored_step_is_visible_on_the_run_page(dagster_dev: DagsterDev, tmp_pa
             page.goto(f"{dagster_dev.url}/runs/{run_id}", wait_until="domcontentloaded")
             _skip_community_modal(page)
             expect(page.get_by_text("Success", exact=True).first).to_be_visible()
-            expect(page.get_by_text("noetl/outcome: completed_with_errors").first).to_be_visible()
-            expect(page.get_by_text("noetl/error_steps: divide").first).to_be_visible()
             expect(page.get_by_text(re.compile(r"step 'divide' completed with an error result: "
                                                r"ZeroDivisionError: division by zero")).first).to_be_visible()
             expect(page.get_by_text("noetl/status").first).to_be_visible()  # the step's output metadata
             page.screenshot(path=str(tmp_path / "errored_run.png"))
+            page.get_by_text("View tags and config").first.click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.get_by_text("noetl/outcome: completed_with_errors").first).to_be_visible()
+            expect(dialog.get_by_text("noetl/error_steps: divide").first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "errored_run_tags.png"))
         finally:
             browser.close()
     assert (tmp_path / "errored_run.png").stat().st_size > 10_000
+    assert (tmp_path / "errored_run_tags.png").stat().st_size > 10_000
