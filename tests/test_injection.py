@@ -57,6 +57,8 @@ SHELL_PLACES = [
     ("cat <<'EOF'\n{{ v }}\nEOF", "{}\n"),
     ("X={{ v }}; printf '%s' \"$X\"", "{}"),
     ("printf '%s' {{ v }} # {{ v }}", "{}"),
+    ("printf '%s' \\{{ v }}", "\\{}"),
+    ("printf '%s' \"\\{{ v }}\"", "\\{}"),
 ]
 
 
@@ -81,6 +83,7 @@ def test_shell_values_are_arguments(place: str, expect: str, tmp_path: Path) -> 
 def test_shell_opt_out_and_arithmetic(tmp_path: Path) -> None:
     assert shell("{{ cmd | raw_shell }} {{ v }}", {"cmd": "printf '%s|'", "v": "a b"})["stdout"] == "a b|"
     assert shell("echo $(( {{ n }} * 2 ))", {"n": 21})["stdout"] == "42\n"
+    assert shell("set -- a b c; echo ${#}", {})["stdout"] == "3\n"  # `{#` without templates is shell
     with pytest.raises(TemplateFailure, match="must render to a number"):
         shell("echo $(( {{ n }} ))", {"n": "a[$(touch x)]"})
     listed = get_tool("shell").run({"command": ["printf '%s' {{ v }}", "printf '%s' '{{ v }}'"]},
