@@ -251,3 +251,22 @@ def test_validate_names_templates_that_cannot_be_bound(tmp_path: Path) -> None:
     assert warnings[1].startswith(f"{file}:11:") and "`| sql_identifier`" in warnings[1]
     assert warnings[2].startswith(f"{file}:14:") and "step 'sh': tool.command:" in warnings[2] \
         and "is a command name" in warnings[2]
+
+
+def test_random_metacharacter_values_round_trip(tmp_path: Path) -> None:
+    """60 random values made of shell and SQL metacharacters come back unchanged everywhere."""
+    import random
+
+    rng = random.Random(14)
+    alphabet = list("abc ;'\"`$(){}[]|&<>\\*?!#%~-=,.\t") + ["$(", "${", "''", "$$", "--", "/*", "*/", "EOF"]
+    values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(60)]
+    sentinel = tmp_path / "pwned"
+    duck = get_tool("duckdb")
+    for value in values:
+        value = value + f"; touch {sentinel}"
+        for place, expect in SHELL_PLACES[:6] + SHELL_PLACES[8:9]:
+            assert shell(place, {"v": value})["stdout"] == expect.format(value), (place, value)
+        for query, expect in SQL_PLACES:
+            out = duck.run({"query": query}, ToolContext("d", "e", {"v": value, "vs": [value]}))
+            assert out["rows"] == [{"v": expect(value)}], (query, value)
+    assert not sentinel.exists()
