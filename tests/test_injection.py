@@ -270,3 +270,22 @@ def test_random_metacharacter_values_round_trip(tmp_path: Path) -> None:
             out = duck.run({"query": query}, ToolContext("d", "e", {"v": value, "vs": [value]}))
             assert out["rows"] == [{"v": expect(value)}], (query, value)
     assert not sentinel.exists()
+
+
+def test_cli_validate_prints_warnings_and_still_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from noetl_dagster.cli import main
+
+    file = tmp_path / "w.yaml"
+    file.write_text(textwrap.dedent("""\
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: w, path: x/w}
+        workflow:
+          - step: start
+            tool: {kind: duckdb, query: "SELECT * FROM {{ workload.t }} WHERE id IN ({{ workload.ids }})"}
+        """))
+    assert main(["validate", str(file)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith(f"{file}:6:") for line in err)
+    assert "`{{ workload.t }}` sits where SQL needs a name" in err[0]
+    assert "`{{ workload.ids }}` is an IN ( ) list" in err[1]

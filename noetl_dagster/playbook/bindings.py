@@ -89,6 +89,8 @@ def _template_fields(raw: Any) -> Iterator[tuple[str | None, str, int, int, str,
 def _walk(node: Any, step: str | None, path: str) -> Iterator[tuple[str | None, str, int, int, str, str]]:
     if isinstance(node, SourceMap):
         kind = node.get("kind")
+        if kind is None and node.get("type") in SQL_KINDS:  # a transfer's source
+            kind = node.get("type")
         if kind in SQL_KINDS or kind in SHELL_KINDS:
             keys = ("query", "command", "sql") if kind in SQL_KINDS else ("command", "cmds")
             for key in keys:
