@@ -4,22 +4,58 @@ Public API::
 
     from noetl_dagster import load_playbook_definitions, PlaybookTranslator, run_playbook
     defs = load_playbook_definitions("playbooks/")
+
+Names load on first use (``__getattr__``), so ``import noetl_dagster`` costs only what a caller
+touches: a python-only run never imports the AI, ClickHouse, DuckDB or Arrow modules.
 """
 
-from .ai import TunedTranslator, tuning_definitions
-from .errors import Issue, PlaybookError, StepFailed
-from .playbook.loader import load_playbook, validate_file
-from .playbook.models import Playbook
-from .resources.credentials import CredentialsResource, redact
-from .report import RunReport, StepReport, run_playbook
-from .runtime.tools import Tool, ToolContext, ToolError, register_tool
-from .translator.definitions import load_playbook_definitions
-from .translator.emit import build_job
-from .translator.plan import Net, plan
-from .translator.translator import PlaybookTranslator
+from __future__ import annotations
 
-__all__ = [
-    "CredentialsResource", "redact", "Issue", "Net", "Playbook", "PlaybookError", "PlaybookTranslator", "RunReport", "StepFailed",
-    "StepReport", "Tool", "TunedTranslator", "ToolContext", "ToolError", "build_job", "load_playbook",
-    "load_playbook_definitions", "plan", "register_tool", "run_playbook", "tuning_definitions", "validate_file",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module (relative to this package) that defines it
+_EXPORTS = {
+    "TunedTranslator": ".ai.translator", "tuning_definitions": ".ai.assets",
+    "Issue": ".errors", "PlaybookError": ".errors", "StepFailed": ".errors",
+    "load_playbook": ".playbook.loader", "validate_file": ".playbook.loader",
+    "Playbook": ".playbook.models",
+    "CredentialsResource": ".resources.credentials", "redact": ".resources.credentials",
+    "RunReport": ".report", "StepReport": ".report", "run_playbook": ".report",
+    "Tool": ".runtime.tools", "ToolContext": ".runtime.tools", "ToolError": ".runtime.tools",
+    "register_tool": ".runtime.tools",
+    "load_playbook_definitions": ".translator.definitions",
+    "build_job": ".translator.emit",
+    "Net": ".translator.plan", "plan": ".translator.plan",
+    "PlaybookTranslator": ".translator.translator",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve through __getattr__
+    from .ai.assets import tuning_definitions
+    from .ai.translator import TunedTranslator
+    from .errors import Issue, PlaybookError, StepFailed
+    from .playbook.loader import load_playbook, validate_file
+    from .playbook.models import Playbook
+    from .report import RunReport, StepReport, run_playbook
+    from .resources.credentials import CredentialsResource, redact
+    from .runtime.tools import Tool, ToolContext, ToolError, register_tool
+    from .translator.definitions import load_playbook_definitions
+    from .translator.emit import build_job
+    from .translator.plan import Net, plan
+    from .translator.translator import PlaybookTranslator

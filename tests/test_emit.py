@@ -236,7 +236,8 @@ def test_loop_chunks_run_consecutive_items_with_identical_results(tmp_path, inst
     assert _body_keys(single, "square") == [f"square[i{i:05d}]" for i in range(10)]
     # the loop's result, ctx updates (per item, in order) and `set` are those of one op per item
     items = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
-    want = [{"calc": {"x": x, "sq": x * x, "index": i, "total": 10}} for i, x in enumerate(items)]
+    want = [{"calc": calc, **calc} for calc in  # each pipeline result also carries its task's fields (NoETL)
+            ({"x": x, "sq": x * x, "index": i, "total": 10} for i, x in enumerate(items))]
     for result in (chunked, single):
         assert result.output_for_node("square__collect") == want
         assert result.output_for_node("total") == {"sum": sum(x * x for x in items), "last": 9, "count": 10}

@@ -423,7 +423,9 @@ def test_sensor_tick_and_cursor(runs, chdb_dsn: str) -> None:
     data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None, resources=resources))
     cursor = ExportCursor.from_json(data.cursor)
     assert cursor.watermark > 0 and not cursor.active
-    assert "exported" in (data.skip_message or "")
+    # the runs it finished exporting: reported back to (the tick is "Success", not "Skipped")
+    assert not data.skip_message and not data.run_requests
+    assert sorted(r.dagster_run.run_id for r in data.dagster_run_reactions) == sorted(ids)
     sink = ClickHouseSink(get_client(chdb_dsn), database)
     assert set(exported_ids(sink)) == event_ids(instance, ids)
     data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=data.cursor, resources=resources))

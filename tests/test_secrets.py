@@ -146,7 +146,7 @@ def test_a_keychain_value_never_leaks(echo_server: str, chdb_dsn: str, tmp_path:
         assert steps["sh"].result["stdout"].splitlines()[:2] == ["***", "***"]
         assert steps["http"].result["status_code"] == 200
         assert steps["table"].status == "success"
-        assert steps["boom"].status == "failed" and "bad token ***" in steps["boom"].error
+        assert steps["boom"].status == "error" and "bad token ***" in steps["boom"].error
         assert not leaks(report.to_json(), secret), "run report"
 
         # the event log and every file under DAGSTER_HOME (sqlite storage, noetl_data, logs)

@@ -10,21 +10,58 @@ compiles the approved entries into the jobs. In Dagster, :func:`tuning_definitio
 and a daily schedule.
 """
 
-from .assets import (STEP_STATS_KEY, TUNING_JOB, TUNING_REPORT_KEY, TUNING_SCHEDULE, TuningConfig,
-                     stats_table_metadata, step_stats_asset, tuning_definitions, tuning_report_asset,
-                     tuning_run_config)
-from .cli import run_tune
-from .evidence import add_similar_failures, similar_failures
-from .profiles import (ProfileEntry, TuningProfile, apply_recommendations, load_profile, load_profiles,
-                       save_profile)
-from .recommend import NO_RETRY, Recommendation, TuningBounds, markdown_table, recommend
-from .report import chart_markdown, chart_png, report_markdown, similar_failures_markdown, stats_table
-from .stats import StepStats, step_stats
-from .translator import TIMEOUT_TAG, TunedTranslator
+from __future__ import annotations
 
-__all__ = ["NO_RETRY", "ProfileEntry", "Recommendation", "STEP_STATS_KEY", "StepStats", "TIMEOUT_TAG", "TUNING_JOB",
-           "TUNING_REPORT_KEY", "TUNING_SCHEDULE", "TunedTranslator", "TuningBounds", "TuningConfig",
-           "TuningProfile", "add_similar_failures", "apply_recommendations", "chart_markdown", "chart_png",
-           "load_profile", "load_profiles", "markdown_table", "recommend", "report_markdown", "run_tune",
-           "save_profile", "similar_failures", "similar_failures_markdown", "stats_table", "stats_table_metadata",
-           "step_stats", "step_stats_asset", "tuning_definitions", "tuning_report_asset", "tuning_run_config"]
+import importlib
+from typing import Any
+
+# eager: the submodule `recommend` would otherwise shadow the function of that name once imported
+from .recommend import NO_RETRY, Recommendation, TuningBounds, markdown_table, recommend
+
+#: public name -> the module of this package that defines it (loaded on first use: importing
+#: ``noetl_dagster.ai`` for the translator does not import the report's charts or ClickHouse)
+_EXPORTS = {
+    "ProfileEntry": ".profiles",
+    "STEP_STATS_KEY": ".assets",
+    "StepStats": ".stats",
+    "TIMEOUT_TAG": ".translator",
+    "TUNING_JOB": ".assets",
+    "TUNING_REPORT_KEY": ".assets",
+    "TUNING_SCHEDULE": ".assets",
+    "TunedTranslator": ".translator",
+    "TuningConfig": ".assets",
+    "TuningProfile": ".profiles",
+    "add_similar_failures": ".evidence",
+    "apply_recommendations": ".profiles",
+    "chart_markdown": ".report",
+    "chart_png": ".report",
+    "load_profile": ".profiles",
+    "load_profiles": ".profiles",
+    "report_markdown": ".report",
+    "run_tune": ".cli",
+    "save_profile": ".profiles",
+    "similar_failures": ".evidence",
+    "similar_failures_markdown": ".report",
+    "stats_table": ".report",
+    "stats_table_metadata": ".assets",
+    "step_stats": ".stats",
+    "step_stats_asset": ".assets",
+    "tuning_definitions": ".assets",
+    "tuning_report_asset": ".assets",
+    "tuning_run_config": ".assets",
+}
+
+__all__ = sorted([*_EXPORTS, "NO_RETRY", "Recommendation", "TuningBounds", "markdown_table", "recommend"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -27,11 +27,13 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import dagster as dg
-import numpy as np
 from pydantic import Field
+
+if TYPE_CHECKING:  # numpy loads on first embedding: the CLI's `run` never pays for it
+    import numpy as np
 
 #: the tokenizer of all-MiniLM-L6-v2 (bert-base-uncased WordPiece), vendored with the package
 TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "sensors" / "data" / "all-MiniLM-L6-v2" / "tokenizer.json"
@@ -66,6 +68,8 @@ def _sha256(path: Path) -> str:
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.clip(norms, 1e-12, None)).astype(np.float32)
 
@@ -139,6 +143,8 @@ class MiniLMEmbedder:
             self._session = session
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
         encodings = self._tokenizer.encode_batch(texts)  # type: ignore[union-attr]
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
@@ -151,6 +157,8 @@ class MiniLMEmbedder:
         return _normalise(pooled)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         texts = [t if t.strip() else "(empty)" for t in (str(x) for x in texts)]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -184,6 +192,8 @@ class HashingEmbedder:
         return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for feature in self._features(str(text)):

@@ -9,11 +9,12 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from ..playbook.models import ProductCheck
+
+if TYPE_CHECKING:  # pyarrow loads on first use: a python-only run never imports it
+    import pyarrow as pa
 
 
 def as_table(value: Any) -> pa.Table | None:
@@ -24,6 +25,8 @@ def as_table(value: Any) -> pa.Table | None:
     with ``to_table()`` (refs). Raises ``pyarrow.ArrowInvalid``/``ArrowTypeError`` for rows whose
     values do not form columns.
     """
+    import pyarrow as pa
+
     if isinstance(value, pa.Table):
         return value
     if isinstance(value, pa.RecordBatchReader):

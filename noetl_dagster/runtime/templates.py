@@ -31,6 +31,8 @@ from typing import Any
 
 import minijinja
 
+from .limits import too_large
+
 _LONE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 _FALSY = frozenset({"", "false", "0", "no", "none", "null", "off", "{}", "[]"})
 #: MiniJinja's instruction budget per render: stops runaway loops in templates.
@@ -266,11 +268,14 @@ def check_syntax(source: str) -> str | None:
 def render_text(source: str, scope: Mapping[str, Any]) -> str:
     """Render ``source`` to text."""
     try:
-        return _ENV.render_template(_template_name(source), **scope)
+        text = _ENV.render_template(_template_name(source), **scope)
     except TemplateFailure:
         raise
     except Exception as exc:  # noqa: BLE001
         raise TemplateFailure(_message(exc)) from None
+    if too_large(len(text)):
+        raise TemplateFailure(too_large(len(text)) or "")
+    return text
 
 
 _WHOLE_KEYCHAIN = re.compile(r"\bkeychain\b(?!\s*[.\[])")
@@ -285,8 +290,14 @@ def evaluate(expr: str, scope: Mapping[str, Any]) -> Any:
         raise TemplateFailure("the keychain cannot be listed or serialised as a whole; "
                               "use `keychain.<name>.<field>`")
     try:
-        return json.loads(str(_TYPED_ENV.eval_expr(f"({expr}) | tojson", **scope)))
+        text = str(_TYPED_ENV.eval_expr(f"({expr}) | tojson", **scope))
     except Exception as exc:  # noqa: BLE001
+        raise TemplateFailure(_message(exc)) from None
+    if too_large(len(text)):
+        raise TemplateFailure(too_large(len(text)) or "")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
         raise TemplateFailure(_message(exc)) from None
 
 

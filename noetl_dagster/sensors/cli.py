@@ -8,8 +8,9 @@ Sinks are configured as for the sensors (``NOETL_CLICKHOUSE_DSN``, ``NOETL_QDRAN
 ``NOETL_QDRANT_API_KEY``/``NOETL_QDRANT_PATH``, ``NOETL_EMBEDDER``), with the same embedded
 defaults under ``$DAGSTER_HOME`` (or ``./.dagster_home``). The CLI keeps its own cursors in
 ``$DAGSTER_HOME/noetl_export/<sink>.cursor.json`` (``--full`` starts over; rewriting is
-idempotent). Embedded chdb and Qdrant folders are locked by the process using them: stop
-``dagster dev`` first when it runs the export sensors on the same folders.
+idempotent). Embedded chdb and Qdrant folders are locked by the process using them; ``dagster
+dev``'s sensors hold them only during a tick, so the commands wait (``--wait``, 15 s) and then
+say which folder is held, without a traceback (:mod:`.held`).
 
 Wire into the main parser with ``add_commands(subparsers)``.
 """
@@ -19,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from .exporter import ExportCursor, ExportStats
+from .held import SinkHeld, open_sink
 
 SINKS = ("clickhouse", "qdrant")
 
@@ -90,8 +93,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     names = list(SINKS) if args.sink == "all" else [args.sink]
     playbooks = args.playbooks if args.playbooks is not None else ("playbooks" if Path("playbooks").is_dir() else None)
     instance = default_instance()
-    results = run_export(instance, make_sinks(names), full=args.full, playbooks=playbooks,
-                         budget_seconds=args.budget, lag_seconds=args.lag)
+    with ExitStack() as stack:  # sessions: every client is closed before the interpreter exits
+        try:
+            sinks = [open_sink(stack, name, wait_seconds=args.wait) for name in names]
+        except SinkHeld as exc:
+            print(f"noetl-dagster export: {exc}", file=sys.stderr)
+            return 1
+        results = run_export(instance, sinks, full=args.full, playbooks=playbooks,
+                             budget_seconds=args.budget, lag_seconds=args.lag)
     if args.json:
         print(json.dumps({name: stats.as_dict() for name, stats in results.items()}, sort_keys=True))
     else:
@@ -125,7 +134,13 @@ def format_hit(hit: dict[str, Any]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    hits = search(args.query, args.collection, args.limit)
+    with ExitStack() as stack:
+        try:
+            sink = open_sink(stack, "qdrant", wait_seconds=args.wait)
+        except SinkHeld as exc:
+            print(f"noetl-dagster search: {exc}", file=sys.stderr)
+            return 1
+        hits = search(args.query, args.collection, args.limit, sink=sink)
     if args.json:
         print(json.dumps(hits, default=str))
     else:
@@ -146,12 +161,16 @@ def add_commands(subparsers: Any) -> None:
     export.add_argument("--lag", type=float, default=None,
                         help="overlap window in seconds for out-of-order ids (default 0 on SQLite, 5 otherwise)")
     export.add_argument("--json", action="store_true", help="print the counts as JSON")
+    export.add_argument("--wait", type=float, default=15.0,
+                        help="seconds to wait while an embedded folder is held by another process (default 15)")
     export.set_defaults(func=cmd_export)
     find = subparsers.add_parser("search", help="semantic search over exported playbooks, runs or failures")
     find.add_argument("query")
     find.add_argument("--collection", choices=["playbooks", "runs", "failures"], default="failures")
     find.add_argument("--limit", type=int, default=5)
     find.add_argument("--json", action="store_true", help="print the hits as JSON")
+    find.add_argument("--wait", type=float, default=15.0,
+                      help="seconds to wait while the Qdrant folder is held by another process (default 15)")
     find.set_defaults(func=cmd_search)
 
 

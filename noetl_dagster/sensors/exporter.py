@@ -506,7 +506,7 @@ class Exporter:
         stats.events += len(batch.events)
         stats.step_runs += len(batch.step_runs)
         stats.failures += (sum(len(r.failures) for r in batch.runs) if self.summaries
-                           else sum(s.status == "failed" for s in batch.step_runs))
+                           else sum(s.status in ("failed", "error") for s in batch.step_runs))
 
     def _advance(self, cur: ExportCursor, stats: ExportStats) -> None:
         """Move the positions in the tick's copy of the cursor (finished runs leave ``active``, so

@@ -96,6 +96,7 @@ _NUMERIC_KEYS = {
     "noetl/bytes": "bytes", "bytes": "bytes", "size_bytes": "bytes",
 }
 _TEXT_KEYS = {"noetl/failed_step": "failed_step", "noetl/tool": "tool", "noetl/worker": "worker",
+              "noetl/status": "status", "noetl/error": "error",
               "dagster-k8s/pod": "pod", "Kubernetes Job name": "k8s_job", "pod_name": "pod"}
 
 
@@ -162,7 +163,8 @@ EVENT_FIELDS = [f for f in EventRow._fields if f != "steps"]
 
 
 class StepRun(NamedTuple):
-    """One step attempt (``step_runs``): status success | failed | retried | skipped | incomplete."""
+    """One step attempt (``step_runs``): status success | error | failed | retried | skipped | incomplete
+    (``error``: the step completed with an error result, NoETL's ``command.completed`` in error)."""
 
     execution_id: str
     step_key: str
@@ -190,7 +192,8 @@ STEP_RUN_FIELDS = list(StepRun._fields)
 
 @dataclass
 class StepFailure:
-    """A step that failed for good in a run (what the ``failures`` collection stores)."""
+    """A step that failed for good, or completed with an error result, in a run (what the
+    ``failures`` collection stores)."""
 
     run_id: str
     playbook: str
@@ -479,6 +482,8 @@ def map_records(records: Sequence[Any], ctx: RunContext,
                     meta["mapping_key"] = item
                 if data.metadata:
                     reported = _copy_metadata(data.metadata, meta)
+                    if meta.get("status") == "error":  # the step completed with an error result
+                        status, error = "ERROR", meta.get("error", "")
             elif (meta := outputs.get((key, output))) is None:
                 meta = outputs[(key, output)] = {**parts[2], "output": output}
         elif dtype == "STEP_SUCCESS":
@@ -581,12 +586,15 @@ def build_step_runs(rows: Sequence[EventRow]) -> list[StepRun]:
             started, meta = row.timestamp, row.metadata
         else:
             started, meta = state[0], {**state[1], **row.metadata}
+        error = row.error_message
+        if status == "success" and meta.get("status") == "error":  # completed with an error result
+            status, error = "error", meta.get("error", "")
         done.append(new(StepRun, (
             row.execution_id, key[0], key[1], row.playbook_path, row.domain, row.job_name, row.step_name,
             meta.get("tool", ""), status, started, row.timestamp,
             duration if duration else max(0, int(round((row.timestamp - started) * 1000))), max(0, key[1] - 1),
             _number(meta, "rows", int), _number(meta, "bytes", int), _number(meta, "cpu_seconds", float),
-            _number(meta, "peak_rss_mb", float), row.error_message, meta.get("worker", ""))))
+            _number(meta, "peak_rss_mb", float), error, meta.get("worker", ""))))
 
     for row in rows:
         dtype = row.dagster_event_type
@@ -647,6 +655,12 @@ def build_run_summary(rows: Sequence[EventRow], ctx: RunContext) -> RunSummary:
                 if isinstance(info, Mapping):
                     steps.setdefault(name, {}).update(
                         {"status": str(info.get("status", "")), "runs": int(info.get("runs", 0) or 0)})
+                    if info.get("status") == "error":  # completed with an error result: a failure to learn from
+                        steps[name]["error"] = str(info.get("error", ""))
+                        failures.append(StepFailure(
+                            run_id=row.execution_id, playbook=row.playbook_path, domain=row.domain, step=name,
+                            step_key=row.node_name, tool=row.metadata.get("tool", ""), attempt=row.attempt,
+                            error=steps[name]["error"], timestamp=row.timestamp))
         if row.step_name and dtype in ("STEP_SUCCESS", "STEP_START") and row.step_name not in steps:
             steps[row.step_name] = {"status": "success" if dtype == "STEP_SUCCESS" else "started", "runs": 1}
         if row.metadata.get("tool") and row.step_name in steps:

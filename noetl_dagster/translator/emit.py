@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import resource
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -35,8 +34,10 @@ from ..runtime.deadline import TIMEOUT_TAG, StepTimedOut, deadline, enforceable
 from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
-from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
-from ..runtime.templates import TemplateFailure, condition, render_text
+from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
+                            run_iteration, run_step)
+from ..runtime.templates import TemplateFailure, condition, render_text, render_value
+from . import observe
 from .plan import Net, Node, plan
 from .translator import LOOP_STEP_TAG, STEP_TAG, PlaybookTranslator, code_reference
 
@@ -45,6 +46,14 @@ CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
 RESOURCE_KEYS = frozenset({CREDENTIALS, CATALOG})
 STEPS_KEY = "noetl/steps"
+#: output metadata of a step that completed with an error result: ``error`` and its message
+STATUS_KEY = "noetl/status"
+ERROR_KEY = "noetl/error"
+#: run tags: ``completed_with_errors`` when some step completed with an error result, and which
+OUTCOME_TAG = "noetl/outcome"
+ERROR_STEPS_TAG = "noetl/error_steps"
+#: run tag: NoETL's numeric ``execution_id`` of the run (``{{ execution_id }}`` in templates)
+EXECUTION_ID_TAG = "noetl/execution_id"
 #: the op and output of an asset graph that collects the final non-product steps' results
 RUN_OUTCOME = "outcome__"
 WORKLOAD_CONFIG = {
@@ -70,13 +79,14 @@ def default_resources(resources: Mapping[str, Any] | None = None,
 
 def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
               net: Net | None = None, resources: Mapping[str, Any] | None = None,
-              catalog: PlaybookCatalog | None = None) -> dg.JobDefinition:
+              catalog: PlaybookCatalog | None = None, on_error: str | None = None) -> dg.JobDefinition:
     """Compile a validated playbook into a standalone Dagster job (products are not assets here).
 
     ``resources`` replace the defaults of :func:`default_resources`, e.g.
-    ``{"noetl_credentials": CredentialsResource(credentials={...})}``.
+    ``{"noetl_credentials": CredentialsResource(credentials={...})}``. ``on_error`` (``complete`` or
+    ``fail``) overrides :meth:`PlaybookTranslator.get_on_error`.
     """
-    emitter = _Emitter(playbook, translator or PlaybookTranslator(), net or plan(playbook))
+    emitter = _Emitter(playbook, translator or PlaybookTranslator(), net or plan(playbook), on_error)
     return emitter.job(default_resources(resources, catalog or PlaybookCatalog.of([playbook])))
 
 
@@ -85,12 +95,12 @@ def has_products(playbook: Playbook) -> bool:
 
 
 def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None = None,
-                      net: Net | None = None) -> dg.Definitions:
+                      net: Net | None = None, on_error: str | None = None) -> dg.Definitions:
     """One playbook as definitions: a job, or (with products) assets, checks and an asset job,
     plus a schedule for ``metadata.schedule``. Resources are the caller's (see
     :func:`default_resources`)."""
     translator = translator or PlaybookTranslator()
-    emitter = _Emitter(playbook, translator, net or plan(playbook))
+    emitter = _Emitter(playbook, translator, net or plan(playbook), on_error)
     if not has_products(playbook):
         job: Any = emitter.job()
         return dg.Definitions(jobs=[job], schedules=_schedules(playbook, translator, job))
@@ -192,10 +202,8 @@ def _product_function(io_manager: Any) -> Callable[[str], Any]:
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
-    """CPU seconds the op used and the process's peak RSS (what tuning learns resources from)."""
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"noetl/cpu_seconds": round(time.process_time() - run.cpu_start, 4),
-            "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
+    """CPU seconds the op used and its memory, measured per step (:mod:`.observe`)."""
+    return observe.usage_metadata(run.cpu_start)
 
 
 def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callable[..., Any]:
@@ -234,6 +242,48 @@ def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = No
     return dg.Failure(description=redact(str(exc)), metadata=metadata, allow_retries=True)
 
 
+def _step_meta(status: str, runs: int, error: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"status": status, "runs": runs}
+    if error is not None:
+        meta["error"] = redact(error)
+    return meta
+
+
+def _retry_wait(policy: dg.RetryPolicy, retry_number: int) -> float:
+    delay = float(policy.delay or 0)
+    if policy.backoff == dg.Backoff.EXPONENTIAL:
+        return delay * (2 ** retry_number)
+    if policy.backoff == dg.Backoff.LINEAR:
+        return delay * (retry_number + 1)
+    return delay
+
+
+def _retry_error_result(context, step: str, error: str | None,  # type: ignore[no-untyped-def]
+                        retry: dg.RetryPolicy | None) -> None:
+    """An error result retries the op while its retry policy has attempts left (Dagster shows
+    STEP_UP_FOR_RETRY); once they are spent the step completes with the last error result."""
+    if retry is not None and context.retry_number < retry.max_retries:
+        message = redact(error or "error result")
+        context.log.warning(f"step '{step}' returned an error result (attempt {context.retry_number + 1} of "
+                            f"{retry.max_retries + 1}), retrying: {message}")
+        raise dg.RetryRequested(max_retries=retry.max_retries,
+                                seconds_to_wait=_retry_wait(retry, context.retry_number))
+
+
+def _error_result(context, step: str, error: str | None,  # type: ignore[no-untyped-def]
+                  retry: dg.RetryPolicy | None) -> str:
+    """A step completed with an error result: retry it while the policy allows, else log it at
+    ERROR and tag the run ``noetl/outcome: completed_with_errors`` and ``noetl/error_steps``."""
+    _retry_error_result(context, step, error, retry)
+    message = redact(error or "error result")
+    context.log.error(f"step '{step}' completed with an error result: {message}")
+    run = context.instance.get_run_by_id(context.run_id)
+    seen = (run.tags.get(ERROR_STEPS_TAG) or "").split(",") if run is not None else []
+    steps = ",".join(dict.fromkeys([s for s in seen if s] + [step]))
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: "completed_with_errors", ERROR_STEPS_TAG: steps})
+    return message
+
+
 def _with_params(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
     """Give ``fn(**kwargs)`` an explicit signature: Dagster reads graph inputs from it."""
     fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -245,10 +295,16 @@ class _Emitter:
     """Builds the ops of one playbook and wires them; op definition names are prefixed with the
     job name (unique in a code location) while graph nodes keep the step names."""
 
-    def __init__(self, playbook: Playbook, translator: PlaybookTranslator, net: Net) -> None:
+    def __init__(self, playbook: Playbook, translator: PlaybookTranslator, net: Net,
+                 on_error: str | None = None) -> None:
         self.playbook = playbook
         self.translator = translator
         self.net = net
+        self.on_error = on_error or translator.get_on_error(playbook)
+        if self.on_error not in ON_ERROR_MODES:
+            raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
+                                       f"on_error {self.on_error!r} is not one of {', '.join(ON_ERROR_MODES)}",
+                                       field="metadata.dagster.on_error", hint="complete (NoETL) or fail (strict)")])
         self.name = translator.get_job_name(playbook)
         self.uses = product_references(playbook)
         self.ops = {node.name: self._node_ops(node) for node in net.nodes}
@@ -338,6 +394,8 @@ class _Emitter:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         tags = kwargs.get("tags") or {}
         timeout = float(tags.get(TIMEOUT_TAG) or 0)
+        step = self.playbook.steps.get(tags.get(STEP_TAG, "")) if "noetl/region" not in tags else None
+        fn = observe.measured(fn, observe.diagnoser(step, self._start) if step is not None else None)
         if timeout > 0:
             fn = _with_deadline(fn, tags.get(STEP_TAG, local), timeout)
         definition = dg.OpDefinition(
@@ -372,6 +430,7 @@ class _Emitter:
         if tokens is not None:
             return Context.merge(tokens)
         overrides = (context.op_config or {}).get("workload") or {}
+        context.instance.add_run_tags(context.run_id, {EXECUTION_ID_TAG: str(numeric_execution_id(context.run_id))})
         return Context.initial({**self.playbook.workload, **overrides})
 
     def _run_info(self, context, workload: Mapping[str, Any]) -> RunInfo:  # type: ignore[no-untyped-def]
@@ -381,17 +440,23 @@ class _Emitter:
             globals_["partition_key"] = context.partition_key
         if self.uses:
             globals_["product"] = _product_function(context.resources.io_manager)
-        return RunInfo(execution_id=context.run_id, log=context.log, globals=globals_, resources={
+        return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
+                       on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
 
     def _emit(self, context, node: Node, run: RunInfo, result: Any,  # type: ignore[no-untyped-def]
               steps_meta: dict[str, dict[str, Any]], tokens: list[tuple[str, dict[str, Any]]],
-              publish: bool = True) -> Iterator[dg.Output]:
+              publish: bool = True, errors: Mapping[str, str] | None = None) -> Iterator[dg.Output]:
         """The ``result`` output, then the fired tokens. Inside an asset graph a non-product
         step's ``result`` is not selected (nothing consumes it), so its status metadata rides on
-        the first token instead (the run report reads it from there)."""
+        the first token instead (the run report reads it from there). A step that completed with
+        an error result adds ``noetl/status: error`` and ``noetl/error`` to that metadata."""
         metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
+        if errors:
+            metadata[STATUS_KEY] = "error"
+            metadata[ERROR_KEY] = dg.MetadataValue.md("\n\n".join(
+                f"**{name}**: {message}" for name, message in errors.items()))
         if publish and RESULT in context.selected_output_names:
             yield dg.Output(result, RESULT, metadata=metadata)
             metadata = {}
@@ -400,24 +465,35 @@ class _Emitter:
             metadata = {}
 
     def _step_outputs(self, context, node: Node, step: Step, run: RunInfo,  # type: ignore[no-untyped-def]
-                      outcome: Any) -> Iterator[dg.Output]:
+                      outcome: Any, retry: dg.RetryPolicy | None = None) -> Iterator[dg.Output]:
         names = {(a.source, a.index): a.output for a in node.outbound}
+        errors = {}
+        if outcome.status == "error":  # name a misspelt template variable behind the error
+            outcome.error = observe.with_undefined(step, outcome.error, outcome.context.scope(
+                run.execution_id, run.globals))
+            errors[step.step] = _error_result(context, step.step, outcome.error, retry)
         tokens = [(names[(step.step, i)], outcome.context.token(arc.step, arc_set)) for i, arc, arc_set in outcome.fired]
         value = outcome.result
-        if step.product is not None and step.product.kind != "file":
+        if step.product is not None and step.product.kind != "file" and outcome.status == "success":
             table = as_table(value)  # once: a record batch reader can be read only once
             value = value if table is None else table
-        meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from self._emit(context, node, run, value, meta, tokens, publish=outcome.status == "success")
+        meta = {step.step: _step_meta(outcome.status, outcome.runs, outcome.error)}
+        publish = outcome.status == "success" or (outcome.status == "error" and step.product is None)
+        context.log.info(observe.step_line(step, outcome.status, outcome.result, outcome.fired, runs=outcome.runs,
+                                           render=lambda v: render_value(v, outcome.context.scope(
+                                               run.execution_id, run.globals))))
+        yield from self._emit(context, node, run, value, meta, tokens, publish=publish, errors=errors)
 
     def _node_ops(self, node: Node) -> tuple[Any, ...]:
         first = self.playbook.steps[node.steps[0]]
-        config = WORKLOAD_CONFIG if node.is_entry else None
+        config = observe.workload_config(self.playbook.workload, WORKLOAD_CONFIG) if node.is_entry else None
         if node.kind == "region":
             return (self._region_op(node, config),)
         if node.kind == "loop":
             return self._loop_ops(node, first, config)
         step = first
+        common = self._common(step)
+        retry = common["retry_policy"]
 
         def compute(context, inputs):  # type: ignore[no-untyped-def]
             start = self._start(context, inputs)
@@ -426,10 +502,10 @@ class _Emitter:
                 outcome = run_step(step, start, run)
             except StepFailed as exc:
                 raise _failure(exc) from None
-            yield from self._step_outputs(context, node, step, run, outcome)
+            yield from self._step_outputs(context, node, step, run, outcome, retry)
 
         return (self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, step), config=config,
-                         **self._common(step)),)
+                         **common),)
 
     def _region_op(self, node: Node, config: Any) -> Any:
         members = {name: self.playbook.steps[name] for name in node.steps}
@@ -453,10 +529,12 @@ class _Emitter:
                 outcome = run_region(members, entries, run, limit)
             except RegionFailed as exc:
                 raise _failure(exc, {k: {"status": r.status, "runs": r.runs} for k, r in exc.records.items()}) from None
-            meta = {k: {"status": r.status, "runs": r.runs} for k, r in outcome.records.items()}
-            results = {k: r.result for k, r in outcome.records.items() if r.status == "success"}
+            meta = {k: _step_meta(r.status, r.runs, r.error) for k, r in outcome.records.items()}
+            results = {k: r.result for k, r in outcome.records.items() if r.status in ("success", "error")}
+            errors = {k: _error_result(context, k, r.error, None) for k, r in outcome.records.items()
+                      if r.status == "error"}
             fired = [(names[key], token) for key, token in outcome.exits.items()]
-            yield from self._emit(context, node, run, results, meta, fired)
+            yield from self._emit(context, node, run, results, meta, fired, errors=errors)
 
         return self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, entry_step), config=config,
                         **common)
@@ -491,6 +569,8 @@ class _Emitter:
                 yield dg.DynamicOutput({"token": token, "items": chunk, "first": first, "total": len(items)},
                                        mapping_key=key, output_name="items")
 
+        retry = common["retry_policy"]
+
         def body(context, inputs):  # type: ignore[no-untyped-def]
             work = inputs["work"]
             run = self._run_info(context, work["token"]["workload"])
@@ -499,9 +579,14 @@ class _Emitter:
             try:
                 for offset, item in enumerate(work["items"]):
                     result = run_iteration(step, start, run, item, work["first"] + offset, work["total"])
-                    results.append({"value": result.value, "ctx_updates": result.ctx_updates})
+                    if result.error is not None and self.on_error == "fail":
+                        raise StepFailed(step.step, f"iteration {work['first'] + offset}: {result.error}")
+                    results.append({"value": result.value, "ctx_updates": result.ctx_updates, "error": result.error})
             except StepFailed as exc:
                 raise _failure(exc) from None
+            failed = [r["error"] for r in results if r["error"] is not None]
+            if failed:
+                _retry_error_result(context, step.step, failed[0], retry)
             yield dg.Output(results, RESULT, metadata={"noetl/loop_items": len(results), **usage_metadata(run)})
 
         def collect(context, inputs):  # type: ignore[no-untyped-def]
@@ -512,7 +597,7 @@ class _Emitter:
                 if loop_context["skipped"]:
                     outcome = run_step(step, start, run)  # the guard is false again: skip-through
                 else:
-                    bodies = [Body(r["value"], r["ctx_updates"]) for chunk in chunks for r in chunk]
+                    bodies = [Body(r["value"], r["ctx_updates"], r.get("error")) for chunk in chunks for r in chunk]
                     outcome = finish_step(step, start, run, bodies)
             except StepFailed as exc:
                 raise _failure(exc) from None

@@ -107,6 +107,20 @@ class PlaybookTranslator:
         """NoETL has no step-level retry; pipelines retry inside the op. Override to add one."""
         return None
 
+    def get_on_error(self, playbook: Playbook) -> str:
+        """What an *error result* (a python exception, an HTTP non-2xx, a pipeline stopped in
+        error) does: ``complete`` the step with status ``error`` and route on (NoETL, the default)
+        or ``fail`` the op (strict). ``metadata.dagster.on_error`` chooses per playbook.
+
+        Examples:
+            Strict mode for every playbook of a team that wants Dagster's fail-fast ops::
+
+                class StrictTranslator(PlaybookTranslator):
+                    def get_on_error(self, playbook):
+                        return "fail"
+        """
+        return str(playbook.metadata.dagster.get("on_error") or "complete")
+
     def get_loop_chunk_size(self, playbook: Playbook, step: Step) -> int:
         """How many consecutive items one body op of a parallel loop runs (default: the step's
         ``loop.chunk_size`` extension, 1 = one op per item). Results, ``ctx`` updates and NoETL
@@ -197,7 +211,7 @@ class PlaybookTranslator:
         from ..errors import Issue, PlaybookError
 
         def problem(message: str, field: str, hint: str | None = None) -> PlaybookError:
-            return PlaybookError([Issue(playbook.file, 1, 1, message, field=field, hint=hint)])
+            return PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1, message, field=field, hint=hint)])
 
         if choice not in ("k8s", "kubernetes"):
             raise problem(f"unknown executor {choice!r}", "metadata.dagster.executor",

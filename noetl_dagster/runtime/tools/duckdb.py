@@ -75,6 +75,12 @@ class DuckDBTool(Tool):
                         problems.append(("tables", f"table name {name!r} is not an identifier", None))
         return problems + format_problems(config)
 
+    def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
+        """The connection a query runs on (``db_path``, in memory by default); ``ducklake`` overrides it."""
+        import duckdb
+
+        return duckdb.connect(str(ctx.render(config.get("db_path")) or ":memory:"))
+
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         import duckdb
         import pyarrow as pa
@@ -86,7 +92,6 @@ class DuckDBTool(Tool):
                                    ctx.render(config.get("params")), ctx.scope,
                                    script=bool(ctx.render(config.get("script"))), tool="duckdb",
                                    text_type="VARCHAR")
-        db_path = ctx.render(config.get("db_path")) or ":memory:"
         tables = ctx.render(config.get("tables")) or {}
         if not isinstance(tables, Mapping):
             raise ToolError("duckdb: `tables` must render to a mapping of name: table")
@@ -99,7 +104,7 @@ class DuckDBTool(Tool):
         if params is not None and not isinstance(params, (list, tuple, Mapping)):
             params = [params]
         try:
-            with duckdb.connect(str(db_path)) as con:
+            with self.connect(config, ctx) as con:
                 for name, relation in relations.items():
                     con.register(name, relation)
                 if result_format(config) == "arrow":  # the relation API: no extra copy of the rows

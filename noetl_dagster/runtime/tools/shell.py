@@ -9,7 +9,7 @@ Config (rendered as templates)::
       cwd: /data             # working directory (default: the process's)
       env: {LANG: C}         # added to the inherited environment (null drops a variable)
       timeout_seconds: 60    # the whole process group is killed when it runs longer
-      check: true            # false: a non-zero exit completes the step (route on exit_code)
+      check: true            # false: a non-zero exit is a success result (status success)
       capture: true          # false: output goes to this process's stdout/stderr
 
 **Templates in** ``command`` never become shell syntax: each ``{{ }}`` value is passed as a
@@ -18,9 +18,11 @@ template stood, whatever quotes surround it (see :mod:`noetl_dagster.runtime.bin
 ``{{ x | raw_shell }}`` inserts a trusted value as syntax (``validate`` lists each use).
 ``env:`` values are environment variables, never syntax either.
 
-Result ``{stdout, stderr, exit_code}`` (text, decoded as UTF-8). A non-zero exit fails the step
-with the exit code and the tail of stderr (of stdout when stderr is empty); a timeout fails it
-naming the limit. The command runs as ``<shell> -c <command>`` in a new process group.
+Result ``{stdout, stderr, exit_code}`` (text, decoded as UTF-8). A non-zero exit is NoETL's
+*error result*: the step completes with status ``error`` and that result (route on
+``output.exit_code``), its message naming the exit code and the tail of stderr (of stdout when
+stderr is empty); with ``check: false`` it is a plain success. A timeout fails the step naming
+the limit. The command runs as ``<shell> -c <command>`` in a new process group.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import signal
 import subprocess
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from .base import ErrorResult, Tool, ToolContext, ToolError
 
 #: how much of stderr a failure message shows
 TAIL_LINES = 20
@@ -141,7 +143,8 @@ class ShellTool(Tool):
                 what = f"exited with code {code}"
             shown = tail(stderr) or tail(stdout)
             detail = f": {shown}" if shown else " (no output)"
-            raise ToolError(creds.redact(f"shell: command {what}{detail}"))
+            return ErrorResult({"stdout": stdout, "stderr": stderr, "exit_code": code},
+                               creds.redact(f"shell: command {what}{detail}"))
         return {"stdout": stdout, "stderr": stderr, "exit_code": code}
 
 
