@@ -246,7 +246,7 @@ def test_validate_names_templates_that_cannot_be_bound(tmp_path: Path) -> None:
         """))
     warnings = [str(w) for w in binding_warnings(file)]
     assert len(warnings) == 3, warnings
-    assert warnings[0].startswith(f"{file}:9:") and "step 'start': tool.query: warning: " \
+    assert warnings[0].startswith(f"{file}:9:") and "step 'start': tool.query: " \
         "`{{ workload.table }}` sits where SQL needs a name" in warnings[0]
     assert warnings[1].startswith(f"{file}:11:") and "`| sql_identifier`" in warnings[1]
     assert warnings[2].startswith(f"{file}:14:") and "step 'sh': tool.command:" in warnings[2] \
@@ -285,7 +285,9 @@ def test_cli_validate_prints_warnings_and_still_passes(tmp_path: Path, capsys: p
             tool: {kind: duckdb, query: "SELECT * FROM {{ workload.t }} WHERE id IN ({{ workload.ids }})"}
         """))
     assert main(["validate", str(file)]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(line.startswith(f"{file}:6:") for line in err)
+    captured = capsys.readouterr()
+    assert "2 warning(s)" in captured.out
+    err = captured.err.splitlines()
+    assert len(err) == 2 and all(line.startswith(f"warning: {file}:6:") for line in err)
     assert "`{{ workload.t }}` sits where SQL needs a name" in err[0]
     assert "`{{ workload.ids }}` is an IN ( ) list" in err[1]
