@@ -57,10 +57,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from .playbook.bindings import binding_warnings  # templates that would produce syntax
-
-    for warning in (w for f in files for w in binding_warnings(f)):
-        print(warning, file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)

@@ -57,6 +57,8 @@ SHELL_PLACES = [
     ("cat <<'EOF'\n{{ v }}\nEOF", "{}\n"),
     ("X={{ v }}; printf '%s' \"$X\"", "{}"),
     ("printf '%s' {{ v }} # {{ v }}", "{}"),
+    ("printf '%s' \\{{ v }}", "\\{}"),
+    ("printf '%s' \"\\{{ v }}\"", "\\{}"),
 ]
 
 
@@ -81,6 +83,7 @@ def test_shell_values_are_arguments(place: str, expect: str, tmp_path: Path) -> 
 def test_shell_opt_out_and_arithmetic(tmp_path: Path) -> None:
     assert shell("{{ cmd | raw_shell }} {{ v }}", {"cmd": "printf '%s|'", "v": "a b"})["stdout"] == "a b|"
     assert shell("echo $(( {{ n }} * 2 ))", {"n": 21})["stdout"] == "42\n"
+    assert shell("set -- a b c; echo ${#}", {})["stdout"] == "3\n"  # `{#` without templates is shell
     with pytest.raises(TemplateFailure, match="must render to a number"):
         shell("echo $(( {{ n }} ))", {"n": "a[$(touch x)]"})
     listed = get_tool("shell").run({"command": ["printf '%s' {{ v }}", "printf '%s' '{{ v }}'"]},
@@ -243,8 +246,48 @@ def test_validate_names_templates_that_cannot_be_bound(tmp_path: Path) -> None:
         """))
     warnings = [str(w) for w in binding_warnings(file)]
     assert len(warnings) == 3, warnings
-    assert warnings[0].startswith(f"{file}:9:") and "step 'start': tool.query: warning: " \
+    assert warnings[0].startswith(f"{file}:9:") and "step 'start': tool.query: " \
         "`{{ workload.table }}` sits where SQL needs a name" in warnings[0]
     assert warnings[1].startswith(f"{file}:11:") and "`| sql_identifier`" in warnings[1]
     assert warnings[2].startswith(f"{file}:14:") and "step 'sh': tool.command:" in warnings[2] \
         and "is a command name" in warnings[2]
+
+
+def test_random_metacharacter_values_round_trip(tmp_path: Path) -> None:
+    """60 random values made of shell and SQL metacharacters come back unchanged everywhere."""
+    import random
+
+    rng = random.Random(14)
+    alphabet = list("abc ;'\"`$(){}[]|&<>\\*?!#%~-=,.\t") + ["$(", "${", "''", "$$", "--", "/*", "*/", "EOF"]
+    values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(60)]
+    sentinel = tmp_path / "pwned"
+    duck = get_tool("duckdb")
+    for value in values:
+        value = value + f"; touch {sentinel}"
+        for place, expect in SHELL_PLACES[:6] + SHELL_PLACES[8:9]:
+            assert shell(place, {"v": value})["stdout"] == expect.format(value), (place, value)
+        for query, expect in SQL_PLACES:
+            out = duck.run({"query": query}, ToolContext("d", "e", {"v": value, "vs": [value]}))
+            assert out["rows"] == [{"v": expect(value)}], (query, value)
+    assert not sentinel.exists()
+
+
+def test_cli_validate_prints_warnings_and_still_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from noetl_dagster.cli import main
+
+    file = tmp_path / "w.yaml"
+    file.write_text(textwrap.dedent("""\
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: w, path: x/w}
+        workflow:
+          - step: start
+            tool: {kind: duckdb, query: "SELECT * FROM {{ workload.t }} WHERE id IN ({{ workload.ids }})"}
+        """))
+    assert main(["validate", str(file)]) == 0
+    captured = capsys.readouterr()
+    assert "2 warning(s)" in captured.out
+    err = captured.err.splitlines()
+    assert len(err) == 2 and all(line.startswith(f"warning: {file}:6:") for line in err)
+    assert "`{{ workload.t }}` sits where SQL needs a name" in err[0]
+    assert "`{{ workload.ids }}` is an IN ( ) list" in err[1]

@@ -20,7 +20,7 @@ needs marking. This module finds, without running anything, the templates that:
 Example::
 
     for issue in binding_warnings("playbooks/x.yaml"):
-        print(issue)   # x.yaml:12:7: step 'load': tool.query: warning: `{{ table }}` ...
+        print(issue)   # x.yaml:12:7: step 'load': tool.query: `{{ table }}` sits where ...
 """
 
 from __future__ import annotations
@@ -59,13 +59,22 @@ def binding_warnings_in_text(text: str, file: str = "<string>") -> list[Issue]:
         raw = load_yaml_text(text, file)
     except Exception:  # noqa: BLE001 - invalid YAML is validate's error, not a warning
         return []
+    return binding_issues(raw, file)
+
+
+def binding_issues(raw: Any, file: str) -> list[Issue]:
+    """The warnings of a parsed playbook (the loader adds them to ``Playbook.warnings``)."""
     out: list[Issue] = []
     for step, field, line, col, kind, source in _template_fields(raw):
         finder = sql_findings if kind in SQL_KINDS else shell_findings
-        for offset, expr, message, hint in finder(source):
+        try:
+            found = finder(source)
+        except Exception:  # noqa: BLE001 - an analysis bug must never fail validation
+            continue
+        for offset, expr, message, hint in found:
             block = "\n" in source
             where = line + (1 + source[:offset].count("\n") if block else 0)
-            out.append(Issue(file, where, col, f"warning: `{{{{{expr}}}}}` {message}", step, field, hint))
+            out.append(Issue(file, where, col, f"`{{{{{expr}}}}}` {message}", step, field, hint))
     return out
 
 
@@ -89,6 +98,8 @@ def _template_fields(raw: Any) -> Iterator[tuple[str | None, str, int, int, str,
 def _walk(node: Any, step: str | None, path: str) -> Iterator[tuple[str | None, str, int, int, str, str]]:
     if isinstance(node, SourceMap):
         kind = node.get("kind")
+        if kind is None and node.get("type") in SQL_KINDS:  # a transfer's source
+            kind = node.get("type")
         if kind in SQL_KINDS or kind in SHELL_KINDS:
             keys = ("query", "command", "sql") if kind in SQL_KINDS else ("command", "cmds")
             for key in keys:
@@ -280,4 +291,4 @@ def shell_findings(source: str) -> list[tuple[int, str, str, str]]:
     return findings
 
 
-__all__ = ["binding_warnings", "binding_warnings_in_text", "shell_findings", "sql_findings"]
+__all__ = ["binding_issues", "binding_warnings", "binding_warnings_in_text", "shell_findings", "sql_findings"]

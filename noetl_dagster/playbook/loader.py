@@ -288,6 +288,9 @@ def parse_text(text: str, file: str = "<string>") -> Playbook:
     if issues.items or playbook is None:
         raise PlaybookError(sorted(issues.items, key=lambda i: (i.line, i.col)))
     playbook.warnings.extend(issues.warnings)
+    from .bindings import binding_issues  # shell/SQL templates that cannot be bound, or produce syntax
+
+    playbook.warnings.extend(binding_issues(raw, file))
     return playbook
 
 

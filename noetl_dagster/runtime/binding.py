@@ -148,7 +148,10 @@ def render_captured(source: str, scope: Mapping[str, Any],
     """``source`` rendered with a marker in place of each ``{{ }}`` value, and the values.
 
     Values an author marked as syntax (``| raw_sql``...) are inserted and appended to ``raw_out``.
+    Text without ``{{``/``{%`` is returned as it is (``${#arr[@]}`` is shell, not a comment).
     """
+    if "{{" not in source and "{%" not in source:
+        return source, []
     name = _TEMPLATES.get(source)
     if name is None:
         import hashlib
@@ -232,9 +235,13 @@ def _place_shell(text: str, values: list[str]) -> tuple[str, list[str]]:
             out.append(c)
             i += 1
             continue
-        if c == "\\" and i + 1 < n and not _MARKER.match(text, i + 1):
-            out.append(text[i:i + 2])
-            i += 2
+        if c == "\\" and i + 1 < n:
+            if _MARKER.match(text, i + 1):  # `\{{ v }}`: a literal backslash, then the value
+                out.append("\\\\" if state == "double" else "'\\'")
+                i += 1
+            else:
+                out.append(text[i:i + 2])
+                i += 2
             continue
         if state == "double":
             if c == '"':
