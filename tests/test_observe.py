@@ -110,7 +110,8 @@ def test_launchpad_default_is_the_playbook_workload() -> None:
 
 
 def test_a_cycle_logs_each_member_and_the_arcs_leaving_it() -> None:
-    defs = load_playbook_definitions(Path(__file__).parent / "conformance" / "cases" / "15_cycle_counter", strict=True)
+    defs = load_playbook_definitions(
+        Path(__file__).parent / "conformance" / "cases" / "15_cycle_counter" / "playbook.yaml", strict=True)
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("conformance__cycle_counter").execute_in_process(instance=instance)
     lines = [e.user_message for e in instance.all_logs(result.run_id) if e.dagster_event is None]
