@@ -24,6 +24,20 @@ _MARKS = {"success": ("[green]✔[/]", "ok"), "error": ("[yellow]![/]", "error r
           "failed": ("[red]✘[/]", "failed"), "skipped": ("[dim]-[/]", "skipped")}
 
 
+#: how many lines of the last result `run` prints on a terminal
+RESULT_LINES = 40
+
+
+def pretty_result(value: Any, lines: int = RESULT_LINES) -> str:
+    """A result as indented JSON, cut after ``lines`` lines (``--json`` prints it whole)."""
+    import json
+
+    text = json.dumps(value, default=str, indent=2, ensure_ascii=False).splitlines()
+    if len(text) <= lines:
+        return "\n".join(text)
+    return "\n".join(text[:lines] + [f"... ({len(text) - lines} more lines; --json prints all of it)"])
+
+
 def new_run_id() -> str:
     from dagster._core.utils import make_new_run_id
 

@@ -94,3 +94,13 @@ def test_export_shows_progress_on_a_tty_and_stays_pure_json_piped(tmp_path: Path
                            capture_output=True, text=True, timeout=180)
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["clickhouse"]["events"] > 0 and "exporting" not in piped.stderr
+
+
+def test_the_last_result_is_pretty_printed_on_a_tty(tmp_path: Path) -> None:
+    from noetl_dagster.progress import pretty_result
+
+    code, out = _on_tty([str(CLI), "run", str(PLAYBOOK)], _env(tmp_path))
+    assert code == 0, out[-3000:]
+    assert 'result of end:\n{\n  "cheap": 4201\n}' in out.replace("\n\n", "\n"), out[-1500:]
+    cut = pretty_result({"rows": list(range(100))}, lines=10).splitlines()
+    assert len(cut) == 11 and cut[-1] == "... (94 more lines; --json prints all of it)"
