@@ -40,6 +40,7 @@ def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .report import catalog_around
     from .translator.definitions import find_playbooks, load_playbooks
+    from .translator.guard import compile_issues
 
     files = find_playbooks(args.paths)
     if not files:
@@ -48,6 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_playbooks(files)
     catalog = catalog_around(*loaded.playbooks)
     loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
+    loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
     from .playbook.references import undefined_references
@@ -55,6 +57,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from .playbook.bindings import binding_warnings  # templates that would produce syntax
+
+    for warning in (w for f in files for w in binding_warnings(f)):
+        print(warning, file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)

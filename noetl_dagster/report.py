@@ -19,11 +19,12 @@ import dagster as dg
 
 from .errors import Issue, PlaybookError
 from .playbook.loader import load_playbook
-from .playbook.catalog import PlaybookCatalog, calls_playbooks
+from .playbook.catalog import PlaybookCatalog, calls_playbooks, catalog_for, catalog_root
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
 from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
                               loop_items_of, steps_metadata, workload_run_config)
+from .translator.guard import compiling, deep_enough
 from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
@@ -107,19 +108,21 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
         playbook = load_playbook(playbook)
     if catalog is None:  # the folder tree is read only when a step can call a sub-playbook
         catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
-    net = plan(playbook)
-    if has_products(playbook):
-        resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
-        defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
-                                    dg.Definitions(resources=default_resources(resources, catalog)))
-        job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
-    else:
-        job = build_job(playbook, translator, net, resources, catalog, on_error)
+    with compiling(playbook):  # a compile failure is a PlaybookError naming the playbook
+        net = plan(playbook)
+        if has_products(playbook):
+            resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
+            defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
+                                        dg.Definitions(resources=default_resources(resources, catalog)))
+            job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
+        else:
+            job = build_job(playbook, translator, net, resources, catalog, on_error)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
                   "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     partition_key = _partition_key(playbook, job, partition_key)
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
+    with deep_enough(playbook):
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                        tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
     return build_report(net, result)
 
 
@@ -157,21 +160,13 @@ def _products_io_manager(instance: dg.DagsterInstance | None) -> ArrowRefIOManag
 
 
 def playbook_root(playbook: Playbook) -> Path:
-    """The folder a playbook's ``metadata.path`` is relative to (``playbooks/`` for
-    ``risk/score`` in ``playbooks/risk/score.yaml``)."""
-    root = Path(playbook.file).resolve().parent
-    for _ in range(len(playbook.metadata.catalog_path.strip("/").split("/")) - 1):
-        root = root.parent
-    return root
+    """The folder a playbook's sub-playbooks are looked up in (see :func:`catalog_root`)."""
+    return catalog_root(playbook)
 
 
 def catalog_around(*playbooks: Playbook) -> PlaybookCatalog:
-    """``playbooks`` plus the valid playbooks of the trees they live in (each tree read once)."""
-    from .translator.definitions import load_playbooks
-
-    roots = {playbook_root(p) for p in playbooks if Path(p.file).is_file()}
-    found = [p for root in sorted(roots) for p in load_playbooks(root).playbooks]
-    return PlaybookCatalog.of([*found, *playbooks])
+    """``playbooks`` plus the playbooks of their catalog root, read on demand (bounded)."""
+    return catalog_for(*playbooks)
 
 
 def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:

@@ -640,3 +640,35 @@ def test_watched_runs_are_probed_in_turn(sink: ClickHouseSink, instance: dg.Dags
     assert offsets == [2, 4] and sum(reopened) == 1  # the offset moves by tail_probes per tick
     got = exported_ids(sink)
     assert len(got) == len(set(got)) and set(got) == event_ids(instance, ids)
+
+
+def test_product_playbook_steps_export_with_their_names_and_tools(tmp_path: Path) -> None:
+    """A product playbook runs as an asset job whose ops sit in a graph (`<job>__playbook.<step>`):
+    its rows and step attempts carry the plain step name and the step's tool kind, so tuning
+    applies to them."""
+    from noetl_dagster.sensors.exporter import tools_by_node
+    from noetl_dagster.sensors.mapping import build_step_runs
+
+    playbook = tmp_path / "prod.yaml"
+    playbook.write_text("""apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: prod, path: shop/prod}
+workflow:
+  - step: start
+    tool: {kind: python, code: "result = {'n': 3}"}
+    next: rows
+  - step: rows
+    tool: {kind: duckdb, query: "SELECT range AS id FROM range(3)", format: arrow}
+    product: {name: ids, kind: table}
+""")
+    with dg.instance_for_test() as instance:
+        report = run_playbook(playbook, instance=instance)
+        assert report.status == "success", report.to_dict()
+        run = instance.get_run_by_id(report.run_id)
+        tools = tools_by_node(instance.get_job_snapshot(run.job_snapshot_id))
+        assert tools == {"shop__prod__playbook.start": "python", "shop__prod__playbook.rows": "duckdb"}
+        rows = map_records(instance.get_records_for_run(report.run_id).records, RunContext.of(run, tools))
+    steps = {(r.step_name, r.metadata.get("tool")) for r in rows if r.node_name.startswith("shop__prod__playbook.")}
+    assert steps == {("start", "python"), ("rows", "duckdb")}
+    attempts = {(s.step_name, s.tool_kind, s.status) for s in build_step_runs(rows)}
+    assert {("start", "python", "success"), ("rows", "duckdb", "success")} <= attempts

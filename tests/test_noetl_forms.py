@@ -483,3 +483,28 @@ def test_unknown_subplaybook_lists_the_closest_paths_only() -> None:
     assert catalog.missing_references(nothing)[0].hint == "none of the 151 loaded playbooks has a similar path"
     small = PlaybookCatalog.of([child("a/b"), child("a/c")])
     assert small.missing_references(nothing)[0].hint == "known: a/b, a/c"
+
+
+def test_underscore_keys_and_a_product_iterator_are_valid_noetl(tmp_path: Path) -> None:
+    """NoETL reserves neither: `{{ start._ref is defined }}` reads a result key (undefined here), and
+    a loop may call its item `product`. Dunder attributes stay refused."""
+    from noetl_dagster import run_playbook
+    from noetl_dagster.playbook.loader import validate_file
+
+    path = tmp_path / "forms.yaml"
+    path.write_text("""apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: forms, path: tests/forms}
+workflow:
+  - step: start
+    tool: {kind: noop, result: {count: 2}}
+    next: each
+  - step: each
+    loop: {in: "{{ ['a', 'b'] }}", iterator: product}
+    tool: {kind: noop, result: {item: "{{ product }}", ref: "{{ start._ref is defined }}"}}
+""")
+    assert validate_file(path) == []
+    report = run_playbook(path)
+    assert report.steps["each"].result == [{"item": "a", "ref": False}, {"item": "b", "ref": False}]
+    path.write_text(path.read_text().replace("start._ref", "start.__class__"))
+    assert any("dunder attribute" in str(i) for i in validate_file(path))

@@ -314,3 +314,58 @@ def test_export_sensor_tick_shows_success_and_counts(dagster_dev: DagsterDev, tm
             page.screenshot(path=str(tmp_path / "noetl_events.png"))
         finally:
             browser.close()
+
+
+ERRORED = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: ui_error_result, path: tests/ui_error_result}
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: divide
+  - step: divide
+    tool: {kind: python, input: {d: 0}, code: "result = {'q': 1 / d}"}
+    next:
+      arcs:
+        - {step: recover, when: "{{ divide.stderr is defined }}"}
+        - {step: end}
+  - step: recover
+    tool: {kind: noop, result: {recovered: true}}
+  - step: end
+    tool: {kind: noop}
+"""
+
+
+def test_errored_step_is_visible_on_the_run_page(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    """A step that completed with an error result (NoETL's semantics: the run succeeds) shows on the
+    run page: the run's `noetl/outcome` tag, the ERROR line naming the step and its message, and
+    the step's `noetl/status: error` output metadata."""
+    from devserver import ROOT as PROJECT, dev_env
+
+    playbook = tmp_path / "ui_error_result.yaml"
+    playbook.write_text(ERRORED)
+    env = {**dev_env(dagster_dev.home), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run([str(PROJECT / ".venv" / "bin" / "noetl-dagster"), "run", str(playbook), "--json"],
+                          cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["status"] == "success" and report["steps"]["divide"]["status"] == "error"
+    run_id = report["run_id"]
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.set_default_timeout(60000)
+            page.goto(f"{dagster_dev.url}/runs/{run_id}", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+            expect(page.get_by_text("noetl/outcome: completed_with_errors").first).to_be_visible()
+            expect(page.get_by_text("noetl/error_steps: divide").first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"step 'divide' completed with an error result: "
+                                               r"ZeroDivisionError: division by zero")).first).to_be_visible()
+            expect(page.get_by_text("noetl/status").first).to_be_visible()  # the step's output metadata
+            page.screenshot(path=str(tmp_path / "errored_run.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "errored_run.png").stat().st_size > 10_000

@@ -19,6 +19,7 @@ from ..errors import Issue, PlaybookError
 from ..runtime.templates import check_syntax, is_template
 from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
 from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
+from .extensions import check_extensions
 from .models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
 from .source import SourceList, SourceMap, YamlError, load_yaml_text
 
@@ -164,6 +165,8 @@ def _pydantic_message(err: Any) -> str:
         return f"must be a mapping, got {_describe(value)}"
     if kind == "list_type":
         return f"must be a list, got {_describe(value)}"
+    if kind == "string_too_short":
+        return f"must not be empty, got {_describe(value)}"
     if kind == "string_type":
         return f"must be a string, got {_describe(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
@@ -311,6 +314,7 @@ def _parse(raw: Any, issues: _Issues) -> Playbook | None:
     _note_script_folders(playbook, issues.file)
     _check_cycles(playbook, raw, issues)
     _check_products(playbook, raw, issues)
+    check_extensions(playbook, raw, issues)  # extensions and reserved names (playbook/extensions.py)
     return None if issues.items else playbook
 
 

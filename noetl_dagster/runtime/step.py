@@ -17,8 +17,10 @@ from typing import Any, Callable, Mapping
 from ..errors import StepFailed
 from ..playbook.models import Arc, Step, Task, strip_scope
 from .context import Context
+from .limits import too_many_items
 from .templates import TemplateFailure, condition, freeze, render_value
 from .tools import ErrorResult, ToolContext, ToolError, get_tool
+from ..resources.credentials import redact_value as _mask  # registered secrets never leave a step
 
 #: a pipeline jump loop stops after this many task executions (NoETL's cap is 1e6)
 MAX_PIPELINE_ITERATIONS = 100_000
@@ -125,7 +127,7 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
     if step.set:
         scope = after.scope(run.execution_id, {**run.globals, "output": output})
         try:
-            updates = {k: render_value(v, scope) for k, v in step.set.items()}
+            updates = _mask({k: render_value(v, scope) for k, v in step.set.items()})
         except TemplateFailure as exc:
             raise _fail(step, f"set: {exc}") from None
         after = after.with_ctx(updates)
@@ -151,7 +153,7 @@ def _route(step: Step, after: Context, output: Any, run: RunInfo, first_only: bo
     for index, arc in enumerate(step.next.arcs):
         try:
             matched = condition(arc.when, scope)
-            arc_set = {k: render_value(v, scope) for k, v in arc.set.items()} if matched else {}
+            arc_set = _mask({k: render_value(v, scope) for k, v in arc.set.items()}) if matched else {}
         except TemplateFailure as exc:
             raise _fail(step, f"next.arcs[{index}] (to {arc.step}): {exc}") from None
         if matched:
@@ -164,10 +166,18 @@ def _route(step: Step, after: Context, output: Any, run: RunInfo, first_only: bo
 
 
 def loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
-    """Evaluate ``loop.in`` and coerce it the way NoETL does."""
+    """Evaluate ``loop.in`` and coerce it the way NoETL does (at most ``MAX_LOOP_ITEMS`` items)."""
+    items = _loop_items(step, scope)
+    problem = too_many_items(len(items))
+    if problem:
+        raise _fail(step, problem)
+    return items
+
+
+def _loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
     assert step.loop is not None
     try:
-        value = render_value(step.loop.in_, scope)
+        value = _mask(render_value(step.loop.in_, scope))
     except TemplateFailure as exc:
         raise _fail(step, f"loop.in: {exc}") from None
     if isinstance(value, list):
@@ -187,6 +197,8 @@ def loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
             return []
         return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
     if isinstance(value, int) and not isinstance(value, bool):
+        if too_many_items(value):
+            raise _fail(step, too_many_items(value) or "")
         return list(range(value))
     kind = "null (undefined)" if value is None else type(value).__name__
     raise _fail(step, f"loop.in did not evaluate to a list (got {kind})",
@@ -226,11 +238,11 @@ def run_body(step: Step, context: Context, run: RunInfo, scope: Mapping[str, Any
         except Exception as exc:  # noqa: BLE001 - any tool crash fails the step with its message
             raise _fail(step, f"{type(exc).__name__}: {exc}", task.kind) from None
         if isinstance(value, ErrorResult):
-            return Body(flatten_result(value.data), error=value.message)
-        return Body(flatten_result(value))
+            return Body(flatten_result(_mask(value.data)), error=_mask(value.message))
+        return Body(flatten_result(_mask(value)))
     body = run_pipeline(step, tool_ctx, run)
-    body.value = flatten_result(body.value)
-    return body
+    return Body(flatten_result(_mask(body.value)), _mask(body.ctx_updates),
+                None if body.error is None else _mask(body.error))
 
 
 def flatten_result(value: Any) -> Any:

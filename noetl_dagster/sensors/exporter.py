@@ -64,6 +64,30 @@ _TERMINAL_TYPES = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAIL
                    dg.DagsterEventType.RUN_CANCELED)
 
 
+def tools_by_node(snap: Any) -> dict[str, str]:
+    """``{node path: tool kind}`` of a job snapshot, the ops inside graphs included: a product
+    playbook's ops live in its graph-backed asset, keyed ``<job>__playbook.<step>`` like their
+    step keys."""
+    defs = snap.node_defs_snapshot
+    by_def = {d.name: d.tags for d in defs.op_def_snaps}
+    graphs = {g.name: g for g in defs.graph_def_snaps}
+    tools: dict[str, str] = {}
+
+    def walk(structure: Any, prefix: str, depth: int) -> None:
+        for inv in structure.node_invocation_snaps:
+            path = prefix + inv.node_name
+            graph = graphs.get(inv.node_def_name)
+            if graph is not None and depth < 8:
+                walk(graph.dep_structure_snapshot, path + ".", depth + 1)
+                continue
+            tool = (inv.tags or {}).get("noetl/tool") or by_def.get(inv.node_def_name, {}).get("noetl/tool")
+            if tool:
+                tools[path] = tool
+
+    walk(snap.dep_structure_snapshot, "", 0)
+    return tools
+
+
 @dataclass
 class ExportBatch:
     """What one write carries: event rows, step attempts and finished-run summaries."""
@@ -356,11 +380,7 @@ class Exporter:
             tools: dict[str, str] = {}
             try:
                 snap = self.instance.get_job_snapshot(snapshot_id)
-                by_def = {d.name: d.tags for d in snap.node_defs_snapshot.op_def_snaps}
-                for inv in snap.dep_structure_snapshot.node_invocation_snaps:
-                    tool = (inv.tags or {}).get("noetl/tool") or by_def.get(inv.node_def_name, {}).get("noetl/tool")
-                    if tool:
-                        tools[inv.node_name] = tool
+                tools = tools_by_node(snap)
             except Exception:  # noqa: BLE001 - a missing snapshot only loses the tool kind
                 pass
             if len(self._tools) > 512:

@@ -247,15 +247,17 @@ class RunSummary:
 
 @lru_cache(maxsize=65536)
 def step_parts(step_key: str) -> tuple[str, str, str]:
-    """``(step, op, mapping key)`` of a Dagster step key (cached: keys repeat across events).
+    """``(step, op, mapping key)`` of a Dagster step key (cached: keys repeat across events). The
+    op keeps the graph prefix of a product playbook's asset job (its node path); the step does not.
 
-    Example: ``step_parts("price[i00003]") == ("price", "price", "i00003")``
+    Example: ``step_parts("price[i00003]") == ("price", "price", "i00003")``,
+    ``step_parts("risk__x__playbook.score") == ("score", "risk__x__playbook.score", "")``
     """
     if not step_key:
         return "", "", ""
     match = _MAPPED.search(step_key)
     op = step_key[: match.start()] if match else step_key
-    name = op
+    name = op.rsplit(".", 1)[-1]
     for suffix in ("__fan_out", "__collect"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]

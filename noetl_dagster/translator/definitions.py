@@ -21,6 +21,7 @@ from ..errors import Issue, PlaybookError
 from ..playbook.loader import load_playbook
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
+from .guard import compiling
 from .emit import build_definitions, default_resources, product_key
 from .translator import PlaybookTranslator
 
@@ -133,7 +134,8 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
                          for s in playbook.workflow if s.product})
         try:
-            parts[name] = build_definitions(playbook, translator, on_error=on_error)
+            with compiling(playbook):  # any compile failure is this playbook's issue only
+                parts[name] = build_definitions(playbook, translator, on_error=on_error)
         except PlaybookError as exc:  # e.g. an unknown metadata.dagster.executor
             problems.extend(exc.issues)
             continue

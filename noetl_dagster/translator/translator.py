@@ -211,7 +211,7 @@ class PlaybookTranslator:
         from ..errors import Issue, PlaybookError
 
         def problem(message: str, field: str, hint: str | None = None) -> PlaybookError:
-            return PlaybookError([Issue(playbook.file, 1, 1, message, field=field, hint=hint)])
+            return PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1, message, field=field, hint=hint)])
 
         if choice not in ("k8s", "kubernetes"):
             raise problem(f"unknown executor {choice!r}", "metadata.dagster.executor",

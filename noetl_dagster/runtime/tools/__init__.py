@@ -3,17 +3,21 @@
 from .base import ErrorResult, Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
 from .container import ContainerTool
 from .duckdb import DuckDBTool
+from .ducklake import DuckLakeTool
 from .http import HttpTool
+from .nats import NatsTool
 from .noop import NoopTool
 from .playbook import PlaybookTool
 from .postgres import PostgresTool
 from .python import PythonTool
 from .python_script import PythonScriptTool
 from .shell import ShellTool
+from .snowflake import SnowflakeTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
-              PlaybookTool(), TransferTool(), ContainerTool()):
+              PlaybookTool(), TransferTool(), ContainerTool(), NatsTool(),
+              DuckLakeTool(), SnowflakeTool()):
     register_tool(_tool)
 register_tool(PythonScriptTool())  # kind: python, with NoETL's `script:` sources on top of PythonTool
 

@@ -27,7 +27,7 @@ import textwrap
 import traceback
 from functools import lru_cache
 from types import CodeType
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from ..templates import thaw
 from .base import ErrorResult, Tool, ToolContext, ToolError
@@ -94,7 +94,7 @@ class PythonTool(Tool):
         env.update(input_data=dict(args), args=dict(args), execution_id=ctx.execution_id,
                    step=ctx.step)
         if _wants_context(code):
-            variables = {k: thaw(v) for k, v in ctx.scope.items()}
+            variables = _plain_variables(ctx.scope)
             env.update(variables=variables, context={"args": dict(args), "variables": variables,
                                                      "execution_id": ctx.execution_id, "step": ctx.step})
         out, err = _BoundedText(), _BoundedText()
@@ -115,9 +115,11 @@ class PythonTool(Tool):
                     data = json.loads(stdout)
             return ErrorResult(data, f"{type(exc).__name__}: {exc}{where}")
         finally:
+            from ...resources.credentials import redact  # (it imports the tools: not at module level)
+
             for name, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
                 if text.strip():
-                    ctx.log.info(f"step {ctx.step} python {name}:\n{text.rstrip()}")
+                    ctx.log.info(redact(f"step {ctx.step} python {name}:\n{text.rstrip()}"))
 
     @staticmethod
     def _call(code: CodeType, wrapped: bool, env: dict[str, Any], args: dict[str, Any]) -> Any:
@@ -147,6 +149,20 @@ class _BoundedText(io.StringIO):
         if room > 0:
             super().write(text[:room])
         return len(text)
+
+
+def _plain_variables(scope: Mapping[str, Any]) -> dict[str, Any]:
+    """NoETL's ``variables``: the step's render context as plain data (the keychain, which is
+    never handed over whole, and functions such as ``product`` are left out)."""
+    plain: dict[str, Any] = {}
+    for name, value in scope.items():
+        if callable(value) or name == "keychain":
+            continue
+        try:
+            plain[name] = thaw(value)
+        except Exception:  # noqa: BLE001 - a value that refuses to be copied stays out
+            continue
+    return plain
 
 
 @lru_cache(maxsize=1024)
