@@ -18,6 +18,12 @@ from noetl_dagster.translator.observe import measured, preview, size_of
 HERE = Path(__file__).parent / "observe"
 
 
+@pytest.fixture(autouse=True)
+def _io_root_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without DAGSTER_HOME store outputs under ./.noetl_data: keep that in the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("io")
