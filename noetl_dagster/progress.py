@@ -110,8 +110,10 @@ class StepProgress:
     def _refresh(self) -> None:
         if self.status is None:
             return
+        from rich.spinner import Spinner
+
         names = ", ".join(_step_name(k) for k in self.running) or "..."
-        self.status.update(f"{self.done} step(s) done; running {names}")
+        self.status.update(Spinner("dots", f"{self.done} step(s) done; running {names}"), refresh=True)
 
 
 @contextmanager
@@ -120,16 +122,31 @@ def step_progress(instance: Any, run_id: str, *, enabled: bool, title: str = "")
     if not enabled:
         yield None
         return
+    import os
+    import sys
+
     from rich.console import Console
 
-    console = Console(stderr=True)
+    # the terminal itself (a duplicate of stderr's descriptor taken before the run): Dagster
+    # captures each step's stdout/stderr (compute logs) by redirecting the descriptors, and lines
+    # written there would go through its mirror, which may drop the last ones when the run ends
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    console = Console(file=terminal)
     progress = StepProgress(console)
     instance.add_event_listener(run_id, progress.on_event)
     if title:
         console.print(f"[bold]{title}[/] [dim]run {run_id}[/]", highlight=False)
-    with console.status("starting", spinner="dots") as status:
-        progress.status = status
-        try:
-            yield progress
-        finally:
-            progress.status = None
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    try:  # refreshed on each event from the thread running the steps (no refresh thread)
+        with Live(Spinner("dots", "starting"), console=console, auto_refresh=False, transient=True,
+                  redirect_stdout=False, redirect_stderr=False) as live:
+            progress.status = live
+            try:
+                yield progress
+            finally:
+                progress.status = None
+    finally:
+        terminal.close()
