@@ -16,8 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:
-	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	$(PY) -c "import sys; from noetl_dagster.storage import write_instance_config; write_instance_config(sys.argv[1])" $(DAGSTER_HOME)
 
 ## dagster dev on the embedded default (SQLite storage under .dagster_home). No -f: the code
 ## location is the one [tool.dagster] in pyproject.toml names (noetl_playbooks), the name

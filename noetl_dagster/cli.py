@@ -70,17 +70,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .playbook.loader import load_playbook
     from .progress import new_run_id, step_progress
+    from .recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
     from .report import default_instance, run_playbook
 
     workload = _workload(args.workload)
+    if bool(args.playbook) == bool(args.resume):
+        print("noetl-dagster: give a playbook file, or --resume RUN_ID", file=sys.stderr)
+        return 2
+    instance = default_instance()
+    mark_orphaned_runs(instance)  # runs whose `noetl-dagster run` process died (kill -9) become failed
     try:
-        tags = _workload(args.tags, "--tags") if args.tags else {}
-        instance, run_id = default_instance(), args.run_id or new_run_id()
-        with step_progress(instance, run_id, enabled=not args.json and sys.stderr.isatty(), title=args.playbook):
-            report = run_playbook(args.playbook, workload, instance=instance, log_level=args.log_level,
-                                  tags={str(k): str(v) for k, v in tags.items()}, run_id=run_id,
-                                  partition_key=args.partition, on_error=args.on_error)
+        tags = {str(k): str(v) for k, v in (_workload(args.tags, "--tags") if args.tags else {}).items()}
+        if args.resume:
+            report = resume_run(args.resume, instance, tags)
+        else:
+            playbook = load_playbook(args.playbook)
+            run_id = args.run_id or new_run_id()
+            with step_progress(instance, run_id, enabled=not args.json and sys.stderr.isatty(), title=args.playbook):
+                report = run_playbook(playbook, workload, instance=instance, log_level=args.log_level,
+                                      tags={**tags, **cli_tags(args.playbook)}, run_id=run_id,
+                                      partition_key=args.partition, on_error=args.on_error,
+                                      resources=persistent_resources(instance, playbook))
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -127,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("paths", nargs="+", help="playbook files or folders (searched recursively)")
     validate.set_defaults(func=cmd_validate)
     run = sub.add_parser("run", help="run a playbook through Dagster, in process")
-    run.add_argument("playbook")
+    run.add_argument("playbook", nargs="?")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="re-execute a failed or killed run from its failure (succeeded steps are not run again)")
     run.add_argument("--workload", help="JSON object, or @file.json, merged over the playbook's workload")
     run.add_argument("--json", action="store_true", help="print the machine-readable report")
     run.add_argument("--tags", help="JSON object of extra run tags")
@@ -146,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_commands(sub)
     add_tune_commands(sub)
+    from .recovery import add_commands as add_recovery_commands
+
+    add_recovery_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -18,6 +18,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from .contract import parse_step_key
+
 #: how much of an op's step line the progress line shows
 SUMMARY_CHARS = 150
 _MARKS = {"success": ("[green]✔[/]", "ok"), "error": ("[yellow]![/]", "error result"),
@@ -46,7 +48,8 @@ def new_run_id() -> str:
 
 def _step_name(step_key: str) -> str:
     """``risk__x__playbook.score[i00001]`` -> ``score[i00001]`` (the graph prefix of asset jobs)."""
-    return step_key.rsplit(".", 1)[-1]
+    key = parse_step_key(step_key)
+    return f"{key.node}[{key.mapping_key}]" if key.mapping_key else key.node
 
 
 class StepProgress:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,15 +21,15 @@ from .playbook.loader import load_playbook
 from .playbook.catalog import PlaybookCatalog, calls_playbooks, catalog_for, catalog_root
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
-from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
-                              loop_items_of, steps_metadata, workload_run_config)
+from .contract import FAILED_STEP_KEY, RESULT_OUTPUT, loop_items_of, parse_step_key
+from .translator.emit import (build_definitions, build_job, default_resources, has_products, steps_metadata,
+                              workload_run_config)
 from .translator.guard import compiling, deep_enough
 from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
 #: where `noetl-dagster run` records runs when DAGSTER_HOME is not set
 LOCAL_DAGSTER_HOME = ".dagster_home"
-_MAPPED = re.compile(r"\[[^\]]*\]$")
 
 
 @dataclass
@@ -85,8 +84,10 @@ def default_instance() -> dg.DagsterInstance:
     home = Path(LOCAL_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists():  # the embedded default, with the event log that keeps its connections
+        from .storage import write_instance_config
+
+        write_instance_config(str(home))
     return dg.DagsterInstance.from_config(str(home))
 
 
@@ -178,25 +179,24 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
         key = event.step_key
         if key is None:
             continue
-        local = _MAPPED.sub("", key).rsplit(".", 1)[-1]  # asset jobs nest ops under the graph's name
-        node_name = local.removesuffix("__fan_out").removesuffix("__collect")
-        node = nodes.get(node_name)
+        parsed = parse_step_key(key)  # asset jobs nest ops under the graph's name
+        node = nodes.get(parsed.step)
         if node is None:
             continue
-        if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+        if node.kind == "loop" and parsed.mapping_key and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
             loop_runs[node.name] = loop_runs.get(node.name, 0) + loop_items_of(key)
         if event.event_type_value == "STEP_OUTPUT":
             output = event.step_output_data.output_name
             for name, meta in steps_metadata(event.step_output_data.metadata).items():
                 steps[name].status, steps[name].runs = meta["status"], meta["runs"]
                 steps[name].error = meta.get("error")
-                steps[name].result = plain(_result_value(result, node, _MAPPED.sub("", key), output, name))
+                steps[name].result = plain(_result_value(result, node, parsed.op, output, name))
         elif event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
             meta = data.user_failure_data.metadata if data.user_failure_data else {}
             for name, partial in steps_metadata(meta).items():
                 steps[name].status, steps[name].runs = partial["status"], partial["runs"]
-            failed = meta.get("noetl/failed_step")
+            failed = meta.get(FAILED_STEP_KEY)
             failed_name = getattr(failed, "value", failed) or node.steps[0]
             report = steps[failed_name]
             report.status = "failed"
@@ -231,7 +231,7 @@ def _result_value(result: dg.ExecuteInProcessResult, node: Any, key: str, output
         value = result.output_for_node(key, output)
     except Exception:  # noqa: BLE001 - not kept in memory (another IO manager): no value
         return None
-    if output != RESULT:
+    if output != RESULT_OUTPUT:
         stamped = (value.get("results") or {}).get(step)
         return stamped[1] if stamped else None
     return value.get(step) if node.kind == "region" else value

@@ -223,7 +223,7 @@ def _body_keys(result: dg.ExecuteInProcessResult, op: str) -> list[str]:
 
 
 def test_loop_chunks_run_consecutive_items_with_identical_results(tmp_path, instance):
-    from noetl_dagster.translator.emit import loop_items_of
+    from noetl_dagster.contract import loop_items_of
 
     playbook = parse_text(CHUNKED, str(tmp_path / "chunked.yaml"))
     assert playbook.steps["square"].loop.chunk_size == 4
@@ -290,7 +290,7 @@ class _Concurrency(PlaybookTranslator):
 
 
 def test_loop_concurrency_becomes_a_tag_concurrency_limit(tmp_path):
-    from noetl_dagster.translator.translator import LOOP_STEP_TAG
+    from noetl_dagster.contract import LOOP_STEP_TAG
 
     limit = {"key": LOOP_STEP_TAG, "value": "square", "limit": 3}
     text = CHUNKED.replace("  path: ops/chunked\n", "  path: ops/chunked\n  dagster: {executor: multiprocess}\n")

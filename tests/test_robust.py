@@ -192,3 +192,22 @@ def test_documents_are_bounded_before_anything_expands_them(monkeypatch: pytest.
     # an unquoted template still reads as one (its small mapping key keeps its text)
     with pytest.raises(PlaybookError, match="unquoted template"):
         parse_text(_playbook("t/q", "    tool: {kind: noop}\n    when: {{ workload.x }}\n"), "q.yaml")
+
+
+def test_playbooks_whose_definitions_collide_do_not_take_the_folder_down(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Same domain and name under two paths: both would define the run-outcome asset; Dagster would
+    refuse the whole location, so the second one is left out with an issue."""
+    (tmp_path / "risk").mkdir()
+    for variant in ("x", "y"):
+        (tmp_path / "risk" / f"{variant}.yaml").write_text(
+            _playbook(f"risk/{variant}/score", f"    tool: {{kind: noop, result: [{{a: 1}}]}}\n"
+                      f"    product: {{name: p_{variant}}}\n    next: tail\n  - step: tail\n    tool: {{kind: noop}}\n")
+            .replace("name: score,", "name: score,"))
+    (tmp_path / "risk" / "good.yaml").write_text(_playbook("risk/good"))
+    with caplog.at_level(logging.WARNING, logger="noetl_dagster"):
+        defs = load_playbook_definitions(tmp_path)
+    jobs = {job.name for job in defs.resolve_all_job_defs()}
+    assert {"risk__good", "risk__x__score"} <= jobs and "risk__y__score" not in jobs
+    assert "y.yaml:3:1: metadata.name: asset risk/score__outcome is already defined by playbook 'risk/x/score'" \
+        in "\n".join(r.getMessage() for r in caplog.records)

@@ -76,7 +76,7 @@ def test_postgres_catalog_by_url_and_by_credential(pg_server: PgServer, catalog_
                               "INSERT INTO users VALUES (1, 'Alice'), (2, 'Bob'); "
                               "CREATE TABLE bulk AS SELECT range AS i FROM range(5000)"})
     ctx = ctx_for(credentials={"lake_catalog": pg_server.fields()})
-    out = run({"catalog_auth": "lake_catalog", "metadata_schema": catalog_db, "catalog_name": "lake",
+    out = run({"auth": "lake_catalog", "metadata_schema": catalog_db, "catalog_name": "lake",
                "data_path": data,
                "query": "SELECT name FROM users ORDER BY id"}, ctx)
     assert out["rows"] == [{"name": "Alice"}, {"name": "Bob"}]

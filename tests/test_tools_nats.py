@@ -7,7 +7,6 @@ import base64
 import json
 import traceback
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pytest

@@ -17,6 +17,7 @@ from noetl_dagster import PlaybookError, run_playbook
 from noetl_dagster.playbook.loader import parse_text
 from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools.base import ErrorResult
 from pg import PgServer, pg_server  # noqa: F401  (tests/pg.py; pg_server is a fixture)
 
 SF_PASSWORD = "Sf-Secr3t-" + uuid.uuid4().hex[:10]
@@ -83,6 +84,22 @@ def test_statements_results_and_bound_params(fakesnow_server: dict) -> None:
     assert listed["statement_0"]["result"] == [{"NAME": "Ada"}]
 
 
+def test_templated_values_are_bound_not_spliced(fakesnow_server: dict) -> None:
+    evil = "x' OR 1=1 --"
+    scope = {"workload": {"name": evil, "table": "PEOPLE2", "id": 5}}
+    run(fakesnow_server, {"command": "CREATE DATABASE IF NOT EXISTS TEST_DB; "
+                                     "CREATE OR REPLACE TABLE {{ workload.table | sql_identifier }} (id INTEGER, name STRING); "
+                                     "INSERT INTO {{ workload.table | sql_identifier }} VALUES ({{ workload.id }}, '{{ workload.name }}')"},
+        scope)
+    out = run(fakesnow_server, {"commands": ["SELECT id, name FROM PEOPLE2 WHERE name = '{{ workload.name }}'",
+                                             "SELECT count(*) AS n FROM PEOPLE2 WHERE name = 'nobody' OR id = {{ workload.id }}"]},
+              scope)
+    assert out["statement_0"]["result"] == [{"ID": 5, "NAME": evil}]  # stored and matched literally
+    assert out["statement_1"]["result"] == [{"N": 1}]
+    with pytest.raises(ToolError, match="one placeholder style per statement"):
+        run(fakesnow_server, {"command": "SELECT ? AS a, {{ workload.id }} AS b", "params": [1]}, scope)
+
+
 def test_format_arrow(fakesnow_server: dict) -> None:
     run(fakesnow_server, {"command": "CREATE DATABASE IF NOT EXISTS TEST_DB; "
                                      "CREATE OR REPLACE TABLE NUMS AS SELECT 1 AS n UNION ALL SELECT 2"})
@@ -91,11 +108,13 @@ def test_format_arrow(fakesnow_server: dict) -> None:
     assert not table.schema.field("N").metadata  # the connector's field metadata is dropped
 
 
-def test_failing_statement_names_it_and_hides_the_password(fakesnow_server: dict) -> None:
-    with pytest.raises(ToolError) as info:
-        run(fakesnow_server, {"command": "SELECT 1; SELECT * FROM NO_SUCH_TABLE_X"})
-    text = no_secret(info.value, SF_PASSWORD)
-    assert "statement_1 failed" in text and "NO_SUCH_TABLE_X" in text.upper()
+def test_failing_statement_is_an_error_result_like_noetl(fakesnow_server: dict) -> None:
+    out = run(fakesnow_server, {"command": "SELECT 1 AS a; SELECT * FROM NO_SUCH_TABLE_X; SELECT 2 AS b"})
+    assert isinstance(out, ErrorResult) and out.message.startswith("Some statements failed (statement_1: ")
+    assert out.data["statement_0"]["result"] == [{"A": 1}] and out.data["statement_2"]["result"] == [{"B": 2}]
+    assert out.data["statement_1"]["status"] == "error" and "NO_SUCH_TABLE_X" in out.data["statement_1"]["error"].upper()
+    no_secret(out.data, SF_PASSWORD)
+    no_secret(out.message, SF_PASSWORD)
 
 
 def test_unreachable_server_error_hides_the_password() -> None:
@@ -134,9 +153,9 @@ def test_transfer_snowflake_to_postgres_and_back(fakesnow_server: dict, pg_serve
         "source": {"type": "snowflake", "auth": "sf_test", "query": "SELECT * FROM TEST_DATA ORDER BY id"},
         "target": {"type": "postgres", "auth": "pg", "table": table}}, ctx)
     assert out["rows_transferred"] == 3 and out["batches"] == 2
-    rows = get_tool("postgres").run({"auth": "pg", "query": f'SELECT "ID", "NAME", "VALUE" FROM {table} ORDER BY 1'},
+    rows = get_tool("postgres").run({"auth": "pg", "query": f"SELECT id, name, value FROM {table} ORDER BY 1"},
                                     ctx)["rows"]
-    assert [(r["ID"], r["NAME"], float(r["VALUE"])) for r in rows] == [
+    assert [(r["id"], r["name"], float(r["value"])) for r in rows] == [
         (1, "Record 1", 100.5), (2, "Record 2", 200.75), (3, "Record 3", 300.25)]
     # Postgres -> Snowflake: a new table created from the Arrow schema, then an upsert on id
     get_tool("postgres").run({"auth": "pg", "command": f"""

@@ -14,12 +14,11 @@ import datetime as _dt
 import re
 from typing import Any
 
+from ..contract import GENERATED_SUFFIXES
 from .models import Playbook, strip_scope
 
 #: names every template sees; a step, iterator or `set:` key so named would be shadowed or shadow them
 RESERVED_NAMES = ("workload", "ctx", "execution_id", "output", "keychain", "partition_key", "product")
-#: suffixes of the op names generated for a parallel loop
-GENERATED_SUFFIXES = ("__fan_out", "__collect")
 DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -146,9 +145,15 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             path = ("next", "arcs", i, "set") if isinstance(nxt, dict) else ("next", i, "set")
             _check_set_keys(raw_step, path, f"next.arcs[{i}].set", issues, name)
     for path, field, text in _template_strings(raw_step, (), ""):
+        growing = _self_growing(text)
+        if growing:
+            issues.add(raw_step, path, f"`{{% set {growing} = ... %}}` uses {growing} more than once: repeated "
+                       "in a loop it doubles each time and can exhaust memory (MiniJinja's fuel does not bound "
+                       "memory)", step=name, field=field, hint="build the value once, e.g. with a filter or "
+                       "in a python step")
         if _PRIVATE_ATTR.search(text):
-            issues.add(raw_step, path, "a template reads a dunder attribute "
-                       "(such as `__class__`), which templates can never reach", step=name,
+            issues.add(raw_step, path, "a template reads a dunder "
+                       "attribute (such as `__class__`), which templates can never reach", step=name,
                        field=field, hint="templates see plain data only; read keys of results and workload")
     if "hardware" in raw_step:
         _check_hardware(raw_step, issues, name)
@@ -178,10 +183,20 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
             seen.setdefault(check.check_name, i)
 
 
-#: `x.__class__`, `x._private`, `x['__dict__']` inside `{{ }}` or `{% %}`
-#: a template reading a dunder attribute (``x.__class__``): never reachable. A single leading
-#: underscore is a plain key NoETL results use (``{{ start._ref is defined }}``) and stays allowed.
+#: `x.__class__`, `x['__dict__']` inside `{{ }}` or `{% %}` (`iter._index` is NoETL's: single `_` is fine)
 _PRIVATE_ATTR = re.compile(r"(\{\{|\{%)(?:(?!\}\}|%\}).)*?(\.\s*__\w*|\[\s*['\"]__)", re.DOTALL)
+
+
+_SET = re.compile(r"\{%-?\s*set\s+([A-Za-z_][\w.]*)\s*=(.*?)-?%\}", re.DOTALL)
+
+
+def _self_growing(text: str) -> str | None:
+    """The target of a ``{% set x = ... %}`` whose expression reads ``x`` twice or more (x + x, [x, x])."""
+    for match in _SET.finditer(text):
+        target, expr = match.group(1), match.group(2)
+        if len(re.findall(r"(?<![\w.])" + re.escape(target) + r"(?![\w])", expr)) >= 2:
+            return target
+    return None
 
 
 def _template_strings(value: Any, path: tuple[Any, ...], field: str) -> Any:

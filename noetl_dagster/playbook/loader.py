@@ -323,7 +323,7 @@ def _note_script_folders(playbook: Playbook, file: str) -> None:
     folder = None
     for step in playbook.workflow:
         for task in step.tool:
-            if task.kind == "python" and uses_script(task.config):
+            if task.kind in ("python", "script") and uses_script(task.config):
                 folder = folder or str(Path(file).resolve().parent)
                 task.__pydantic_extra__[BASE_DIR_KEY] = folder
 

@@ -103,7 +103,10 @@ from .arrow_ref import (
     is_local,
     local_path,
     resolve_uri,
+    wait_all_written,
+    wait_written,
     write_arrow,
+    write_arrow_later,
 )
 
 __all__ = [
@@ -128,6 +131,8 @@ VALUE_JSON = "value.json"
 VALUE_PICKLE = "value.pkl"
 RUNS = "runs"
 DEFAULT_DIRNAME = "noetl_data"
+#: where ``shared_memory`` intermediates live (a tmpfs: files there are RAM)
+SHM_BASE = "/dev/shm"
 _TABLE_SUFFIXES = tuple(EXTENSIONS.values())
 
 
@@ -463,7 +468,11 @@ def _converter(wanted: Any) -> Callable[[ArrowRef], Any] | None:
         if name == "LazyFrame":
             import polars as pl
 
-            return lambda ref: (pl.scan_parquet(ref.uri) if ref.format == "parquet" else pl.scan_ipc(ref.uri))
+            def scan(ref: ArrowRef) -> Any:
+                wait_written(ref.uri)
+                return pl.scan_parquet(ref.uri) if ref.format == "parquet" else pl.scan_ipc(ref.uri)
+
+            return scan
         return None
     if module.lstrip("_").startswith("duckdb") and name == "DuckDBPyRelation":
         return lambda ref: ref.to_duckdb()
@@ -503,6 +512,18 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
     intermediate_retention_days: float = Field(
         default=7.0,
         description="Default age after which clean_intermediates() deletes op outputs of a run.")
+    handoff: str = Field(
+        default="auto",
+        description="How op-output tables reach the next op. 'auto': under the in-process executor "
+                    "the next op gets the table object itself (zero copy) while a background thread "
+                    "writes its Arrow IPC file (complete before the run ends, for re-execution); "
+                    "under the multiprocess executor with shared_memory, tables go to /dev/shm. "
+                    "'write': every table is written before the op's output is reported.")
+    shared_memory: bool = Field(
+        default=False,
+        description="With a local root, op-output tables of runs under the multiprocess executor "
+                    "are Arrow IPC files in /dev/shm (memory maps of RAM: zero-copy across "
+                    "processes). They take RAM until retention or clean_run deletes them.")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Validate the config and import pyarrow's writers once per run, not in the first step."""
@@ -511,6 +532,9 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
 
         canonical_format(self.format)
         canonical_format(self.intermediate_format)
+        if self.handoff not in ("auto", "write"):
+            raise dg.DagsterInvalidConfigError(
+                f"{type(self).__name__}: handoff must be 'auto' or 'write', not {self.handoff!r}", [], None)
         self.root  # noqa: B018 - resolves (and validates) the root early
 
     # ------------------------------------------------------------------ locations
@@ -548,6 +572,22 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
             parts.append(check_segment(mapping_key, "mapping key"))
         return join_uri(self.root, *parts)
 
+    @property
+    def shm_root(self) -> str:
+        """The folder under ``/dev/shm`` of this root's shared-memory intermediates."""
+        import hashlib
+
+        digest = hashlib.sha1(self.root.encode()).hexdigest()[:16]
+        return join_uri(SHM_BASE, f"noetl-{os.getuid()}", digest)
+
+    def shm_run_uri(self, run_id: str, step_key: str | None = None, output_name: str | None = None,
+                    mapping_key: str | None = None) -> str:
+        """Folder of one op output's tables in shared memory (``shared_memory``)."""
+        parts = [RUNS, check_segment(run_id, "run id")]
+        parts += [check_segment(v, what) for v, what in ((step_key, "step key"), (output_name, "output name"),
+                                                          (mapping_key, "mapping key")) if v is not None]
+        return join_uri(self.shm_root, *parts)
+
     def output_uris(self, context: dg.OutputContext) -> dict[str | None, str]:
         """``{partition key (None if unpartitioned): folder}`` of an output."""
         if context.has_asset_key:
@@ -567,16 +607,21 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
 
     # ------------------------------------------------------------------ storing
     def store(self, obj: Any, uri: str, *, asset: bool = False,
-              step: tuple[str, ...] | None = None) -> StoredOutput:
+              step: tuple[str, ...] | None = None, later: bool = False,
+              table_uri: str | None = None) -> StoredOutput:
         """Write ``obj`` into folder ``uri``: tables once as files, the remainder as value file.
 
         ``step`` (a key such as ``(root, run_id, step_key)``) enables the one-write-per-step
         cache; ``asset`` makes the folder self-contained (refs to other files under the root are
-        linked into it).
+        linked into it). ``later`` (op outputs in Arrow IPC on a local root) hands tables over in
+        process and writes their files in the background (:func:`write_arrow_later`);
+        ``table_uri`` puts the table files in another folder (``/dev/shm``).
         """
         fmt = self.table_format if asset else canonical_format(self.intermediate_format)
         compression = self.compression if asset else None
         ext = EXTENSIONS[fmt]
+        tables_at = table_uri or uri
+        later = later and not asset and fmt == "arrow" and is_local(tables_at)
         root_prefix, own_prefix = self.root.rstrip("/") + "/", uri.rstrip("/") + "/"
         used: set[str] = set()
         written: list[ArrowRef] = []
@@ -617,7 +662,12 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
                     written.append(ref)
                     _WRITES.put(step, data, ref)
                     return ref
-            ref = write_arrow(_as_arrow(data), join_uri(uri, unique_name(path) + ext), fmt, compression)
+            target = join_uri(tables_at, unique_name(path) + ext)
+            table = _as_arrow(data)
+            if later and not _is_reader(table):
+                ref = write_arrow_later(table, target)
+            else:
+                ref = write_arrow(table, target, fmt, compression)
             written.append(ref)
             if step is not None:
                 _WRITES.put(step, data, ref)
@@ -627,6 +677,8 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
         refs = list(iter_refs(value))
         value_uri = self._write_value(uri, value)
         self._remove_stale(uri, keep={r.uri for r in refs}, value_uri=value_uri)
+        if table_uri:
+            self._remove_stale(table_uri, keep={r.uri for r in refs}, value_uri=value_uri)
         return StoredOutput(value, refs, len(written), value_uri)
 
     def _write_value(self, uri: str, value: Any) -> str:
@@ -720,8 +772,23 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
             stored = [self.store(obj[k], u, asset=True, step=step) for k, u in uris.items()]
         else:
             ((_, uri),) = uris.items()
-            stored = [self.store(obj, uri, asset=context.has_asset_key, step=step)]
+            asset = context.has_asset_key
+            later, table_uri = False, None
+            if not asset and self.handoff == "auto":
+                executor = _executor_kind(context)
+                later = executor == "in_process"
+                if executor == "multiprocess" and self.shared_memory and is_local(self.root):
+                    table_uri = self.shm_run_uri(*_output_identifier(context))
+            stored = [self.store(obj, uri, asset=asset, step=step, later=later, table_uri=table_uri)]
         context.add_output_metadata(self._metadata(context, stored))
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """The run (in process) is over: every op-output file written in the background is
+        complete, so a re-execution (in any process) finds it."""
+        failed = wait_all_written(self.root.rstrip("/") + "/")
+        if failed and context.log is not None:
+            context.log.error(f"{type(self).__name__}: {len(failed)} intermediate table(s) could not be "
+                              f"written (re-execution from a later step will not find them): {failed[:5]}")
 
     def _metadata(self, context: dg.OutputContext, stored: list[StoredOutput]) -> dict[str, Any]:
         refs = [r for s in stored for r in s.refs]
@@ -782,11 +849,14 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
         """Delete all intermediate (op output) data of one run; True if there was any."""
         import pyarrow.fs as pafs
 
-        fs, path = resolve_uri(self.run_uri(run_id))
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return False
-        fs.delete_dir(path)
-        return True
+        found = False
+        for uri in (self.run_uri(run_id), *((self.shm_run_uri(run_id),) if is_local(self.root) else ())):
+            fs, path = resolve_uri(uri)
+            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                continue
+            fs.delete_dir(path)
+            found = True
+        return found
 
     def clean_intermediates(self, older_than_days: float | None = None, *,
                             instance: dg.DagsterInstance | None = None,
@@ -800,20 +870,23 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
 
         days = self.intermediate_retention_days if older_than_days is None else older_than_days
         cutoff_ns = int(((now if now is not None else time.time()) - float(days) * 86400) * 1e9)
-        fs, runs_path = resolve_uri(join_uri(self.root, RUNS))
         removed: list[str] = []
-        for info in fs.get_file_info(pafs.FileSelector(runs_path, allow_not_found=True)):
-            if info.type != pafs.FileType.Directory:
-                continue
-            run_id = info.base_name
-            if instance is not None:
-                run = instance.get_run_by_id(run_id)
-                if run is not None and not run.is_finished:
+        roots = [self.root, *((self.shm_root,) if is_local(self.root) else ())]
+        for root in roots:
+            fs, runs_path = resolve_uri(join_uri(root, RUNS))
+            for info in fs.get_file_info(pafs.FileSelector(runs_path, allow_not_found=True)):
+                if info.type != pafs.FileType.Directory:
                     continue
-            newest = _newest_mtime_ns(fs, info)
-            if newest is None or newest < cutoff_ns:
-                fs.delete_dir(info.path)
-                removed.append(run_id)
+                run_id = info.base_name
+                if instance is not None:
+                    run = instance.get_run_by_id(run_id)
+                    if run is not None and not run.is_finished:
+                        continue
+                newest = _newest_mtime_ns(fs, info)
+                if newest is None or newest < cutoff_ns:
+                    fs.delete_dir(info.path)
+                    if run_id not in removed:
+                        removed.append(run_id)
         return removed
 
 
@@ -825,6 +898,36 @@ def _newest_mtime_ns(fs: Any, folder: Any) -> int | None:
     if folder.mtime_ns is not None:
         stamps.append(folder.mtime_ns)
     return max(stamps) if stamps else None
+
+
+def _is_reader(data: Any) -> bool:
+    import pyarrow as pa
+
+    return isinstance(data, pa.RecordBatchReader)
+
+
+def _executor_kind(context: Any) -> str:
+    """``in_process``, ``multiprocess`` or ``other`` (k8s, docker, celery: steps on other
+    machines, every file written before the step reports) for the step storing an output."""
+    try:
+        step_context = context.step_context
+        name = step_context.job_def.executor_def.name
+    except Exception:  # noqa: BLE001 - a context built outside a run (build_output_context)
+        return "other"
+    if name in ("in_process", "execute_in_process_executor"):
+        return "in_process"
+    if name == "multiprocess":
+        return "multiprocess"
+    if name == "multi_or_in_process_executor":  # Dagster's default: the run config chooses
+        execution = (step_context.run_config or {}).get("execution") or {}
+        chosen = execution.get("config", execution) if isinstance(execution, Mapping) else {}
+        return "in_process" if isinstance(chosen, Mapping) and "in_process" in chosen else "multiprocess"
+    return "other"
+
+
+def _output_identifier(context: dg.OutputContext) -> list[str]:
+    return [_get(context, "run_id", "ephemeral"), _get(context, "step_key", "step"), _get(context, "name", "result"),
+            *([m] if (m := _get(context, "mapping_key", None)) is not None else [])]
 
 
 def _get(context: Any, name: str, default: Any) -> Any:

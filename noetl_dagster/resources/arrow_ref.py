@@ -54,6 +54,10 @@ __all__ = [
     "register_filesystem",
     "resolve_uri",
     "write_arrow",
+    "write_arrow_later",
+    "live_table",
+    "wait_written",
+    "wait_all_written",
     "json_default",
 ]
 
@@ -182,12 +186,17 @@ class ArrowRef:
 
     @property
     def path(self) -> str | None:
-        """The local file path, or ``None`` for a remote URI."""
+        """The local file path, or ``None`` for a remote URI. A file still being written in the
+        background (:func:`write_arrow_later`) is complete when this returns."""
+        if self.uri in _PENDING:
+            wait_written(self.uri)
         return local_path(self.uri) if self.is_local else None
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
 
+        if self.uri in _LIVE:
+            return True
         fs, path = resolve_uri(self.uri)
         return fs.get_file_info(path).type == pafs.FileType.File
 
@@ -198,12 +207,18 @@ class ArrowRef:
         community extension; without it use :meth:`to_duckdb` (zero-copy) instead. Remote URIs
         need DuckDB's ``httpfs`` extension and credentials in the DuckDB connection.
         """
+        if self.uri in _PENDING:  # the SQL text names the file: it must be complete
+            wait_written(self.uri)
         fn = "read_parquet" if self.format == "parquet" else "read_arrow"
         return f"{fn}({_sql_string(self.uri)})"
 
     def read_schema(self) -> "pa.Schema":
         """The exact Arrow schema, read from the file's footer (no data is read)."""
         import pyarrow.parquet as pq
+
+        live = _LIVE.get(self.uri)
+        if live is not None:
+            return live.schema
 
         if self.format == "parquet":
             fs, path = resolve_uri(self.uri)
@@ -225,9 +240,13 @@ class ArrowRef:
 
     def to_table(self, columns: Sequence[str] | None = None) -> "pa.Table":
         """Read the table. Local files are memory-mapped: an uncompressed Arrow IPC file is not
-        copied at all (pages load on first touch), a Parquet file is decoded from the mapping."""
+        copied at all (pages load on first touch), a Parquet file is decoded from the mapping.
+        A table this process is still writing (:func:`write_arrow_later`) is handed over as is."""
         import pyarrow.parquet as pq
 
+        live = _LIVE.get(self.uri)
+        if live is not None:
+            return live.select(list(columns)) if columns is not None else live
         if self.format == "arrow":
             table = self._ipc_reader().read_all()
             return table.select(list(columns)) if columns is not None else table
@@ -244,6 +263,10 @@ class ArrowRef:
         import pyarrow.parquet as pq
 
         cols = list(columns) if columns is not None else None
+        live = _LIVE.get(self.uri)
+        if live is not None:
+            table = live.select(cols) if cols is not None else live
+            return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=batch_size))
         if self.format == "arrow":
             reader = self._ipc_reader()
             schema = reader.schema if cols is None else pa.schema([reader.schema.field(c) for c in cols])
@@ -275,6 +298,8 @@ class ArrowRef:
         """A lazy ``pyarrow.dataset.Dataset`` over the file (filter/projection pushdown)."""
         import pyarrow.dataset as ds
 
+        if self.uri in _PENDING:
+            wait_written(self.uri)
         fs, path = resolve_uri(self.uri)
         return ds.dataset(path, format="parquet" if self.format == "parquet" else "ipc", filesystem=fs)
 
@@ -444,3 +469,107 @@ def write_arrow(data: Any, uri: str, format: str = "parquet", compression: str |
     out_uri = path if local else uri
     return ArrowRef(uri=out_uri, format=fmt, schema=schema_strings(schema), num_rows=num_rows,
                     num_bytes=size)
+
+
+# ------------------------------------------------------------ in-process handoff, written later
+#
+# An op output's table goes to the next op of the same process as the object itself (zero
+# copy), while a writer thread writes its Arrow IPC file. The file is what every other reader
+# uses (another process, a re-execution, the SQL text of ``duckdb_sql``): anything that needs
+# it (``ref.path``, ``duckdb_sql``, ``to_dataset``, :func:`wait_written`) waits for the write.
+# A table is held only until its file is complete; loads after that memory-map the file.
+
+_LIVE: dict[str, "pa.Table"] = {}
+_PENDING: dict[str, Any] = {}  # uri -> concurrent.futures.Future of its write
+_LIVE_LOCK = threading.Lock()
+_WRITER: Any = None
+
+
+def _writer() -> Any:
+    global _WRITER
+    with _LIVE_LOCK:
+        if _WRITER is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            # joined at interpreter exit: a process never ends with a half-written intermediate
+            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="noetl-arrow-writer")
+        return _WRITER
+
+
+def ipc_file_size(table: "pa.Table") -> int:
+    """The exact size of ``table`` as an uncompressed Arrow IPC file (counted, not written)."""
+    import pyarrow as pa
+    import pyarrow.ipc  # noqa: F401
+
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return int(sink.size())
+
+
+def write_arrow_later(table: "pa.Table", uri: str) -> ArrowRef:
+    """The :class:`ArrowRef` of ``table`` as an uncompressed Arrow IPC file at local ``uri``,
+    returned at once: until the writer thread has written the file, loads of the ref in this
+    process get ``table`` itself; afterwards they memory-map the file."""
+    if not is_local(uri):
+        raise ValueError(f"write_arrow_later writes local files only, not {uri!r}")
+    path = os.path.abspath(local_path(uri))
+    ref = ArrowRef(uri=path, format="arrow", schema=schema_strings(table.schema), num_rows=table.num_rows,
+                   num_bytes=ipc_file_size(table))
+    with _LIVE_LOCK:
+        previous = _PENDING.get(path)
+    if previous is not None:  # the same output stored again (a retried step): one writer per file
+        try:
+            _wait(previous)
+        except Exception:  # noqa: BLE001 - that write failed; this one replaces it
+            pass
+    writer = _writer()
+    with _LIVE_LOCK:
+        _LIVE[path] = table
+        _PENDING[path] = future = writer.submit(_write_later, table, path)
+    future.add_done_callback(lambda f, path=path: _forget(path, f))
+    return ref
+
+
+def _write_later(table: "pa.Table", path: str) -> None:
+    write_arrow(table, path, "arrow")
+
+
+def _forget(path: str, future: Any) -> None:
+    """A finished write: the file serves loads from now on. A failed one stays pending (its
+    error is what :func:`wait_written` raises) and keeps the table: this process can still load it."""
+    with _LIVE_LOCK:
+        if _PENDING.get(path) is future and future.exception() is None:
+            _PENDING.pop(path, None)
+            _LIVE.pop(path, None)
+
+
+def _wait(future: Any) -> None:
+    future.result()
+
+
+def live_table(uri: str) -> "pa.Table | None":
+    """The table this process is handing over for ``uri`` (its file not yet complete), or None."""
+    return _LIVE.get(uri)
+
+
+def wait_written(uri: str) -> None:
+    """Block until the background write of ``uri`` (if any) is done; raise its error."""
+    with _LIVE_LOCK:
+        future = _PENDING.get(uri)
+    if future is not None:
+        _wait(future)
+
+
+def wait_all_written(prefix: str = "") -> list[str]:
+    """Wait for every background write of a file under ``prefix``; returns the URIs whose write
+    failed (their tables stay loadable in this process)."""
+    with _LIVE_LOCK:
+        pending = [(uri, f) for uri, f in _PENDING.items() if uri.startswith(prefix)]
+    failed = []
+    for uri, future in pending:
+        try:
+            _wait(future)
+        except Exception:  # noqa: BLE001 - reported by URI to the caller
+            failed.append(uri)
+    return failed

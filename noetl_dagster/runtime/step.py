@@ -120,6 +120,14 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
         if run.on_error == "fail":
             raise _fail(step, error, step.tool[0].kind if not step.pipeline else None)
     result = [b.value for b in bodies] if looped else bodies[0].value
+    spec = (step.model_extra or {}).get("output")
+    if isinstance(spec, Mapping) and error is None:  # NoETL's result externalisation (artifact.py)
+        from .tools.artifact import externalize
+
+        try:
+            result = externalize(spec, result, run.execution_id, step.step)
+        except ToolError as exc:
+            raise _fail(step, f"output: {exc}") from None
     after = context.with_result(step.step, result)
     for body in bodies:
         after = after.with_ctx(body.ctx_updates)

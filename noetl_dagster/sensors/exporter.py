@@ -46,6 +46,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import dagster as dg
 
+from ..contract import PLAYBOOK_TAG, TOOL_TAG
+from .fast_read import read_run_page
 from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
@@ -80,7 +82,7 @@ def tools_by_node(snap: Any) -> dict[str, str]:
             if graph is not None and depth < 8:
                 walk(graph.dep_structure_snapshot, path + ".", depth + 1)
                 continue
-            tool = (inv.tags or {}).get("noetl/tool") or by_def.get(inv.node_def_name, {}).get("noetl/tool")
+            tool = (inv.tags or {}).get(TOOL_TAG) or by_def.get(inv.node_def_name, {}).get(TOOL_TAG)
             if tool:
                 tools[path] = tool
 
@@ -120,6 +122,8 @@ class ExportCursor:
     ``active``: run id -> storage id of the last exported event (-1: none yet).
     ``done``: finished runs still inside the re-scan window -> their end time.
     ``tail``: finished runs watched for events appended later -> [end time, last exported storage id].
+    ``destination``: where these positions were written (the sink's ``destination``: DSN and
+    database, URL and prefix); a cursor of another destination starts over.
     """
 
     watermark: int = 0
@@ -128,10 +132,12 @@ class ExportCursor:
     done: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     tail: dict[str, list] = field(default_factory=dict)
+    destination: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"v": 1, "w": self.watermark, "wt": self.watermark_ts, "a": self.active,
-                           "d": self.done, "x": self.extra, "t": self.tail}, separators=(",", ":"), sort_keys=True)
+                           "d": self.done, "x": self.extra, "t": self.tail, "dst": self.destination},
+                          separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "ExportCursor":
@@ -139,7 +145,8 @@ class ExportCursor:
             return cls()
         data = json.loads(text)
         return cls(int(data.get("w", 0)), float(data.get("wt", 0.0)), dict(data.get("a", {})),
-                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})))
+                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})),
+                   str(data.get("dst", "")))
 
     def copy(self) -> "ExportCursor":
         return ExportCursor.from_json(self.to_json())
@@ -230,7 +237,7 @@ class Exporter:
                  max_cached_rows: int = 100_000, pause_gc: bool = True,
                  background_writes: bool | None = None, tail_seconds: float = DEFAULT_TAIL_SECONDS,
                  max_tail: int = DEFAULT_MAX_TAIL, tail_probes: int = DEFAULT_TAIL_PROBES,
-                 queued_writes: int = 2) -> None:
+                 queued_writes: int = 2, fast_reads: bool = True) -> None:
         self.instance = instance
         self.sink = sink
         self.live = bool(getattr(sink, "wants_events", True))
@@ -252,6 +259,8 @@ class Exporter:
         self.tail_probes = tail_probes
         #: batches handed to the writer thread and not yet written, at most (each holds batch_size rows)
         self.queued_writes = max(1, queued_writes)
+        #: read an SQL event log's rows directly, parsing their JSON lazily (:mod:`.fast_read`)
+        self.fast_reads = fast_reads
         self._tools: dict[str, dict[str, str]] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -265,6 +274,10 @@ class Exporter:
         started = time.monotonic()
         deadline = None if budget_seconds is None else started + budget_seconds
         cur = (cursor or ExportCursor()).copy()
+        destination = str(getattr(self.sink, "destination", "") or "")
+        if destination and cur.destination and cur.destination != destination:
+            cur = ExportCursor()  # positions of another ClickHouse/Qdrant: this one has none of it yet
+        cur.destination = destination or cur.destination
         stats = ExportStats()
         self._pending = ExportBatch()
         self._staged_pos: dict[str, int] = {}
@@ -370,7 +383,7 @@ class Exporter:
         if not self.playbook_runs_only:
             return True
         run = self.instance.get_run_by_id(run_id)
-        return run is not None and bool(run.tags.get("noetl/playbook"))
+        return run is not None and bool(run.tags.get(PLAYBOOK_TAG))
 
     # -- per-run export ------------------------------------------------------------------
     def _context(self, record: Any) -> RunContext:
@@ -432,8 +445,7 @@ class Exporter:
         read_to = position
         safe = True
         while True:
-            conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(read_to), limit=self.page_size)
-            records = conn.records
+            records, has_more = self._page(run_id, read_to)
             if records:
                 rows = map_records(records, ctx, retries)
                 if _RETRY in map(_DAGSTER_TYPE, rows):
@@ -453,7 +465,7 @@ class Exporter:
                             safe = False
                 read_to = records[-1].storage_id
             self._flush_pending(stats)
-            if not conn.has_more:
+            if not has_more:
                 return True, safe, whole
             if over():
                 return False, safe, None
@@ -470,16 +482,28 @@ class Exporter:
                 raise ValueError(f"no run {run_id}")
             ctx = self._context(record)
         if rows is None:
-            records = self.instance.get_records_for_run(run_id).records
-            rows = map_records(records, ctx)
+            rows = map_records(self._whole(run_id), ctx)
         rows = relevant_rows(rows)
         return build_step_runs(rows), build_run_summary(rows, ctx)
+
+    def _page(self, run_id: str, after: int) -> tuple[Sequence[Any], bool]:
+        """The run's next ``page_size`` records after storage id ``after`` and whether more remain:
+        read straight from an SQL event log (:mod:`.fast_read`), else through the instance."""
+        page = read_run_page(self.instance, run_id, after, self.page_size) if self.fast_reads else None
+        if page is not None:
+            return page
+        conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(after), limit=self.page_size)
+        return conn.records, conn.has_more
+
+    def _whole(self, run_id: str) -> Sequence[Any]:
+        page = read_run_page(self.instance, run_id, -1, None) if self.fast_reads else None
+        return page[0] if page is not None else self.instance.get_records_for_run(run_id).records
 
     def _finish(self, run_id: str, ctx: RunContext, rows: Sequence[EventRow] | None, last: int) -> None:
         """A finished run read to its end (``last``: its last storage id, -1 unknown): its step
         attempts (an event sink) and summary (a run sink), from its whole log."""
         if rows is None:
-            records = self.instance.get_records_for_run(run_id).records
+            records = self._whole(run_id)
             rows = map_records(records, ctx)
             if not self.live:  # an event sink watches from what it wrote, not from what it re-read
                 last = records[-1].storage_id if records else last

@@ -21,7 +21,7 @@ from ..errors import Issue, PlaybookError
 from ..playbook.loader import load_playbook
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
-from .guard import compiling
+from .guard import clashes, compiling
 from .emit import build_definitions, default_resources, product_key
 from .translator import PlaybookTranslator
 
@@ -117,6 +117,7 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
     parts: dict[str, dg.Definitions] = {}
     products: dict[tuple[str, ...], str] = {}
     problems: list[Issue] = []
+    taken: dict[str, str] = {}  # asset keys, check keys and schedule names -> the playbook defining them
     for playbook in loaded.playbooks:
         name = translator.get_job_name(playbook)
         found = catalog.missing_references(playbook)
@@ -135,7 +136,11 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
                          for s in playbook.workflow if s.product})
         try:
             with compiling(playbook):  # any compile failure is this playbook's issue only
-                parts[name] = build_definitions(playbook, translator, on_error=on_error)
+                built = build_definitions(playbook, translator, on_error=on_error)
+                claimed = clashes(playbook, built, taken)  # names another playbook already defines
+                if claimed:
+                    raise PlaybookError(claimed)
+                parts[name] = built
         except PlaybookError as exc:  # e.g. an unknown metadata.dagster.executor
             problems.extend(exc.issues)
             continue

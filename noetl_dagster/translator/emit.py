@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -39,23 +38,15 @@ from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_ite
 from ..runtime.templates import TemplateFailure, condition, render_text, render_value
 from . import observe
 from .plan import Net, Node, plan
-from .translator import LOOP_STEP_TAG, STEP_TAG, PlaybookTranslator, code_reference
+from ..contract import (COLLECT_SUFFIX, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG, EXECUTION_ID_TAG,
+                        FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY, LOOP_ITEMS_OUTPUT,
+                        LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG, RESULT_OUTPUT, ROLE_TAG,
+                        RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TOOL_KEY, asset_graph_name)
+from .translator import PlaybookTranslator, code_reference
 
-RESULT = "result"
 CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
 RESOURCE_KEYS = frozenset({CREDENTIALS, CATALOG})
-STEPS_KEY = "noetl/steps"
-#: output metadata of a step that completed with an error result: ``error`` and its message
-STATUS_KEY = "noetl/status"
-ERROR_KEY = "noetl/error"
-#: run tags: ``completed_with_errors`` when some step completed with an error result, and which
-OUTCOME_TAG = "noetl/outcome"
-ERROR_STEPS_TAG = "noetl/error_steps"
-#: run tag: NoETL's numeric ``execution_id`` of the run (``{{ execution_id }}`` in templates)
-EXECUTION_ID_TAG = "noetl/execution_id"
-#: the op and output of an asset graph that collects the final non-product steps' results
-RUN_OUTCOME = "outcome__"
 WORKLOAD_CONFIG = {
     "workload": dg.Field(
         dg.Permissive(), is_required=False, default_value={},
@@ -122,7 +113,7 @@ def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTransl
                         workload: Mapping[str, Any]) -> dict[str, Any]:
     """Run config that passes ``workload`` overrides to the entry op of the playbook's job."""
     entry = next(n for n in net.nodes if n.is_entry)
-    op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
+    op_name = f"{entry.name}{FAN_OUT_SUFFIX}" if entry.kind == "loop" else entry.name
     config: dict[str, Any] = {op_name: {"config": {"workload": dict(workload)}}}
     if has_products(playbook):
         config = {asset_graph_name((translator or PlaybookTranslator()).get_job_name(playbook)): {"ops": config}}
@@ -131,12 +122,7 @@ def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTransl
 
 def _outcome(context, inputs):  # type: ignore[no-untyped-def]
     """The outcome asset's value: the final steps' results (steps can't be named ``outcome__``)."""
-    yield dg.Output(list(inputs["results"]), RESULT)
-
-
-def asset_graph_name(job_name: str) -> str:
-    """The graph-backed multi-asset of a playbook (its asset job keeps the plain job name)."""
-    return f"{job_name}__playbook"
+    yield dg.Output(list(inputs["results"]), RESULT_OUTPUT)
 
 
 def _partitions(playbook: Playbook) -> dg.PartitionsDefinition | None:
@@ -234,9 +220,9 @@ def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callabl
 
 
 def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = None) -> dg.Failure:
-    metadata: dict[str, Any] = {"noetl/failed_step": exc.step}
+    metadata: dict[str, Any] = {FAILED_STEP_KEY: exc.step}
     if exc.kind:
-        metadata["noetl/tool"] = exc.kind
+        metadata[TOOL_KEY] = exc.kind
     if steps is not None:
         metadata[STEPS_KEY] = dg.MetadataValue.json(dict(steps))
     return dg.Failure(description=redact(str(exc)), metadata=metadata, allow_retries=True)
@@ -335,7 +321,7 @@ class _Emitter:
                 owners=step.product.owners or self.playbook.metadata.owners or None,
                 kinds={"noetl", step.tool[0].kind},
                 metadata={**code_reference(self.playbook.file, step.line, f"product {step.product.name}"),
-                          "noetl/playbook": self.playbook.metadata.catalog_path, "noetl/step": step.step},
+                          PLAYBOOK_TAG: self.playbook.metadata.catalog_path, STEP_TAG: step.step},
                 is_required=False,
                 automation_condition=self.translator.get_automation_condition(self.playbook, step),
             )
@@ -351,18 +337,18 @@ class _Emitter:
                             f"({', '.join(leaves)}) returned in the latest run.",
                 kinds={"noetl"}, is_required=False,
                 metadata={**code_reference(self.playbook.file, 1, "playbook"),
-                          "noetl/playbook": self.playbook.metadata.catalog_path})
+                          PLAYBOOK_TAG: self.playbook.metadata.catalog_path})
             outcome = self._op(RUN_OUTCOME, _outcome, ins={"results": dg.In(list)},
-                               outs={RESULT: dg.Out(is_required=False)},
+                               outs={RESULT_OUTPUT: dg.Out(is_required=False)},
                                description="Collects the results of the playbook's final steps.",
-                               tags={"noetl/role": "outcome"})
+                               tags={ROLE_TAG: "outcome"})
 
         def compose(**uses: Any) -> dict[str, Any]:
             handles = self._wire(uses)
-            assets = {s.product.name: handles[self.net.node_of_step[s.step]][RESULT]  # type: ignore[union-attr]
+            assets = {s.product.name: handles[self.net.node_of_step[s.step]][RESULT_OUTPUT]  # type: ignore[union-attr]
                       for s in products}
             if leaves:
-                assets[RUN_OUTCOME] = outcome(results=[handles[name][RESULT] for name in leaves])
+                assets[RUN_OUTCOME] = outcome(results=[handles[name][RESULT_OUTPUT] for name in leaves])
             return assets
 
         return dg.graph_multi_asset(name=asset_graph_name(self.name), outs=outs, ins=ins, group_name=domain,
@@ -385,7 +371,7 @@ class _Emitter:
                 outs = collect(loop_context=context, results=items.map(body).collect())
             else:
                 outs = ops[0](**kwargs)
-            handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT: outs}
+            handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT_OUTPUT: outs}
         return handles
 
     # -- ops ------------------------------------------------------------------------------
@@ -394,7 +380,7 @@ class _Emitter:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         tags = kwargs.get("tags") or {}
         timeout = float(tags.get(TIMEOUT_TAG) or 0)
-        step = self.playbook.steps.get(tags.get(STEP_TAG, "")) if "noetl/region" not in tags else None
+        step = self.playbook.steps.get(tags.get(STEP_TAG, "")) if REGION_TAG not in tags else None
         fn = observe.measured(fn, observe.diagnoser(step, self._start) if step is not None else None)
         if timeout > 0:
             fn = _with_deadline(fn, tags.get(STEP_TAG, local), timeout)
@@ -418,7 +404,7 @@ class _Emitter:
         return ins
 
     def _outs(self, node: Node, step: Step) -> dict[str, Any]:
-        outs: dict[str, Any] = {RESULT: dg.Out(
+        outs: dict[str, Any] = {RESULT_OUTPUT: dg.Out(
             is_required=False, description=f"result of {', '.join(node.steps)}",
             metadata=code_reference(self.playbook.file, step.line, f"step {step.step}"))}
         for arc in node.outbound:
@@ -457,8 +443,8 @@ class _Emitter:
             metadata[STATUS_KEY] = "error"
             metadata[ERROR_KEY] = dg.MetadataValue.md("\n\n".join(
                 f"**{name}**: {message}" for name, message in errors.items()))
-        if publish and RESULT in context.selected_output_names:
-            yield dg.Output(result, RESULT, metadata=metadata)
+        if publish and RESULT_OUTPUT in context.selected_output_names:
+            yield dg.Output(result, RESULT_OUTPUT, metadata=metadata)
             metadata = {}
         for output, token in tokens:
             yield dg.Output(token, output, metadata=metadata)
@@ -513,7 +499,7 @@ class _Emitter:
         limit = int(self.playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
         names = {(a.source, a.index): a.output for a in node.outbound}
         common = self._common(entry_step, f"\n\nCycle over steps: {', '.join(node.steps)}")
-        common["tags"] = {**common["tags"], "noetl/region": ",".join(node.steps)}
+        common["tags"] = {**common["tags"], REGION_TAG: ",".join(node.steps)}
 
         def compute(context, inputs):  # type: ignore[no-untyped-def]
             tokens = inputs.get("tokens")
@@ -564,12 +550,12 @@ class _Emitter:
             except StepFailed as exc:
                 raise _failure(exc) from None
             token = start.token(step.step, start.arc)
-            yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, "loop_context")
+            yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, LOOP_CONTEXT_OUTPUT)
             for first in range(0, len(items), chunk_size):
                 chunk = items[first:first + chunk_size]
                 key = f"i{first:05d}" if chunk_size == 1 else f"i{first:05d}_i{first + len(chunk) - 1:05d}"
                 yield dg.DynamicOutput({"token": token, "items": chunk, "first": first, "total": len(items)},
-                                       mapping_key=key, output_name="items")
+                                       mapping_key=key, output_name=LOOP_ITEMS_OUTPUT)
 
         retry = common["retry_policy"]
 
@@ -589,10 +575,10 @@ class _Emitter:
             failed = [r["error"] for r in results if r["error"] is not None]
             if failed:
                 _retry_error_result(context, step.step, failed[0], retry)
-            yield dg.Output(results, RESULT, metadata={"noetl/loop_items": len(results), **usage_metadata(run)})
+            yield dg.Output(results, RESULT_OUTPUT, metadata={LOOP_ITEMS_KEY: len(results), **usage_metadata(run)})
 
         def collect(context, inputs):  # type: ignore[no-untyped-def]
-            loop_context, chunks = inputs["loop_context"], inputs["results"]
+            loop_context, chunks = inputs[LOOP_CONTEXT_OUTPUT], inputs["results"]
             start = Context.merge([loop_context["token"]])
             run = self._run_info(context, start.workload)
             try:
@@ -607,29 +593,19 @@ class _Emitter:
 
         per = "item" if chunk_size == 1 else f"chunk of {chunk_size} consecutive items"
         fan_op = self._op(
-            f"{node.name}__fan_out", fan_out, ins=self._ins(node), config=config,
-            outs={"loop_context": dg.Out(description="the loop's input context"),
-                  "items": dg.DynamicOut(description=f"one output per loop {per}")},
+            f"{node.name}{FAN_OUT_SUFFIX}", fan_out, ins=self._ins(node), config=config,
+            outs={LOOP_CONTEXT_OUTPUT: dg.Out(description="the loop's input context"),
+                  LOOP_ITEMS_OUTPUT: dg.DynamicOut(description=f"one output per loop {per}")},
             description=f"Evaluate `loop.in` of `{step.step}` and fan out its items (one op per {per}).",
-            tags={**common["tags"], "noetl/role": "loop-fan-out"})
-        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT: dg.Out(list)},
+            tags={**common["tags"], ROLE_TAG: "loop-fan-out"})
+        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT_OUTPUT: dg.Out(list)},
                            **{**common, "tags": {**common["tags"], LOOP_STEP_TAG: step.step}})
         collect_op = self._op(
-            f"{node.name}__collect", collect, ins={"loop_context": dg.In(dict), "results": dg.In(list)},
+            f"{node.name}{COLLECT_SUFFIX}", collect, ins={LOOP_CONTEXT_OUTPUT: dg.In(dict), "results": dg.In(list)},
             outs=self._outs(node, step),
             description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
-            tags={**common["tags"], "noetl/role": "loop-collect"})
+            tags={**common["tags"], ROLE_TAG: "loop-collect"})
         return fan_op, body_op, collect_op
-
-
-_CHUNK_KEY = re.compile(r"\[i(\d+)_i(\d+)\]$")
-
-
-def loop_items_of(step_key: str) -> int:
-    """How many loop items a body op ran, from its step key: ``price[i00003]`` -> 1,
-    ``price[i00000_i00007]`` -> 8 (a chunk of ``loop.chunk_size`` items)."""
-    match = _CHUNK_KEY.search(step_key)
-    return int(match.group(2)) - int(match.group(1)) + 1 if match else 1
 
 
 def steps_metadata(event_metadata: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

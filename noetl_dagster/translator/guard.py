@@ -87,3 +87,28 @@ def compile_issues(playbooks: list[Playbook], translator: Any = None) -> list[Is
         except PlaybookError as exc:
             found.extend(exc.issues)
     return found
+
+
+def clashes(playbook: Playbook, defs: Any, taken: dict[str, str]) -> list[Issue]:
+    """Issues for names in ``defs`` that another playbook's definitions already use (asset keys,
+    asset check keys, schedules); otherwise ``taken`` records this playbook's names.
+
+    Two playbooks with the same domain and ``metadata.name`` under different paths, for instance,
+    would both define the run-outcome asset ``[domain, name__outcome]``: Dagster then refuses the
+    whole code location, so the second playbook is left out instead.
+    """
+    names: list[str] = []
+    for asset in defs.assets or []:
+        names += [f"asset {key.to_user_string()}" for key in getattr(asset, "keys", [])]
+        names += [f"asset check {key.asset_key.to_user_string()}:{key.name}"
+                  for key in getattr(asset, "check_keys", [])]
+    for check in defs.asset_checks or []:
+        names += [f"asset check {key.asset_key.to_user_string()}:{key.name}" for key in getattr(check, "check_keys", [])]
+    names += [f"schedule {schedule.name}" for schedule in defs.schedules or []]
+    owner = playbook.metadata.catalog_path
+    found = [Issue(playbook.file, playbook.metadata.line or 1, 1, f"{name} is already defined by playbook "
+                   f"{taken[name]!r}", field="metadata.name", hint="give the playbooks different names or domains")
+             for name in dict.fromkeys(names) if name in taken and taken[name] != owner]
+    if not found:
+        taken.update({name: owner for name in names})
+    return found

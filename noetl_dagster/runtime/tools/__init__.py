@@ -1,5 +1,6 @@
 """Tool kinds: one module each, registered here."""
 
+from .artifact import ArtifactTool
 from .base import ErrorResult, Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
 from .container import ContainerTool
 from .duckdb import DuckDBTool
@@ -11,13 +12,14 @@ from .playbook import PlaybookTool
 from .postgres import PostgresTool
 from .python import PythonTool
 from .python_script import PythonScriptTool
+from .script import ScriptTool
 from .shell import ShellTool
 from .snowflake import SnowflakeTool
 from .transfer import TransferTool
 
 for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool(), ShellTool(),
               PlaybookTool(), TransferTool(), ContainerTool(), NatsTool(),
-              DuckLakeTool(), SnowflakeTool()):
+              DuckLakeTool(), SnowflakeTool(), ArtifactTool(), ScriptTool()):
     register_tool(_tool)
 register_tool(PythonScriptTool())  # kind: python, with NoETL's `script:` sources on top of PythonTool
 

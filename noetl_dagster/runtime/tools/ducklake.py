@@ -6,7 +6,7 @@ NoETL's contract (NoETL runs it as DuckDB with a Postgres metastore)::
       kind: ducklake
       catalog_connection: "postgresql://etl@db:5432/ducklake_catalog"   # the metadata catalog:
                                     # a Postgres URL or libpq "dbname=... host=..." string,
-      # catalog_auth: pg_catalog    # or a postgres credential alias (NoETL's workload key),
+      # catalog_auth: pg_catalog    # or a postgres credential alias (alias `auth:`),
       # catalog_path: lake.ducklake # or a DuckDB file (extension: no Postgres needed)
       catalog_name: sales           # the attached catalog, also `USE`d (default: lake)
       data_path: /data/lake         # where the Parquet files go (needed when the lake is created)
@@ -98,10 +98,10 @@ class DuckLakeTool(DuckDBTool):
         problems = [p for p in super().validate(config) if p[0] != "query"]
         if not (config.get("query") or config.get("command")):
             problems.insert(0, ("command", "a ducklake tool needs `command:` (or `query:`, `commands:`)", None))
-        sources = [k for k in ("catalog_connection", "catalog_auth", "catalog_path") if config.get(k)]
+        sources = [k for k in ("catalog_connection", "catalog_auth", "auth", "catalog_path") if config.get(k)]
         if not sources:
             problems.append(("catalog_connection", "a ducklake tool needs its metadata catalog",
-                             "catalog_connection: <postgres URL>, catalog_auth: <credential alias> "
+                             "catalog_connection: <postgres URL>, catalog_auth (or auth): <credential alias> "
                              "or catalog_path: <file>.ducklake"))
         elif len(sources) > 1:
             problems.append((sources[1], f"give one catalog, not {' and '.join(sources)}", None))
@@ -134,8 +134,8 @@ class DuckLakeTool(DuckDBTool):
             target = "ducklake:" + str(ctx.render(config["catalog_path"]))
             who = "catalog_path"
         else:
-            if config.get("catalog_auth"):
-                alias = str(ctx.render(config["catalog_auth"]))
+            if config.get("catalog_auth") or config.get("auth"):
+                alias = str(ctx.render(config.get("catalog_auth") or config["auth"]))
                 conninfo = _postgres_conninfo(ctx.credential(alias))
                 who = f"credential {alias!r}"
             else:

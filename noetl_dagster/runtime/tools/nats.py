@@ -5,6 +5,7 @@ NoETL's contract (every field rendered as a template)::
     tool:
       kind: nats
       auth: my_nats                 # credential alias -> {url, user?, password?, token?}
+                                    # (or NoETL's nats_url, nats_user, nats_password, nats_token)
       # or: url: nats://127.0.0.1:4222, user/password or token (a literal or a credential alias)
       operation: kv_put
       bucket: sessions
@@ -147,8 +148,11 @@ def _connection(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
         if not url:
             raise ToolError(f"nats: credential {alias!r} has no `url` field")
         register_connection_secret(url)
-        return {"url": str(url), "user": fields.get("user") or fields.get("username"),
-                "password": fields.get("password"), "token": fields.get("token"), "who": f"credential {alias!r}"}
+        # NoETL's `nats` credential type names them nats_url, nats_user, nats_password (its Rust
+        # resolver reads only url/user/password/token: both spellings work here)
+        return {"url": str(url), "user": fields.get("user") or fields.get("username") or fields.get("nats_user"),
+                "password": fields.get("password") or fields.get("nats_password"),
+                "token": fields.get("token") or fields.get("nats_token"), "who": f"credential {alias!r}"}
     url = cfg.get("url")
     if not url:
         raise ToolError("nats: a connection needs `url:` or an `auth:` credential alias with a `url` field")

@@ -13,23 +13,27 @@ NoETL's contract (rendered as templates)::
         CREATE TABLE IF NOT EXISTS T (id INTEGER, name STRING);   # or commands: [...],
         SELECT * FROM T WHERE id > ?                               # or command_b64
       params: [1]                    # extension: bound by Snowflake (qmark) in every statement
-                                     # that has `?` placeholders, never formatted into the SQL
+                                     # that has `?` placeholders, never formatted into the SQL;
+                                     # a {{ }} value in the SQL is bound the same way (a `?`),
+                                     # unlike NoETL, which writes it into the text
       format: rows                   # or arrow: the last statement's result as a pyarrow.Table
 
 Defaults as in NoETL: warehouse ``COMPUTE_WH``, schema ``PUBLIC``. Result (NoETL's shape): one
 entry per statement, ``{statement_0: {status: success, row_count, result: [{COL: value}],
 columns}, ...}`` (``result``/``columns`` absent for statements without rows). Values are
 JSON-compatible like the postgres tool's (NUMBER with a scale as a string, timestamps ISO).
-A failing statement fails the step naming it (NoETL completes with an error result); the
-statements before it have run. The session is one connection, so ``USE`` and temporary tables
-carry over between statements.
+As in NoETL, a failing statement does not stop the others: it is ``{status: error, row_count: 0,
+error}`` and the step completes with an *error result* ("Some statements failed", status
+``error``; strict mode fails it). A connection or login failure fails the step. The session is
+one connection, so ``USE`` and temporary tables carry over between statements.
 
 The password, private key and passphrase are registered for redaction and never logged; the
 connector's own logging stays at WARNING. ``host``/``port``/``protocol`` in the credential (or
 the tool) point the connector somewhere else than ``<account>.snowflakecomputing.com`` (a
 private link, or a local test server).
 
-``transfer`` uses :func:`source_batches` (Arrow batches fetched by the connector) and
+``transfer`` uses :func:`source_batches` (Arrow batches fetched by the connector; upper-case
+unquoted column names become lower-case, as an unquoted name means the same in both) and
 :class:`SnowflakeTarget` (``executemany`` with bound rows; the table is created from the
 source's Arrow schema when missing; ``replace`` truncates it, ``upsert`` deletes the batch's
 keys first; one transaction).
@@ -43,7 +47,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from .base import Tool, ToolContext, ToolError, format_problems, result_format
+from .base import ErrorResult, Tool, ToolContext, ToolError, format_problems, result_format
 from .postgres import json_value
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,6 +60,7 @@ _FIELDS = ("account", "user", "password", "private_key", "private_key_passphrase
            "database", "schema", "role", "host", "port", "protocol", "authenticator", "login_timeout")
 _SECRETS = ("password", "private_key", "private_key_passphrase")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_UPPER_IDENT = re.compile(r"^[A-Z_][A-Z0-9_$]*$")
 
 
 def _templated(value: Any) -> bool:
@@ -87,6 +92,52 @@ def statements_of(cfg: Mapping[str, Any]) -> list[str]:
     if isinstance(commands, (list, tuple)):
         return [str(c).strip().rstrip(";") for c in commands if str(c).strip()]
     raise ToolError("snowflake: no SQL given (use command, commands or command_b64)")
+
+
+_SQL_KEYS = ("command", "commands", "query")
+_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.DOTALL)
+_DOLLAR_N = re.compile(r"\$(\d+)")
+
+
+def bound_statements(config: Mapping[str, Any], ctx: ToolContext, params: Any) -> list[tuple[str, Any]]:
+    """``(statement, its bound values)`` pairs: every ``{{ }}`` value in ``command``/``commands``
+    becomes a ``?`` bound by Snowflake (:mod:`noetl_dagster.runtime.binding`), never SQL text.
+
+    ``params`` (the tool's own list) go to the statements with ``?`` placeholders of their own;
+    a statement cannot use both. ``command_b64`` is decoded after rendering and not templated.
+    """
+    from ..binding import render_sql
+    from ..templates import TemplateFailure
+
+    b64 = config.get("command_b64") or config.get("commands_b64")
+    if b64:
+        return [(st, params if "?" in st else None) for st in statements_of({"command_b64": ctx.render(b64)})]
+    source = next((config[k] for k in _SQL_KEYS if config.get(k) is not None), None)
+    if source is None:
+        raise ToolError("snowflake: no SQL given (use command, commands or command_b64)")
+    pieces = [source] if isinstance(source, str) else list(source) if isinstance(source, (list, tuple)) else None
+    if pieces is None:
+        raise ToolError("snowflake: `commands` must be a list of SQL statements")
+    out: list[tuple[str, Any]] = []
+    for piece in pieces:
+        try:
+            text, values = render_sql(str(piece), ctx.scope, first=1, text_type="VARCHAR", script=True)
+        except TemplateFailure as exc:
+            raise ToolError(f"snowflake: {exc}") from None
+        if values and _DOLLAR_N.search(_TEMPLATE.sub("", str(piece))):
+            raise ToolError("snowflake: the SQL has its own $n references and templated values (bound as "
+                            "placeholders): pass those values through `params` with ? placeholders instead")
+        parts = split_statements(text) if isinstance(source, str) else [text.strip().rstrip(";")]
+        for statement in parts:
+            marks = [int(n) for n in _DOLLAR_N.findall(statement)] if values else []
+            if not marks:
+                out.append((statement, params if params is not None and "?" in statement else None))
+                continue
+            if params and "?" in statement:
+                raise ToolError("snowflake: a statement binds templated values; give its other values as "
+                                "templates too, not through `params` (one placeholder style per statement)")
+            out.append((_DOLLAR_N.sub("?", statement), [values[n - 1] for n in marks]))
+    return [(st, vals) for st, vals in out if st.strip()]
 
 
 # ---------------------------------------------------------------------------------- connection
@@ -163,7 +214,7 @@ def connect(fields: Mapping[str, Any]) -> Any:
 
 
 def _execute(cur: Any, statement: str, params: Any) -> None:
-    if params is not None and "?" in statement:
+    if params:
         cur.execute(statement, params)
     else:
         cur.execute(statement)
@@ -195,13 +246,13 @@ class SnowflakeTool(Tool):
     def _run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from ...resources.credentials import redact
 
-        cfg = ctx.render({k: v for k, v in config.items() if k != "kind"})
-        statements = statements_of(cfg)
-        if not statements:
-            raise ToolError("snowflake: the SQL has no statement")
+        cfg = ctx.render({k: v for k, v in config.items() if k not in ("kind", *_SQL_KEYS)})
         params = cfg.get("params")
         if params is not None and not isinstance(params, (list, tuple)):
             raise ToolError("snowflake: `params` must render to a list (bound to `?` placeholders)")
+        statements = bound_statements(config, ctx, params)
+        if not statements:
+            raise ToolError("snowflake: the SQL has no statement")
         arrow = result_format(config) == "arrow"
         fields = connection_fields(cfg, ctx)
         con = connect(fields)
@@ -209,10 +260,10 @@ class SnowflakeTool(Tool):
         table = None
         try:
             cur = con.cursor()
-            for index, statement in enumerate(statements):
+            for index, (statement, values) in enumerate(statements):
                 key = f"statement_{index}"
                 try:
-                    _execute(cur, statement, params)
+                    _execute(cur, statement, values)
                     if cur.description is None:
                         results[key] = {"status": "success", "row_count": max(cur.rowcount or 0, 0)}
                         continue
@@ -224,10 +275,16 @@ class SnowflakeTool(Tool):
                 except Exception as exc:  # noqa: BLE001 - ProgrammingError, DatabaseError...
                     if isinstance(exc, ToolError):
                         raise
-                    raise ToolError(redact(f"snowflake: {key} failed: {_message(exc)}")) from None
+                    # NoETL runs the remaining statements and reports each one's outcome
+                    results[key] = {"status": "error", "row_count": 0, "error": redact(_message(exc))}
+                    continue
                 results[key] = {"status": "success", "row_count": len(rows), "result": rows, "columns": columns}
         finally:
             con.close()
+        failed = [k for k, v in results.items() if v["status"] == "error"]
+        if failed:
+            detail = "; ".join(f"{k}: {results[k]['error']}" for k in failed)
+            return ErrorResult(results, f"Some statements failed ({detail})")
         if arrow:
             if table is None:
                 raise ToolError("snowflake: format: arrow needs the last statement to return rows")
@@ -276,7 +333,7 @@ def source_batches(cfg: Mapping[str, Any], ctx: ToolContext) -> tuple[Iterator["
     con = connect(connection_fields(cfg, ctx))
     try:
         cur = con.cursor()
-        _execute(cur, query.strip().rstrip(";"), params)
+        _execute(cur, query.strip().rstrip(";"), params if params and "?" in query else None)
         columns = [d[0] for d in cur.description or []]
         try:
             table = cur.fetch_arrow_all(force_return_table=True)
@@ -290,6 +347,10 @@ def source_batches(cfg: Mapping[str, Any], ctx: ToolContext) -> tuple[Iterator["
         raise ToolError(redact(f"transfer: snowflake source failed: {_message(exc)}")) from None
     con.close()
     table = _plain(table) if table is not None else pa.table({})
+    # Snowflake reports unquoted identifiers upper-cased; as a source they keep their meaning
+    # case-insensitively (NoETL writes them into an unquoted INSERT): ID -> id, as Postgres names it
+    names = [n.lower() if _UPPER_IDENT.match(n) else n for n in table.column_names]
+    table = table.rename_columns(names)
     return iter(table.to_batches()), table.schema
 
 
