@@ -105,8 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line)
         last = next((n for n, s in reversed(report.steps.items()) if s.status == "success"), None)
         if last is not None and report.steps[last].result is not None:
-            text = json.dumps(report.steps[last].result, default=str)
-            print(f"result of {last}: {text if len(text) <= RESULT_CHARS else text[:RESULT_CHARS] + '...'}")
+            if sys.stdout.isatty():  # a terminal: indented, at most RESULT_LINES lines
+                from .progress import pretty_result
+
+                print(f"result of {last}:\n{pretty_result(report.steps[last].result)}")
+            else:
+                text = json.dumps(report.steps[last].result, default=str)
+                print(f"result of {last}: {text if len(text) <= RESULT_CHARS else text[:RESULT_CHARS] + '...'}")
         if report.error_steps:
             print(f"completed with error results in {len(report.error_steps)} step(s): "
                   f"{', '.join(report.error_steps)}" + ("" if args.fail_on_error else

@@ -26,6 +26,20 @@ _MARKS = {"success": ("[green]✔[/]", "ok"), "error": ("[yellow]![/]", "error r
           "failed": ("[red]✘[/]", "failed"), "skipped": ("[dim]-[/]", "skipped")}
 
 
+#: how many lines of the last result `run` prints on a terminal
+RESULT_LINES = 40
+
+
+def pretty_result(value: Any, lines: int = RESULT_LINES) -> str:
+    """A result as indented JSON, cut after ``lines`` lines (``--json`` prints it whole)."""
+    import json
+
+    text = json.dumps(value, default=str, indent=2, ensure_ascii=False).splitlines()
+    if len(text) <= lines:
+        return "\n".join(text)
+    return "\n".join(text[:lines] + [f"... ({len(text) - lines} more lines; --json prints all of it)"])
+
+
 def new_run_id() -> str:
     from dagster._core.utils import make_new_run_id
 
@@ -99,8 +113,10 @@ class StepProgress:
     def _refresh(self) -> None:
         if self.status is None:
             return
+        from rich.spinner import Spinner
+
         names = ", ".join(_step_name(k) for k in self.running) or "..."
-        self.status.update(f"{self.done} step(s) done; running {names}")
+        self.status.update(Spinner("dots", f"{self.done} step(s) done; running {names}"), refresh=True)
 
 
 @contextmanager
@@ -109,16 +125,31 @@ def step_progress(instance: Any, run_id: str, *, enabled: bool, title: str = "")
     if not enabled:
         yield None
         return
+    import os
+    import sys
+
     from rich.console import Console
 
-    console = Console(stderr=True)
+    # the terminal itself (a duplicate of stderr's descriptor taken before the run): Dagster
+    # captures each step's stdout/stderr (compute logs) by redirecting the descriptors, and lines
+    # written there would go through its mirror, which may drop the last ones when the run ends
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    console = Console(file=terminal)
     progress = StepProgress(console)
     instance.add_event_listener(run_id, progress.on_event)
     if title:
         console.print(f"[bold]{title}[/] [dim]run {run_id}[/]", highlight=False)
-    with console.status("starting", spinner="dots") as status:
-        progress.status = status
-        try:
-            yield progress
-        finally:
-            progress.status = None
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    try:  # refreshed on each event from the thread running the steps (no refresh thread)
+        with Live(Spinner("dots", "starting"), console=console, auto_refresh=False, transient=True,
+                  redirect_stdout=False, redirect_stderr=False) as live:
+            progress.status = live
+            try:
+                yield progress
+            finally:
+                progress.status = None
+    finally:
+        terminal.close()

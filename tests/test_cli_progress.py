@@ -78,3 +78,29 @@ def test_an_error_result_is_marked_on_the_tty(tmp_path: Path) -> None:
     assert code == 0, out[-3000:]  # completed with an error result (NoETL); --fail-on-error would exit 1
     assert re.search(r"! total \d+\.\d\ds  tool python", out), out[-3000:]
     assert re.search(r"✔ fetch \d+\.\d\ds", out)
+
+
+def test_export_shows_progress_on_a_tty_and_stays_pure_json_piped(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "NOETL_EMBEDDER": "hashing"}
+    for name in ("NOETL_CLICKHOUSE_DSN", "NOETL_QDRANT_URL", "NOETL_QDRANT_PATH"):
+        env.pop(name, None)
+    assert subprocess.run([str(CLI), "run", str(PLAYBOOK)], cwd=ROOT, env=env, capture_output=True,
+                          timeout=180).returncode == 0
+    code, out = _on_tty([str(CLI), "export", "--sink", "clickhouse"], env)
+    assert code == 0, out[-3000:]
+    assert "exporting the event log to clickhouse" in out and re.search(r"clickhouse: done in \d+\.\ds", out)
+    assert re.search(r"clickhouse: \d+ events", out)
+    piped = subprocess.run([str(CLI), "export", "--sink", "clickhouse", "--json", "--full"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=180)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["clickhouse"]["events"] > 0 and "exporting" not in piped.stderr
+
+
+def test_the_last_result_is_pretty_printed_on_a_tty(tmp_path: Path) -> None:
+    from noetl_dagster.progress import pretty_result
+
+    code, out = _on_tty([str(CLI), "run", str(PLAYBOOK)], _env(tmp_path))
+    assert code == 0, out[-3000:]
+    assert 'result of end:\n{\n  "cheap": 4201\n}' in out.replace("\n\n", "\n"), out[-1500:]
+    cut = pretty_result({"rows": list(range(100))}, lines=10).splitlines()
+    assert len(cut) == 11 and cut[-1] == "... (94 more lines; --json prints all of it)"

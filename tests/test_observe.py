@@ -18,6 +18,12 @@ from noetl_dagster.translator.observe import measured, preview, size_of
 HERE = Path(__file__).parent / "observe"
 
 
+@pytest.fixture(autouse=True)
+def _io_root_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without DAGSTER_HOME store outputs under ./.noetl_data: keep that in the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("io")
@@ -107,3 +113,15 @@ def test_launchpad_default_is_the_playbook_workload() -> None:
     overridden = job.execute_in_process(run_config={"ops": {"start": {"config": {"workload": {"amount": 5}}}}},
                                         instance=dg.DagsterInstance.ephemeral())
     assert overridden.output_for_node("small") == {"size": "small"}  # amount 5: the other arc
+
+
+def test_a_cycle_logs_each_member_and_the_arcs_leaving_it() -> None:
+    defs = load_playbook_definitions(
+        Path(__file__).parent / "conformance" / "cases" / "15_cycle_counter" / "playbook.yaml", strict=True)
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("conformance__cycle_counter").execute_in_process(instance=instance)
+    lines = [e.user_message for e in instance.all_logs(result.run_id) if e.dagster_event is None]
+    assert any(line.startswith("step fetch_page: success | tool python code (5 lines) | 3 run(s) in the cycle")
+               for line in lines), lines
+    assert any(line.startswith("cycle fetch_page: arcs leaving the cycle fired: fetch_page -> report | ")
+               for line in lines), lines

@@ -220,8 +220,8 @@ def test_materialize_all_runs_in_process_and_checks_pass(dagster_dev: DagsterDev
             page.set_default_timeout(60000)
             page.goto(f"{dagster_dev.url}/asset-groups", wait_until="domcontentloaded")
             _skip_community_modal(page)
-            button = page.get_by_role("button", name=re.compile(r"Materialize all$"))
-            expect(button).to_be_enabled()
+            button = page.get_by_role("button", name=re.compile(r"Materialize all( \(\d+\))?$"))
+            expect(button).to_be_enabled(timeout=90000)  # the lineage loads slowly on a busy machine
             button.click()
             deadline = time.monotonic() + 60
             while not (fresh := [r for r in _asset_job_runs(dagster_dev) if r["runId"] not in before]):
@@ -230,7 +230,7 @@ def test_materialize_all_runs_in_process_and_checks_pass(dagster_dev: DagsterDev
             run_id = fresh[0]["runId"]
             run = dagster_dev.wait_run(run_id, timeout=RUN_TIMEOUT)
             page.goto(f"{dagster_dev.url}/runs/{run_id}", wait_until="domcontentloaded")
-            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=60000)
             page.screenshot(path=str(tmp_path / "materialize_all.png"))
         finally:
             browser.close()
@@ -301,15 +301,16 @@ def test_export_sensor_tick_shows_success_and_counts(dagster_dev: DagsterDev, tm
             page.goto(f"{dagster_dev.url}/locations/noetl_playbooks/sensors/{SENSOR}", wait_until="domcontentloaded")
             _skip_community_modal(page)
             row = page.locator("tr", has=page.get_by_text(run_id[:8], exact=True)).first
-            expect(row).to_be_visible()
+            expect(row).to_be_visible(timeout=60000)
             assert "Skipped" not in row.inner_text()
             page.screenshot(path=str(tmp_path / "sensor.png"))
             row.get_by_role("button", name="View logs").click()
-            expect(page.get_by_text(re.compile(r"clickhouse: exported [1-9]\d* events")).first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"clickhouse: exported [1-9]\d* events")).first).to_be_visible(
+                timeout=60000)
             page.screenshot(path=str(tmp_path / "sensor_logs.png"))
             page.keyboard.press("Escape")
             page.goto(f"{dagster_dev.url}/assets/observability/noetl_events?view=events", wait_until="domcontentloaded")
-            expect(page.get_by_text("step_runs", exact=True).first).to_be_visible()  # the observation's counts
+            expect(page.get_by_text("step_runs", exact=True).first).to_be_visible(timeout=60000)  # its counts
             page.screenshot(path=str(tmp_path / "noetl_events.png"))
         finally:
             browser.close()

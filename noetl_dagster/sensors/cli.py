@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .destination import cursor_name, one_line
 from .exporter import ExportCursor, ExportStats
@@ -110,6 +110,22 @@ def run_export(instance: Any, sinks: list[Any], *, full: bool = False, playbooks
     return out
 
 
+@contextmanager
+def export_status(sink: str, *, enabled: bool) -> Iterator[None]:
+    """A spinner on stderr naming the sink being exported, with the seconds elapsed (a terminal only)."""
+    if not enabled:
+        yield
+        return
+    import time
+
+    from rich.console import Console
+
+    started = time.monotonic()
+    with Console(stderr=True).status(f"exporting the event log to {sink} ...", spinner="dots"):
+        yield
+    Console(stderr=True).print(f"[dim]{sink}: done in {time.monotonic() - started:.1f}s[/]", highlight=False)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..report import default_instance
 
@@ -118,8 +134,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     instance = default_instance()
     with ExitStack() as stack:  # sessions: every client is closed before the interpreter exits
         sinks, errors = open_sinks(stack, names, wait_seconds=args.wait)
-        results = run_export(instance, sinks, full=args.full, playbooks=playbooks,
-                             budget_seconds=args.budget, lag_seconds=args.lag)
+        results = {}
+        for sink in sinks:  # one sink at a time, with a spinner on a terminal (an export can take minutes)
+            with export_status(sink.name, enabled=not args.json and sys.stderr.isatty()):
+                results.update(run_export(instance, [sink], full=args.full, playbooks=playbooks,
+                                          budget_seconds=args.budget, lag_seconds=args.lag))
     results.update({name: ExportStats(error=error) for name, error in errors.items()})
     if args.json:
         print(json.dumps({name: stats.as_dict() for name, stats in results.items()}, sort_keys=True))

@@ -520,6 +520,8 @@ class _Emitter:
             errors = {k: _error_result(context, k, r.error, None) for k, r in outcome.records.items()
                       if r.status == "error"}
             fired = [(names[key], token) for key, token in outcome.exits.items()]
+            for line in observe.region_lines(members, outcome.records, [key for key in outcome.exits]):
+                context.log.info(line)
             yield from self._emit(context, node, run, results, meta, fired, errors=errors)
 
         return self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, entry_step), config=config,

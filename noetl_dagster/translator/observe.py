@@ -376,3 +376,34 @@ def step_line(step: Any, status: str, result: Any, fired: list[tuple[int, Any, M
     if status == "success":
         parts.append(f"result {preview(result)}")
     return " | ".join(parts)
+
+
+def region_lines(members: Mapping[str, Any], records: Mapping[str, Any], exits: list[tuple[str, int]]) -> list[str]:
+    """The lines a cycle's op logs: one per member step (tool, target template, runs, rows of the
+    latest result), then the arcs leaving the cycle that fired, with the op's duration."""
+    lines = []
+    for name, record in records.items():
+        step = members[name]
+        task = step.tool[0]
+        kind = "pipeline" if len(step.tool) > 1 else task.kind
+        target = "" if kind == "pipeline" else target_of(task.kind, task.config)
+        parts = [f"step {name}: {record.status}", f"tool {kind}" + (f" {target}" if target else ""),
+                 f"{record.runs} run(s) in the cycle"]
+        size = size_of(record.result) if record.status == "success" else ""
+        if size:
+            parts.append(f"latest {size}")
+        if record.status == "success":
+            parts.append(f"result {preview(record.result)}")
+        lines.append(" | ".join(parts))
+    usage = current()
+    leaving = ", ".join(f"{source} -> {_arc_target(members.get(source), index)}" for source, index in exits) or "none"
+    timing = f" | {usage.seconds():.3f}s, +{usage.metadata()['noetl/step_rss_mb']:.0f} MB" if usage else ""
+    lines.append(f"cycle {', '.join(records)}: arcs leaving the cycle fired: {leaving}{timing}")
+    return lines
+
+
+def _arc_target(step: Any, index: int) -> str:
+    try:
+        return str(step.next.arcs[index].step)
+    except (AttributeError, IndexError, TypeError):
+        return f"arc {index}"
