@@ -28,9 +28,26 @@ _EXPORTS = {
     "build_job": ".translator.emit",
     "Net": ".translator.plan", "plan": ".translator.plan",
     "PlaybookTranslator": ".translator.translator",
+    "ErrorResult": ".runtime.tools",
+    "ArrowRefIOManager": ".resources.arrow_io", "retention_definitions": ".resources.arrow_io",
+    "ClickHouseResource": ".resources.clickhouse", "QdrantResource": ".resources.qdrant",
+    "EmbedderResource": ".resources.embedder", "export_definitions": ".sensors",
+    "default_resources": ".translator.emit", "PlaybookComponent": ".components.playbook",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted({*_EXPORTS, "__version__"})
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("noetl-dagster")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 
 def __getattr__(name: str) -> Any:
@@ -59,3 +76,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve t
     from .translator.emit import build_job
     from .translator.plan import Net, plan
     from .translator.translator import PlaybookTranslator
+    from .components.playbook import PlaybookComponent
+    from .resources.arrow_io import ArrowRefIOManager, retention_definitions
+    from .resources.clickhouse import ClickHouseResource
+    from .resources.embedder import EmbedderResource
+    from .resources.qdrant import QdrantResource
+    from .runtime.tools import ErrorResult
+    from .sensors import export_definitions
+    from .translator.emit import default_resources

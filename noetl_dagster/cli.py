@@ -40,6 +40,7 @@ def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .report import catalog_around
     from .translator.definitions import find_playbooks, load_playbooks
+    from .translator.guard import compile_issues
 
     files = find_playbooks(args.paths)
     if not files:
@@ -48,25 +49,50 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_playbooks(files)
     catalog = catalog_around(*loaded.playbooks)
     loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
+    loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
+    from .playbook.references import undefined_references
+
+    warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    from .playbook.bindings import binding_warnings  # templates that would produce syntax
+
+    for warning in (w for f in files for w in binding_warnings(f)):
+        print(warning, file=sys.stderr)
     if loaded.issues:
         bad = len({i.file for i in loaded.issues})
         print(f"{len(loaded.issues)} problem(s) in {bad} of {len(files)} playbook(s)", file=sys.stderr)
         return 1
-    print(f"{len(files)} playbook(s) valid")
+    print(f"{len(files)} playbook(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .playbook.loader import load_playbook
+    from .progress import new_run_id, step_progress
+    from .recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
     from .report import default_instance, run_playbook
 
     workload = _workload(args.workload)
+    if bool(args.playbook) == bool(args.resume):
+        print("noetl-dagster: give a playbook file, or --resume RUN_ID", file=sys.stderr)
+        return 2
+    instance = default_instance()
+    mark_orphaned_runs(instance)  # runs whose `noetl-dagster run` process died (kill -9) become failed
     try:
-        tags = _workload(args.tags, "--tags") if args.tags else {}
-        report = run_playbook(args.playbook, workload, instance=default_instance(), log_level=args.log_level,
-                              tags={str(k): str(v) for k, v in tags.items()}, run_id=args.run_id,
-                              partition_key=args.partition)
+        tags = {str(k): str(v) for k, v in (_workload(args.tags, "--tags") if args.tags else {}).items()}
+        if args.resume:
+            report = resume_run(args.resume, instance, tags)
+        else:
+            playbook = load_playbook(args.playbook)
+            run_id = args.run_id or new_run_id()
+            with step_progress(instance, run_id, enabled=not args.json and sys.stderr.isatty(), title=args.playbook):
+                report = run_playbook(playbook, workload, instance=instance, log_level=args.log_level,
+                                      tags={**tags, **cli_tags(args.playbook)}, run_id=run_id,
+                                      partition_key=args.partition, on_error=args.on_error,
+                                      resources=persistent_resources(instance, playbook))
     except PlaybookError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -85,7 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if last is not None and report.steps[last].result is not None:
             text = json.dumps(report.steps[last].result, default=str)
             print(f"result of {last}: {text if len(text) <= RESULT_CHARS else text[:RESULT_CHARS] + '...'}")
-    return 0 if report.status == "success" else 1
+        if report.error_steps:
+            print(f"completed with error results in {len(report.error_steps)} step(s): "
+                  f"{', '.join(report.error_steps)}" + ("" if args.fail_on_error else
+                                                       " (exit 0; --fail-on-error makes this exit 1)"))
+    if report.status != "success":
+        return 1
+    return 1 if args.fail_on_error and report.error_steps else 0
 
 
 def console() -> None:
@@ -102,12 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("paths", nargs="+", help="playbook files or folders (searched recursively)")
     validate.set_defaults(func=cmd_validate)
     run = sub.add_parser("run", help="run a playbook through Dagster, in process")
-    run.add_argument("playbook")
+    run.add_argument("playbook", nargs="?")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="re-execute a failed or killed run from its failure (succeeded steps are not run again)")
     run.add_argument("--workload", help="JSON object, or @file.json, merged over the playbook's workload")
     run.add_argument("--json", action="store_true", help="print the machine-readable report")
     run.add_argument("--tags", help="JSON object of extra run tags")
     run.add_argument("--run-id", help="use this run id (sub-playbook launches set it)")
     run.add_argument("--partition", help="partition key (YYYY-MM-DD) of a partitioned playbook; default: the last")
+    run.add_argument("--fail-on-error", action="store_true",
+                     help="exit 1 when a step completed with an error result (the run itself succeeded)")
+    run.add_argument("--on-error", choices=("complete", "fail"),
+                     help="error results complete the step (NoETL, default) or fail it (strict); "
+                          "overrides metadata.dagster.on_error")
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)
@@ -116,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_commands(sub)
     add_tune_commands(sub)
+    from .recovery import add_commands as add_recovery_commands
+
+    add_recovery_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

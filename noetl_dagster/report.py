@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,22 +18,23 @@ import dagster as dg
 
 from .errors import Issue, PlaybookError
 from .playbook.loader import load_playbook
-from .playbook.catalog import PlaybookCatalog, calls_playbooks
+from .playbook.catalog import PlaybookCatalog, calls_playbooks, catalog_for, catalog_root
 from .resources.arrow_io import ArrowRefIOManager
 from .playbook.models import Playbook
-from .translator.emit import (RESULT, build_definitions, build_job, default_resources, has_products,
-                              loop_items_of, steps_metadata, workload_run_config)
+from .contract import FAILED_STEP_KEY, RESULT_OUTPUT, loop_items_of, parse_step_key
+from .translator.emit import (build_definitions, build_job, default_resources, has_products, steps_metadata,
+                              workload_run_config)
+from .translator.guard import compiling, deep_enough
 from .translator.plan import Net, plan
 from .translator.translator import PlaybookTranslator
 
 #: where `noetl-dagster run` records runs when DAGSTER_HOME is not set
 LOCAL_DAGSTER_HOME = ".dagster_home"
-_MAPPED = re.compile(r"\[[^\]]*\]$")
 
 
 @dataclass
 class StepReport:
-    status: str  # success | failed | skipped
+    status: str  # success | error | failed | skipped
     result: Any = None
     runs: int = 0
     error: str | None = None
@@ -51,9 +51,15 @@ class RunReport:
         return {
             "status": self.status,
             "run_id": self.run_id,
-            "steps": {name: {"status": s.status, "result": s.result, "runs": s.runs}
+            "steps": {name: {"status": s.status, "result": s.result, "runs": s.runs,
+                             **({"error": s.error} if s.error is not None else {})}
                       for name, s in self.steps.items()},
         }
+
+    @property
+    def error_steps(self) -> dict[str, str]:
+        """Steps that completed with an error result (status ``error``), with their messages."""
+        return {name: s.error or "" for name, s in self.steps.items() if s.status == "error"}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), default=_json_default, sort_keys=False)
@@ -90,30 +96,34 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
                  translator: PlaybookTranslator | None = None, log_level: str = "INFO",
                  resources: Mapping[str, Any] | None = None, catalog: PlaybookCatalog | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None,
-                 partition_key: str | None = None) -> RunReport:
+                 partition_key: str | None = None, on_error: str | None = None) -> RunReport:
     """Compile and execute a playbook in process; ``workload`` overrides top-level keys.
 
     ``catalog`` holds the playbooks it may call (default: the playbooks of its own folder tree).
     A partitioned playbook (``metadata.partitions``) runs ``partition_key`` (``YYYY-MM-DD``), by
-    default its last partition, as its schedule would.
+    default its last partition, as its schedule would. ``on_error`` (``complete``: NoETL's error
+    results complete their step; ``fail``: strict) overrides the playbook's
+    ``metadata.dagster.on_error``.
     """
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
     if catalog is None:  # the folder tree is read only when a step can call a sub-playbook
         catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
-    net = plan(playbook)
-    if has_products(playbook):
-        resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
-        defs = dg.Definitions.merge(build_definitions(playbook, translator, net),
-                                    dg.Definitions(resources=default_resources(resources, catalog)))
-        job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
-    else:
-        job = build_job(playbook, translator, net, resources, catalog)
+    with compiling(playbook):  # a compile failure is a PlaybookError naming the playbook
+        net = plan(playbook)
+        if has_products(playbook):
+            resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
+            defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
+                                        dg.Definitions(resources=default_resources(resources, catalog)))
+            job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
+        else:
+            job = build_job(playbook, translator, net, resources, catalog, on_error)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
                   "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     partition_key = _partition_key(playbook, job, partition_key)
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
+    with deep_enough(playbook):
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                        tags=dict(tags or {}), run_id=run_id, partition_key=partition_key)
     return build_report(net, result)
 
 
@@ -151,21 +161,13 @@ def _products_io_manager(instance: dg.DagsterInstance | None) -> ArrowRefIOManag
 
 
 def playbook_root(playbook: Playbook) -> Path:
-    """The folder a playbook's ``metadata.path`` is relative to (``playbooks/`` for
-    ``risk/score`` in ``playbooks/risk/score.yaml``)."""
-    root = Path(playbook.file).resolve().parent
-    for _ in range(len(playbook.metadata.catalog_path.strip("/").split("/")) - 1):
-        root = root.parent
-    return root
+    """The folder a playbook's sub-playbooks are looked up in (see :func:`catalog_root`)."""
+    return catalog_root(playbook)
 
 
 def catalog_around(*playbooks: Playbook) -> PlaybookCatalog:
-    """``playbooks`` plus the valid playbooks of the trees they live in (each tree read once)."""
-    from .translator.definitions import load_playbooks
-
-    roots = {playbook_root(p) for p in playbooks if Path(p.file).is_file()}
-    found = [p for root in sorted(roots) for p in load_playbooks(root).playbooks]
-    return PlaybookCatalog.of([*found, *playbooks])
+    """``playbooks`` plus the playbooks of their catalog root, read on demand (bounded)."""
+    return catalog_for(*playbooks)
 
 
 def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
@@ -177,24 +179,24 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
         key = event.step_key
         if key is None:
             continue
-        local = _MAPPED.sub("", key).rsplit(".", 1)[-1]  # asset jobs nest ops under the graph's name
-        node_name = local.removesuffix("__fan_out").removesuffix("__collect")
-        node = nodes.get(node_name)
+        parsed = parse_step_key(key)  # asset jobs nest ops under the graph's name
+        node = nodes.get(parsed.step)
         if node is None:
             continue
-        if node.kind == "loop" and _MAPPED.search(key) and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+        if node.kind == "loop" and parsed.mapping_key and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
             loop_runs[node.name] = loop_runs.get(node.name, 0) + loop_items_of(key)
         if event.event_type_value == "STEP_OUTPUT":
             output = event.step_output_data.output_name
             for name, meta in steps_metadata(event.step_output_data.metadata).items():
                 steps[name].status, steps[name].runs = meta["status"], meta["runs"]
-                steps[name].result = plain(_result_value(result, node, _MAPPED.sub("", key), output, name))
+                steps[name].error = meta.get("error")
+                steps[name].result = plain(_result_value(result, node, parsed.op, output, name))
         elif event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
             meta = data.user_failure_data.metadata if data.user_failure_data else {}
             for name, partial in steps_metadata(meta).items():
                 steps[name].status, steps[name].runs = partial["status"], partial["runs"]
-            failed = meta.get("noetl/failed_step")
+            failed = meta.get(FAILED_STEP_KEY)
             failed_name = getattr(failed, "value", failed) or node.steps[0]
             report = steps[failed_name]
             report.status = "failed"
@@ -229,7 +231,7 @@ def _result_value(result: dg.ExecuteInProcessResult, node: Any, key: str, output
         value = result.output_for_node(key, output)
     except Exception:  # noqa: BLE001 - not kept in memory (another IO manager): no value
         return None
-    if output != RESULT:
+    if output != RESULT_OUTPUT:
         stamped = (value.get("results") or {}).get(step)
         return stamped[1] if stamped else None
     return value.get(step) if node.kind == "region" else value

@@ -88,3 +88,18 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The one chdb folder of the test session (chdb allows a single data folder per process)."""
     return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(scope="session")
+def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator["DagsterDev"]:
+    """One ``dagster dev``, started as ``make dev`` starts it, for every test of the session."""
+    from devserver import DagsterDev, free_port
+
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dev = DagsterDev(home, free_port(), home.parent / "dagster_dev.log")
+    try:
+        dev.start()
+        yield dev
+    finally:
+        dev.stop()

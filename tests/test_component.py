@@ -43,7 +43,7 @@ workflow:
     desc: "Render {{ workload.who }} at run time"
     tool:
       kind: python
-      input: {who: "{{ workload.who }}", n: "{{ workload.n }}", run: "{{ execution_id | length > 0 }}"}
+      input: {who: "{{ workload.who }}", n: "{{ workload.n }}", run: "{{ execution_id > 0 }}"}
       code: |
         result = {"text": "hello " + who, "n": n * 2, "run": run}
 """

@@ -223,7 +223,7 @@ def _body_keys(result: dg.ExecuteInProcessResult, op: str) -> list[str]:
 
 
 def test_loop_chunks_run_consecutive_items_with_identical_results(tmp_path, instance):
-    from noetl_dagster.translator.emit import loop_items_of
+    from noetl_dagster.contract import loop_items_of
 
     playbook = parse_text(CHUNKED, str(tmp_path / "chunked.yaml"))
     assert playbook.steps["square"].loop.chunk_size == 4
@@ -236,7 +236,8 @@ def test_loop_chunks_run_consecutive_items_with_identical_results(tmp_path, inst
     assert _body_keys(single, "square") == [f"square[i{i:05d}]" for i in range(10)]
     # the loop's result, ctx updates (per item, in order) and `set` are those of one op per item
     items = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
-    want = [{"calc": {"x": x, "sq": x * x, "index": i, "total": 10}} for i, x in enumerate(items)]
+    want = [{"calc": calc, **calc} for calc in  # each pipeline result also carries its task's fields (NoETL)
+            ({"x": x, "sq": x * x, "index": i, "total": 10} for i, x in enumerate(items))]
     for result in (chunked, single):
         assert result.output_for_node("square__collect") == want
         assert result.output_for_node("total") == {"sum": sum(x * x for x in items), "last": 9, "count": 10}
@@ -289,7 +290,7 @@ class _Concurrency(PlaybookTranslator):
 
 
 def test_loop_concurrency_becomes_a_tag_concurrency_limit(tmp_path):
-    from noetl_dagster.translator.translator import LOOP_STEP_TAG
+    from noetl_dagster.contract import LOOP_STEP_TAG
 
     limit = {"key": LOOP_STEP_TAG, "value": "square", "limit": 3}
     text = CHUNKED.replace("  path: ops/chunked\n", "  path: ops/chunked\n  dagster: {executor: multiprocess}\n")

@@ -19,7 +19,7 @@ workflow:
     tool:
       kind: postgres
       auth: warehouse
-      query: CREATE TABLE IF NOT EXISTS {{ table }} (id int PRIMARY KEY, value int)
+      query: CREATE TABLE IF NOT EXISTS {{ table | sql_identifier }} (id int PRIMARY KEY, value int)
     next: fetch
   - step: fetch
     tool: {kind: http, method: GET, url: "{{ base_url }}/items"}
@@ -41,7 +41,7 @@ workflow:
       kind: postgres
       auth: warehouse
       query: |
-        INSERT INTO {{ table }} (id, value) VALUES ($1, $2)
+        INSERT INTO {{ table | sql_identifier }} (id, value) VALUES ($1, $2)
         ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value
       params: ["{{ row.id }}", "{{ row.value }}"]
     next: read_back
@@ -49,7 +49,7 @@ workflow:
     tool:
       kind: postgres
       auth: warehouse
-      query: SELECT id, value FROM {{ table }} ORDER BY id
+      query: SELECT id, value FROM {{ table | sql_identifier }} ORDER BY id
     next: analyse
   - step: analyse
     tool:

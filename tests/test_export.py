@@ -423,7 +423,9 @@ def test_sensor_tick_and_cursor(runs, chdb_dsn: str) -> None:
     data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None, resources=resources))
     cursor = ExportCursor.from_json(data.cursor)
     assert cursor.watermark > 0 and not cursor.active
-    assert "exported" in (data.skip_message or "")
+    # the runs it finished exporting: reported back to (the tick is "Success", not "Skipped")
+    assert not data.skip_message and not data.run_requests
+    assert sorted(r.dagster_run.run_id for r in data.dagster_run_reactions) == sorted(ids)
     sink = ClickHouseSink(get_client(chdb_dsn), database)
     assert set(exported_ids(sink)) == event_ids(instance, ids)
     data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=data.cursor, resources=resources))
@@ -557,7 +559,7 @@ def test_cli_commands_end_to_end(chdb_dsn: str, tmp_path: Path, monkeypatch: pyt
     assert args.func(args) == 0
     counts = json.loads(capsys.readouterr().out)
     assert counts["clickhouse"]["events"] == len(event_ids(instance, [run_id])) and counts["qdrant"]["runs"] == 1
-    assert (tmp_path / "home" / "noetl_export" / "clickhouse.cursor.json").exists()
+    assert len(list((tmp_path / "home" / "noetl_export").glob("clickhouse-*.cursor.json"))) == 1  # per destination
     args = parser.parse_args(["export"])
     assert args.func(args) == 0
     assert "clickhouse: 0 events" in capsys.readouterr().out
@@ -638,3 +640,82 @@ def test_watched_runs_are_probed_in_turn(sink: ClickHouseSink, instance: dg.Dags
     assert offsets == [2, 4] and sum(reopened) == 1  # the offset moves by tail_probes per tick
     got = exported_ids(sink)
     assert len(got) == len(set(got)) and set(got) == event_ids(instance, ids)
+
+
+def test_cli_export_sinks_are_independent_and_cursors_belong_to_a_destination(
+        chdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Qdrant down: ClickHouse still exports and Qdrant's failure is one line; a new database
+    (a new destination) gets every event although the sink name is the same."""
+    import argparse
+    import socket
+
+    from noetl_dagster.report import default_instance
+    from noetl_dagster.sensors.cli import add_commands
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    first, second = (f"t_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("NOETL_CLICKHOUSE_DSN", chdb_dsn)
+    monkeypatch.setenv("NOETL_CLICKHOUSE_DATABASE", first)
+    monkeypatch.setenv("NOETL_QDRANT_URL", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("NOETL_EMBEDDER", "hashing")
+    monkeypatch.chdir(tmp_path)
+    instance = default_instance()
+    run_id = run_case(instance, "01_linear_chain")
+    expected = len(event_ids(instance, [run_id]))
+
+    parser = argparse.ArgumentParser(prog="noetl-dagster")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export"])
+    assert args.func(args) == 1
+    out = capsys.readouterr()
+    assert f"clickhouse: {expected} events" in out.out
+    (line,) = [text for text in out.err.splitlines() if text.startswith("qdrant: FAILED: ")]
+    assert len(out.err.strip().splitlines()) == 1 and "Traceback" not in out.err
+    assert ClickHouseSink(get_client(chdb_dsn), first).count_events(run_id) == expected
+
+    monkeypatch.setenv("NOETL_CLICKHOUSE_DATABASE", second)  # another destination, same sink name
+    args = parser.parse_args(["export", "--sink", "clickhouse"])
+    assert args.func(args) == 0
+    assert f"clickhouse: {expected} events" in capsys.readouterr().out
+    assert ClickHouseSink(get_client(chdb_dsn), second).count_events(run_id) == expected
+    monkeypatch.setenv("NOETL_CLICKHOUSE_DATABASE", first)  # back: its own cursor, nothing new
+    args = parser.parse_args(["export", "--sink", "clickhouse"])
+    assert args.func(args) == 0
+    assert "clickhouse: 0 events" in capsys.readouterr().out
+
+
+def test_product_playbook_steps_export_with_their_names_and_tools(tmp_path: Path) -> None:
+    """A product playbook runs as an asset job whose ops sit in a graph (`<job>__playbook.<step>`):
+    its rows and step attempts carry the plain step name and the step's tool kind, so tuning
+    applies to them."""
+    from noetl_dagster.sensors.exporter import tools_by_node
+    from noetl_dagster.sensors.mapping import build_step_runs
+
+    playbook = tmp_path / "prod.yaml"
+    playbook.write_text("""apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: prod, path: shop/prod}
+workflow:
+  - step: start
+    tool: {kind: python, code: "result = {'n': 3}"}
+    next: rows
+  - step: rows
+    tool: {kind: duckdb, query: "SELECT range AS id FROM range(3)", format: arrow}
+    product: {name: ids, kind: table}
+""")
+    with dg.instance_for_test() as instance:
+        report = run_playbook(playbook, instance=instance)
+        assert report.status == "success", report.to_dict()
+        run = instance.get_run_by_id(report.run_id)
+        tools = tools_by_node(instance.get_job_snapshot(run.job_snapshot_id))
+        assert tools == {"shop__prod__playbook.start": "python", "shop__prod__playbook.rows": "duckdb"}
+        rows = map_records(instance.get_records_for_run(report.run_id).records, RunContext.of(run, tools))
+    steps = {(r.step_name, r.metadata.get("tool")) for r in rows if r.node_name.startswith("shop__prod__playbook.")}
+    assert steps == {("start", "python"), ("rows", "duckdb")}
+    attempts = {(s.step_name, s.tool_kind, s.status) for s in build_step_runs(rows)}
+    assert {("start", "python", "success"), ("rows", "duckdb", "success")} <= attempts

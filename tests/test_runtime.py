@@ -17,8 +17,8 @@ def step(body: str):
     return parse_text(HEAD + body, "p.yaml").workflow[1]
 
 
-def run(s, workload=None, sleeps=None):
-    info = RunInfo("run-1", sleep=(sleeps.append if sleeps is not None else (lambda _: None)))
+def run(s, workload=None, sleeps=None, on_error="complete"):
+    info = RunInfo(1, sleep=(sleeps.append if sleeps is not None else (lambda _: None)), on_error=on_error)
     return run_step(s, Context.initial(workload or {}), info)
 
 
@@ -47,14 +47,22 @@ def flaky(fail_times: int, backoff: str):
 def test_retry_backoff_delays(backoff, delays):
     sleeps: list[float] = []
     outcome = run(flaky(2, backoff), sleeps=sleeps)
-    assert outcome.result == {"t": {"ok": 2}}
+    assert outcome.result == {"t": {"ok": 2}, "ok": 2}  # NoETL flattens a pipeline's task fields
     assert sleeps == delays
     assert outcome.context.ctx["tries"][1] == 2  # policy set reaches the step's ctx
 
 
-def test_exhausted_retry_fails_the_step_with_the_last_error():
-    with pytest.raises(StepFailed, match=r"task 't' failed after 3 attempts: RuntimeError: flaky 2"):
-        run(flaky(5, "none"))
+def test_exhausted_retry_completes_the_step_with_the_last_error_result():
+    outcome = run(flaky(5, "none"))
+    assert outcome.status == "error" and outcome.runs == 1
+    assert outcome.error == "task 't': RuntimeError: flaky 2 (code line 2)"
+    # NoETL's stopped pipeline: {labeled_results, failed_task}; the python error data is {stdout, stderr}
+    assert outcome.result["failed_task"] == 0
+    failed = outcome.result["labeled_results"]["t"]
+    assert failed["stdout"] == "" and failed["stderr"].endswith("RuntimeError: flaky 2\n")
+    assert 'File "<step s>", line 2' in failed["stderr"]
+    with pytest.raises(StepFailed, match=r"task 't': RuntimeError: flaky 2"):  # strict mode
+        run(flaky(5, "none"), on_error="fail")
 
 
 def test_unhandled_task_error_fails_and_jump_to_previous():
@@ -63,8 +71,11 @@ def test_unhandled_task_error_fails_and_jump_to_previous():
       - {name: a, kind: python, code: "result = 1"}
       - {name: b, kind: python, code: "raise ValueError('boom')"}
 """)
-    with pytest.raises(StepFailed, match=r"step 's' \(python\): task 'b' failed: ValueError: boom \(code line 1\)"):
-        run(s)
+    outcome = run(s)
+    assert (outcome.status, outcome.error) == ("error", "task 'b': ValueError: boom (code line 1)")
+    assert outcome.result["labeled_results"]["a"] == 1 and outcome.result["failed_task"] == 1
+    with pytest.raises(StepFailed, match=r"step 's': task 'b': ValueError: boom \(code line 1\)"):
+        run(s, on_error="fail")
     jumper = step("""  - step: s
     tool:
       - name: a

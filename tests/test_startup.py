@@ -105,12 +105,15 @@ def test_catalog_is_read_only_for_playbooks_calling_one(tmp_path: Path, monkeypa
     (tmp_path / "parent.yaml").write_text(ONE_STEP.replace("name: one, path: one", "name: parent, path: parent")
                                           .replace('{kind: python, code: "result = {\'x\': 1}"}',
                                                    "{kind: playbook, path: child, return_result: true}"))
+    import noetl_dagster.playbook.catalog as catalog
+
     scanned: list[str] = []
-    real = definitions.load_playbooks
+    real, read = definitions.load_playbooks, catalog._load
     monkeypatch.setattr(definitions, "load_playbooks", lambda paths, **kw: scanned.append(str(paths)) or real(paths, **kw))
+    monkeypatch.setattr(catalog, "_load", lambda file: scanned.append(str(file)) or read(file))
     assert run_playbook(tmp_path / "one.yaml", log_level="ERROR").status == "success"
     assert scanned == []
     report = run_playbook(tmp_path / "parent.yaml", log_level="ERROR")
     assert report.status == "success", report
     assert report.steps["start"].result == {"x": 1}
-    assert scanned == [str(tmp_path.resolve())]
+    assert scanned == [str(tmp_path.resolve() / "child.yaml")]  # the named file only, no folder scan

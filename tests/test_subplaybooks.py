@@ -69,10 +69,31 @@ def test_awaited_and_fire_and_forget(tree, instance):
 def test_failed_awaited_child_fails_the_step(tree, instance):
     (tree / "dom" / "child.yaml").write_text(CHILD.replace("x * 2", "x // 0"))
     report = run_playbook(tree / "dom" / "parent.yaml", instance=instance)
+    # the child's python error completes its step (NoETL's error result): the child completes
+    assert report.status == "success", report.to_dict()
+    child = next(r for r in instance.get_runs(dg.RunsFilter(tags={"noetl/parent_run_id": report.run_id}))
+                 if r.tags.get("noetl/parent_step") == "start")
+    assert child.tags["noetl/error_steps"] == "start"
+    # a child that fails (a raised tool error) fails an awaited `return_result` step
+    (tree / "dom" / "child.yaml").write_text(CHILD.replace(
+        "tool: {kind: python, input: {x: \"{{ x }}\"}, code: \"result = {'doubled': x * 2}\"}",
+        "tool: {kind: duckdb, query: 'SELECT * FROM nowhere'}"))
+    report = run_playbook(tree / "dom" / "parent.yaml", instance=instance)
     assert report.status == "failure"
     assert report.steps["start"].status == "failed"
     assert "sub-playbook 'dom/child' failed" in report.steps["start"].error
-    assert "ZeroDivisionError" in report.steps["start"].error
+    assert "nowhere" in report.steps["start"].error
+
+
+def test_return_step_never_fails_the_parent(tree, instance):
+    (tree / "dom" / "child.yaml").write_text(CHILD.replace(
+        "tool: {kind: python, input: {x: \"{{ x }}\"}, code: \"result = {'doubled': x * 2}\"}",
+        "tool: {kind: duckdb, query: 'SELECT * FROM nowhere'}"))
+    (tree / "dom" / "parent.yaml").write_text(PARENT.replace("return_result: true", "return_step: end"))
+    report = run_playbook(tree / "dom" / "parent.yaml", instance=instance)
+    assert report.status == "success", report.to_dict()
+    payload = report.steps["start"].result
+    assert payload["status"] == "FAILED" and payload["path"] == "dom/child" and "nowhere" in payload["error"]
 
 
 def test_unknown_sub_playbook_is_a_load_error(tree, capsys):

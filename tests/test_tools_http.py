@@ -18,7 +18,7 @@ import pytest
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import PlaybookError, parse_text
 from noetl_dagster.resources.credentials import CredentialNotFound, CredentialsResource
-from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
 
 TOKEN = "bearer-Secret-T0ken-123"
 API_KEY = "apikey-Secret-456789"
@@ -152,10 +152,18 @@ def test_form_and_text_body(server: str) -> None:
     assert text["body"] == "raw text" and text["method"] == "PUT"
 
 
+def error_result(config: dict) -> tuple[dict, str]:
+    """A non-2xx answer is NoETL's error result: the step completes with status `error`."""
+    out = run(config)
+    assert isinstance(out, ErrorResult), out
+    return out.data, out.message
+
+
 def test_non_2xx_completes_the_step(server: str) -> None:
-    out = run({"url": f"{server}/status/404"})
+    out, message = error_result({"url": f"{server}/status/404"})
     assert out["status_code"] == 404 and out["data"] == {"error": "as requested"}
-    assert run({"url": f"{server}/status/503"})["status_code"] == 503
+    assert message == f"HTTP 404 response from GET {server}/status/404"
+    assert error_result({"url": f"{server}/status/503"})[0]["status_code"] == 503
 
 
 def test_response_types(server: str) -> None:
@@ -168,7 +176,7 @@ def test_response_types(server: str) -> None:
 
 def test_follow_redirects(server: str) -> None:
     assert run({"url": f"{server}/redirect"})["data"]["ok"] is True
-    out = run({"url": f"{server}/redirect", "follow_redirects": False})
+    out, _ = error_result({"url": f"{server}/redirect", "follow_redirects": False})
     assert out["status_code"] == 302 and out["headers"]["location"] == "/json"
 
 
@@ -225,9 +233,10 @@ def test_bearer_token_never_returned(server: str) -> None:
 
 def test_failing_request_with_bearer_token(server: str) -> None:
     # a 401 completes the step; what the server echoes is masked
-    out = run({"url": f"{server}/protected", "auth": {"type": "bearer", "token": "wrong-T0ken-xyz"}})
+    out, message = error_result({"url": f"{server}/protected", "auth": {"type": "bearer", "token": "wrong-T0ken-xyz"}})
     assert out["status_code"] == 401 and out["data"]["received"] == "***"
     no_secret(out, "wrong-T0ken-xyz")
+    no_secret(message, "wrong-T0ken-xyz")
     # a failure: the token in the URL's query string is masked in the message
     with pytest.raises(ToolError) as info:
         run({"url": f"{server}/slow?s=2&token={TOKEN}", "auth": "api_token", "timeout_seconds": 0.3})

@@ -68,11 +68,11 @@ def test_percent_and_named_params(pg_server: PgServer) -> None:
 def test_params_from_templates_are_bound_not_formatted(pg_server: PgServer, table: str) -> None:
     evil = "x'); DROP TABLE " + table + "; --"
     ctx = ctx_for(pg_server, scope={"workload": {"name": evil, "n": 7}, "tbl": table})
-    run({"auth": "pg", "query": "CREATE TABLE {{ tbl }} (id int, name text)"}, ctx)
-    out = run({"auth": "pg", "query": "INSERT INTO {{ tbl }} VALUES ($1, $2)",
+    run({"auth": "pg", "query": "CREATE TABLE {{ tbl | sql_identifier }} (id int, name text)"}, ctx)
+    out = run({"auth": "pg", "query": "INSERT INTO {{ tbl | sql_identifier }} VALUES ($1, $2)",
                "params": ["{{ workload.n }}", "{{ workload.name }}"]}, ctx)
     assert out == {"affected_rows": 1}
-    rows = run({"auth": "pg", "query": "SELECT id, name FROM {{ tbl }}"}, ctx)["rows"]
+    rows = run({"auth": "pg", "query": "SELECT id, name FROM {{ tbl | sql_identifier }}"}, ctx)["rows"]
     assert rows == [{"id": 7, "name": evil}]  # stored literally; the table is still there
 
 
@@ -219,9 +219,12 @@ def test_unknown_credential_alias() -> None:
         run({"auth": "nope", "query": "SELECT 1"}, ctx_for())
 
 
-def test_params_with_a_script_is_refused(pg_server: PgServer) -> None:
-    with pytest.raises(ToolError, match="params bind to one statement only"):
-        run({"auth": "pg", "query": "SELECT $1::int; SELECT 2", "params": [1]}, ctx_for(pg_server))
+def test_list_params_with_a_script_bind_per_statement(pg_server: PgServer) -> None:
+    out = run({"auth": "pg", "query": "SELECT $1::int; SELECT $2::int + $1::int AS v", "params": [1, 5]},
+              ctx_for(pg_server))
+    assert out["rows"] == [{"v": 6}]
+    with pytest.raises(ToolError, match="named params bind to one statement only"):
+        run({"auth": "pg", "query": "SELECT %(a)s::int; SELECT 2", "params": {"a": 1}}, ctx_for(pg_server))
 
 
 def test_malformed_connection_string_hides_password() -> None:
@@ -298,15 +301,15 @@ workflow:
       kind: postgres
       CONNECTION
       query: |
-        CREATE TABLE {{ workload.table }} (id int, amount numeric(10, 2));
-        INSERT INTO {{ workload.table }} SELECT g, g * 10.5 FROM generate_series(1, 4) g;
-        SELECT count(*) AS n FROM {{ workload.table }};
+        CREATE TABLE {{ workload.table | sql_identifier }} (id int, amount numeric(10, 2));
+        INSERT INTO {{ workload.table | sql_identifier }} SELECT g, g * 10.5 FROM generate_series(1, 4) g;
+        SELECT count(*) AS n FROM {{ workload.table | sql_identifier }};
     next: pick
   - step: pick
     tool:
       kind: postgres
       CONNECTION
-      query: SELECT id, amount FROM {{ workload.table }} WHERE id > $1 ORDER BY id
+      query: SELECT id, amount FROM {{ workload.table | sql_identifier }} WHERE id > $1 ORDER BY id
       params: ["{{ workload.threshold }}"]
     next: summarise
   - step: summarise

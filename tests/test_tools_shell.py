@@ -12,12 +12,19 @@ import pytest
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
 from noetl_dagster.resources.credentials import CredentialsResource, register_secret
-from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
 
 
 def run(config: dict, scope: dict | None = None) -> dict:
     ctx = ToolContext("sh", "exec-1", scope or {}, resources={"credentials": CredentialsResource()})
     return get_tool("shell").run(config, ctx)
+
+
+def error_result(config: dict) -> tuple[dict, str]:
+    """A non-zero exit is NoETL's error result (the step completes with status `error`)."""
+    out = run(config)
+    assert isinstance(out, ErrorResult), out
+    return out.data, out.message
 
 
 def test_echo_with_template() -> None:
@@ -42,15 +49,14 @@ def test_stderr_is_captured_on_success() -> None:
 
 def test_list_of_commands_stops_at_first_failure() -> None:
     assert run({"command": ["echo one", "echo two"]})["stdout"] == "one\ntwo\n"
-    with pytest.raises(ToolError, match="exited with code 1"):
-        run({"command": ["echo one", "false", "echo never"]})
+    data, message = error_result({"command": ["echo one", "false", "echo never"]})
+    assert "exited with code 1" in message and data == {"stdout": "one\n", "stderr": "", "exit_code": 1}
 
 
 def test_nonzero_exit_fails_with_code_and_stderr_tail() -> None:
     script = "for i in $(seq 1 50); do echo line$i >&2; done; exit 3"
-    with pytest.raises(ToolError) as info:
-        run({"command": script})
-    message = str(info.value)
+    data, message = error_result({"command": script})
+    assert data["exit_code"] == 3 and data["stderr"].endswith("line50\n")
     assert "exited with code 3" in message
     assert "line50" in message and "line31" in message and "line30\n" not in message  # the tail only
 
@@ -77,9 +83,8 @@ def test_missing_shell_and_cwd_fail_clearly(tmp_path: Path) -> None:
 
 def test_secrets_are_redacted_in_failures() -> None:
     register_secret("shell-Secret-Value")
-    with pytest.raises(ToolError) as info:
-        run({"command": 'echo "token=$T" >&2; exit 2', "env": {"T": "shell-Secret-Value"}})
-    assert "shell-Secret-Value" not in str(info.value) and "token=***" in str(info.value)
+    data, message = error_result({"command": 'echo "token=$T" >&2; exit 2', "env": {"T": "shell-Secret-Value"}})
+    assert "shell-Secret-Value" not in message and "token=***" in message
 
 
 def test_validate() -> None:
@@ -114,6 +119,8 @@ workflow:
 """)
     report = run_playbook(playbook, instance=dg.DagsterInstance.ephemeral())
     assert report.steps["check"].result == {"chars": 5, "exit": 0}
-    assert report.status == "failure"
-    assert report.steps["fail"].status == "failed"
+    assert report.status == "success"  # NoETL: a non-zero exit completes the step with an error result
+    assert report.steps["fail"].status == "error" and report.steps["fail"].result["exit_code"] == 9
     assert "exited with code 9: broken" in report.steps["fail"].error
+    strict = run_playbook(playbook, instance=dg.DagsterInstance.ephemeral(), on_error="fail")
+    assert strict.status == "failure" and strict.steps["fail"].status == "failed"

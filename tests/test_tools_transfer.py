@@ -242,8 +242,8 @@ def test_empty_source_creates_table(pg_server: PgServer, source_db: str, table: 
 def test_config_errors(tmp_path: Path) -> None:
     target = {"type": "duckdb", "db_path": str(tmp_path / "e.duckdb"), "table": "t"}
     source = {"type": "duckdb", "query": "SELECT 1 AS id"}
-    with pytest.raises(ToolError, match="unknown source type 'snowflake'"):
-        transfer({"source": {"type": "snowflake"}, "target": target}, ctx_for())
+    with pytest.raises(ToolError, match="unknown source type 'oracle'"):
+        transfer({"source": {"type": "oracle"}, "target": target}, ctx_for())
     with pytest.raises(ToolError, match="unknown target type 'mysql'"):
         transfer({"source": source, "target": {**target, "type": "mysql"}}, ctx_for())
     with pytest.raises(ToolError, match="target needs `table`"):
@@ -317,7 +317,7 @@ workflow:
       source:
         type: postgres
         auth: pg_main
-        query: SELECT id, name FROM {{ workload.table }} ORDER BY id
+        query: SELECT id, name FROM {{ workload.table | sql_identifier }} ORDER BY id
       target:
         type: duckdb
         db_path: "{{ workload.db }}"

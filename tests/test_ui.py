@@ -1,8 +1,8 @@
 """The Dagster UI as a user sees it: ``dagster dev`` on the example playbooks, driven by Chromium.
 
-``dagster dev`` runs from the project root with no target flags, so the code location comes from
-``[tool.dagster]`` in pyproject.toml (``definitions.py``, location ``noetl_playbooks``), on
-127.0.0.1 with a temporary ``DAGSTER_HOME``. Headless Debian Chromium (``/usr/bin/chromium``,
+``dagster dev`` is started as ``make dev`` starts it (``tests/devserver.py``, one per session):
+no target flags, so the code location comes from ``[tool.dagster]`` in pyproject.toml
+(``definitions.py``, location ``noetl_playbooks``), on 127.0.0.1 with a temporary ``DAGSTER_HOME``. Headless Debian Chromium (``/usr/bin/chromium``,
 driven by Playwright; no downloaded browser) then:
 
 * skips the community modal, finds every example job on the Jobs page;
@@ -24,14 +24,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -40,10 +36,10 @@ if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(f"Chromium not found at {CHROMIUM} (CI: `apt-get install -y chromium`)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
+from devserver import DagsterDev, group_pids  # noqa: E402
 from noetl_dagster import PlaybookTranslator, load_playbook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 #: the launch flow uses an op job (a playbook without products): steps are nodes of its graph
 PLAYBOOK = ROOT / "playbooks" / "observability" / "ingest_traces.yaml"
 JOB, DOMAIN, STEP = "observability__ingest_traces", "observability", "detect_anomalies"
@@ -53,98 +49,7 @@ EXAMPLE_JOBS = sorted(PlaybookTranslator().get_job_name(load_playbook(p))
                       for p in (ROOT / "playbooks").rglob("*.yaml"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
-STARTUP_TIMEOUT = 300  # dagster dev on a loaded 2-core machine has taken 75 s
 RUN_TIMEOUT = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DagsterDev:
-    def __init__(self, home: Path, port: int, log: Path) -> None:
-        self.home, self.port, self.log = home, port, log
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "DAGSTER_HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port)],
-                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            assert self.proc.poll() is None, f"dagster dev exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"dagster dev not ready: {self.log.read_text()[-3000:]}"
-            try:
-                status = self.location_status()
-                if status == "LOADED":
-                    return
-                assert status != "ERROR", f"code location failed to load: {self.log.read_text()[-3000:]}"
-            except OSError:
-                pass
-            time.sleep(1)
-
-    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.url}/graphql", method="POST",
-                                         data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = json.loads(response.read())
-        assert "errors" not in body, body
-        return body["data"]
-
-    def location_status(self) -> str | None:
-        data = self.graphql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
-            name loadStatus locationOrLoadError { __typename } } } } }""")
-        entries = data["workspaceOrError"].get("locationEntries") or []
-        if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
-            return None
-        if any(e["locationOrLoadError"]["__typename"] != "RepositoryLocation" for e in entries):
-            return "ERROR"
-        return "LOADED"
-
-    def stop(self) -> None:
-        """Ctrl-C for dagster dev (SIGINT to its PID: it stops the webserver, daemon and code
-        servers), then SIGTERM and SIGKILL to its process group for anything left behind."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            if not self._alive(pgid):
-                break
-            try:
-                if sig == signal.SIGINT:
-                    self.proc.send_signal(sig)
-                else:
-                    os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._alive(pgid):
-                time.sleep(0.25)
-            self.stopped_by = sig.name
-        self.proc.wait(timeout=30)
-        assert not _group_pids(pgid), f"left running: {_group_pids(pgid)}"
-
-    def _alive(self, pgid: int) -> bool:
-        self.proc.poll()  # reap the leader: a zombie still counts for killpg(pgid, 0)
-        return bool(_group_pids(pgid))
-
-
-@pytest.fixture(scope="module")
-def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
-    home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    dev = DagsterDev(home, _free_port(), home.parent / "dagster_dev.log")
-    try:
-        dev.start()
-        yield dev
-    finally:
-        dev.stop()
 
 
 def _job_link(page: Any, job: str) -> Any:
@@ -277,28 +182,12 @@ def test_only_loopback_listeners(dagster_dev: DagsterDev) -> None:
     if not shutil.which("ss"):
         pytest.skip("no `ss` to list sockets")
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-    pids = _group_pids(dagster_dev.proc.pid)  # type: ignore[union-attr]
+    pids = group_pids(dagster_dev.proc.pid)  # type: ignore[union-attr]
     ours = [line for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
     assert ours, out
     for line in ours:
         local = line.split()[3]
         assert local.startswith("127.0.0.1:"), line
-
-
-def _group_pids(pgid: int) -> set[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.add(int(entry.name))
-    return pids
 
 
 def step_names(step_keys: Any) -> set[str]:
@@ -313,3 +202,169 @@ def workload_config(path: Path, workload: dict[str, Any]) -> dict[str, Any]:
 
     playbook = load_playbook(path)
     return workload_run_config(playbook, plan(playbook), None, workload)
+
+
+def test_materialize_all_runs_in_process_and_checks_pass(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    """"Materialize all" on the global lineage: Dagster's global asset job runs with the
+    definitions' default executor, which must be ours (in process: seconds, not a process per
+    step), and afterwards every product's checks show Passed for its latest materialization."""
+    nodes = dagster_dev.graphql("{ assetNodes { assetKey { path } } }")["assetNodes"]
+    if not nodes:
+        pytest.skip("the example playbooks publish no products (assets) yet")
+    before = {r["runId"] for r in _asset_job_runs(dagster_dev)}
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60000)
+            page.goto(f"{dagster_dev.url}/asset-groups", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            button = page.get_by_role("button", name=re.compile(r"Materialize all$"))
+            expect(button).to_be_enabled()
+            button.click()
+            deadline = time.monotonic() + 60
+            while not (fresh := [r for r in _asset_job_runs(dagster_dev) if r["runId"] not in before]):
+                assert time.monotonic() < deadline, "Materialize all launched no run"
+                page.wait_for_timeout(1000)
+            run_id = fresh[0]["runId"]
+            run = dagster_dev.wait_run(run_id, timeout=RUN_TIMEOUT)
+            page.goto(f"{dagster_dev.url}/runs/{run_id}", wait_until="domcontentloaded")
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "materialize_all.png"))
+        finally:
+            browser.close()
+    assert run["status"] == "SUCCESS", run
+    messages = _run_messages(dagster_dev, run_id)
+    assert any(m.startswith("Executing steps in process") for m in messages), messages[:20]
+    assert not any("multiprocess" in m for m in messages)
+    checks = dagster_dev.graphql("""{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks {
+        checks { name executionForLatestMaterialization { status runId } } } } } }""")["assetNodes"]
+    statuses = {("/".join(n["assetKey"]["path"]), c["name"]): c["executionForLatestMaterialization"]
+                for n in checks for c in (n["assetChecksOrError"] or {}).get("checks", [])}
+    assert statuses
+    for key, execution in statuses.items():  # None is what the UI shows as "Not evaluated"
+        assert execution is not None and execution["status"] == "SUCCEEDED" and execution["runId"] == run_id, (
+            key, execution)
+
+
+def _asset_job_runs(dev: DagsterDev) -> list[dict[str, Any]]:
+    return dev.graphql("""{ runsOrError(filter: {pipelineName: "__ASSET_JOB"}) {
+        ... on Runs { results { runId status } } } }""")["runsOrError"]["results"]
+
+
+def _run_messages(dev: DagsterDev, run_id: str) -> list[str]:
+    data = dev.graphql("""query($id: ID!) { logsForRun(runId: $id, limit: 5000) { __typename
+        ... on EventConnection { events { __typename ... on MessageEvent { message } } } } }""", {"id": run_id})
+    return [e.get("message") or "" for e in data["logsForRun"]["events"]]
+
+
+SENSOR = "noetl_export_clickhouse"
+SENSOR_TICKS = """query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { __typename ... on Sensor {
+    sensorState { ticks(limit: 20) { tickId status skipReason originRunIds } } } } }"""
+
+
+def test_export_sensor_tick_shows_success_and_counts(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    """A run finishes; the next export tick that exported it is "Success" (not "Skipped"), targets
+    that run, and its counts are visible: in the tick's logs and as an observation of the asset
+    observability/noetl_events."""
+    import subprocess
+
+    from devserver import ROOT as PROJECT, dev_env
+
+    env = {**dev_env(dagster_dev.home), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run([str(PROJECT / ".venv" / "bin" / "noetl-dagster"), "run", "tests/observe/route.yaml",
+                           "--json"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = json.loads(done.stdout)["run_id"]
+    selector = {"repositoryLocationName": "noetl_playbooks", "repositoryName": "__repository__", "sensorName": SENSOR}
+    deadline = time.monotonic() + 240  # a tick every 30 s; the daemon is slow under load
+    while True:
+        ticks = dagster_dev.graphql(SENSOR_TICKS, {"sel": selector})["sensorOrError"]["sensorState"]["ticks"]
+        tick = next((t for t in ticks if run_id in (t["originRunIds"] or [])), None)
+        if tick is not None:
+            break
+        assert time.monotonic() < deadline, ticks
+        time.sleep(3)
+    assert tick["status"] == "SUCCESS", tick
+    observed = dagster_dev.graphql("""{ assetOrError(assetKey: {path: ["observability", "noetl_events"]}) {
+        ... on Asset { assetObservations(limit: 50) { metadataEntries { label
+        ... on IntMetadataEntry { intValue } } } } } }""")["assetOrError"]["assetObservations"]
+    counts = [{e["label"]: e.get("intValue") for e in o["metadataEntries"]} for o in observed]
+    assert any(c.get("events", 0) > 0 and c.get("runs", 0) >= 1 for c in counts), counts
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60000)
+            page.goto(f"{dagster_dev.url}/locations/noetl_playbooks/sensors/{SENSOR}", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            row = page.locator("tr", has=page.get_by_text(run_id[:8], exact=True)).first
+            expect(row).to_be_visible()
+            assert "Skipped" not in row.inner_text()
+            page.screenshot(path=str(tmp_path / "sensor.png"))
+            row.get_by_role("button", name="View logs").click()
+            expect(page.get_by_text(re.compile(r"clickhouse: exported [1-9]\d* events")).first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "sensor_logs.png"))
+            page.keyboard.press("Escape")
+            page.goto(f"{dagster_dev.url}/assets/observability/noetl_events?view=events", wait_until="domcontentloaded")
+            expect(page.get_by_text("step_runs", exact=True).first).to_be_visible()  # the observation's counts
+            page.screenshot(path=str(tmp_path / "noetl_events.png"))
+        finally:
+            browser.close()
+
+
+ERRORED = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: ui_error_result, path: tests/ui_error_result}
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next: divide
+  - step: divide
+    tool: {kind: python, input: {d: 0}, code: "result = {'q': 1 / d}"}
+    next:
+      arcs:
+        - {step: recover, when: "{{ divide.stderr is defined }}"}
+        - {step: end}
+  - step: recover
+    tool: {kind: noop, result: {recovered: true}}
+  - step: end
+    tool: {kind: noop}
+"""
+
+
+def test_errored_step_is_visible_on_the_run_page(dagster_dev: DagsterDev, tmp_path: Path) -> None:
+    """A step that completed with an error result (NoETL's semantics: the run succeeds) shows on the
+    run page: the run's `noetl/outcome` tag, the ERROR line naming the step and its message, and
+    the step's `noetl/status: error` output metadata."""
+    from devserver import ROOT as PROJECT, dev_env
+
+    playbook = tmp_path / "ui_error_result.yaml"
+    playbook.write_text(ERRORED)
+    env = {**dev_env(dagster_dev.home), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run([str(PROJECT / ".venv" / "bin" / "noetl-dagster"), "run", str(playbook), "--json"],
+                          cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["status"] == "success" and report["steps"]["divide"]["status"] == "error"
+    run_id = report["run_id"]
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.set_default_timeout(60000)
+            page.goto(f"{dagster_dev.url}/runs/{run_id}", wait_until="domcontentloaded")
+            _skip_community_modal(page)
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+            expect(page.get_by_text("noetl/outcome: completed_with_errors").first).to_be_visible()
+            expect(page.get_by_text("noetl/error_steps: divide").first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"step 'divide' completed with an error result: "
+                                               r"ZeroDivisionError: division by zero")).first).to_be_visible()
+            expect(page.get_by_text("noetl/status").first).to_be_visible()  # the step's output metadata
+            page.screenshot(path=str(tmp_path / "errored_run.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "errored_run.png").stat().st_size > 10_000

@@ -91,8 +91,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            "evidence": r.evidence, "expected_effect": r.expected_effect,
                            "within_bounds": r.within_bounds, "flags": list(r.flags)} for r in added], default=str))
     else:
-        print(report_markdown(stats, added))
+        from .terminal import summary, write_report
+
         verb = "approved (within bounds)" if args.apply else "proposed"
+        markdown = report_markdown(stats, added, approved=args.apply)
+        report = write_report(args.report or Path(args.profiles) / "tuning_report.md", markdown)
+        if sys.stdout.isatty():  # a terminal: a short summary, the full report in the file
+            summary(stats, added, report, verb=verb)
+        else:
+            print(markdown)
         print(f"\n{len(added)} recommendation(s) {verb}; wrote {', '.join(map(str, written)) or 'nothing'}",
               file=sys.stderr)
     return 0
@@ -108,6 +115,7 @@ def add_commands(subparsers: Any) -> None:
                       help="explain retry recommendations with similar past failures from Qdrant "
                            "(NOETL_QDRANT_URL, else local mode under $DAGSTER_HOME)")
     tune.add_argument("--json", action="store_true", help="print the added recommendations as JSON")
+    tune.add_argument("--report", help="where to write the full markdown report (default <profiles>/tuning_report.md)")
     tune.set_defaults(func=cmd_tune)
 
 

@@ -1,7 +1,8 @@
 """Step statistics per (playbook, step), from the ``step_runs`` fact table, in one ClickHouse query.
 
-``step_runs`` has one row per step attempt with status ``success | failed | retried | skipped |
-incomplete`` (``retried``: the attempt failed and Dagster retried it). Per (run, step key) the
+``step_runs`` has one row per step attempt with status ``success | error | failed | retried |
+skipped | incomplete`` (``retried``: the attempt failed and Dagster retried it; ``error``: it
+completed with an error result, counted as a failure here). Per (run, step key) the
 *final* status is the last attempt's. From that:
 
 * **transient failures**: failed attempts of a (run, step key) that finally succeeded on retry;
@@ -46,12 +47,12 @@ WITH attempts AS (
               toUInt32OrZero(substring(KeyRange[2], 2)) - toUInt32OrZero(substring(KeyRange[1], 2)) + 1, 1)) AS KeyItems,
            if(KeyItems > 0, DurationMs / KeyItems, NULL) AS ItemMs
     FROM {db}.%(table)s FINAL
-    WHERE Status IN ('success', 'failed', 'retried')
+    WHERE Status IN ('success', 'error', 'failed', 'retried')
 ),
 groups AS (
     SELECT PlaybookPath, StepName, ExecutionId, StepKey, any(KeyItems) AS key_items,
            argMax(Status, Attempt) AS final_status,
-           countIf(Status IN ('failed', 'retried')) AS failed_attempts,
+           countIf(Status IN ('error', 'failed', 'retried')) AS failed_attempts,
            count() AS n_attempts
     FROM attempts
     GROUP BY PlaybookPath, StepName, ExecutionId, StepKey
@@ -89,7 +90,7 @@ FROM (
            quantileExactIf(0.5)(ItemMs, Status = 'success' AND KeyItems > 0) AS item_p50,
            quantileExactIf(0.99)(ItemMs, Status = 'success' AND KeyItems > 0) AS item_p99,
            quantileExactIf(0.95)(Cores, KeyItems > 0) AS item_cores_p95,
-           argMaxIf(ErrorMessage, FinishedAt, Status IN ('failed', 'retried') AND ErrorMessage != '') AS last_error
+           argMaxIf(ErrorMessage, FinishedAt, Status IN ('error', 'failed', 'retried') AND ErrorMessage != '') AS last_error
     FROM attempts
     GROUP BY PlaybookPath, StepName
 ) AS s

@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from ..errors import Issue, PlaybookError
 from ..runtime.templates import check_syntax, is_template
 from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
-from .models import Playbook, Step, Task, normalise_tool
+from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
+from .extensions import check_extensions
+from .models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
 from .source import SourceList, SourceMap, YamlError, load_yaml_text
 
 API_VERSION = "noetl.io/v2"
@@ -30,6 +32,8 @@ YAML_HINT = ("check the indentation, and quote values that start with `{`, `[`, 
 #: the cron of a daily partitioned schedule: `M H * * *`
 _DAILY_CRON = re.compile(r"^\s*([0-5]?\d)\s+([01]?\d|2[0-3])\s+\*\s+\*\s+\*\s*$")
 PREVIOUS = ("previous", "prev", "_previous", "@previous")
+#: tool kinds a cursor loop's claim may run on
+CURSOR_KINDS = ("postgres", "duckdb")
 _BROKEN = object()  # a step that uses a broken workbook entry
 #: a YAML line that opens a literal block scalar (`code: |`, `- |-`): its content starts on the next line
 _LITERAL_BLOCK = re.compile(r"(:|^\s*-)\s+\|[1-9]?[-+]?[1-9]?\s*(#.*)?$")
@@ -56,6 +60,8 @@ class _Issues:
         self.file = file
         self.lines = text.splitlines()
         self.items: list[Issue] = []
+        #: accepted, but probably not what the author meant (``Playbook.warnings``; never fail validation)
+        self.warnings: list[Issue] = []
 
     def add(self, node: Any, key: Any, message: str, *, step: str | None = None,
             field: str | None = None, hint: str | None = None, offset: int | None = None) -> None:
@@ -71,6 +77,12 @@ class _Issues:
                 text = self.lines[target - 1]
                 line, col = target, len(text) - len(text.lstrip()) + 1
         self.items.append(Issue(self.file, line, col, message, step, field, hint))
+
+
+    def warn(self, node: Any, key: Any, message: str, *, step: str | None = None,
+             field: str | None = None, hint: str | None = None) -> None:
+        line, col = _locate(node, key)
+        self.warnings.append(Issue(self.file, line, col, message, step, field, hint))
 
 
 def _locate(node: Any, path: Any) -> tuple[int, int]:
@@ -153,6 +165,8 @@ def _pydantic_message(err: Any) -> str:
         return f"must be a mapping, got {_describe(value)}"
     if kind == "list_type":
         return f"must be a list, got {_describe(value)}"
+    if kind == "string_too_short":
+        return f"must not be empty, got {_describe(value)}"
     if kind == "string_type":
         return f"must be a string, got {_describe(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
@@ -209,7 +223,7 @@ def _raw_path(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
         elif isinstance(current, list) and isinstance(part, int) and part < len(current):
             path.append(part)
             current = current[part]
-        elif part in ("mode", "max_in_flight", "rules") and isinstance(current, dict):
+        elif part in ("mode", "max_in_flight", "frame", "rules") and isinstance(current, dict):
             path.append("spec")
             current = current.get("spec")
             if part == "rules" and isinstance(current, dict):
@@ -273,6 +287,7 @@ def parse_text(text: str, file: str = "<string>") -> Playbook:
         playbook = None
     if issues.items or playbook is None:
         raise PlaybookError(sorted(issues.items, key=lambda i: (i.line, i.col)))
+    playbook.warnings.extend(issues.warnings)
     return playbook
 
 
@@ -296,9 +311,21 @@ def _parse(raw: Any, issues: _Issues) -> Playbook | None:
         _pydantic_issues(issues, raw, exc, None)
         return None
     playbook.file = issues.file
+    _note_script_folders(playbook, issues.file)
     _check_cycles(playbook, raw, issues)
     _check_products(playbook, raw, issues)
+    check_extensions(playbook, raw, issues)  # extensions and reserved names (playbook/extensions.py)
     return None if issues.items else playbook
+
+
+def _note_script_folders(playbook: Playbook, file: str) -> None:
+    """Python tasks with a ``script:`` source learn the playbook's folder (file sources resolve there)."""
+    folder = None
+    for step in playbook.workflow:
+        for task in step.tool:
+            if task.kind in ("python", "script") and uses_script(task.config):
+                folder = folder or str(Path(file).resolve().parent)
+                task.__pydantic_extra__[BASE_DIR_KEY] = folder
 
 
 def _missing_root(raw: SourceMap, key: str) -> str:
@@ -536,9 +563,16 @@ def _check_tasks_of_broken_step(tool: Any, exc: ValidationError, raw: SourceMap,
 def _check_step(step: Step, raw: SourceMap, issues: _Issues) -> None:
     name = step.step
     _check_tasks(dict(enumerate(step.tool)), step.pipeline, raw, issues, name)
-    if step.loop is not None and (step.loop.in_ is None or step.loop.in_ == ""):
+    if step.loop is not None and step.loop.mode != "cursor" and (step.loop.in_ is None or step.loop.in_ == ""):
         issues.add(raw, "loop", "`loop.in` is required (the list to iterate)", step=name,
                    field="loop.in", hint='e.g. `in: "{{ workload.items }}"`')
+    if step.loop is not None and step.loop.cursor is not None:
+        _check_cursor(step, raw, issues)
+    elif step.loop is not None and step.loop.mode == "cursor":
+        issues.add(raw, ("loop", "spec", "mode"), "`mode: cursor` needs `loop.cursor` with the `claim:` SQL "
+                   "that leases the next rows", step=name, field="loop.cursor",
+                   hint="loop: {iterator: row, cursor: {kind: postgres, auth: pg, claim: \"UPDATE ... RETURNING ...\"}, "
+                   "spec: {mode: cursor}}")
     if step.when is not None:
         _check_when(step.when, raw, ("when",), "when", issues, name)
     if step.next is not None:
@@ -550,6 +584,18 @@ def _check_step(step: Step, raw: SourceMap, issues: _Issues) -> None:
     _check_set(raw, ("set",), "set", issues, name)
     if step.loop is not None:
         _check_templates(step.loop.in_, raw, ("loop", "in"), "loop.in", issues, name)
+
+
+def _check_cursor(step: Step, raw: SourceMap, issues: _Issues) -> None:
+    """``loop.cursor`` of a cursor loop: a claim in a SQL tool kind, valid template syntax."""
+    cursor = step.loop.cursor  # type: ignore[union-attr]
+    if cursor.kind not in CURSOR_KINDS:
+        issues.add(raw, ("loop", "cursor", "kind"), f"a cursor claim runs on a SQL tool, not {cursor.kind!r}",
+                   step=step.step, field="loop.cursor.kind", hint="kind: " + " or ".join(CURSOR_KINDS))
+    _check_templates(cursor.claim, raw, ("loop", "cursor", "claim"), "loop.cursor.claim", issues, step.step)
+    if step.loop.mode != "cursor":  # type: ignore[union-attr]
+        issues.warn(raw, ("loop", "cursor"), "`loop.cursor` is ignored: only `spec.mode: cursor` loops claim rows",
+                    step=step.step, field="loop.cursor", hint="set `spec: {mode: cursor}` or remove `cursor:`")
 
 
 def _arc_path(raw: SourceMap, index: int) -> tuple[Any, ...]:
@@ -585,7 +631,11 @@ def _check_task(task: Task, raw: SourceMap, tpath: tuple[Any, ...], fname: str, 
                    hint="copy the workbook tool into the pipeline task")
         return
     config = task.config
-    for field, message, hint in get_tool(task.kind).validate(config):
+    if task.kind == "python" and uses_script(config):
+        problems = validate_script(config, Path(issues.file).parent)
+    else:
+        problems = get_tool(task.kind).validate(config)
+    for field, message, hint in problems:
         match = re.search(r"code line (\d+)", message) if field == "code" else None
         issues.add(raw, tpath + (field,), message, step=name, field=f"{fname}.{field}", hint=hint,
                    offset=int(match.group(1)) if match else None)
@@ -603,6 +653,26 @@ def _check_task(task: Task, raw: SourceMap, tpath: tuple[Any, ...], fname: str, 
         _check_set(raw, then_path + ("set",), f"{rfield}.then.set", issues, name)
         if rule.then.do == "jump":
             _check_jump(rule.then.to, raw, then_path, f"{rfield}.then", issues, name, labels)
+    raw_rules = _node_at(raw, tpath + ("spec", "policy", "rules"))
+    cut = next((i for i, r in enumerate(raw_rules) if else_without_then(r)), None) \
+        if isinstance(raw_rules, list) else None
+    for index, rule in enumerate(raw_rules if isinstance(raw_rules, list) else []):
+        if never_matches(rule) and (cut is None or index < cut):
+            issues.warn(raw, tpath + ("spec", "policy", "rules", index),
+                        "a rule with neither `when:` nor `else:` never matches (as in NoETL)",
+                        step=name, field=f"{fname}.spec.policy.rules[{index}]",
+                        hint="add `when: \"{{ ... }}\"`, or write it as `- else: {then: ...}`")
+    if cut is not None:
+        later = len(raw_rules) - cut - 1
+        body = raw_rules[cut]["else"]
+        ignored = ", ".join(f"`{k}:`" for k in body) if isinstance(body, dict) and body else ""
+        issues.warn(raw, tpath + ("spec", "policy", "rules", cut),
+                    "`else:` without `then:` matches every outcome and does nothing (as in NoETL): an error "
+                    "result still fails the pipeline, a success continues"
+                    + (f"; its {ignored} are ignored (they belong under `then:`)" if ignored else "")
+                    + (f"; the {later} rule(s) after it are never reached" if later else ""),
+                    step=name, field=f"{fname}.spec.policy.rules[{cut}]",
+                    hint="write the action: `- else: {then: {do: continue}}`")
 
 
 def _check_jump(target: str | None, raw: SourceMap, path: tuple[Any, ...], field: str, issues: _Issues,
@@ -760,6 +830,12 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
         issues.add(meta, "schedule", f"schedule {schedule!r} of a daily-partitioned playbook must run once a day "
                    "(each tick fills the partition of the day before)", field="metadata.schedule",
                    hint='minute and hour only, e.g. "0 2 * * *"')
+    on_error = playbook.metadata.dagster.get("on_error")
+    if on_error is not None and on_error not in ("complete", "fail"):
+        block = meta.get("dagster") if isinstance(meta, SourceMap) else None
+        issues.add(block if isinstance(block, SourceMap) else meta, "on_error",
+                   f"on_error {on_error!r} is not `complete` or `fail`", field="metadata.dagster.on_error",
+                   hint="complete (NoETL: an error result completes the step) or fail (strict)")
     for path in product_references(playbook):
         if len(path.split("/")) != 2:
             issues.add(meta, "uses", f"product reference {path!r} must be `domain/product`",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .source import SourceMap
@@ -50,7 +50,9 @@ class _Model(BaseModel):
         return data
 
 
-def _normalise_set(value: Any) -> dict[str, Any]:
+def _normalise_set(value: Any, strip: bool = True) -> dict[str, Any]:
+    """A ``set:`` block checked; step and arc keys lose their scope prefix (NoETL's flat context),
+    pipeline task and rule keys keep it (``ctx.x`` nests inside the pipeline, ``set_nested_var``)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -62,7 +64,7 @@ def _normalise_set(value: Any) -> dict[str, Any]:
             raise PydanticCustomError(
                 "set_key", "set key {shown} must be a non-empty name such as `ctx.total`",
                 {"key": key, "shown": repr(key)})
-        out[strip_scope(key)] = template
+        out[strip_scope(key) if strip else key] = template
     return out
 
 
@@ -105,12 +107,13 @@ class Next(_Model):
 class RuleThen(_Model):
     do: Literal["continue", "retry", "jump", "break", "fail"]
     attempts: int = Field(default=3, ge=1)
-    backoff: Literal["none", "linear", "exponential"] = "none"
+    #: ``linear``, ``exponential``; any other value (``none``, ``fixed``, ...) is a constant delay
+    backoff: str = Field(default="none", min_length=1)
     delay: float = Field(default=1.0, ge=0)
     to: str | None = None
     set: dict[str, Any] = Field(default_factory=dict)
 
-    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v, strip=False))
 
 
 class Rule(_Model):
@@ -123,11 +126,29 @@ class Rule(_Model):
     @classmethod
     def _else_form(cls, data: Any) -> Any:
         if isinstance(data, dict) and "else" in data:
-            body = data["else"]
-            if not isinstance(body, dict) or "then" not in body:
-                raise ValueError("`else:` needs a `then:` block, e.g. `- else: {then: {do: fail}}`")
-            return {"then": body["then"], "line": _line_of(data)}
+            # an `else:` without `then:` never gets here: Task drops it (see `else_without_then`)
+            return {"then": data["else"]["then"], "line": _line_of(data)}
         return data
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_bool(cls, value: Any) -> Any:
+        # NoETL's task_sequence reads a YAML boolean `when: true` as that boolean
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value
+
+
+def never_matches(rule: Any) -> bool:
+    """A policy rule with neither ``when:`` nor ``else:``: NoETL's task_sequence never matches it."""
+    return isinstance(rule, dict) and "when" not in rule and "else" not in rule
+
+
+def else_without_then(rule: Any) -> bool:
+    """A policy rule ``- else:`` without ``then:``: NoETL matches it and applies no action, so the
+    task's outcome decides (an error result fails the pipeline, a success continues)."""
+    return (isinstance(rule, dict) and "when" not in rule and "else" in rule
+            and not (isinstance(rule["else"], dict) and "then" in rule["else"]))
 
 
 class Task(_Model):
@@ -138,7 +159,7 @@ class Task(_Model):
     set: dict[str, Any] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
 
-    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
+    _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v, strip=False))
 
     @model_validator(mode="before")
     @classmethod
@@ -159,8 +180,25 @@ class Task(_Model):
             spec = data.get("spec")
             if isinstance(spec, dict) and isinstance(spec.get("policy"), dict):
                 rules = spec["policy"].get("rules")
+                if isinstance(rules, list):
+                    # rules after an `else:` without `then:` are never reached: it always matches
+                    # and leaves the default action; dropping it and them is the same behaviour
+                    cut = next((i for i, r in enumerate(rules) if else_without_then(r)), None)
+                    rules = rules if cut is None else rules[:cut]
+                    # a rule with neither `when:` nor `else:` never matches in NoETL
+                    rules = [{**r, "when": False} if never_matches(r) else r for r in rules]
                 if rules is not None:
                     data = {**data, "rules": rules, "line": _line_of(data)}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credential_alias(cls, data: Any) -> Any:
+        # NoETL's worker (auth_alias.rs) reads the alias from `auth:`, else from `credential:`
+        if isinstance(data, dict) and "credential" in data and data.get("auth") is None:
+            alias, line = data["credential"], _line_of(data) or data.get("line", 0)
+            data = {k: v for k, v in data.items() if k != "credential"}
+            data.update(auth=alias, line=line)
         return data
 
     @property
@@ -169,19 +207,50 @@ class Task(_Model):
         return {k: v for k, v in (self.model_extra or {}).items() if k != "spec"}
 
 
+class CursorClaim(_Model):
+    """``loop.cursor`` of a ``mode: cursor`` loop: the SQL that leases a frame of work rows.
+
+    ``claim`` runs with the tool ``kind`` (default postgres) and ``auth``; its returned rows are
+    the items (``iter.<iterator>`` is one row). ``{{ __frame_max_rows }}`` is ``frame.max_rows``.
+    """
+
+    kind: str = "postgres"
+    auth: str | None = None
+    claim: str = Field(min_length=1)
+
+
+class Frame(_Model):
+    """``loop.spec.frame`` (cursor mode): ``max_rows`` caps each claim (default 1);
+    ``row_concurrency`` is NoETL's per-frame parallelism (rows run in order here); the lease,
+    heartbeat, byte and time fields are advisory in NoETL too (the claim SQL reclaims stale rows).
+    """
+
+    max_rows: int | None = Field(default=None, ge=1)
+    max_seconds: float | None = None
+    max_bytes: int | None = None
+    lease_seconds: float | None = None
+    heartbeat_seconds: float | None = None
+    row_concurrency: int | None = Field(default=None, ge=1)
+    process: str | None = None
+
+
 class Loop(_Model):
-    """``loop: {in, iterator, chunk_size, spec: {mode, max_in_flight}}``.
+    """``loop: {in, iterator, chunk_size, spec: {mode, max_in_flight, frame}, cursor}``.
 
     ``chunk_size`` (an extension, default 1) groups a parallel loop's items: one mapped op runs
     that many consecutive items in order. ``max_in_flight`` is NoETL's concurrency hint; here it
-    is the default of ``PlaybookTranslator.get_loop_concurrency``.
+    is the default of ``PlaybookTranslator.get_loop_concurrency``. ``mode: cursor`` takes its
+    items from repeated ``cursor.claim`` queries instead of ``in:`` (see
+    :mod:`noetl_dagster.runtime.cursor`).
     """
 
     in_: Any = Field(alias="in", default=None)
     iterator: str
-    mode: Literal["sequential", "parallel"] = "sequential"
+    mode: Literal["sequential", "parallel", "cursor"] = "sequential"
     max_in_flight: int | None = Field(default=None, ge=1)
     chunk_size: int = Field(default=1, ge=1, strict=True)
+    frame: Frame | None = None
+    cursor: CursorClaim | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -189,7 +258,7 @@ class Loop(_Model):
         if isinstance(data, dict) and isinstance(data.get("spec"), dict):
             spec = data["spec"]
             data = {**{k: v for k, v in data.items() if k != "spec"}, "line": _line_of(data)}
-            for key in ("mode", "max_in_flight"):
+            for key in ("mode", "max_in_flight", "frame"):
                 if key in spec:
                     data[key] = spec[key]
         return data
@@ -197,11 +266,8 @@ class Loop(_Model):
     @field_validator("mode", mode="before")
     @classmethod
     def _mode(cls, value: Any) -> Any:
-        if value == "cursor":
-            raise ValueError("loop mode 'cursor' (a claim-driven postgres loop) is not supported by "
-                             "noetl_dagster; use sequential or parallel over `in:`")
-        if value not in ("sequential", "parallel"):
-            raise ValueError(f"loop mode {value!r} is not valid; use sequential or parallel")
+        if value not in ("sequential", "parallel", "cursor"):
+            raise ValueError(f"loop mode {value!r} is not valid; use sequential, parallel or cursor")
         return value
 
     @field_validator("iterator")
@@ -448,6 +514,12 @@ class Playbook(_Model):
     workbook: list[WorkbookEntry] = Field(default_factory=list)
     workflow: list[Step]
     file: str = Field(default="<string>", exclude=True)
+    #: accepted forms that probably do not do what the author meant (``noetl-dagster validate`` prints them)
+    _warnings: list[Any] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[Any]:
+        return self._warnings
 
     def step(self, name: str) -> Step:
         for step in self.workflow:

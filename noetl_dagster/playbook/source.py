@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +68,34 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.col, self.first = key, line, col, first
 
 
+class _BadKey(Exception):
+    def __init__(self, line: int, col: int) -> None:
+        super().__init__(line)
+        self.line, self.col = line, col
+
+
 class _SourceLoader(_BaseLoader):  # type: ignore[misc, valid-type]
     pass
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _small(value: Any, budget: int = 64) -> bool:
+    """Whether ``value`` holds at most ``budget`` values (aliases counted each time they appear)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return True
 
 
 def _construct_map(loader: _SourceLoader, node: yaml.MappingNode):  # type: ignore[no-untyped-def]
@@ -84,7 +107,9 @@ def _construct_map(loader: _SourceLoader, node: yaml.MappingNode):  # type: igno
         key = loader.construct_object(key_node, deep=True)
         try:
             hash(key)
-        except TypeError:
+        except TypeError:  # a mapping or list as a key: `{{ x }}` unquoted reads as one, so keep its text
+            if not (isinstance(key, dict) and len(key) == 1 and None in key.values() and _small(key)):
+                raise _BadKey(*_mark(key_node)) from None  # any other (maybe huge) key is never stringified
             key = str(key)
         if key in data:
             raise _DuplicateKey(key, *_mark(key_node), data.key_positions[key])
@@ -105,10 +130,31 @@ _SourceLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _SourceLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
+#: largest playbook file read (bytes of text); a bigger one is refused before parsing
+MAX_DOCUMENT_CHARS = int(os.environ.get("NOETL_MAX_PLAYBOOK_BYTES", 4_000_000))
+#: most values a document may hold once its aliases are expanded (a "billion laughs" is refused)
+MAX_EXPANDED_VALUES = int(os.environ.get("NOETL_MAX_PLAYBOOK_VALUES", 250_000))
+
+
 def load_yaml_text(text: str, filename: str = "<string>") -> Any:
-    """Parse one YAML document; raise :class:`YamlError` with a position on bad input."""
+    """Parse one YAML document; raise :class:`YamlError` with a position on bad input.
+
+    Bounded: at most :data:`MAX_DOCUMENT_CHARS` characters, and at most
+    :data:`MAX_EXPANDED_VALUES` values counting every alias expansion (aliases are shared
+    objects here, but everything downstream would expand them).
+    """
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise YamlError(filename, YamlProblem(1, 1, f"the file has {len(text):,} characters, more than the "
+                                              f"limit of {MAX_DOCUMENT_CHARS:,} (NOETL_MAX_PLAYBOOK_BYTES)"))
     try:
-        return yaml.load(text, Loader=_SourceLoader)  # noqa: S506 - a safe loader subclass
+        data = yaml.load(text, Loader=_SourceLoader)  # noqa: S506 - a safe loader subclass
+        _check_expansion(data, filename)
+        return data
+    except RecursionError:
+        raise YamlError(filename, YamlProblem(1, 1, "the document is nested too deeply")) from None
+    except _BadKey as exc:
+        raise YamlError(filename, YamlProblem(exc.line, exc.col, "a mapping key must be a plain value, "
+                                              "not a mapping or a list")) from None
     except _DuplicateKey as exc:
         raise YamlError(
             filename,
@@ -129,6 +175,26 @@ def load_yaml_text(text: str, filename: str = "<string>") -> Any:
         raise YamlError(filename, YamlProblem(line, col, f"YAML syntax error: {problem}")) from None
     except yaml.YAMLError as exc:
         raise YamlError(filename, YamlProblem(1, 1, f"YAML error: {exc}")) from None
+
+
+def _check_expansion(data: Any, filename: str) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_EXPANDED_VALUES` values."""
+    budget = MAX_EXPANDED_VALUES
+    stack = [data]
+    line = col = 1
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if isinstance(value, (SourceMap, SourceList)):
+            line, col = value.line, value.col
+        if budget < 0:
+            raise YamlError(filename, YamlProblem(max(line, 1), max(col, 1), "the document expands to more than "
+                                                  f"{MAX_EXPANDED_VALUES:,} values (YAML aliases `*x` repeating "
+                                                  "large anchors?); refused")) from None
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 class YamlError(Exception):

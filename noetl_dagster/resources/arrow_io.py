@@ -330,6 +330,17 @@ def _to_jsonable(value: Any, depth: int = 0) -> Any:
         return [_to_jsonable(v, depth + 1) for v in value]
     if kind is tuple:
         return {TUPLE_MARKER: [_to_jsonable(v, depth + 1) for v in value]}
+    # subclasses of the plain types (the loader's SourceMap/SourceList carrying YAML lines in a
+    # workload, str/int enums) are stored as the plain type: tokens stay JSON, not a pickle
+    if isinstance(value, dict):
+        return _to_jsonable(dict(value), depth)
+    if isinstance(value, list):
+        return _to_jsonable(list(value), depth)
+    if isinstance(value, bool):
+        return bool(value)
+    for plain in (str, int, float):
+        if isinstance(value, plain):
+            return plain(value)
     raise _NotJson(kind.__name__)
 
 

@@ -369,7 +369,17 @@ class ClickHouseResource(dg.ConfigurableResource):
     def sink(self) -> ClickHouseSink:
         """The (process-shared) client wrapped in a sink; the schema is migrated on first write."""
         dsn, kwargs = self.connection()
-        return ClickHouseSink(get_client(dsn, **kwargs), self._database())
+        sink = ClickHouseSink(get_client(dsn, **kwargs), self._database())
+        sink.destination = self.destination()
+        return sink
+
+    def destination(self) -> str:
+        """Where rows go, without credentials: ``clickhouse:<dsn or host:port>/<database>`` (export cursors
+        belong to it)."""
+        from ..sensors.destination import without_credentials
+
+        where = f"{self.host}:{self.port or ''}" if self.host else (self.dsn or os.environ.get(ENV_DSN) or default_dsn())
+        return f"clickhouse:{without_credentials(where)}/{self._database()}"
 
     @contextmanager
     def session(self) -> Iterator[ClickHouseSink]:
@@ -382,7 +392,9 @@ class ClickHouseResource(dg.ConfigurableResource):
         """
         dsn, kwargs = self.connection()
         with client_session(dsn, **kwargs) as client:
-            yield ClickHouseSink(client, self._database())
+            sink = ClickHouseSink(client, self._database())
+            sink.destination = self.destination()
+            yield sink
 
     def _database(self) -> str:
         return self.database or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE

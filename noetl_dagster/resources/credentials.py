@@ -9,6 +9,7 @@ text (error messages, logs) before it is shown.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -85,13 +86,39 @@ def register_secret(value: Any) -> None:
     text = str(value)
     if len(text) < MIN_SECRET_LENGTH:
         return
-    forms = {text, quote(text, safe=""), quote_plus(text)}
+    forms = secret_forms(text)
     with _LOCK:
         if forms <= _SECRETS:
             return
         _SECRETS.update(forms)
         ordered = sorted(_SECRETS, key=len, reverse=True)
-        _PATTERN = re.compile("|".join(re.escape(s) for s in ordered))
+        # case-insensitive: upper/lower/title-cased copies and %2f/%2F escapes match too
+        _PATTERN = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
+
+
+def secret_forms(text: str) -> set[str]:
+    """The encodings of a secret that :func:`redact` masks (case-insensitively).
+
+    The text itself (so upper/lower-cased copies), its URL-quoted forms, and its base64 forms
+    (standard and URL-safe, with and without padding, plus the part that does not depend on
+    what precedes or follows it, so a secret base64-encoded inside a longer text such as
+    ``user:password`` is masked as well).
+    """
+    forms = {text, quote(text, safe=""), quote_plus(text)}
+    for variant in {text, text.upper(), text.lower()}:
+        raw = variant.encode()
+        for k in range(3):  # the secret at each alignment inside a longer encoded text
+            encoded = base64.b64encode(b"\0" * k + raw).decode()
+            start = (0, 2, 3)[k]
+            end = 4 * ((k + len(raw)) // 3)
+            core = encoded[start:end]
+            if len(core) >= 8:
+                forms.update({core, core.replace("+", "-").replace("/", "_")})
+            if k == 0:
+                forms.update({encoded, encoded.rstrip("="),
+                              base64.urlsafe_b64encode(raw).decode(),
+                              base64.urlsafe_b64encode(raw).decode().rstrip("=")})
+    return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
 def redact(text: Any) -> str:
@@ -110,16 +137,46 @@ def redact(text: Any) -> str:
 
 
 def redact_value(value: Any) -> Any:
-    """:func:`redact` applied to every string inside a (JSON-like) value; keys are kept."""
-    if _PATTERN is None:
+    """:func:`redact` applied to every string inside a value; keys are kept.
+
+    Walks mappings, lists and tuples; Arrow tables and record batches get their string
+    columns masked (a new table, only when a value matches); other objects pass unchanged.
+    A value without any secret is returned as it is (the same object).
+    """
+    pattern = _PATTERN
+    if pattern is None:
         return value
     if isinstance(value, str):
-        return redact(value)
+        return pattern.sub(MASK, value) if pattern.search(value) else value
     if isinstance(value, Mapping):
-        return {k: redact_value(v) for k, v in value.items()}
+        out = {k: redact_value(v) for k, v in value.items()}
+        return value if all(out[k] is v for k, v in value.items()) else out
     if isinstance(value, (list, tuple)):
-        return [redact_value(v) for v in value]
+        items = [redact_value(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else items
+    if type(value).__module__.startswith("pyarrow") and hasattr(value, "schema"):
+        return _redact_arrow(value, pattern)
     return value
+
+
+def _redact_arrow(table: Any, pattern: re.Pattern[str]) -> Any:
+    """An Arrow table/batch with every secret in its string columns masked."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    regex = "(?i)" + pattern.pattern
+    columns, changed = [], False
+    for field, column in zip(table.schema, table.columns):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            if pc.any(pc.match_substring_regex(column, regex)).as_py():
+                column = pc.replace_substring_regex(column, regex, MASK)
+                changed = True
+        columns.append(column)
+    if not changed:
+        return table
+    if isinstance(table, pa.RecordBatch):
+        return pa.RecordBatch.from_arrays(columns, schema=table.schema)
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -294,4 +351,4 @@ def registered_secrets() -> Iterable[str]:
 
 __all__ = ["CredentialNotFound", "CredentialsResource", "ENV_PREFIX", "MASK", "env_name",
            "is_secret_field", "redact", "redact_value", "register_connection_secret",
-           "register_secret", "secret_safe"]
+           "register_secret", "secret_forms", "secret_safe"]

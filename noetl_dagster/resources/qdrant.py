@@ -396,7 +396,16 @@ class QdrantResource(dg.ConfigurableResource):
         return get_client(**self._where())
 
     def sink(self, embedder: Any) -> QdrantSink:
-        return QdrantSink(self.client(), embedder, self.prefix)
+        sink = QdrantSink(self.client(), embedder, self.prefix)
+        sink.destination = self.destination()
+        return sink
+
+    def destination(self) -> str:
+        """Where points go, without credentials: ``qdrant:<url or path>/<prefix>`` (export cursors belong to it)."""
+        from ..sensors.destination import without_credentials
+
+        where = self._where()
+        return f"qdrant:{without_credentials(str(where.get('url') or where.get('path')))}/{self.prefix}"
 
     @contextmanager
     def session(self, embedder: Any) -> Iterator[QdrantSink]:
@@ -408,7 +417,9 @@ class QdrantResource(dg.ConfigurableResource):
                 sink.search("failures", "connection refused")
         """
         with client_session(**self._where()) as client:
-            yield QdrantSink(client, embedder, self.prefix)
+            sink = QdrantSink(client, embedder, self.prefix)
+            sink.destination = self.destination()
+            yield sink
 
 
 __all__ = ["COLLECTIONS", "Hit", "QdrantResource", "QdrantSink", "client_session", "get_client", "playbook_documents",

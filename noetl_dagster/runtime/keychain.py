@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any, Iterator
 
 from ..resources.credentials import env_name, register_secret
-from .templates import ReadOnlyMap, render_value
+from .templates import ReadOnlyMap, TemplateFailure, Unserialisable, render_value
 from .tools.base import ToolError
 
 
@@ -40,8 +40,16 @@ class KeychainError(ToolError):
     """A ``keychain.<name>`` reference that cannot be resolved."""
 
 
-class Keychain(Mapping):
-    """The ``keychain`` template name of one op: entries by name, each resolved once."""
+class Keychain(Unserialisable, Mapping):
+    """The ``keychain`` template name of one op: entries by name, each resolved once.
+
+    Templates index it (``keychain.<name>.<field>``) but cannot list or dump it: iterating it
+    (``{{ keychain | tojson }}``, ``{{ keychain }}``, ``{% for k in keychain %}``) fails the step,
+    so one template cannot resolve and print every entry.
+    """
+
+    refusal = ("the keychain cannot be listed or serialised as a whole; "
+               "use `keychain.<name>.<field>`")
 
     def __init__(self, entries: list[Any], credentials: Any, workload: Mapping[str, Any]) -> None:
         self._entries = {entry.name: entry for entry in entries}
@@ -58,7 +66,11 @@ class Keychain(Mapping):
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        raise TemplateFailure(self.refusal)
+
+    def names(self) -> list[str]:
+        """The declared entry names (for diagnostics; never their values)."""
+        return list(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -73,7 +73,8 @@ def evaluate_check(check: ProductCheck, value: Any) -> tuple[bool, dict[str, Any
         n = table.num_rows
         ok = bounds.get("min", 0) <= n and ("max" not in bounds or n <= bounds["max"])
         return ok, {"row_count": n, **{f"expected_{k}": v for k, v in bounds.items()}}
-    con = duckdb.connect()
+    # checks only read the product: no files, no network, no extensions, settings locked
+    con = duckdb.connect(config={"enable_external_access": False, "lock_configuration": True})
     try:
         con.register("product", table)
         if check.kind in ("not_null", "unique"):
@@ -89,6 +90,9 @@ def evaluate_check(check: ProductCheck, value: Any) -> tuple[bool, dict[str, Any
                 bad = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM product "
                                   f"GROUP BY {cols}) WHERE n > 1").fetchone()[0]
             return bad == 0, {"offending_rows": int(bad)}
+        statements = con.extract_statements(check.sql or "")
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            return False, {"error": "a check's `sql` must be one SELECT statement (checks are read-only)"}
         got = con.execute(check.sql or "").fetchone()
         actual_value = got[0] if got else None
         return actual_value == check.expect, {"result": actual_value, "expected": check.expect}

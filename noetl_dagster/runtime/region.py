@@ -27,6 +27,7 @@ class StepRecord:
     status: str = "skipped"
     runs: int = 0
     result: Any = None
+    error: str | None = None  # the latest run's error result message
 
 
 @dataclass
@@ -66,8 +67,8 @@ def run_region(steps: Mapping[str, Step], entries: list[tuple[str, Context]], ru
             raise RegionFailed(exc, records) from None
         record = records[name]
         record.runs += result.runs
-        if result.status == "success":
-            record.status, record.result = "success", result.result
+        if result.status in ("success", "error"):
+            record.status, record.result, record.error = result.status, result.result, result.error
         for index, arc, arc_set in result.fired:
             token = result.context.token(arc.step, arc_set)
             if arc.step in steps:

@@ -31,6 +31,8 @@ from typing import Any
 
 import minijinja
 
+from .limits import too_large
+
 _LONE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 _FALSY = frozenset({"", "false", "0", "no", "none", "null", "off", "{}", "[]"})
 #: MiniJinja's instruction budget per render: stops runaway loops in templates.
@@ -103,9 +105,21 @@ def freeze(value: Any, data_alias: bool = False) -> Any:
     return value
 
 
+class Unserialisable:
+    """Marker base: a mapping templates may index but never dump whole (the keychain)."""
+
+    __slots__ = ()
+    #: the message of the error raised when a template tries to serialise the object
+    refusal = "this value cannot be serialised as a whole"
+
+
 def thaw(value: Any) -> Any:
     """Plain ``dict``/``list`` copies of views (and of anything MiniJinja hands back)."""
+    if isinstance(value, Unserialisable):
+        raise TemplateFailure(value.refusal)
     if isinstance(value, ReadOnlyMap):
+        if isinstance(value._data, Unserialisable):
+            raise TemplateFailure(value._data.refusal)
         return {k: thaw(v) for k, v in value._data.items()}
     if isinstance(value, ReadOnlyList):
         return [thaw(v) for v in value._data]
@@ -143,6 +157,18 @@ def _fromjson(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _plain_text(value: Any) -> str:
+    from .binding import _text
+
+    return _text(value)
+
+
+def _sql_identifier(value: Any) -> str:
+    from .binding import sql_identifier
+
+    return sql_identifier(value)
+
+
 def _make_env(typed: bool = False) -> minijinja.Environment:
     """The text environment, or (``typed``) the one that evaluates lone expressions.
 
@@ -152,9 +178,14 @@ def _make_env(typed: bool = False) -> minijinja.Environment:
     env = minijinja.Environment(
         undefined_behavior="chainable", debug=False, finalizer=_finalize, fuel=FUEL
     )
+    env.remove_global("debug")  # it dumps the whole context, secrets included
     if not typed:
         env.add_filter("tojson", lambda v, indent=None: json.dumps(thaw(v), default=str, indent=indent))
     env.add_filter("fromjson", _fromjson)
+    # outside shell commands and SQL (runtime/binding.py) these only render text
+    env.add_filter("raw_shell", lambda v: _plain_text(v))
+    env.add_filter("raw_sql", lambda v: _plain_text(v))
+    env.add_filter("sql_identifier", lambda v: _sql_identifier(v))
     env.add_filter("b64encode", _b64encode)
     env.add_filter("b64decode", _b64decode)
     env.add_filter("len", lambda v: 0 if v is None else len(v))
@@ -193,10 +224,20 @@ def _resolve_path(expr: str, scope: Mapping[str, Any]) -> Any:
     return value
 
 
+_QUOTED_NAME = re.compile(r"(template|include|import|extends)([^']*)'[^']*'", re.IGNORECASE)
+
+
 def _message(exc: Exception) -> str:
+    """The error of ``exc`` without values: names of missing templates are dropped, secrets masked."""
+    from ..resources.credentials import redact
+
+    if isinstance(exc, TemplateFailure):
+        return redact(str(exc))
     if isinstance(exc, minijinja.TemplateError):
-        return exc.message.replace(" (in <string>", " (").replace(" (in ", " (")
-    return f"{type(exc).__name__}: {exc}"
+        text = exc.message.replace(" (in <string>", " (").replace(" (in ", " (")
+        text = _QUOTED_NAME.sub(r"\1\2<value>", text)  # `{% include x %}` names a rendered value
+        return redact(text)
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 def _template_name(source: str) -> str:
@@ -227,11 +268,17 @@ def check_syntax(source: str) -> str | None:
 def render_text(source: str, scope: Mapping[str, Any]) -> str:
     """Render ``source`` to text."""
     try:
-        return _ENV.render_template(_template_name(source), **scope)
+        text = _ENV.render_template(_template_name(source), **scope)
     except TemplateFailure:
         raise
     except Exception as exc:  # noqa: BLE001
         raise TemplateFailure(_message(exc)) from None
+    if too_large(len(text)):
+        raise TemplateFailure(too_large(len(text)) or "")
+    return text
+
+
+_WHOLE_KEYCHAIN = re.compile(r"\bkeychain\b(?!\s*[.\[])")
 
 
 def evaluate(expr: str, scope: Mapping[str, Any]) -> Any:
@@ -239,9 +286,18 @@ def evaluate(expr: str, scope: Mapping[str, Any]) -> Any:
     direct = _resolve_path(expr, scope)
     if direct is not _MISSING:
         return thaw(direct)
+    if "keychain" in expr and _WHOLE_KEYCHAIN.search(expr):  # MiniJinja's tojson would give {}
+        raise TemplateFailure("the keychain cannot be listed or serialised as a whole; "
+                              "use `keychain.<name>.<field>`")
     try:
-        return json.loads(str(_TYPED_ENV.eval_expr(f"({expr}) | tojson", **scope)))
+        text = str(_TYPED_ENV.eval_expr(f"({expr}) | tojson", **scope))
     except Exception as exc:  # noqa: BLE001
+        raise TemplateFailure(_message(exc)) from None
+    if too_large(len(text)):
+        raise TemplateFailure(too_large(len(text)) or "")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
         raise TemplateFailure(_message(exc)) from None
 
 

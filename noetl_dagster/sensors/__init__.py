@@ -30,6 +30,7 @@ import dagster as dg
 from ..resources.clickhouse import ClickHouseResource
 from ..resources.embedder import EmbedderResource
 from ..resources.qdrant import QdrantResource
+from .held import quiet_native_stderr
 from .exporter import ExportBatch, ExportCursor, Exporter, ExportStats, default_lag
 from .hints import HINT_TAG, find_similar, hint_pass, record_hints
 from .mapping import EventRow, RunContext, RunSummary, StepFailure, StepRun, map_record
@@ -81,12 +82,56 @@ def _summary(stats: ExportStats) -> str:
             f"({stats.failures} failures{reopened}) in {stats.batches} batches, {stats.seconds:.1f}s; {state}")
 
 
+#: at most this many finished runs are reported back to per tick (the rest are exported all the same)
+MAX_REACTIONS = 100
+
+
+def finished_this_tick(before: ExportCursor, after: ExportCursor) -> list[str]:
+    """Runs whose export completed for the first time in a tick (not runs reopened for late events)."""
+    seen = set(before.done) | set(before.tail)
+    return [run_id for run_id in {**after.done, **after.tail} if run_id not in seen and run_id not in after.active]
+
+
+#: the asset each sink's exports are observed on (the UI shows a tick's counts there)
+EXPORT_ASSETS = {"clickhouse": ("observability", "noetl_events"), "qdrant": ("observability", "noetl_search_index")}
+
+
+def export_asset_specs() -> list[dg.AssetSpec]:
+    """The exported stores as external assets, observed by every export tick that wrote."""
+    return [
+        dg.AssetSpec(key=list(EXPORT_ASSETS["clickhouse"]), group_name="observability", kinds={"clickhouse"},
+                     description="Every playbook-run event (noetl_events) and step attempt (step_runs), exported "
+                                 "by the noetl_export_clickhouse sensor; each tick that wrote is an observation "
+                                 "with its counts."),
+        dg.AssetSpec(key=list(EXPORT_ASSETS["qdrant"]), group_name="observability", kinds={"qdrant"},
+                     description="Playbooks, run summaries and failures embedded for semantic search, exported "
+                                 "by the noetl_export_qdrant sensor; each tick that wrote is an observation."),
+    ]
+
+
+def observe_export(instance: dg.DagsterInstance, sink_name: str, stats: ExportStats) -> None:
+    """Record what a tick exported as an observation of the sink's asset (visible in the UI)."""
+    key = EXPORT_ASSETS.get(sink_name)
+    if key is None:
+        return
+    metadata = {"events": stats.events, "step_runs": stats.step_runs, "runs": stats.runs,
+                "failures": stats.failures, "reopened": stats.reopened, "seconds": round(stats.seconds, 2),
+                "caught_up": stats.caught_up}
+    try:
+        instance.report_runless_asset_event(dg.AssetObservation(asset_key=list(key), metadata=metadata))
+    except Exception:  # noqa: BLE001 - the export itself succeeded; the observation is a courtesy
+        pass
+
+
 def export_tick(context: dg.SensorEvaluationContext, sink: Any, *, budget_seconds: float | None,
-                lag_seconds: float | None = None, before: Callable[[ExportCursor], None] | None = None
-                ) -> dg.SensorResult:
+                lag_seconds: float | None = None, before: Callable[[ExportCursor], None] | None = None,
+                react: bool = True) -> Any:
     """One sensor tick for ``sink``: export from the stored cursor, return the advanced cursor.
 
-    A sink error propagates: the tick fails (visible in the UI) and the cursor stays put.
+    A tick that finished exporting runs reports back to them (``react``): Dagster's tick is then
+    "Success" with those runs as its targeted runs, each run's log says which sensor acted on it,
+    and the tick's log has the counts. A tick that finished none is "Skipped" with the counts as
+    its reason. A sink error propagates: the tick fails (visible in the UI), the cursor stays put.
     """
     register_env_secrets()
     cursor = ExportCursor.from_json(context.cursor)
@@ -96,6 +141,17 @@ def export_tick(context: dg.SensorEvaluationContext, sink: Any, *, budget_second
         cursor, budget_seconds=budget_seconds)
     message = f"{sink.name}: {_summary(stats)}"
     context.log.info(message)
+    if stats.events or stats.runs or stats.step_runs:
+        observe_export(context.instance, sink.name, stats)
+    finished = finished_this_tick(cursor, new_cursor) if react else []
+    if finished:
+        from dagster._core.definitions.run_request import DagsterRunReaction
+
+        runs = context.instance.get_runs(dg.RunsFilter(run_ids=finished[:MAX_REACTIONS]))
+        if runs:
+            context.log.info(f"reporting back to {len(runs)} of the {len(finished)} run(s) finished in this tick")
+            context.update_cursor(new_cursor.to_json())
+            return [DagsterRunReaction(dagster_run=run, run_status=run.status) for run in runs]
     return dg.SensorResult(cursor=new_cursor.to_json(), skip_reason=dg.SkipReason(message))
 
 
@@ -154,7 +210,8 @@ def tick_sink(open_session: Callable[[], Any], held: type[Exception], marker: st
     stays and the next tick retries; the skip reason quotes the error."""
     with ExitStack() as stack:
         try:
-            sink = stack.enter_context(open_session())
+            with quiet_native_stderr():  # chdb prints its lock error on fd 2: the skip reason says it
+                sink = stack.enter_context(open_session())
         except held as exc:
             if marker not in str(exc):
                 raise
@@ -213,16 +270,17 @@ def export_definitions(*, playbooks: str | Path | None = None, clickhouse: Click
                qdrant_export_sensor(playbooks=playbooks, lag_seconds=lag_seconds, **common)]
     if hints:
         sensors.append(failure_hints_sensor(**common))
-    return dg.Definitions(sensors=sensors, resources={
+    return dg.Definitions(sensors=sensors, assets=export_asset_specs(), resources={
         CLICKHOUSE_KEY: clickhouse or ClickHouseResource(),
         QDRANT_KEY: qdrant or QdrantResource(),
         EMBEDDER_KEY: embedder or EmbedderResource(),
     })
 
 
-__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "EventRow", "ExportBatch", "ExportCursor", "ExportStats", "Exporter",
+__all__ = ["CLICKHOUSE_KEY", "EMBEDDER_KEY", "EXPORT_ASSETS", "export_asset_specs", "observe_export", "EventRow", "ExportBatch", "ExportCursor", "ExportStats", "Exporter",
            "HINT_TAG", "QDRANT_KEY", "RunContext", "RunSummary", "StepFailure", "StepRun",
            "clickhouse_export_sensor", "clickhouse_session", "default_lag", "export_definitions", "export_tick",
+           "finished_this_tick",
            "failure_hints_sensor", "find_similar", "hint_pass", "index_playbooks", "map_record",
            "playbook_fingerprint", "qdrant_export_sensor", "qdrant_session", "record_hints", "register_env_secrets",
            "tick_sink"]

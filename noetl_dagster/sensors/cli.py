@@ -7,9 +7,13 @@
 Sinks are configured as for the sensors (``NOETL_CLICKHOUSE_DSN``, ``NOETL_QDRANT_URL``/
 ``NOETL_QDRANT_API_KEY``/``NOETL_QDRANT_PATH``, ``NOETL_EMBEDDER``), with the same embedded
 defaults under ``$DAGSTER_HOME`` (or ``./.dagster_home``). The CLI keeps its own cursors in
-``$DAGSTER_HOME/noetl_export/<sink>.cursor.json`` (``--full`` starts over; rewriting is
-idempotent). Embedded chdb and Qdrant folders are locked by the process using them: stop
-``dagster dev`` first when it runs the export sensors on the same folders.
+``$DAGSTER_HOME/noetl_export/<sink>-<destination hash>.cursor.json``, one per destination (DSN +
+database, URL + prefix: a new ClickHouse starts from the beginning; ``--full`` starts over;
+rewriting is idempotent). Each sink opens and exports on its own: one that is held, locked or
+unreachable is reported in one line and the others still export. Embedded chdb and Qdrant
+folders are locked by the process using them; ``dagster dev``'s sensors hold them only during a
+tick, so the commands wait (``--wait``, 15 s) and then say which folder is held, without a
+traceback (:mod:`.held`).
 
 Wire into the main parser with ``add_commands(subparsers)``.
 """
@@ -19,10 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from .destination import cursor_name, one_line
 from .exporter import ExportCursor, ExportStats
+from .held import SinkHeld, open_sink
 
 SINKS = ("clickhouse", "qdrant")
 
@@ -33,17 +40,35 @@ def cursor_dir() -> Path:
     return default_home() / "noetl_export"
 
 
-def load_cursor(sink: str, folder: Path | None = None) -> ExportCursor:
-    path = (folder or cursor_dir()) / f"{sink}.cursor.json"
+def load_cursor(sink: str, folder: Path | None = None, destination: str = "") -> ExportCursor:
+    """The saved cursor of ``sink`` for ``destination`` (a cursor belongs to a DSN + database)."""
+    path = (folder or cursor_dir()) / cursor_name(sink, destination)
     return ExportCursor.from_json(path.read_text()) if path.exists() else ExportCursor()
 
 
-def save_cursor(sink: str, cursor: ExportCursor, folder: Path | None = None) -> None:
+def save_cursor(sink: str, cursor: ExportCursor, folder: Path | None = None, destination: str = "") -> None:
     folder = folder or cursor_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{sink}.cursor.json.tmp"
+    name = cursor_name(sink, destination)
+    tmp = folder / f"{name}.tmp"
     tmp.write_text(cursor.to_json())
-    tmp.replace(folder / f"{sink}.cursor.json")
+    tmp.replace(folder / name)
+
+
+def open_sinks(stack: ExitStack, names: list[str], *, wait_seconds: float = 15.0, clickhouse: Any = None,
+               qdrant: Any = None, embedder: Any = None) -> tuple[list[Any], dict[str, str]]:
+    """The sinks that open (sessions closed with ``stack``), and a one-line error for each that
+    does not: a held, locked or unreachable sink never keeps the others from exporting."""
+    sinks, errors = [], {}
+    for name in names:
+        try:
+            sinks.append(open_sink(stack, name, clickhouse=clickhouse, qdrant=qdrant, embedder=embedder,
+                                   wait_seconds=wait_seconds))
+        except SinkHeld as exc:
+            errors[name] = str(exc).removeprefix(f"{name}: ")
+        except Exception as exc:  # noqa: BLE001 - reported per sink
+            errors[name] = one_line(exc)
+    return sinks, errors
 
 
 def make_sinks(names: list[str], clickhouse: Any = None, qdrant: Any = None, embedder: Any = None) -> list[Any]:
@@ -70,16 +95,17 @@ def run_export(instance: Any, sinks: list[Any], *, full: bool = False, playbooks
     register_env_secrets()
     out: dict[str, ExportStats] = {}
     for sink in sinks:
-        cursor = ExportCursor() if full else load_cursor(sink.name, folder)
+        destination = str(getattr(sink, "destination", "") or "")
+        cursor = ExportCursor() if full else load_cursor(sink.name, folder, destination)
         try:
             if sink.name == "qdrant" and playbooks and Path(playbooks).is_dir():
                 index_playbooks(sink, playbooks)
             cursor, stats = Exporter(instance, sink, lag_seconds=lag_seconds).export(
                 cursor, budget_seconds=budget_seconds)
         except Exception as exc:  # noqa: BLE001 - reported, the saved cursor stays
-            out[sink.name] = ExportStats(error=f"{type(exc).__name__}: {exc}")
+            out[sink.name] = ExportStats(error=one_line(exc))
             continue
-        save_cursor(sink.name, cursor, folder)
+        save_cursor(sink.name, cursor, folder, destination)
         out[sink.name] = stats
     return out
 
@@ -90,8 +116,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     names = list(SINKS) if args.sink == "all" else [args.sink]
     playbooks = args.playbooks if args.playbooks is not None else ("playbooks" if Path("playbooks").is_dir() else None)
     instance = default_instance()
-    results = run_export(instance, make_sinks(names), full=args.full, playbooks=playbooks,
-                         budget_seconds=args.budget, lag_seconds=args.lag)
+    with ExitStack() as stack:  # sessions: every client is closed before the interpreter exits
+        sinks, errors = open_sinks(stack, names, wait_seconds=args.wait)
+        results = run_export(instance, sinks, full=args.full, playbooks=playbooks,
+                             budget_seconds=args.budget, lag_seconds=args.lag)
+    results.update({name: ExportStats(error=error) for name, error in errors.items()})
     if args.json:
         print(json.dumps({name: stats.as_dict() for name, stats in results.items()}, sort_keys=True))
     else:
@@ -125,7 +154,13 @@ def format_hit(hit: dict[str, Any]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    hits = search(args.query, args.collection, args.limit)
+    with ExitStack() as stack:
+        try:
+            sink = open_sink(stack, "qdrant", wait_seconds=args.wait)
+        except SinkHeld as exc:
+            print(f"noetl-dagster search: {exc}", file=sys.stderr)
+            return 1
+        hits = search(args.query, args.collection, args.limit, sink=sink)
     if args.json:
         print(json.dumps(hits, default=str))
     else:
@@ -146,14 +181,18 @@ def add_commands(subparsers: Any) -> None:
     export.add_argument("--lag", type=float, default=None,
                         help="overlap window in seconds for out-of-order ids (default 0 on SQLite, 5 otherwise)")
     export.add_argument("--json", action="store_true", help="print the counts as JSON")
+    export.add_argument("--wait", type=float, default=15.0,
+                        help="seconds to wait while an embedded folder is held by another process (default 15)")
     export.set_defaults(func=cmd_export)
     find = subparsers.add_parser("search", help="semantic search over exported playbooks, runs or failures")
     find.add_argument("query")
     find.add_argument("--collection", choices=["playbooks", "runs", "failures"], default="failures")
     find.add_argument("--limit", type=int, default=5)
     find.add_argument("--json", action="store_true", help="print the hits as JSON")
+    find.add_argument("--wait", type=float, default=15.0,
+                      help="seconds to wait while the Qdrant folder is held by another process (default 15)")
     find.set_defaults(func=cmd_search)
 
 
-__all__ = ["add_commands", "cmd_export", "cmd_search", "load_cursor", "make_sinks", "run_export", "save_cursor",
-           "search"]
+__all__ = ["add_commands", "cmd_export", "cmd_search", "load_cursor", "make_sinks", "open_sinks", "run_export",
+           "save_cursor", "search"]

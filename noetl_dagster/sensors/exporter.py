@@ -46,6 +46,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import dagster as dg
 
+from ..contract import PLAYBOOK_TAG, TOOL_TAG
 from .fast_read import read_run_page, shared_connection
 from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
@@ -63,6 +64,30 @@ TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 _START = dg.DagsterEventType.RUN_START
 _TERMINAL_TYPES = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
                    dg.DagsterEventType.RUN_CANCELED)
+
+
+def tools_by_node(snap: Any) -> dict[str, str]:
+    """``{node path: tool kind}`` of a job snapshot, the ops inside graphs included: a product
+    playbook's ops live in its graph-backed asset, keyed ``<job>__playbook.<step>`` like their
+    step keys."""
+    defs = snap.node_defs_snapshot
+    by_def = {d.name: d.tags for d in defs.op_def_snaps}
+    graphs = {g.name: g for g in defs.graph_def_snaps}
+    tools: dict[str, str] = {}
+
+    def walk(structure: Any, prefix: str, depth: int) -> None:
+        for inv in structure.node_invocation_snaps:
+            path = prefix + inv.node_name
+            graph = graphs.get(inv.node_def_name)
+            if graph is not None and depth < 8:
+                walk(graph.dep_structure_snapshot, path + ".", depth + 1)
+                continue
+            tool = (inv.tags or {}).get(TOOL_TAG) or by_def.get(inv.node_def_name, {}).get(TOOL_TAG)
+            if tool:
+                tools[path] = tool
+
+    walk(snap.dep_structure_snapshot, "", 0)
+    return tools
 
 
 @dataclass
@@ -97,6 +122,8 @@ class ExportCursor:
     ``active``: run id -> storage id of the last exported event (-1: none yet).
     ``done``: finished runs still inside the re-scan window -> their end time.
     ``tail``: finished runs watched for events appended later -> [end time, last exported storage id].
+    ``destination``: where these positions were written (the sink's ``destination``: DSN and
+    database, URL and prefix); a cursor of another destination starts over.
     """
 
     watermark: int = 0
@@ -105,10 +132,12 @@ class ExportCursor:
     done: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     tail: dict[str, list] = field(default_factory=dict)
+    destination: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"v": 1, "w": self.watermark, "wt": self.watermark_ts, "a": self.active,
-                           "d": self.done, "x": self.extra, "t": self.tail}, separators=(",", ":"), sort_keys=True)
+                           "d": self.done, "x": self.extra, "t": self.tail, "dst": self.destination},
+                          separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "ExportCursor":
@@ -116,7 +145,8 @@ class ExportCursor:
             return cls()
         data = json.loads(text)
         return cls(int(data.get("w", 0)), float(data.get("wt", 0.0)), dict(data.get("a", {})),
-                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})))
+                   dict(data.get("d", {})), dict(data.get("x", {})), dict(data.get("t", {})),
+                   str(data.get("dst", "")))
 
     def copy(self) -> "ExportCursor":
         return ExportCursor.from_json(self.to_json())
@@ -244,6 +274,10 @@ class Exporter:
         started = time.monotonic()
         deadline = None if budget_seconds is None else started + budget_seconds
         cur = (cursor or ExportCursor()).copy()
+        destination = str(getattr(self.sink, "destination", "") or "")
+        if destination and cur.destination and cur.destination != destination:
+            cur = ExportCursor()  # positions of another ClickHouse/Qdrant: this one has none of it yet
+        cur.destination = destination or cur.destination
         stats = ExportStats()
         self._pending = ExportBatch()
         self._staged_pos: dict[str, int] = {}
@@ -360,7 +394,7 @@ class Exporter:
             runs = self.instance.get_runs(dg.RunsFilter(run_ids=unique))
         except Exception:  # noqa: BLE001 - a stand-in instance: ask run by run
             return
-        self._wanted_runs = {run.run_id: bool(run.tags.get("noetl/playbook")) for run in runs}
+        self._wanted_runs = {run.run_id: bool(run.tags.get(PLAYBOOK_TAG)) for run in runs}
         self._wanted_runs.update({r: False for r in unique if r not in self._wanted_runs})
 
     def _wanted(self, run_id: str) -> bool:
@@ -370,7 +404,7 @@ class Exporter:
         if known is not None:
             return known
         run = self.instance.get_run_by_id(run_id)
-        return run is not None and bool(run.tags.get("noetl/playbook"))
+        return run is not None and bool(run.tags.get(PLAYBOOK_TAG))
 
     # -- per-run export ------------------------------------------------------------------
     def _context(self, record: Any) -> RunContext:
@@ -380,11 +414,7 @@ class Exporter:
             tools: dict[str, str] = {}
             try:
                 snap = self.instance.get_job_snapshot(snapshot_id)
-                by_def = {d.name: d.tags for d in snap.node_defs_snapshot.op_def_snaps}
-                for inv in snap.dep_structure_snapshot.node_invocation_snaps:
-                    tool = (inv.tags or {}).get("noetl/tool") or by_def.get(inv.node_def_name, {}).get("noetl/tool")
-                    if tool:
-                        tools[inv.node_name] = tool
+                tools = tools_by_node(snap)
             except Exception:  # noqa: BLE001 - a missing snapshot only loses the tool kind
                 pass
             if len(self._tools) > 512:
@@ -541,7 +571,7 @@ class Exporter:
         stats.events += len(batch.events)
         stats.step_runs += len(batch.step_runs)
         stats.failures += (sum(len(r.failures) for r in batch.runs) if self.summaries
-                           else sum(s.status == "failed" for s in batch.step_runs))
+                           else sum(s.status in ("failed", "error") for s in batch.step_runs))
 
     def _advance(self, cur: ExportCursor, stats: ExportStats) -> None:
         """Move the positions in the tick's copy of the cursor (finished runs leave ``active``, so

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import dagster as dg
 
+from ..contract import PLAYBOOK_TAG
 from .exporter import default_lag
 from .mapping import RunContext, StepFailure, build_run_summary, map_records
 
@@ -119,7 +120,7 @@ def hint_pass(instance: dg.DagsterInstance, sink: Any, cursor: str | None, *, li
             limit=page_size, ascending=True)
         for rec in page.records:
             run = instance.get_run_by_id(rec.event_log_entry.run_id)
-            if run is not None and run.tags.get("noetl/playbook") and HINT_TAG not in run.tags:
+            if run is not None and run.tags.get(PLAYBOOK_TAG) and HINT_TAG not in run.tags:
                 run, failures = failures_of_run(instance, run.run_id)
                 record_hints(instance, run, find_similar(sink, failures, limit, min_score) if failures else [])
                 handled += 1

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ..contract import (CPU_SECONDS_KEY, DOMAIN_TAG, ERROR_KEY, FAILED_STEP_KEY, PEAK_RSS_KEY, PLAYBOOK_TAG,
+                        RESULT_OUTPUT, STATUS_KEY, STEPS_KEY, TOOL_KEY, parse_step_key)
 from ..resources.credentials import redact
 
 #: Dagster event type value -> (NoETL event type, status)
@@ -56,8 +58,6 @@ EVENT_TYPES: dict[str, tuple[str, str]] = {
 _OUTPUT_TYPE, _SUCCESS_TYPE = EVENT_TYPES["STEP_OUTPUT"], EVENT_TYPES["STEP_SUCCESS"]
 RUN_TERMINAL = {"PIPELINE_SUCCESS": "success", "PIPELINE_FAILURE": "failure", "PIPELINE_CANCELED": "canceled"}
 #: the op output that carries a step's result and usage metadata
-RESULT_OUTPUT = "result"
-_MAPPED = re.compile(r"\[([^\]]*)\]$")
 _SKIP_LOG = re.compile(r"^Dependencies for step (\S+) (?:failed|were not executed)")
 _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -91,11 +91,12 @@ _FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
 _WRAPPERS = {"RetryRequestedFromPolicy", "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"}
 #: metadata keys copied into the row's metadata map, under the name on the right
 _NUMERIC_KEYS = {
-    "noetl/cpu_seconds": "cpu_seconds", "noetl/peak_rss_mb": "peak_rss_mb",
+    CPU_SECONDS_KEY: "cpu_seconds", PEAK_RSS_KEY: "peak_rss_mb",
     "noetl/rows": "rows", "dagster/row_count": "rows", "row_count": "rows", "rows": "rows",
     "noetl/bytes": "bytes", "bytes": "bytes", "size_bytes": "bytes",
 }
-_TEXT_KEYS = {"noetl/failed_step": "failed_step", "noetl/tool": "tool", "noetl/worker": "worker",
+_TEXT_KEYS = {FAILED_STEP_KEY: "failed_step", TOOL_KEY: "tool", "noetl/worker": "worker",
+              STATUS_KEY: "status", ERROR_KEY: "error",
               "dagster-k8s/pod": "pod", "Kubernetes Job name": "k8s_job", "pod_name": "pod"}
 
 
@@ -121,8 +122,8 @@ class RunContext:
     def of(cls, run: Any, tools: Mapping[str, str] | None = None, start_time: float | None = None,
            end_time: float | None = None) -> "RunContext":
         tags = dict(getattr(run, "tags", None) or {})
-        playbook = tags.get("noetl/playbook", "")
-        domain = tags.get("noetl/domain") or (playbook.strip("/").split("/")[0] if playbook else "")
+        playbook = tags.get(PLAYBOOK_TAG, "")
+        domain = tags.get(DOMAIN_TAG) or (playbook.strip("/").split("/")[0] if playbook else "")
         status = getattr(getattr(run, "status", None), "value", "") or ""
         return cls(run.run_id, run.job_name or "", playbook, domain, dict(tools or {}), start_time, end_time, status)
 
@@ -162,7 +163,8 @@ EVENT_FIELDS = [f for f in EventRow._fields if f != "steps"]
 
 
 class StepRun(NamedTuple):
-    """One step attempt (``step_runs``): status success | failed | retried | skipped | incomplete."""
+    """One step attempt (``step_runs``): status success | error | failed | retried | skipped | incomplete
+    (``error``: the step completed with an error result, NoETL's ``command.completed`` in error)."""
 
     execution_id: str
     step_key: str
@@ -190,7 +192,8 @@ STEP_RUN_FIELDS = list(StepRun._fields)
 
 @dataclass
 class StepFailure:
-    """A step that failed for good in a run (what the ``failures`` collection stores)."""
+    """A step that failed for good, or completed with an error result, in a run (what the
+    ``failures`` collection stores)."""
 
     run_id: str
     playbook: str
@@ -242,22 +245,15 @@ class RunSummary:
         return text[:MAX_TEXT]
 
 
-@lru_cache(maxsize=65536)
 def step_parts(step_key: str) -> tuple[str, str, str]:
-    """``(step, op, mapping key)`` of a Dagster step key (cached: keys repeat across events).
+    """``(step, op, mapping key)`` of a Dagster step key (:func:`~noetl_dagster.contract.parse_step_key`).
+    The op keeps the graph prefix of a product playbook's asset job (its node path); the step does not.
 
-    Example: ``step_parts("price[i00003]") == ("price", "price", "i00003")``
+    Example: ``step_parts("price[i00003]") == ("price", "price", "i00003")``,
+    ``step_parts("risk__x__playbook.score") == ("score", "risk__x__playbook.score", "")``
     """
-    if not step_key:
-        return "", "", ""
-    match = _MAPPED.search(step_key)
-    op = step_key[: match.start()] if match else step_key
-    name = op
-    for suffix in ("__fan_out", "__collect"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name, op, match.group(1) if match else ""
+    parsed = parse_step_key(step_key or "")
+    return parsed.step, parsed.op, parsed.mapping_key
 
 
 def step_name_of(step_key: str | None) -> str:
@@ -313,7 +309,7 @@ def _copy_metadata(metadata: Mapping[str, Any] | None, out: dict[str, str]) -> d
                 out[_NUMERIC_KEYS[key]] = str(plain)
         elif key in _TEXT_KEYS:
             out[_TEXT_KEYS[key]] = _text(getattr(value, "value", value))[:200]
-        elif key == "noetl/steps":
+        elif key == STEPS_KEY:
             plain = getattr(value, "value", value)
             if isinstance(plain, dict):
                 steps = plain
@@ -479,6 +475,8 @@ def map_records(records: Sequence[Any], ctx: RunContext,
                     meta["mapping_key"] = item
                 if data.metadata:
                     reported = _copy_metadata(data.metadata, meta)
+                    if meta.get("status") == "error":  # the step completed with an error result
+                        status, error = "ERROR", meta.get("error", "")
             elif (meta := outputs.get((key, output))) is None:
                 meta = outputs[(key, output)] = {**parts[2], "output": output}
         elif dtype == "STEP_SUCCESS":
@@ -581,12 +579,15 @@ def build_step_runs(rows: Sequence[EventRow]) -> list[StepRun]:
             started, meta = row.timestamp, row.metadata
         else:
             started, meta = state[0], {**state[1], **row.metadata}
+        error = row.error_message
+        if status == "success" and meta.get("status") == "error":  # completed with an error result
+            status, error = "error", meta.get("error", "")
         done.append(new(StepRun, (
             row.execution_id, key[0], key[1], row.playbook_path, row.domain, row.job_name, row.step_name,
             meta.get("tool", ""), status, started, row.timestamp,
             duration if duration else max(0, int(round((row.timestamp - started) * 1000))), max(0, key[1] - 1),
             _number(meta, "rows", int), _number(meta, "bytes", int), _number(meta, "cpu_seconds", float),
-            _number(meta, "peak_rss_mb", float), row.error_message, meta.get("worker", ""))))
+            _number(meta, "peak_rss_mb", float), error, meta.get("worker", ""))))
 
     for row in rows:
         dtype = row.dagster_event_type
@@ -647,6 +648,12 @@ def build_run_summary(rows: Sequence[EventRow], ctx: RunContext) -> RunSummary:
                 if isinstance(info, Mapping):
                     steps.setdefault(name, {}).update(
                         {"status": str(info.get("status", "")), "runs": int(info.get("runs", 0) or 0)})
+                    if info.get("status") == "error":  # completed with an error result: a failure to learn from
+                        steps[name]["error"] = str(info.get("error", ""))
+                        failures.append(StepFailure(
+                            run_id=row.execution_id, playbook=row.playbook_path, domain=row.domain, step=name,
+                            step_key=row.node_name, tool=row.metadata.get("tool", ""), attempt=row.attempt,
+                            error=steps[name]["error"], timestamp=row.timestamp))
         if row.step_name and dtype in ("STEP_SUCCESS", "STEP_START") and row.step_name not in steps:
             steps[row.step_name] = {"status": "success" if dtype == "STEP_SUCCESS" else "started", "runs": 1}
         if row.metadata.get("tool") and row.step_name in steps:

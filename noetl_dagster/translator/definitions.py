@@ -21,6 +21,7 @@ from ..errors import Issue, PlaybookError
 from ..playbook.loader import load_playbook
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
+from .guard import clashes, compiling
 from .emit import build_definitions, default_resources, product_key
 from .translator import PlaybookTranslator
 
@@ -80,7 +81,8 @@ def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = Fals
 def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
                               translator: PlaybookTranslator | None = None,
                               resources: Mapping[str, Any] | None = None,
-                              strict: bool = False) -> dg.Definitions:
+                              strict: bool = False, on_error: str | None = None,
+                              executor: dg.ExecutorDefinition | None = dg.in_process_executor) -> dg.Definitions:
     """Compile every playbook under ``paths`` into jobs.
 
     A broken playbook is logged with every issue and left out, unless ``strict=True``, which
@@ -88,24 +90,34 @@ def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
     are an error for the second one. ``resources`` configure the jobs, e.g.
     ``{"noetl_credentials": CredentialsResource(credentials={"pg": {...}})}`` or
     ``{"io_manager": ArrowRefIOManager(base_uri="s3://lake/noetl")}`` (the default io_manager is
-    an ArrowRefIOManager under ``$DAGSTER_HOME/noetl_data``).
+    an ArrowRefIOManager under ``$DAGSTER_HOME/noetl_data``). ``on_error="fail"`` makes every
+    error result fail its op (strict mode) whatever the playbooks' ``metadata.dagster.on_error``
+    says; by default each playbook's choice applies (``complete``, as NoETL, unless it says so).
+
+    ``executor`` is the definitions' default executor: in process, like every playbook job, so
+    "Materialize all" (Dagster's global asset job) does not spawn a process per step. Each
+    playbook's own job keeps the executor its ``metadata.dagster.executor`` asks for. Merging
+    with definitions that set another default executor: pass ``executor=None``.
     """
     translator = translator or PlaybookTranslator()
     threshold = gc.get_threshold()
     gc.set_threshold(50_000, 20, 20)  # compiling many playbooks makes many small objects: collect less often
     try:
-        return _load_definitions(paths, translator, resources, strict)
+        return _load_definitions(paths, translator, resources, strict, on_error, executor)
     finally:
         gc.set_threshold(*threshold)
 
 
 def _load_definitions(paths: str | Path | Sequence[str | Path], translator: PlaybookTranslator,
-                      resources: Mapping[str, Any] | None, strict: bool) -> dg.Definitions:
+                      resources: Mapping[str, Any] | None, strict: bool,
+                      on_error: str | None = None,
+                      executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
     parts: dict[str, dg.Definitions] = {}
     products: dict[tuple[str, ...], str] = {}
     problems: list[Issue] = []
+    taken: dict[str, str] = {}  # asset keys, check keys and schedule names -> the playbook defining them
     for playbook in loaded.playbooks:
         name = translator.get_job_name(playbook)
         found = catalog.missing_references(playbook)
@@ -123,7 +135,12 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
                          for s in playbook.workflow if s.product})
         try:
-            parts[name] = build_definitions(playbook, translator)
+            with compiling(playbook):  # any compile failure is this playbook's issue only
+                built = build_definitions(playbook, translator, on_error=on_error)
+                claimed = clashes(playbook, built, taken)  # names another playbook already defines
+                if claimed:
+                    raise PlaybookError(claimed)
+                parts[name] = built
         except PlaybookError as exc:  # e.g. an unknown metadata.dagster.executor
             problems.extend(exc.issues)
             continue
@@ -132,5 +149,9 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         raise PlaybookError(issues)
     for issue in issues:
         logger.warning("playbook skipped: %s", issue)
-    resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True))
+    for playbook in loaded.playbooks:
+        for warning in playbook.warnings:
+            logger.warning("playbook warning: %s", warning)
+    resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True),
+                                    executor=executor)
     return dg.Definitions.merge(resources_defs, *parts.values())

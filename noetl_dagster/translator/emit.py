@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
-import resource
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -35,18 +33,20 @@ from ..runtime.deadline import TIMEOUT_TAG, StepTimedOut, deadline, enforceable
 from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
-from ..runtime.step import Body, RunInfo, finish_step, loop_items, run_iteration, run_step
-from ..runtime.templates import TemplateFailure, condition, render_text
+from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
+                            run_iteration, run_step)
+from ..runtime.templates import TemplateFailure, condition, render_text, render_value
+from . import observe
 from .plan import Net, Node, plan
-from .translator import LOOP_STEP_TAG, STEP_TAG, PlaybookTranslator, code_reference
+from ..contract import (COLLECT_SUFFIX, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG, EXECUTION_ID_TAG,
+                        FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY, LOOP_ITEMS_OUTPUT,
+                        LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG, RESULT_OUTPUT, ROLE_TAG,
+                        RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TOOL_KEY, asset_graph_name)
+from .translator import PlaybookTranslator, code_reference
 
-RESULT = "result"
 CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
 RESOURCE_KEYS = frozenset({CREDENTIALS, CATALOG})
-STEPS_KEY = "noetl/steps"
-#: the op and output of an asset graph that collects the final non-product steps' results
-RUN_OUTCOME = "outcome__"
 WORKLOAD_CONFIG = {
     "workload": dg.Field(
         dg.Permissive(), is_required=False, default_value={},
@@ -70,13 +70,14 @@ def default_resources(resources: Mapping[str, Any] | None = None,
 
 def build_job(playbook: Playbook, translator: PlaybookTranslator | None = None,
               net: Net | None = None, resources: Mapping[str, Any] | None = None,
-              catalog: PlaybookCatalog | None = None) -> dg.JobDefinition:
+              catalog: PlaybookCatalog | None = None, on_error: str | None = None) -> dg.JobDefinition:
     """Compile a validated playbook into a standalone Dagster job (products are not assets here).
 
     ``resources`` replace the defaults of :func:`default_resources`, e.g.
-    ``{"noetl_credentials": CredentialsResource(credentials={...})}``.
+    ``{"noetl_credentials": CredentialsResource(credentials={...})}``. ``on_error`` (``complete`` or
+    ``fail``) overrides :meth:`PlaybookTranslator.get_on_error`.
     """
-    emitter = _Emitter(playbook, translator or PlaybookTranslator(), net or plan(playbook))
+    emitter = _Emitter(playbook, translator or PlaybookTranslator(), net or plan(playbook), on_error)
     return emitter.job(default_resources(resources, catalog or PlaybookCatalog.of([playbook])))
 
 
@@ -85,12 +86,12 @@ def has_products(playbook: Playbook) -> bool:
 
 
 def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None = None,
-                      net: Net | None = None) -> dg.Definitions:
+                      net: Net | None = None, on_error: str | None = None) -> dg.Definitions:
     """One playbook as definitions: a job, or (with products) assets, checks and an asset job,
     plus a schedule for ``metadata.schedule``. Resources are the caller's (see
     :func:`default_resources`)."""
     translator = translator or PlaybookTranslator()
-    emitter = _Emitter(playbook, translator, net or plan(playbook))
+    emitter = _Emitter(playbook, translator, net or plan(playbook), on_error)
     if not has_products(playbook):
         job: Any = emitter.job()
         return dg.Definitions(jobs=[job], schedules=_schedules(playbook, translator, job))
@@ -112,7 +113,7 @@ def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTransl
                         workload: Mapping[str, Any]) -> dict[str, Any]:
     """Run config that passes ``workload`` overrides to the entry op of the playbook's job."""
     entry = next(n for n in net.nodes if n.is_entry)
-    op_name = f"{entry.name}__fan_out" if entry.kind == "loop" else entry.name
+    op_name = f"{entry.name}{FAN_OUT_SUFFIX}" if entry.kind == "loop" else entry.name
     config: dict[str, Any] = {op_name: {"config": {"workload": dict(workload)}}}
     if has_products(playbook):
         config = {asset_graph_name((translator or PlaybookTranslator()).get_job_name(playbook)): {"ops": config}}
@@ -121,12 +122,7 @@ def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTransl
 
 def _outcome(context, inputs):  # type: ignore[no-untyped-def]
     """The outcome asset's value: the final steps' results (steps can't be named ``outcome__``)."""
-    yield dg.Output(list(inputs["results"]), RESULT)
-
-
-def asset_graph_name(job_name: str) -> str:
-    """The graph-backed multi-asset of a playbook (its asset job keeps the plain job name)."""
-    return f"{job_name}__playbook"
+    yield dg.Output(list(inputs["results"]), RESULT_OUTPUT)
 
 
 def _partitions(playbook: Playbook) -> dg.PartitionsDefinition | None:
@@ -192,10 +188,8 @@ def _product_function(io_manager: Any) -> Callable[[str], Any]:
 
 
 def usage_metadata(run: RunInfo) -> dict[str, Any]:
-    """CPU seconds the op used and the process's peak RSS (what tuning learns resources from)."""
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"noetl/cpu_seconds": round(time.process_time() - run.cpu_start, 4),
-            "noetl/peak_rss_mb": round(peak_kb / 1024, 1)}
+    """CPU seconds the op used and its memory, measured per step (:mod:`.observe`)."""
+    return observe.usage_metadata(run.cpu_start)
 
 
 def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callable[..., Any]:
@@ -226,12 +220,54 @@ def _with_deadline(fn: Callable[..., Any], step: str, seconds: float) -> Callabl
 
 
 def _failure(exc: StepFailed, steps: Mapping[str, Mapping[str, Any]] | None = None) -> dg.Failure:
-    metadata: dict[str, Any] = {"noetl/failed_step": exc.step}
+    metadata: dict[str, Any] = {FAILED_STEP_KEY: exc.step}
     if exc.kind:
-        metadata["noetl/tool"] = exc.kind
+        metadata[TOOL_KEY] = exc.kind
     if steps is not None:
         metadata[STEPS_KEY] = dg.MetadataValue.json(dict(steps))
     return dg.Failure(description=redact(str(exc)), metadata=metadata, allow_retries=True)
+
+
+def _step_meta(status: str, runs: int, error: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"status": status, "runs": runs}
+    if error is not None:
+        meta["error"] = redact(error)
+    return meta
+
+
+def _retry_wait(policy: dg.RetryPolicy, retry_number: int) -> float:
+    delay = float(policy.delay or 0)
+    if policy.backoff == dg.Backoff.EXPONENTIAL:
+        return delay * (2 ** retry_number)
+    if policy.backoff == dg.Backoff.LINEAR:
+        return delay * (retry_number + 1)
+    return delay
+
+
+def _retry_error_result(context, step: str, error: str | None,  # type: ignore[no-untyped-def]
+                        retry: dg.RetryPolicy | None) -> None:
+    """An error result retries the op while its retry policy has attempts left (Dagster shows
+    STEP_UP_FOR_RETRY); once they are spent the step completes with the last error result."""
+    if retry is not None and context.retry_number < retry.max_retries:
+        message = redact(error or "error result")
+        context.log.warning(f"step '{step}' returned an error result (attempt {context.retry_number + 1} of "
+                            f"{retry.max_retries + 1}), retrying: {message}")
+        raise dg.RetryRequested(max_retries=retry.max_retries,
+                                seconds_to_wait=_retry_wait(retry, context.retry_number))
+
+
+def _error_result(context, step: str, error: str | None,  # type: ignore[no-untyped-def]
+                  retry: dg.RetryPolicy | None) -> str:
+    """A step completed with an error result: retry it while the policy allows, else log it at
+    ERROR and tag the run ``noetl/outcome: completed_with_errors`` and ``noetl/error_steps``."""
+    _retry_error_result(context, step, error, retry)
+    message = redact(error or "error result")
+    context.log.error(f"step '{step}' completed with an error result: {message}")
+    run = context.instance.get_run_by_id(context.run_id)
+    seen = (run.tags.get(ERROR_STEPS_TAG) or "").split(",") if run is not None else []
+    steps = ",".join(dict.fromkeys([s for s in seen if s] + [step]))
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: "completed_with_errors", ERROR_STEPS_TAG: steps})
+    return message
 
 
 def _with_params(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
@@ -245,10 +281,16 @@ class _Emitter:
     """Builds the ops of one playbook and wires them; op definition names are prefixed with the
     job name (unique in a code location) while graph nodes keep the step names."""
 
-    def __init__(self, playbook: Playbook, translator: PlaybookTranslator, net: Net) -> None:
+    def __init__(self, playbook: Playbook, translator: PlaybookTranslator, net: Net,
+                 on_error: str | None = None) -> None:
         self.playbook = playbook
         self.translator = translator
         self.net = net
+        self.on_error = on_error or translator.get_on_error(playbook)
+        if self.on_error not in ON_ERROR_MODES:
+            raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
+                                       f"on_error {self.on_error!r} is not one of {', '.join(ON_ERROR_MODES)}",
+                                       field="metadata.dagster.on_error", hint="complete (NoETL) or fail (strict)")])
         self.name = translator.get_job_name(playbook)
         self.uses = product_references(playbook)
         self.ops = {node.name: self._node_ops(node) for node in net.nodes}
@@ -279,7 +321,7 @@ class _Emitter:
                 owners=step.product.owners or self.playbook.metadata.owners or None,
                 kinds={"noetl", step.tool[0].kind},
                 metadata={**code_reference(self.playbook.file, step.line, f"product {step.product.name}"),
-                          "noetl/playbook": self.playbook.metadata.catalog_path, "noetl/step": step.step},
+                          PLAYBOOK_TAG: self.playbook.metadata.catalog_path, STEP_TAG: step.step},
                 is_required=False,
                 automation_condition=self.translator.get_automation_condition(self.playbook, step),
             )
@@ -295,18 +337,18 @@ class _Emitter:
                             f"({', '.join(leaves)}) returned in the latest run.",
                 kinds={"noetl"}, is_required=False,
                 metadata={**code_reference(self.playbook.file, 1, "playbook"),
-                          "noetl/playbook": self.playbook.metadata.catalog_path})
+                          PLAYBOOK_TAG: self.playbook.metadata.catalog_path})
             outcome = self._op(RUN_OUTCOME, _outcome, ins={"results": dg.In(list)},
-                               outs={RESULT: dg.Out(is_required=False)},
+                               outs={RESULT_OUTPUT: dg.Out(is_required=False)},
                                description="Collects the results of the playbook's final steps.",
-                               tags={"noetl/role": "outcome"})
+                               tags={ROLE_TAG: "outcome"})
 
         def compose(**uses: Any) -> dict[str, Any]:
             handles = self._wire(uses)
-            assets = {s.product.name: handles[self.net.node_of_step[s.step]][RESULT]  # type: ignore[union-attr]
+            assets = {s.product.name: handles[self.net.node_of_step[s.step]][RESULT_OUTPUT]  # type: ignore[union-attr]
                       for s in products}
             if leaves:
-                assets[RUN_OUTCOME] = outcome(results=[handles[name][RESULT] for name in leaves])
+                assets[RUN_OUTCOME] = outcome(results=[handles[name][RESULT_OUTPUT] for name in leaves])
             return assets
 
         return dg.graph_multi_asset(name=asset_graph_name(self.name), outs=outs, ins=ins, group_name=domain,
@@ -329,7 +371,7 @@ class _Emitter:
                 outs = collect(loop_context=context, results=items.map(body).collect())
             else:
                 outs = ops[0](**kwargs)
-            handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT: outs}
+            handles[node.name] = outs._asdict() if hasattr(outs, "_asdict") else {RESULT_OUTPUT: outs}
         return handles
 
     # -- ops ------------------------------------------------------------------------------
@@ -338,6 +380,8 @@ class _Emitter:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         tags = kwargs.get("tags") or {}
         timeout = float(tags.get(TIMEOUT_TAG) or 0)
+        step = self.playbook.steps.get(tags.get(STEP_TAG, "")) if REGION_TAG not in tags else None
+        fn = observe.measured(fn, observe.diagnoser(step, self._start) if step is not None else None)
         if timeout > 0:
             fn = _with_deadline(fn, tags.get(STEP_TAG, local), timeout)
         definition = dg.OpDefinition(
@@ -360,7 +404,7 @@ class _Emitter:
         return ins
 
     def _outs(self, node: Node, step: Step) -> dict[str, Any]:
-        outs: dict[str, Any] = {RESULT: dg.Out(
+        outs: dict[str, Any] = {RESULT_OUTPUT: dg.Out(
             is_required=False, description=f"result of {', '.join(node.steps)}",
             metadata=code_reference(self.playbook.file, step.line, f"step {step.step}"))}
         for arc in node.outbound:
@@ -372,6 +416,7 @@ class _Emitter:
         if tokens is not None:
             return Context.merge(tokens)
         overrides = (context.op_config or {}).get("workload") or {}
+        context.instance.add_run_tags(context.run_id, {EXECUTION_ID_TAG: str(numeric_execution_id(context.run_id))})
         return Context.initial({**self.playbook.workload, **overrides})
 
     def _run_info(self, context, workload: Mapping[str, Any]) -> RunInfo:  # type: ignore[no-untyped-def]
@@ -381,43 +426,60 @@ class _Emitter:
             globals_["partition_key"] = context.partition_key
         if self.uses:
             globals_["product"] = _product_function(context.resources.io_manager)
-        return RunInfo(execution_id=context.run_id, log=context.log, globals=globals_, resources={
+        return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
+                       on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
 
     def _emit(self, context, node: Node, run: RunInfo, result: Any,  # type: ignore[no-untyped-def]
               steps_meta: dict[str, dict[str, Any]], tokens: list[tuple[str, dict[str, Any]]],
-              publish: bool = True) -> Iterator[dg.Output]:
+              publish: bool = True, errors: Mapping[str, str] | None = None) -> Iterator[dg.Output]:
         """The ``result`` output, then the fired tokens. Inside an asset graph a non-product
         step's ``result`` is not selected (nothing consumes it), so its status metadata rides on
-        the first token instead (the run report reads it from there)."""
+        the first token instead (the run report reads it from there). A step that completed with
+        an error result adds ``noetl/status: error`` and ``noetl/error`` to that metadata."""
         metadata = {STEPS_KEY: dg.MetadataValue.json(steps_meta), **usage_metadata(run)}
-        if publish and RESULT in context.selected_output_names:
-            yield dg.Output(result, RESULT, metadata=metadata)
+        if errors:
+            metadata[STATUS_KEY] = "error"
+            metadata[ERROR_KEY] = dg.MetadataValue.md("\n\n".join(
+                f"**{name}**: {message}" for name, message in errors.items()))
+        if publish and RESULT_OUTPUT in context.selected_output_names:
+            yield dg.Output(result, RESULT_OUTPUT, metadata=metadata)
             metadata = {}
         for output, token in tokens:
             yield dg.Output(token, output, metadata=metadata)
             metadata = {}
 
     def _step_outputs(self, context, node: Node, step: Step, run: RunInfo,  # type: ignore[no-untyped-def]
-                      outcome: Any) -> Iterator[dg.Output]:
+                      outcome: Any, retry: dg.RetryPolicy | None = None) -> Iterator[dg.Output]:
         names = {(a.source, a.index): a.output for a in node.outbound}
+        errors = {}
+        if outcome.status == "error":  # name a misspelt template variable behind the error
+            outcome.error = observe.with_undefined(step, outcome.error, outcome.context.scope(
+                run.execution_id, run.globals))
+            errors[step.step] = _error_result(context, step.step, outcome.error, retry)
         tokens = [(names[(step.step, i)], outcome.context.token(arc.step, arc_set)) for i, arc, arc_set in outcome.fired]
         value = outcome.result
-        if step.product is not None and step.product.kind != "file":
+        if step.product is not None and step.product.kind != "file" and outcome.status == "success":
             table = as_table(value)  # once: a record batch reader can be read only once
             value = value if table is None else table
-        meta = {step.step: {"status": outcome.status, "runs": outcome.runs}}
-        yield from self._emit(context, node, run, value, meta, tokens, publish=outcome.status == "success")
+        meta = {step.step: _step_meta(outcome.status, outcome.runs, outcome.error)}
+        publish = outcome.status == "success" or (outcome.status == "error" and step.product is None)
+        context.log.info(observe.step_line(step, outcome.status, outcome.result, outcome.fired, runs=outcome.runs,
+                                           render=lambda v: render_value(v, outcome.context.scope(
+                                               run.execution_id, run.globals))))
+        yield from self._emit(context, node, run, value, meta, tokens, publish=publish, errors=errors)
 
     def _node_ops(self, node: Node) -> tuple[Any, ...]:
         first = self.playbook.steps[node.steps[0]]
-        config = WORKLOAD_CONFIG if node.is_entry else None
+        config = observe.workload_config(self.playbook.workload, WORKLOAD_CONFIG) if node.is_entry else None
         if node.kind == "region":
             return (self._region_op(node, config),)
         if node.kind == "loop":
             return self._loop_ops(node, first, config)
         step = first
+        common = self._common(step)
+        retry = common["retry_policy"]
 
         def compute(context, inputs):  # type: ignore[no-untyped-def]
             start = self._start(context, inputs)
@@ -426,10 +488,10 @@ class _Emitter:
                 outcome = run_step(step, start, run)
             except StepFailed as exc:
                 raise _failure(exc) from None
-            yield from self._step_outputs(context, node, step, run, outcome)
+            yield from self._step_outputs(context, node, step, run, outcome, retry)
 
         return (self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, step), config=config,
-                         **self._common(step)),)
+                         **common),)
 
     def _region_op(self, node: Node, config: Any) -> Any:
         members = {name: self.playbook.steps[name] for name in node.steps}
@@ -437,7 +499,7 @@ class _Emitter:
         limit = int(self.playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
         names = {(a.source, a.index): a.output for a in node.outbound}
         common = self._common(entry_step, f"\n\nCycle over steps: {', '.join(node.steps)}")
-        common["tags"] = {**common["tags"], "noetl/region": ",".join(node.steps)}
+        common["tags"] = {**common["tags"], REGION_TAG: ",".join(node.steps)}
 
         def compute(context, inputs):  # type: ignore[no-untyped-def]
             tokens = inputs.get("tokens")
@@ -453,10 +515,12 @@ class _Emitter:
                 outcome = run_region(members, entries, run, limit)
             except RegionFailed as exc:
                 raise _failure(exc, {k: {"status": r.status, "runs": r.runs} for k, r in exc.records.items()}) from None
-            meta = {k: {"status": r.status, "runs": r.runs} for k, r in outcome.records.items()}
-            results = {k: r.result for k, r in outcome.records.items() if r.status == "success"}
+            meta = {k: _step_meta(r.status, r.runs, r.error) for k, r in outcome.records.items()}
+            results = {k: r.result for k, r in outcome.records.items() if r.status in ("success", "error")}
+            errors = {k: _error_result(context, k, r.error, None) for k, r in outcome.records.items()
+                      if r.status == "error"}
             fired = [(names[key], token) for key, token in outcome.exits.items()]
-            yield from self._emit(context, node, run, results, meta, fired)
+            yield from self._emit(context, node, run, results, meta, fired, errors=errors)
 
         return self._op(node.name, compute, ins=self._ins(node), outs=self._outs(node, entry_step), config=config,
                         **common)
@@ -484,12 +548,14 @@ class _Emitter:
             except StepFailed as exc:
                 raise _failure(exc) from None
             token = start.token(step.step, start.arc)
-            yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, "loop_context")
+            yield dg.Output({"token": token, "skipped": guarded, "total": len(items)}, LOOP_CONTEXT_OUTPUT)
             for first in range(0, len(items), chunk_size):
                 chunk = items[first:first + chunk_size]
                 key = f"i{first:05d}" if chunk_size == 1 else f"i{first:05d}_i{first + len(chunk) - 1:05d}"
                 yield dg.DynamicOutput({"token": token, "items": chunk, "first": first, "total": len(items)},
-                                       mapping_key=key, output_name="items")
+                                       mapping_key=key, output_name=LOOP_ITEMS_OUTPUT)
+
+        retry = common["retry_policy"]
 
         def body(context, inputs):  # type: ignore[no-untyped-def]
             work = inputs["work"]
@@ -499,20 +565,25 @@ class _Emitter:
             try:
                 for offset, item in enumerate(work["items"]):
                     result = run_iteration(step, start, run, item, work["first"] + offset, work["total"])
-                    results.append({"value": result.value, "ctx_updates": result.ctx_updates})
+                    if result.error is not None and self.on_error == "fail":
+                        raise StepFailed(step.step, f"iteration {work['first'] + offset}: {result.error}")
+                    results.append({"value": result.value, "ctx_updates": result.ctx_updates, "error": result.error})
             except StepFailed as exc:
                 raise _failure(exc) from None
-            yield dg.Output(results, RESULT, metadata={"noetl/loop_items": len(results), **usage_metadata(run)})
+            failed = [r["error"] for r in results if r["error"] is not None]
+            if failed:
+                _retry_error_result(context, step.step, failed[0], retry)
+            yield dg.Output(results, RESULT_OUTPUT, metadata={LOOP_ITEMS_KEY: len(results), **usage_metadata(run)})
 
         def collect(context, inputs):  # type: ignore[no-untyped-def]
-            loop_context, chunks = inputs["loop_context"], inputs["results"]
+            loop_context, chunks = inputs[LOOP_CONTEXT_OUTPUT], inputs["results"]
             start = Context.merge([loop_context["token"]])
             run = self._run_info(context, start.workload)
             try:
                 if loop_context["skipped"]:
                     outcome = run_step(step, start, run)  # the guard is false again: skip-through
                 else:
-                    bodies = [Body(r["value"], r["ctx_updates"]) for chunk in chunks for r in chunk]
+                    bodies = [Body(r["value"], r["ctx_updates"], r.get("error")) for chunk in chunks for r in chunk]
                     outcome = finish_step(step, start, run, bodies)
             except StepFailed as exc:
                 raise _failure(exc) from None
@@ -520,29 +591,19 @@ class _Emitter:
 
         per = "item" if chunk_size == 1 else f"chunk of {chunk_size} consecutive items"
         fan_op = self._op(
-            f"{node.name}__fan_out", fan_out, ins=self._ins(node), config=config,
-            outs={"loop_context": dg.Out(description="the loop's input context"),
-                  "items": dg.DynamicOut(description=f"one output per loop {per}")},
+            f"{node.name}{FAN_OUT_SUFFIX}", fan_out, ins=self._ins(node), config=config,
+            outs={LOOP_CONTEXT_OUTPUT: dg.Out(description="the loop's input context"),
+                  LOOP_ITEMS_OUTPUT: dg.DynamicOut(description=f"one output per loop {per}")},
             description=f"Evaluate `loop.in` of `{step.step}` and fan out its items (one op per {per}).",
-            tags={**common["tags"], "noetl/role": "loop-fan-out"})
-        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT: dg.Out(list)},
+            tags={**common["tags"], ROLE_TAG: "loop-fan-out"})
+        body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT_OUTPUT: dg.Out(list)},
                            **{**common, "tags": {**common["tags"], LOOP_STEP_TAG: step.step}})
         collect_op = self._op(
-            f"{node.name}__collect", collect, ins={"loop_context": dg.In(dict), "results": dg.In(list)},
+            f"{node.name}{COLLECT_SUFFIX}", collect, ins={LOOP_CONTEXT_OUTPUT: dg.In(dict), "results": dg.In(list)},
             outs=self._outs(node, step),
             description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
-            tags={**common["tags"], "noetl/role": "loop-collect"})
+            tags={**common["tags"], ROLE_TAG: "loop-collect"})
         return fan_op, body_op, collect_op
-
-
-_CHUNK_KEY = re.compile(r"\[i(\d+)_i(\d+)\]$")
-
-
-def loop_items_of(step_key: str) -> int:
-    """How many loop items a body op ran, from its step key: ``price[i00003]`` -> 1,
-    ``price[i00000_i00007]`` -> 8 (a chunk of ``loop.chunk_size`` items)."""
-    match = _CHUNK_KEY.search(step_key)
-    return int(match.group(2)) - int(match.group(1)) + 1 if match else 1
 
 
 def steps_metadata(event_metadata: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..contract import arc_output_name
 from ..playbook.models import Arc, Playbook, Step
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")

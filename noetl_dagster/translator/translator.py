@@ -22,14 +22,11 @@ from typing import Any, Mapping
 import dagster as dg
 
 from ..playbook.models import Playbook, Step
+from ..contract import DOMAIN_TAG, LOOP_STEP_TAG, LOOP_TAG, PLAYBOOK_TAG, STEP_TAG, TOOL_TAG
 from .plan import op_safe
 
 #: executors a playbook may choose with ``metadata.dagster.executor``
 EXECUTORS = ("in_process", "multiprocess", "k8s")
-#: op tag of a parallel loop's body ops (value: the step); executors limit its concurrency by it
-LOOP_STEP_TAG = "noetl/loop_step"
-#: op tag naming the playbook step an op runs (a region's op: its entry step)
-STEP_TAG = "noetl/step"
 
 
 class PlaybookTranslator:
@@ -48,7 +45,7 @@ class PlaybookTranslator:
 
     def get_job_tags(self, playbook: Playbook) -> dict[str, str]:
         """Tags on the job and its runs: exported events join back to the playbook by them."""
-        tags = {"noetl/playbook": playbook.metadata.catalog_path, "noetl/domain": self.get_domain(playbook)}
+        tags = {PLAYBOOK_TAG: playbook.metadata.catalog_path, DOMAIN_TAG: self.get_domain(playbook)}
         extra = playbook.metadata.dagster.get("tags")
         if isinstance(extra, Mapping):
             tags.update({str(k): str(v) for k, v in extra.items()})
@@ -65,11 +62,11 @@ class PlaybookTranslator:
     def get_op_tags(self, playbook: Playbook, step: Step) -> dict[str, str]:
         """``noetl/*`` tags plus ``dagster/kind/*`` so the UI shows the tool kinds."""
         kinds = sorted({t.kind for t in step.tool})
-        tags = {STEP_TAG: step.step, "noetl/tool": "+".join(t.kind for t in step.tool),
+        tags = {STEP_TAG: step.step, TOOL_TAG: "+".join(t.kind for t in step.tool),
                 "dagster/kind/noetl": ""}
         tags.update({f"dagster/kind/{k}": "" for k in kinds})
         if step.loop is not None:
-            tags["noetl/loop"] = step.loop.mode
+            tags[LOOP_TAG] = step.loop.mode
         k8s = self.get_k8s_config(playbook, step)
         if k8s:
             tags["dagster-k8s/config"] = json.dumps(k8s, sort_keys=True)
@@ -106,6 +103,20 @@ class PlaybookTranslator:
     def get_retry_policy(self, playbook: Playbook, step: Step) -> dg.RetryPolicy | None:
         """NoETL has no step-level retry; pipelines retry inside the op. Override to add one."""
         return None
+
+    def get_on_error(self, playbook: Playbook) -> str:
+        """What an *error result* (a python exception, an HTTP non-2xx, a pipeline stopped in
+        error) does: ``complete`` the step with status ``error`` and route on (NoETL, the default)
+        or ``fail`` the op (strict). ``metadata.dagster.on_error`` chooses per playbook.
+
+        Examples:
+            Strict mode for every playbook of a team that wants Dagster's fail-fast ops::
+
+                class StrictTranslator(PlaybookTranslator):
+                    def get_on_error(self, playbook):
+                        return "fail"
+        """
+        return str(playbook.metadata.dagster.get("on_error") or "complete")
 
     def get_loop_chunk_size(self, playbook: Playbook, step: Step) -> int:
         """How many consecutive items one body op of a parallel loop runs (default: the step's
@@ -197,7 +208,7 @@ class PlaybookTranslator:
         from ..errors import Issue, PlaybookError
 
         def problem(message: str, field: str, hint: str | None = None) -> PlaybookError:
-            return PlaybookError([Issue(playbook.file, 1, 1, message, field=field, hint=hint)])
+            return PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1, message, field=field, hint=hint)])
 
         if choice not in ("k8s", "kubernetes"):
             raise problem(f"unknown executor {choice!r}", "metadata.dagster.executor",

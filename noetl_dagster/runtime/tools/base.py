@@ -25,7 +25,38 @@ from ..templates import render_value
 
 
 class ToolError(Exception):
-    """A tool failed in a way the user can fix; the message is shown as is."""
+    """A tool failed in a way the user can fix; the message is shown as is.
+
+    Raising it *fails* the step (NoETL's ``command.failed``: no arc fires). A tool that ran and
+    reports a failure as data returns an :class:`ErrorResult` instead.
+    """
+
+
+@dataclass
+class ErrorResult:
+    """NoETL's *error result* (``ToolStatus::Error``): the tool ran and its outcome is an error.
+
+    The step still completes: ``data`` is what templates see as the step's result (NoETL's
+    ``ToolResult.data``, e.g. ``{stdout, stderr}`` for a python exception, ``{status_code,
+    headers, data, body}`` for an HTTP non-2xx), its ``set:`` and arcs are evaluated, and its
+    status is ``error``. ``message`` is NoETL's ``ToolResult.error``. In strict mode
+    (``metadata.dagster.on_error: fail``) an error result fails the step instead.
+
+    Examples:
+        A custom tool reporting a failed remote job without failing the step::
+
+            class JobTool(Tool):
+                kind = "job"
+
+                def run(self, config, ctx):
+                    answer = submit(ctx.render(config))
+                    if answer["state"] == "FAILED":
+                        return ErrorResult(answer, f"job {answer['id']} failed")
+                    return answer
+    """
+
+    data: Any
+    message: str
 
 
 #: ``format:`` of the SQL tools: ``rows`` (NoETL's ``{columns, rows, row_count}``) or ``arrow``
@@ -51,7 +82,7 @@ class ToolContext:
     """What a tool may use: the render scope, the step's identity, resources and a logger."""
 
     step: str
-    execution_id: str
+    execution_id: Any  # NoETL's numeric execution id (an int in runs; tests may pass text)
     scope: Mapping[str, Any]
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("noetl_dagster"))
     resources: Mapping[str, Any] = field(default_factory=dict)
@@ -59,6 +90,8 @@ class ToolContext:
     step_args: Mapping[str, Any] = field(default_factory=dict)
     #: loop iteration variables (``<iterator>``, ``_index``, ``_total``), empty outside loops
     iteration: Mapping[str, Any] = field(default_factory=dict)
+    #: the Dagster run id (what sub-playbook runs are tagged with)
+    run_id: str = ""
 
     def credential(self, alias: str) -> dict[str, Any]:
         """The fields of credential ``alias`` (from the ``noetl_credentials`` resource).

@@ -86,7 +86,11 @@ class ContainerTool(Tool):
         return problems
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        cfg = _flatten(ctx.render(config))
+        return self.run_rendered(_flatten(ctx.render(config)), ctx)
+
+    def run_rendered(self, cfg: dict[str, Any], ctx: ToolContext) -> Any:
+        """Run an already rendered (and flattened) config: ``kind: script`` passes its script's
+        text this way, so a ``{{`` in it stays text."""
         kwargs = execute_kwargs(cfg)
         context = _op_context()
         kwargs["k8s_job_name"] = job_name(cfg, ctx, context.run_id)

@@ -6,7 +6,9 @@ Result ``{columns, rows: [{col: value}], row_count}`` for queries (a ``pyarrow.T
 (alias ``command``; a list is joined into one script) is rendered as a template.
 
 ``params`` (a list for ``?``/``$1``, a mapping for ``$name``) are bound by DuckDB, never
-formatted into the SQL.
+formatted into the SQL. So are the ``{{ }}`` values of ``query`` (each becomes a ``$n``
+placeholder, see :mod:`noetl_dagster.runtime.binding`); ``| sql_identifier`` and ``| raw_sql``
+mark the templates that must produce SQL text.
 
 Arrow data from earlier steps can be queried as tables:
 
@@ -73,15 +75,23 @@ class DuckDBTool(Tool):
                         problems.append(("tables", f"table name {name!r} is not an identifier", None))
         return problems + format_problems(config)
 
+    def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
+        """The connection a query runs on (``db_path``, in memory by default); ``ducklake`` overrides it."""
+        import duckdb
+
+        return duckdb.connect(str(ctx.render(config.get("db_path")) or ":memory:"))
+
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         import duckdb
         import pyarrow as pa
 
-        query = ctx.render(config.get("query") or config.get("command"))
-        if isinstance(query, list):
-            query = ";\n".join(str(q) for q in query)
-        params = ctx.render(config.get("params"))
-        db_path = ctx.render(config.get("db_path")) or ":memory:"
+        from .postgres import bind_query, split_bound
+
+        # every {{ }} value in the query is a bound parameter ($n), never SQL text
+        query, params = bind_query(config.get("query") or config.get("command"),
+                                   ctx.render(config.get("params")), ctx.scope,
+                                   script=bool(ctx.render(config.get("script"))), tool="duckdb",
+                                   text_type="VARCHAR")
         tables = ctx.render(config.get("tables")) or {}
         if not isinstance(tables, Mapping):
             raise ToolError("duckdb: `tables` must render to a mapping of name: table")
@@ -94,13 +104,17 @@ class DuckDBTool(Tool):
         if params is not None and not isinstance(params, (list, tuple, Mapping)):
             params = [params]
         try:
-            with duckdb.connect(str(db_path)) as con:
+            with self.connect(config, ctx) as con:
                 for name, relation in relations.items():
                     con.register(name, relation)
                 if result_format(config) == "arrow":  # the relation API: no extra copy of the rows
                     relation = con.sql(str(query), params=params or None)
                     return {"affected_rows": 0} if relation is None else relation.to_arrow_table()
-                cursor = con.execute(str(query), params) if params else con.execute(str(query))
+                if params and isinstance(params, list) and len(split_bound(str(query), params)) > 1:
+                    for text, values in split_bound(str(query), params):  # a script binding values
+                        cursor = con.execute(text, values) if values else con.execute(text)
+                else:
+                    cursor = con.execute(str(query), params) if params else con.execute(str(query))
                 if cursor.description is None:
                     return {"affected_rows": 0}
                 columns = [d[0] for d in cursor.description]

@@ -17,9 +17,11 @@ Config (rendered as templates)::
       # auth: {type: bearer|basic|api_key, credential: <alias>, header: X-API-Key}
 
 Result ``{status_code, headers, data, body}``: ``data`` (and ``body``, the same value) is the
-parsed JSON, the text, or base64 for ``binary``. A non-2xx status completes the step, so arcs can
-route on ``output.status_code``; a transport error or a timeout fails it, and so does a body
-that is not JSON when ``response_type: json`` is explicit.
+parsed JSON, the text, or base64 for ``binary``. A non-2xx status is NoETL's *error result*: the
+step completes with status ``error`` and that result, so arcs can route on
+``output.status_code`` (inside a pipeline, rules see ``output.status == 'error'``); a transport
+error or a timeout fails it, and so does a body that is not JSON when ``response_type: json``
+is explicit.
 
 **Auth.** ``auth: <alias>`` resolves the credential through ``ctx.credential`` and picks the
 scheme from its ``type`` field (``bearer``/``bearer_token``, ``basic``, ``api_key``) or from its
@@ -43,7 +45,7 @@ import json
 import re
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from .base import ErrorResult, Tool, ToolContext, ToolError
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -325,9 +327,12 @@ class HttpTool(Tool):
             for k, v in response.headers.items()
         }
         data = scrub.value(data)
-        return {
+        result = {
             "status_code": response.status_code,
             "headers": scrub.value(response_headers),
             "data": data,
             "body": data,
         }
+        if 200 <= response.status_code < 300:
+            return result
+        return ErrorResult(result, f"HTTP {response.status_code} response from {method} {scrub.text(url)}")

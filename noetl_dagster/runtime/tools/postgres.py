@@ -421,9 +421,12 @@ def execute(conn: PgConnection, query: str, params: Any = None, *, schema: Any =
 
     bound = _bind_params(params)
     if bound is not None and len(split_statements(query)) > 1:
-        raise ToolError("postgres: params bind to one statement only, and the query has "
-                        f"{len(split_statements(query))}: put the other statements in a step "
-                        "of their own, or drop `params`")
+        if not isinstance(bound, list):
+            raise ToolError("postgres: named params bind to one statement only, and the query has "
+                            f"{len(split_statements(query))}: put the other statements in a step "
+                            "of their own, or drop `params`")
+        return _execute_script(conn, query, bound, schema=schema, as_objects=as_objects,
+                               timeout_seconds=timeout_seconds)
     with connect(conn) as con:
         try:
             _prepare_session(con, schema, timeout_seconds)
@@ -432,6 +435,89 @@ def execute(conn: PgConnection, query: str, params: Any = None, *, schema: Any =
             last: tuple[list[str] | None, Any] = (None, 0)
             for last in _result_sets(cur):
                 pass
+        except psycopg.Error as exc:
+            raise ToolError(_query_message(conn, exc, bound)) from None
+    columns, data = last
+    if columns is None:
+        return {"affected_rows": data}
+    if as_objects:
+        rows: list[Any] = [{c: json_value(v) for c, v in zip(columns, row)} for row in data]
+    else:
+        rows = [[json_value(v) for v in row] for row in data]
+    return {"columns": columns, "rows": rows, "row_count": len(rows)}
+
+
+def split_bound(query: str, params: list[Any]) -> list[tuple[str, list[Any]]]:
+    """A script's statements, each with its own ``$n`` placeholders renumbered from ``$1``."""
+    out = []
+    for statement in split_statements(query):
+        numbers: dict[int, int] = {}
+
+        def renumber(m: re.Match) -> str:
+            n = int(m.group(0)[1:])
+            if n not in numbers:
+                numbers[n] = len(numbers) + 1
+            return f"${numbers[n]}"
+
+        text = _replace_outside_literals(statement, _DOLLAR_PARAM, renumber)
+        values = [params[n - 1] for n in sorted(numbers, key=numbers.get)] if numbers else []
+        if any(n > len(params) for n in numbers):
+            raise ToolError(f"postgres: placeholder ${max(numbers)} has no value "
+                            f"({len(params)} params)")
+        out.append((text, values))
+    return out
+
+
+def _replace_outside_literals(sql: str, pattern: "re.Pattern[str]", func: Any) -> str:
+    """``pattern`` replaced by ``func`` outside quotes, dollar quotes and comments."""
+    out, i, n = [], 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            j = i + 1
+            while j < n and not (sql[j] == c and not sql.startswith(c * 2, j)):
+                j += 2 if sql.startswith(c * 2, j) else 1
+            out.append(sql[i:j + 1])
+            i = j + 1
+        elif sql.startswith("--", i) or sql.startswith("/*", i):
+            end = sql.find("\n" if sql[i + 1] == "-" else "*/", i + 2)
+            end = n if end < 0 else end + (0 if sql[i + 1] == "-" else 2)
+            out.append(sql[i:end])
+            i = end
+        else:
+            tag = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:]) if c == "$" else None
+            if tag:
+                close = sql.find(tag.group(0), i + len(tag.group(0)))
+                close = n if close < 0 else close + len(tag.group(0))
+                out.append(sql[i:close])
+                i = close
+                continue
+            m = pattern.match(sql, i)
+            if m:
+                out.append(func(m))
+                i = m.end()
+            else:
+                out.append(c)
+                i += 1
+    return "".join(out)
+
+
+def _execute_script(conn: PgConnection, query: str, bound: list[Any], *, schema: Any,
+                    as_objects: bool, timeout_seconds: Any) -> dict[str, Any]:
+    """A script whose statements bind values: each statement on its own, in one transaction."""
+    import psycopg
+
+    statements = split_bound(query, bound)
+    with connect(conn, autocommit=False) as con:
+        try:
+            _prepare_session(con, schema, timeout_seconds)
+            last: tuple[list[str] | None, Any] = (None, 0)
+            for text, values in statements:
+                cur = psycopg.RawCursor(con) if values else con.cursor()
+                cur.execute(text, values) if values else cur.execute(text)
+                for last in _result_sets(cur):
+                    pass
+            con.commit()
         except psycopg.Error as exc:
             raise ToolError(_query_message(conn, exc, bound)) from None
     columns, data = last
@@ -650,16 +736,45 @@ class PostgresTool(Tool):
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        cfg = ctx.render(config)
-        query = cfg.get("query") if cfg.get("query") is not None else cfg.get("command")
-        if isinstance(query, list):
-            query = ";\n".join(str(q).strip().rstrip(";") for q in query)
+        key = "query" if config.get("query") is not None else "command"
+        cfg = ctx.render({k: v for k, v in config.items() if k not in ("query", "command")})
+        query, params = bind_query(config.get(key), cfg.get("params"), ctx.scope,
+                                   script=bool(cfg.get("script")), tool="postgres")
         if not isinstance(query, str) or not query.strip():
             raise ToolError("postgres: `query` (or `command`) rendered empty")
         conn = connection_from_config(cfg, ctx)
         if result_format(cfg) == "arrow":
-            return query_arrow(conn, query, cfg.get("params"), schema=cfg.get("schema"),
+            return query_arrow(conn, query, params, schema=cfg.get("schema"),
                                timeout_seconds=cfg.get("timeout_seconds"))
-        return execute(conn, query, cfg.get("params"), schema=cfg.get("schema"),
+        return execute(conn, query, params, schema=cfg.get("schema"),
                        as_objects=bool(cfg.get("as_objects", True)),
                        timeout_seconds=cfg.get("timeout_seconds"))
+
+
+def bind_query(source: Any, params: Any, scope: Mapping[str, Any], *, script: bool = False,
+               tool: str = "postgres", text_type: str = "text") -> tuple[Any, Any]:
+    """Render ``source`` with its ``{{ }}`` values as ``$N`` placeholders; the full params.
+
+    The values follow the tool's own list ``params`` (``$1..$k`` stay theirs). A query whose
+    templates bind values cannot also use ``%s``/``%(name)s`` or ``$name`` params (one
+    placeholder style per statement): that is a ToolError naming the fix.
+    """
+    from ..binding import render_sql
+
+    if source is None:
+        return None, params
+    own = params
+    if own is not None and not isinstance(own, (list, tuple, Mapping)):
+        own = [own]
+    first = len(own) + 1 if isinstance(own, (list, tuple)) else 1
+    query, values = render_sql(source if isinstance(source, list) else str(source), scope,
+                               first=first, text_type=text_type, script=script)
+    if not values:
+        return query, params
+    if isinstance(own, Mapping) and own:
+        raise ToolError(f"{tool}: the query's templates are bound as $1..$n, which cannot be mixed "
+                        "with named `params`; pass those values as templates too, or as a list")
+    if own and not _DOLLAR_PARAM.search(str(source)):
+        raise ToolError(f"{tool}: the query's templates are bound as $n placeholders, which cannot be "
+                        "mixed with ?/%s `params`; write the query's own placeholders as $1..$k")
+    return query, [*(own or []), *values]

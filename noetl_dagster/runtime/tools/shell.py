@@ -9,12 +9,20 @@ Config (rendered as templates)::
       cwd: /data             # working directory (default: the process's)
       env: {LANG: C}         # added to the inherited environment (null drops a variable)
       timeout_seconds: 60    # the whole process group is killed when it runs longer
-      check: true            # false: a non-zero exit completes the step (route on exit_code)
+      check: true            # false: a non-zero exit is a success result (status success)
       capture: true          # false: output goes to this process's stdout/stderr
 
-Result ``{stdout, stderr, exit_code}`` (text, decoded as UTF-8). A non-zero exit fails the step
-with the exit code and the tail of stderr (of stdout when stderr is empty); a timeout fails it
-naming the limit. The command runs as ``<shell> -c <command>`` in a new process group.
+**Templates in** ``command`` never become shell syntax: each ``{{ }}`` value is passed as a
+positional parameter (``sh -c 'echo "${1}"' noetl-shell <value>``) and referenced where the
+template stood, whatever quotes surround it (see :mod:`noetl_dagster.runtime.binding`).
+``{{ x | raw_shell }}`` inserts a trusted value as syntax (``validate`` lists each use).
+``env:`` values are environment variables, never syntax either.
+
+Result ``{stdout, stderr, exit_code}`` (text, decoded as UTF-8). A non-zero exit is NoETL's
+*error result*: the step completes with status ``error`` and that result (route on
+``output.exit_code``), its message naming the exit code and the tail of stderr (of stdout when
+stderr is empty); with ``check: false`` it is a plain success. A timeout fails the step naming
+the limit. The command runs as ``<shell> -c <command>`` in a new process group.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import signal
 import subprocess
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from .base import ErrorResult, Tool, ToolContext, ToolError
 
 #: how much of stderr a failure message shows
 TAIL_LINES = 20
@@ -70,10 +78,13 @@ class ShellTool(Tool):
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from ...resources import credentials as creds
 
-        cfg = ctx.render(config)
-        command = cfg.get("command", cfg.get("cmds"))
-        if isinstance(command, list):
-            command = "set -e\n" + "\n".join(str(c) for c in command if c is not None)
+        from ..binding import render_shell
+
+        source = config.get("command", config.get("cmds"))
+        cfg = ctx.render({k: v for k, v in config.items() if k not in ("command", "cmds")})
+        # each {{ }} value reaches the shell as a positional parameter, never as syntax
+        command, arguments = render_shell(source if isinstance(source, list) else str(source),
+                                          ctx.scope)
         if not isinstance(command, str) or not command.strip():
             raise ToolError("shell: `command` rendered empty")
         shell = str(cfg.get("shell") or "sh")
@@ -99,7 +110,7 @@ class ShellTool(Tool):
         pipe = subprocess.PIPE if capture else None
 
         try:
-            proc = subprocess.Popen([shell_path, "-c", command], cwd=cwd, env=env, stdout=pipe,
+            proc = subprocess.Popen([shell_path, "-c", command, "noetl-shell", *arguments], cwd=cwd, env=env, stdout=pipe,
                                     stderr=pipe, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise ToolError(creds.redact(f"shell: cannot start {shell}: {exc}")) from None
@@ -132,7 +143,8 @@ class ShellTool(Tool):
                 what = f"exited with code {code}"
             shown = tail(stderr) or tail(stdout)
             detail = f": {shown}" if shown else " (no output)"
-            raise ToolError(creds.redact(f"shell: command {what}{detail}"))
+            return ErrorResult({"stdout": stdout, "stderr": stderr, "exit_code": code},
+                               creds.redact(f"shell: command {what}{detail}"))
         return {"stdout": stdout, "stderr": stderr, "exit_code": code}
 
 

@@ -32,6 +32,9 @@ Sources (no Python object per value for the databases):
   must be a list of objects (or one object) and becomes ``pa.Table.from_pylist``. Nested
   values are stored as JSON text. A non-2xx answer fails the step.
 
+* ``snowflake``: ``query`` (+ ``params`` for ``?``) with ``auth``/connection fields as in
+  ``kind: snowflake``; the connector's Arrow fetch (:func:`snowflake.source_batches`).
+
 Targets (``mode`` may also be given at the top level):
 
 * ``postgres``: a table that does not exist is created from the first batch with ADBC
@@ -44,6 +47,10 @@ Targets (``mode`` may also be given at the top level):
   ``INSERT INTO t BY NAME SELECT * FROM batch``; ``replace`` drops first; ``upsert`` uses
   ``INSERT OR REPLACE`` when the table has a primary key, else deletes the batch's keys and
   inserts. One transaction too.
+
+* ``snowflake``: bound ``INSERT``s (``executemany``) in one transaction; a missing table is
+  created from the source's Arrow schema, ``replace`` truncates, ``upsert`` deletes the batch's
+  keys first (:class:`snowflake.SnowflakeTarget`).
 
 Result ``{rows_transferred, batches, source_type, target_type, table, mode}``.
 """
@@ -73,8 +80,8 @@ from .postgres import (
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-SOURCE_TYPES = ("postgres", "duckdb", "http")
-TARGET_TYPES = ("postgres", "duckdb")
+SOURCE_TYPES = ("postgres", "duckdb", "http", "snowflake")
+TARGET_TYPES = ("postgres", "duckdb", "snowflake")
 MODES = ("append", "replace", "upsert")
 DEFAULT_CHUNK_SIZE = 10000
 _STAGE = "_noetl_transfer_stage"
@@ -296,7 +303,7 @@ def _json_at(data: Any, path: str | None) -> Any:
 def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContext) -> _Source:
     import pyarrow as pa
 
-    from .base import get_tool
+    from .base import ErrorResult, get_tool
 
     if not cfg.get("url") and not cfg.get("endpoint"):
         raise ToolError("transfer: http source needs `url`")
@@ -304,6 +311,8 @@ def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContex
     if raw.get("query") is not None and "params" not in request:
         request["params"] = raw["query"]
     response = get_tool("http").run(request, ctx)
+    if isinstance(response, ErrorResult):  # a non-2xx answer: the transfer cannot read rows from it
+        response = response.data
     status = response.get("status_code")
     if not (isinstance(status, int) and 200 <= status < 300):
         raise ToolError(f"transfer: http source {cfg.get('url') or cfg.get('endpoint')} answered "
@@ -558,7 +567,20 @@ class TransferTool(Tool):
             raise ToolError("transfer: `source` must be a mapping {type, query | url, ...}")
         if not isinstance(raw_target, Mapping):
             raise ToolError("transfer: `target` must be a mapping {type, table, ...}")
-        source = ctx.render(dict(raw_source))
+        sql_source = str(ctx.render(raw_source.get("type")) or "").strip().lower() in ("postgres", "duckdb")
+        sql_key = "query" if raw_source.get("query") is not None else "command"
+        source = ctx.render({k: v for k, v in raw_source.items()
+                             if not (sql_source and k in ("query", "command"))})
+        if sql_source and raw_source.get(sql_key) is not None:
+            # the source query's {{ }} values are bound parameters, never SQL text
+            from .postgres import bind_query
+
+            source[sql_key], params = bind_query(
+                raw_source[sql_key], source.get("params"), ctx.scope, script=bool(source.get("script")),
+                tool="transfer", text_type="text" if str(source.get("type")).strip().lower() == "postgres"
+                else "VARCHAR")
+            if params is not None:
+                source["params"] = params
         target = ctx.render(dict(raw_target))
         stype = str(source.get("type") or "").strip().lower()
         ttype = str(target.get("type") or "").strip().lower()
@@ -593,11 +615,19 @@ class TransferTool(Tool):
             src = _postgres_source(source, ctx)
         elif stype == "duckdb":
             src = _duckdb_source(source, chunk_size)
+        elif stype == "snowflake":
+            from .snowflake import source_batches
+
+            src = _Source(*source_batches(source, ctx))
         else:
             src = _http_source(raw_source, source, ctx)
 
         if ttype == "postgres":
             sink: Any = _PostgresTarget(target, ctx, table, mode, keys)
+        elif ttype == "snowflake":
+            from .snowflake import SnowflakeTarget
+
+            sink = SnowflakeTarget(target, ctx, table, mode, keys)
         else:
             sink = _DuckDBTarget(target, table, mode, keys)
         rows = batches = 0

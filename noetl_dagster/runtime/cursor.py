@@ -1,0 +1,94 @@
+"""Cursor loops (``loop.spec.mode: cursor``): claim a frame of rows, run the body per row, repeat.
+
+What NoETL's orchestrate-core does (``orchestrator.rs``, noetl/ai-meta#100), in one op::
+
+    - step: drain
+      loop:
+        iterator: job
+        cursor:
+          kind: postgres                      # the claim's tool (default postgres)
+          auth: pg_main
+          claim: |
+            UPDATE work SET status = 'claimed'
+            WHERE id IN (SELECT id FROM work WHERE status = 'pending'
+                         ORDER BY id FOR UPDATE SKIP LOCKED LIMIT {{ __frame_max_rows }})
+            RETURNING id, payload
+        spec: {mode: cursor, frame: {max_rows: 50}}
+      tool: {kind: python, input: {job: "{{ iter.job }}"}, code: ...}
+
+1. The claim runs with ``{{ __frame_max_rows }}`` = ``frame.max_rows`` (default 1).
+2. Each returned row is one iteration: ``<iterator>``/``iter.<iterator>`` is the row (a mapping
+   of the ``RETURNING`` columns), ``_index``/``_total`` its place in the frame.
+3. When every row of the frame ran, the next frame is claimed; a claim that returns no rows
+   drains the loop. The step's result is NoETL's ``{cursor: drained, frames: N}``, its arcs are
+   then evaluated and its ``set:`` applied, as for any step.
+
+Rows run in order inside the op (NoETL's ``frame.row_concurrency`` is a parallelism hint; the
+lease/heartbeat fields are advisory there too: the claim SQL itself reclaims stale rows). A
+frame bound (``metadata.dagster.max_iterations``, default :data:`MAX_FRAMES`) stops a claim that
+never drains. The loop's body must consume what it claims (mark rows done, or the claim must
+skip claimed rows), or the loop would claim the same rows forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import StepFailed
+from ..playbook.models import Step
+from .context import Context
+from .step import Body, RunInfo, StepOutcome, finish_step, run_iteration
+from .templates import TemplateFailure
+from .tools import ToolContext, ToolError, get_tool
+
+#: default bound on the frames one cursor loop claims
+MAX_FRAMES = 10_000
+
+
+def claim_rows(step: Step, context: Context, run: RunInfo, max_rows: int) -> list[Any]:
+    """Run the step's ``loop.cursor.claim`` once; the rows it returned (possibly none)."""
+    assert step.loop is not None and step.loop.cursor is not None
+    cursor = step.loop.cursor
+    scope = context.scope(run.execution_id, {**run.globals, "__frame_max_rows": max_rows})
+    ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources, run_id=run.run_id)
+    config: dict[str, Any] = {"query": cursor.claim}
+    if cursor.auth is not None:
+        config["auth"] = cursor.auth
+    try:
+        result = get_tool(cursor.kind).run(config, ctx)
+    except (ToolError, TemplateFailure) as exc:
+        raise StepFailed(step.step, f"loop.cursor.claim: {exc}", kind=cursor.kind) from None
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not isinstance(rows, list):
+        raise StepFailed(step.step, "loop.cursor.claim must return rows (end it with `RETURNING ...` or a "
+                         "SELECT); it returned no result set", kind=cursor.kind)
+    columns = result.get("columns") or []
+    return [row if isinstance(row, dict) else dict(zip(columns, row)) for row in rows]
+
+
+def run_cursor_loop(step: Step, context: Context, run: RunInfo, max_frames: int = MAX_FRAMES) -> StepOutcome:
+    """Run a ``mode: cursor`` loop step to its drain, then route it (see the module docstring)."""
+    assert step.loop is not None and step.loop.mode == "cursor"
+    frame = step.loop.frame
+    max_rows = max(1, frame.max_rows) if frame is not None and frame.max_rows else 1
+    bodies: list[Body] = []
+    frames = 0
+    while True:
+        rows = claim_rows(step, context, run, max_rows)
+        if not rows:
+            break
+        if frames >= max_frames:
+            raise StepFailed(step.step, f"cursor loop claimed more than {max_frames} frames without draining "
+                             "(the body must consume the rows it claims); raise metadata.dagster.max_iterations "
+                             "if that many frames are expected")
+        frames += 1
+        bodies.extend(run_iteration(step, context, run, row, i, len(rows)) for i, row in enumerate(rows))
+    updates: dict[str, Any] = {}
+    for body in bodies:
+        updates.update(body.ctx_updates)
+    errors = [f"row {i}: {b.error}" for i, b in enumerate(bodies) if b.error is not None]
+    error = (errors[0] + (f" (and {len(errors) - 1} more rows)" if len(errors) > 1 else "")) if errors else None
+    outcome = finish_step(step, context, run, [Body({"cursor": "drained", "frames": frames}, updates, error)],
+                          looped=False)
+    outcome.runs = len(bodies)
+    return outcome
