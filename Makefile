@@ -43,6 +43,9 @@ bench: install
 	$(PY) benchmarks/step_overhead.py
 	$(PY) benchmarks/io_manager.py
 	$(PY) benchmarks/export.py
+	$(PY) benchmarks/export_instance.py --postgres
+	$(PY) benchmarks/event_log_storage.py --postgres
+	$(PY) benchmarks/startup.py
 
 clean:
 	rm -rf $(VENV) .dagster_home .pytest_cache

@@ -55,7 +55,8 @@ def handoff_job() -> dg.JobDefinition:
 
     io = ArrowRefIOManager(base_uri=base, shared_memory=os.environ.get("NOETL_TEST_SHM") == "1",
                            handoff=os.environ.get("NOETL_TEST_HANDOFF", "auto"))
-    executor_def = (dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}})
+    # spawn: a forkserver started earlier in this process would hand its children a stale environment
+    executor_def = (dg.multiprocess_executor.configured({"start_method": {"spawn": {}}})
                     if executor == "multiprocess" else dg.in_process_executor)
 
     @dg.job(resource_defs={"io_manager": io}, executor_def=executor_def)

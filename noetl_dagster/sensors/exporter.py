@@ -39,7 +39,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Callable, Protocol, Sequence
@@ -47,7 +47,7 @@ from typing import Any, Callable, Protocol, Sequence
 import dagster as dg
 
 from ..contract import PLAYBOOK_TAG, TOOL_TAG
-from .fast_read import read_run_page
+from .fast_read import read_run_page, shared_connection
 from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
@@ -291,7 +291,8 @@ class Exporter:
         self._writing: deque[tuple[Future, ExportBatch]] = deque()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="noetl-export") if self.background_writes else None
         try:
-            with _gc_paused(self.pause_gc), _short_switches(self._writer is not None):
+            with _gc_paused(self.pause_gc), _short_switches(self._writer is not None), \
+                    (shared_connection(self.instance) if self.fast_reads else nullcontext()):
                 self._reopen(cur, now, stats, over)
                 self._loop(cur, safe_ts, stats, over)
                 self._flush_pending(stats, final=True)
@@ -359,6 +360,9 @@ class Exporter:
                 if contiguous and bound is None:
                     cur.watermark_ts = max(cur.watermark_ts, safe_ts)
                 return False
+            self._prefetch_wanted([r.event_log_entry.run_id for r in records
+                                   if r.event_log_entry.run_id not in cur.active
+                                   and r.event_log_entry.run_id not in cur.done])
             for rec in records:
                 run_id = rec.event_log_entry.run_id
                 if run_id not in cur.active and run_id not in cur.done:
@@ -379,9 +383,26 @@ class Exporter:
                 return False
         return True
 
+    def _prefetch_wanted(self, run_ids: Sequence[str]) -> None:
+        """Whether each of a page's new runs is a playbook run, in one run-storage query (one
+        query per run costs a connection each on Postgres)."""
+        self._wanted_runs: dict[str, bool] = {}
+        if not self.playbook_runs_only or not run_ids:
+            return
+        unique = list(dict.fromkeys(run_ids))
+        try:
+            runs = self.instance.get_runs(dg.RunsFilter(run_ids=unique))
+        except Exception:  # noqa: BLE001 - a stand-in instance: ask run by run
+            return
+        self._wanted_runs = {run.run_id: bool(run.tags.get(PLAYBOOK_TAG)) for run in runs}
+        self._wanted_runs.update({r: False for r in unique if r not in self._wanted_runs})
+
     def _wanted(self, run_id: str) -> bool:
         if not self.playbook_runs_only:
             return True
+        known = getattr(self, "_wanted_runs", {}).get(run_id)
+        if known is not None:
+            return known
         run = self.instance.get_run_by_id(run_id)
         return run is not None and bool(run.tags.get(PLAYBOOK_TAG))
 

@@ -20,7 +20,9 @@ Example::
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 try:  # a declared dependency; the standard module is the fallback (3-9x slower on these texts)
     from orjson import loads as _loads
@@ -213,12 +215,40 @@ def read_run_page(instance: Any, run_id: str, after: int, limit: int | None
     if limit is not None:
         query = query.limit(limit + 1)
     storage = instance.event_log_storage
-    with storage.run_connection(run_id) as conn:
-        rows = conn.execute(query).fetchall()
+    shared = getattr(_SHARED, "conns", {}).get(id(storage))
+    if shared is not None:
+        rows = shared.execute(query).fetchall()
+    else:
+        with storage.run_connection(run_id) as conn:
+            rows = conn.execute(query).fetchall()
     more = limit is not None and len(rows) > limit
     if more:
         rows = rows[:limit]
     return [LightRecord(storage_id, LightEntry(_loads(text))) for storage_id, text in rows], more
+
+
+_SHARED = threading.local()
+
+
+@contextmanager
+def shared_connection(instance: Any) -> Iterator[None]:
+    """Within the block, reads of an event log that is one database (Postgres, MySQL: not one
+    file per run) use one connection: dagster-postgres opens a new connection (TCP, SCRAM) for
+    every query otherwise. Per-run SQLite files keep their own connections."""
+    storage = instance.event_log_storage if supports(instance) else None
+    if storage is None or storage.is_run_sharded:
+        yield
+        return
+    conns = _SHARED.__dict__.setdefault("conns", {})
+    if id(storage) in conns:  # nested: the outer block's connection serves
+        yield
+        return
+    with storage.run_connection(None) as conn:
+        conns[id(storage)] = conn
+        try:
+            yield
+        finally:
+            conns.pop(id(storage), None)
 
 
 def read_run(instance: Any, run_id: str) -> Sequence[Any]:
@@ -227,4 +257,4 @@ def read_run(instance: Any, run_id: str) -> Sequence[Any]:
     return page[0] if page is not None else instance.get_records_for_run(run_id).records
 
 
-__all__ = ["LightEntry", "LightEvent", "LightRecord", "read_run", "read_run_page", "supports"]
+__all__ = ["LightEntry", "LightEvent", "LightRecord", "read_run", "read_run_page", "shared_connection", "supports"]
