@@ -381,12 +381,17 @@ def _run_task(step: Step, task: Task, tool_ctx: ToolContext, running: Mapping[st
     except StepFailed:
         raise
     except (ToolError, TemplateFailure) as exc:
-        raise _fail(step, f"task {task.name!r}: {exc}", task.kind) from None
+        raise _fail(step, f"{_task_label(step, task)}{exc}", task.kind) from None
     except Exception as exc:  # noqa: BLE001 - any tool crash fails the step with its message
-        raise _fail(step, f"task {task.name!r}: {type(exc).__name__}: {exc}", task.kind) from None
+        raise _fail(step, f"{_task_label(step, task)}{type(exc).__name__}: {exc}", task.kind) from None
     if isinstance(value, ErrorResult):
         return value.data, value.message
     return value, None
+
+
+def _task_label(step: Step, task: Task) -> str:
+    """``task 'x': `` inside a pipeline; nothing for a single tool with policy rules."""
+    return f"task {task.name!r}: " if step.pipeline and task.name else ""
 
 
 def _match_rule(task: Task, scope: Mapping[str, Any]):  # type: ignore[no-untyped-def]
