@@ -27,7 +27,7 @@ _EXPORTS = {
     "load_playbook_definitions": ".translator.definitions",
     "build_job": ".translator.emit",
     "Net": ".translator.plan", "plan": ".translator.plan",
-    "PlaybookTranslator": ".translator.translator",
+    "PlaybookTranslator": ".translator.translator", "playbook_asset_specs": ".translator.translator",
     "ErrorResult": ".runtime.tools",
     "ArrowRefIOManager": ".resources.arrow_io", "retention_definitions": ".resources.arrow_io",
     "ClickHouseResource": ".resources.clickhouse", "QdrantResource": ".resources.qdrant",
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve t
     from .translator.definitions import load_playbook_definitions
     from .translator.emit import build_job
     from .translator.plan import Net, plan
-    from .translator.translator import PlaybookTranslator
+    from .translator.translator import PlaybookTranslator, playbook_asset_specs
     from .components.playbook import PlaybookComponent
     from .resources.arrow_io import ArrowRefIOManager, retention_definitions
     from .resources.clickhouse import ClickHouseResource

@@ -22,8 +22,8 @@ from ..playbook.loader import load_playbook
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
 from .guard import clashes, compiling
-from .emit import build_definitions, default_resources, product_key
-from .translator import PlaybookTranslator
+from .emit import build_definitions, default_resources
+from .translator import PlaybookTranslator, product_asset_keys
 
 logger = logging.getLogger("noetl_dagster")
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
@@ -114,6 +114,10 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
                       executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
+    try:  # `uses:`/`product()` references -> the producers' keys, as the translator gives them
+        product_keys = product_asset_keys(loaded.playbooks, translator)
+    except Exception:  # noqa: BLE001 - a translator failing on one playbook: that playbook's issue below
+        product_keys = {}
     parts: dict[str, dg.Definitions] = {}
     products: dict[tuple[str, ...], str] = {}
     problems: list[Issue] = []
@@ -124,19 +128,23 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         if name in parts:
             found.append(Issue(playbook.file, 1, 1, f"job name {name!r} is already used by another playbook",
                                field="metadata.path", hint="give each playbook its own path"))
+        try:
+            keys = {s.step: _product_key(playbook, s, translator) for s in playbook.workflow if s.product}
+        except PlaybookError as exc:  # the translator's get_asset_key failed on this playbook
+            problems.extend(exc.issues)
+            continue
         for step in playbook.workflow:
-            key = tuple(product_key(playbook, step).path) if step.product else None
+            key = keys.get(step.step)
             if key in products:
                 found.append(Issue(playbook.file, step.line, 1, f"product {'/'.join(key)} is already published "
                                    f"by {products[key]}", step.step, "product.name", "rename one of them"))
         if found:
             problems.extend(found)
             continue
-        products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
-                         for s in playbook.workflow if s.product})
+        products.update({key: playbook.metadata.catalog_path for key in keys.values()})
         try:
             with compiling(playbook):  # any compile failure is this playbook's issue only
-                built = build_definitions(playbook, translator, on_error=on_error)
+                built = build_definitions(playbook, translator, on_error=on_error, product_keys=product_keys)
                 claimed = clashes(playbook, built, taken)  # names another playbook already defines
                 if claimed:
                     raise PlaybookError(claimed)
@@ -155,3 +163,9 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
     resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True),
                                     executor=executor)
     return dg.Definitions.merge(resources_defs, *parts.values())
+
+
+def _product_key(playbook: Playbook, step: Any, translator: PlaybookTranslator) -> tuple[str, ...]:
+    """The product's asset key path; a translator raising becomes this playbook's issue."""
+    with compiling(playbook):
+        return tuple(translator.get_asset_key(playbook, step).path)
