@@ -33,7 +33,15 @@ class PlaybookTranslator:
     """Maps playbooks and steps to Dagster names, tags, metadata, retry policies, executors."""
 
     def get_job_name(self, playbook: Playbook) -> str:
-        """``risk/score_application`` -> ``risk__score_application``."""
+        """``risk/score_application`` -> ``risk__score_application``.
+
+        Examples:
+            Prefix every job with the team::
+
+                class Named(PlaybookTranslator):
+                    def get_job_name(self, playbook):
+                        return "etl__" + super().get_job_name(playbook)
+        """
         return op_safe(playbook.metadata.catalog_path)
 
     def get_domain(self, playbook: Playbook) -> str:
@@ -53,10 +61,28 @@ class PlaybookTranslator:
         return playbook.metadata.catalog_path.strip("/").split("/")[0]
 
     def get_job_description(self, playbook: Playbook) -> str:
+        """The job's description: ``metadata.description``, else ``NoETL playbook <path>``.
+
+        Examples:
+            Add the playbook's file::
+
+                class Described(PlaybookTranslator):
+                    def get_job_description(self, playbook):
+                        return f"{super().get_job_description(playbook)} ({playbook.file})"
+        """
         return playbook.metadata.description or f"NoETL playbook {playbook.metadata.catalog_path}"
 
     def get_job_tags(self, playbook: Playbook) -> dict[str, str]:
-        """Tags on the job and its runs: exported events join back to the playbook by them."""
+        """Tags on the job and its runs: exported events join back to the playbook by them
+        (``noetl/playbook``, ``noetl/domain``), plus ``metadata.dagster.tags``.
+
+        Examples:
+            A cost centre on every run::
+
+                class Costed(PlaybookTranslator):
+                    def get_job_tags(self, playbook):
+                        return {**super().get_job_tags(playbook), "cost_centre": "data"}
+        """
         tags = {PLAYBOOK_TAG: playbook.metadata.catalog_path, DOMAIN_TAG: self.get_domain(playbook)}
         extra = playbook.metadata.dagster.get("tags")
         if isinstance(extra, Mapping):
@@ -64,15 +90,44 @@ class PlaybookTranslator:
         return tags
 
     def get_job_metadata(self, playbook: Playbook) -> dict[str, Any]:
+        """The job's definition metadata: a code reference to the playbook file and its path.
+
+        Examples:
+            Link the playbook's repository::
+
+                class Linked(PlaybookTranslator):
+                    def get_job_metadata(self, playbook):
+                        return {**super().get_job_metadata(playbook),
+                                "repo": dg.MetadataValue.url("https://git/etl")}
+        """
         return {**code_reference(playbook.file, 1, "playbook"), "noetl/path": playbook.metadata.catalog_path}
 
     def get_op_description(self, playbook: Playbook, step: Step) -> str:
+        """The op's description: the step's ``desc`` (or its tool kinds), path and YAML line.
+
+        Examples:
+            Only the step's own text::
+
+                class Short(PlaybookTranslator):
+                    def get_op_description(self, playbook, step):
+                        return step.description or step.step
+        """
         kinds = "+".join(t.kind for t in step.tool)
         text = step.description or f"NoETL step `{step.step}` ({kinds})"
         return f"{text}\n\n{playbook.metadata.catalog_path} · {os.path.basename(playbook.file)}:{step.line}"
 
     def get_op_tags(self, playbook: Playbook, step: Step) -> dict[str, str]:
-        """``noetl/*`` tags plus ``dagster/kind/*`` so the UI shows the tool kinds."""
+        """``noetl/*`` tags plus ``dagster/kind/*`` so the UI shows the tool kinds (and the
+        ``dagster-k8s/config`` of :meth:`get_k8s_config`). The op timeout is not a tag to set
+        here: see :meth:`get_op_timeout`.
+
+        Examples:
+            A team tag on every op::
+
+                class Tagged(PlaybookTranslator):
+                    def get_op_tags(self, playbook, step):
+                        return {**super().get_op_tags(playbook, step), "team": "risk"}
+        """
         kinds = sorted({t.kind for t in step.tool})
         tags = {STEP_TAG: step.step, TOOL_TAG: "+".join(t.kind for t in step.tool),
                 "dagster/kind/noetl": ""}
@@ -91,6 +146,14 @@ class PlaybookTranslator:
 
             hardware: {cpu: "2", memory: 4Gi, gpu: 1, cpu_limit: "4", memory_limit: 8Gi,
                        node_selector: {pool: gpu}, tolerations: [{key: gpu, operator: Exists}]}
+
+        Examples:
+            A service account for every pod::
+
+                class Pods(PlaybookTranslator):
+                    def get_k8s_config(self, playbook, step):
+                        config = super().get_k8s_config(playbook, step) or {}
+                        return {**config, "pod_spec_config": {"service_account_name": "etl"}}
         """
         hardware = (step.model_extra or {}).get("hardware")
         if not isinstance(hardware, Mapping) or not hardware:
@@ -113,7 +176,16 @@ class PlaybookTranslator:
         return config or None
 
     def get_retry_policy(self, playbook: Playbook, step: Step) -> dg.RetryPolicy | None:
-        """NoETL has no step-level retry; pipelines retry inside the op. Override to add one."""
+        """NoETL has no step-level retry; pipelines retry inside the op. Override to add one
+        (it also retries error results, see README "Error results").
+
+        Examples:
+            Two retries for HTTP steps::
+
+                class Retried(PlaybookTranslator):
+                    def get_retry_policy(self, playbook, step):
+                        return dg.RetryPolicy(max_retries=2) if step.tool[0].kind == "http" else None
+        """
         return None
 
     def get_on_error(self, playbook: Playbook) -> str:
@@ -135,11 +207,12 @@ class PlaybookTranslator:
         ``loop.chunk_size`` extension, 1 = one op per item). Results, ``ctx`` updates and NoETL
         semantics do not change; fewer, longer ops pay Dagster's per-op overhead less often.
 
-        Example::
+        Examples:
+            Fifty rows per op for one step::
 
-            class Chunked(PlaybookTranslator):
-                def get_loop_chunk_size(self, playbook, step):
-                    return 50 if step.step == "score_rows" else super().get_loop_chunk_size(playbook, step)
+                class Chunked(PlaybookTranslator):
+                    def get_loop_chunk_size(self, playbook, step):
+                        return 50 if step.step == "score_rows" else super().get_loop_chunk_size(playbook, step)
         """
         return step.loop.chunk_size if step.loop is not None else 1
 
@@ -151,11 +224,12 @@ class PlaybookTranslator:
         ops' ``noetl/loop_step`` tag (:meth:`get_executor`); the in-process executor runs one op
         at a time anyway.
 
-        Example::
+        Examples:
+            At most two HTTP calls of a loop at once::
 
-            class Gentle(PlaybookTranslator):
-                def get_loop_concurrency(self, playbook, step):
-                    return 2 if step.tool[0].kind == "http" else super().get_loop_concurrency(playbook, step)
+                class Gentle(PlaybookTranslator):
+                    def get_loop_concurrency(self, playbook, step):
+                        return 2 if step.tool[0].kind == "http" else super().get_loop_concurrency(playbook, step)
         """
         return step.loop.max_in_flight if step.loop is not None else None
 
@@ -372,6 +446,13 @@ class PlaybookTranslator:
         block is checked here, so a typo is a load error naming the playbook. Without it the
         executor takes its defaults from the ``K8sRunLauncher`` and stays configurable per run
         (``execution: {config: {...}}``).
+
+        Examples:
+            Every playbook in subprocesses, four at a time::
+
+                class Parallel(PlaybookTranslator):
+                    def get_executor(self, playbook):
+                        return dg.multiprocess_executor.configured({"max_concurrent": 4})
         """
         block = playbook.metadata.dagster
         choice = block.get("executor", "in_process")
@@ -475,7 +556,8 @@ def playbook_asset_specs(paths_or_playbooks: str | os.PathLike | Playbook | Iter
         for step in playbook.workflow:
             if step.product is not None:
                 spec = translator.get_asset_spec(playbook, step)
-                specs.append(spec.replace_attributes(deps=[*spec.deps, *deps]) if deps else spec)
+                extra = [key for key in deps if key != spec.key]  # a step reading its own product is no dep
+                specs.append(spec.replace_attributes(deps=[*spec.deps, *extra]) if extra else spec)
     return specs
 
 
