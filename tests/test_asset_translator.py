@@ -231,7 +231,7 @@ def test_tuned_translator_timeout_goes_through_get_op_timeout() -> None:
 
 REGIONS = """apiVersion: noetl.io/v2
 kind: Playbook
-metadata: {name: regional, path: sales/regional}
+metadata: {name: regional, path: sales/regional, schedule: "0 3 * * *"}
 workflow:
   - step: start
     tool: {kind: python, input: {region: "{{ partition_key }}"}, code: "result = [{'region': region, 'n': 1}]"}
@@ -252,6 +252,8 @@ def test_get_partitions_def(tmp_path: Path, instance: dg.DagsterInstance) -> Non
     defs = _defs(tmp_path, Regional())
     key = dg.AssetKey(["sales", "regional"])
     assert _spec(defs, key).partitions_def == dg.StaticPartitionsDefinition(["eu", "us"])
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_schedule_def("sales__regional__schedule").cron_schedule == "0 3 * * *"
     result = _run(defs, "sales__regional", instance, partition_key="eu")
     assert result.success
     assert result.asset_value(key).to_pylist() == [{"region": "eu", "n": 1}]

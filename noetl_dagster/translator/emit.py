@@ -108,6 +108,7 @@ def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None 
         tags=translator.get_job_tags(playbook),
         metadata=translator.get_job_metadata(playbook),
         executor_def=translator.get_executor(playbook),
+        partitions_def=translator.get_partitions_def(playbook),
     )  # partitioned like its assets
     return dg.Definitions(assets=[assets], asset_checks=checks, jobs=[job],
                           schedules=_schedules(playbook, translator, job))
@@ -135,14 +136,16 @@ def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> 
         return []
     name = f"{translator.get_job_name(playbook)}__schedule"
     partitions = translator.get_partitions_def(playbook)
-    if partitions is not None and playbook.metadata.partitions and isinstance(
-            partitions, dg.TimeWindowPartitionsDefinition):  # daily: the loader checked the cron is `M H * * *`
-        minute, hour = (int(field) for field in cron.split()[:2])
-        return [dg.build_schedule_from_partitioned_job(job, name=name, minute_of_hour=minute, hour_of_day=hour,
-                                                       default_status=dg.DefaultScheduleStatus.STOPPED)]
-    if partitions is not None:  # a translator's own partitions: the cron asks for them
-        return [dg.build_schedule_from_partitioned_job(job, name=name, cron_schedule=cron,
-                                                       default_status=dg.DefaultScheduleStatus.STOPPED)]
+    stopped = dg.DefaultScheduleStatus.STOPPED
+    if isinstance(partitions, dg.TimeWindowPartitionsDefinition):
+        if playbook.metadata.partitions:  # daily: the loader checked the cron is `M H * * *`
+            minute, hour = (int(field) for field in cron.split()[:2])
+            return [dg.build_schedule_from_partitioned_job(job, name=name, minute_of_hour=minute, hour_of_day=hour,
+                                                           default_status=stopped)]
+        # a translator's time partitions: one run per new partition, at the partitions' cadence
+        return [dg.build_schedule_from_partitioned_job(job, name=name, default_status=stopped)]
+    if partitions is not None:  # a translator's static partitions: every partition at each cron tick
+        return [dg.build_schedule_from_partitioned_job(job, name=name, cron_schedule=cron, default_status=stopped)]
     return [dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron,
                                   default_status=dg.DefaultScheduleStatus.STOPPED)]
 

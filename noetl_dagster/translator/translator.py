@@ -360,7 +360,9 @@ class PlaybookTranslator:
     def get_partitions_def(self, playbook: Playbook) -> dg.PartitionsDefinition | None:
         """How the playbook's job, products and checks are partitioned: ``metadata.partitions``
         (``{daily: {start: 2026-01-01}}``) or None. One per playbook: its products come from one
-        graph. Templates see the run's key as ``{{ partition_key }}``.
+        graph. Templates see the run's key as ``{{ partition_key }}``. With ``metadata.schedule``,
+        time partitions run each new partition at their cadence (daily ones at the cron's hour and
+        minute), static partitions all run at each cron tick.
 
         Examples:
             One partition per region instead of per day::
