@@ -3,6 +3,7 @@ materializes (real runs in process, products stored by the ArrowRefIOManager).""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,13 @@ def test_get_partitions_def(tmp_path: Path, instance: dg.DagsterInstance) -> Non
     key = dg.AssetKey(["sales", "regional"])
     assert _spec(defs, key).partitions_def == dg.StaticPartitionsDefinition(["eu", "us"])
     dg.Definitions.validate_loadable(defs)
-    assert defs.resolve_schedule_def("sales__regional__schedule").cron_schedule == "0 3 * * *"
+    schedule = defs.resolve_schedule_def("sales__regional__schedule")
+    assert schedule.cron_schedule == "0 3 * * *"
+    tick = datetime.datetime(2026, 12, 6, 3, tzinfo=datetime.timezone.utc)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick,
+                                   repository_def=defs.get_repository_def()) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests or []] == ["eu", "us"]
     result = _run(defs, "sales__regional", instance, partition_key="eu")
     assert result.success
     assert result.asset_value(key).to_pylist() == [{"region": "eu", "n": 1}]

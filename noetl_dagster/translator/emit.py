@@ -108,7 +108,6 @@ def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None 
         tags=translator.get_job_tags(playbook),
         metadata=translator.get_job_metadata(playbook),
         executor_def=translator.get_executor(playbook),
-        partitions_def=translator.get_partitions_def(playbook),
     )  # partitioned like its assets
     return dg.Definitions(assets=[assets], asset_checks=checks, jobs=[job],
                           schedules=_schedules(playbook, translator, job))
@@ -145,7 +144,14 @@ def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> 
         # a translator's time partitions: one run per new partition, at the partitions' cadence
         return [dg.build_schedule_from_partitioned_job(job, name=name, default_status=stopped)]
     if partitions is not None:  # a translator's static partitions: every partition at each cron tick
-        return [dg.build_schedule_from_partitioned_job(job, name=name, cron_schedule=cron, default_status=stopped)]
+        keys = partitions
+
+        def every_partition(context):  # type: ignore[no-untyped-def]
+            return [dg.RunRequest(run_key=f"{context.scheduled_execution_time}:{key}", partition_key=key)
+                    for key in keys.get_partition_keys(
+                dynamic_partitions_store=context.instance)]
+
+        return [dg.schedule(job=job, cron_schedule=cron, name=name, default_status=stopped)(every_partition)]
     return [dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron,
                                   default_status=dg.DefaultScheduleStatus.STOPPED)]
 
