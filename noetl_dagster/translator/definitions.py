@@ -13,17 +13,17 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import dagster as dg
 
 from ..errors import Issue, PlaybookError
-from ..playbook.loader import load_playbook
+from ..playbook.loader import load_playbook, product_references
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
 from .guard import clashes, compiling
 from .emit import build_definitions, default_resources
-from .translator import PlaybookTranslator, product_asset_keys
+from .translator import PlaybookTranslator, product_asset_keys, reference_key
 
 logger = logging.getLogger("noetl_dagster")
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
@@ -76,6 +76,43 @@ def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = Fals
     if strict and loaded.issues:
         raise PlaybookError(loaded.issues)
     return loaded
+
+
+def playbook_asset_specs(paths_or_playbooks: str | os.PathLike | Playbook | Iterable[str | os.PathLike | Playbook],
+                         translator: PlaybookTranslator | None = None) -> list[dg.AssetSpec]:
+    """The products of playbooks as :class:`~dagster.AssetSpec` objects, for composition: with other
+    assets' ``deps``, ``dg.Definitions(assets=...)`` as external assets, or an ``@multi_asset``
+    of your own. Each spec is :meth:`PlaybookTranslator.get_asset_spec` with ``deps`` on the
+    products its playbook reads (``uses:``, ``product('...')``), resolved through the translator
+    across the playbooks given. Files and folders are loaded (a broken playbook raises
+    :class:`~noetl_dagster.PlaybookError`).
+
+    Examples:
+        A dbt-style downstream asset depending on a playbook's product::
+
+            specs = playbook_asset_specs("playbooks/")
+            scores = next(s for s in specs if s.key == dg.AssetKey(["risk", "application_scores"]))
+
+            @dg.asset(deps=[scores])
+            def risk_dashboard(): ...
+    """
+    translator = translator or PlaybookTranslator()
+    items = [paths_or_playbooks] if isinstance(paths_or_playbooks, (str, os.PathLike, Playbook)) \
+        else list(paths_or_playbooks)
+    playbooks = [item for item in items if isinstance(item, Playbook)]
+    paths = [item for item in items if not isinstance(item, Playbook)]
+    if paths:
+        playbooks += load_playbooks(paths, strict=True).playbooks
+    keys = product_asset_keys(playbooks, translator)
+    specs = []
+    for playbook in playbooks:
+        deps = [reference_key(ref, keys) for ref in product_references(playbook)]
+        for step in playbook.workflow:
+            if step.product is not None:
+                spec = translator.get_asset_spec(playbook, step)
+                extra = [key for key in deps if key != spec.key]  # a step reading its own product is no dep
+                specs.append(spec.replace_attributes(deps=[*spec.deps, *extra]) if extra else spec)
+    return specs
 
 
 def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,

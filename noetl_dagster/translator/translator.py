@@ -383,8 +383,8 @@ class PlaybookTranslator:
         :meth:`get_asset_key`, :meth:`get_group_name`, :meth:`get_owners`, :meth:`get_kinds`,
         :meth:`get_description`, :meth:`get_metadata`, :meth:`get_automation_condition` and
         :meth:`get_partitions_def`. Its ``deps`` are left empty here: the emitter wires the
-        products a playbook reads as inputs of its graph, and :func:`playbook_asset_specs` fills
-        them in for composition.
+        products a playbook reads as inputs of its graph, and
+        :func:`~noetl_dagster.playbook_asset_specs` fills them in for composition.
 
         Examples:
             Tag every product of the ``risk`` domain::
@@ -520,47 +520,6 @@ def reference_key(reference: str, keys: Mapping[str, dg.AssetKey] | None = None)
     path = str(reference).strip("/")
     found = (keys or {}).get(path)
     return found if found is not None else dg.AssetKey(path.split("/"))
-
-
-def playbook_asset_specs(paths_or_playbooks: str | os.PathLike | Playbook | Iterable[str | os.PathLike | Playbook],
-                         translator: PlaybookTranslator | None = None) -> list[dg.AssetSpec]:
-    """The products of playbooks as :class:`~dagster.AssetSpec` objects, for composition: with other
-    assets' ``deps``, ``dg.Definitions(assets=...)`` as external assets, or an ``@multi_asset``
-    of your own. Each spec is :meth:`PlaybookTranslator.get_asset_spec` with ``deps`` on the
-    products its playbook reads (``uses:``, ``product('...')``), resolved through the translator
-    across the playbooks given. Files and folders are loaded (a broken playbook raises
-    :class:`~noetl_dagster.PlaybookError`).
-
-    Examples:
-        A dbt-style downstream asset depending on a playbook's product::
-
-            specs = playbook_asset_specs("playbooks/")
-            scores = next(s for s in specs if s.key == dg.AssetKey(["risk", "application_scores"]))
-
-            @dg.asset(deps=[scores])
-            def risk_dashboard(): ...
-    """
-    from ..playbook.loader import product_references
-
-    translator = translator or PlaybookTranslator()
-    items = [paths_or_playbooks] if isinstance(paths_or_playbooks, (str, os.PathLike, Playbook)) \
-        else list(paths_or_playbooks)
-    playbooks = [item for item in items if isinstance(item, Playbook)]
-    paths = [item for item in items if not isinstance(item, Playbook)]
-    if paths:
-        from .definitions import load_playbooks
-
-        playbooks += load_playbooks(paths, strict=True).playbooks
-    keys = product_asset_keys(playbooks, translator)
-    specs = []
-    for playbook in playbooks:
-        deps = [reference_key(ref, keys) for ref in product_references(playbook)]
-        for step in playbook.workflow:
-            if step.product is not None:
-                spec = translator.get_asset_spec(playbook, step)
-                extra = [key for key in deps if key != spec.key]  # a step reading its own product is no dep
-                specs.append(spec.replace_attributes(deps=[*spec.deps, *extra]) if extra else spec)
-    return specs
 
 
 def code_reference(file: str, line: int, label: str) -> dict[str, Any]:
