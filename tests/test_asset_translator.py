@@ -291,3 +291,17 @@ def test_every_override_point_is_documented_with_examples() -> None:
     assert {"get_asset_spec", "get_asset_check_spec", "get_op_timeout", "get_partitions_def"} <= set(points)
     undocumented = [name for name in points if "Examples:" not in (getattr(PlaybookTranslator, name).__doc__ or "")]
     assert not undocumented
+
+
+def test_a_translator_failing_on_one_playbook_leaves_the_others(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Domains):
+        def get_asset_key(self, playbook, step):  # type: ignore[no-untyped-def]
+            if playbook.metadata.name == "big_spenders":
+                raise ValueError("no key for big_spenders")
+            return super().get_asset_key(playbook, step)
+
+    defs = load_playbook_definitions(tree, translator=Broken())
+    assert "no key for big_spenders" in caplog.text and "big_spenders.yaml" in caplog.text
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    assert dg.AssetKey(["lake_marketing", "customer_360"]) in keys
+    assert not any("big_spenders" in k.to_user_string() for k in keys)

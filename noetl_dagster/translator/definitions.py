@@ -151,10 +151,12 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
                       executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
-    try:  # `uses:`/`product()` references -> the producers' keys, as the translator gives them
-        product_keys = product_asset_keys(loaded.playbooks, translator)
-    except Exception:  # noqa: BLE001 - a translator failing on one playbook: that playbook's issue below
-        product_keys = {}
+    product_keys: dict[str, dg.AssetKey] = {}  # `uses:`/`product()` references -> the producers' keys
+    for playbook in loaded.playbooks:
+        try:
+            product_keys.update(product_asset_keys([playbook], translator))
+        except Exception:  # noqa: BLE001 - a translator failing on one playbook: that playbook's issue below
+            continue
     parts: dict[str, dg.Definitions] = {}
     products: dict[tuple[str, ...], str] = {}
     problems: list[Issue] = []
