@@ -27,7 +27,7 @@ _EXPORTS = {
     "load_playbook_definitions": ".translator.definitions",
     "build_job": ".translator.emit",
     "Net": ".translator.plan", "plan": ".translator.plan",
-    "PlaybookTranslator": ".translator.translator",
+    "PlaybookTranslator": ".translator.translator", "playbook_asset_specs": ".translator.definitions",
     "ErrorResult": ".runtime.tools",
     "ArrowRefIOManager": ".resources.arrow_io", "retention_definitions": ".resources.arrow_io",
     "ClickHouseResource": ".resources.clickhouse", "QdrantResource": ".resources.qdrant",
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve t
     from .report import RunReport, StepReport, run_playbook
     from .resources.credentials import CredentialsResource, redact
     from .runtime.tools import Tool, ToolContext, ToolError, register_tool
-    from .translator.definitions import load_playbook_definitions
+    from .translator.definitions import load_playbook_definitions, playbook_asset_specs
     from .translator.emit import build_job
     from .translator.plan import Net, plan
     from .translator.translator import PlaybookTranslator

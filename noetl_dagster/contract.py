@@ -52,6 +52,7 @@ TOOL_TAG = "noetl/tool"          # the step's tool kinds, ``+``-joined
 LOOP_TAG = "noetl/loop"          # a loop step's mode
 LOOP_STEP_TAG = "noetl/loop_step"  # a parallel loop's body ops: executors limit concurrency by it
 REGION_TAG = "noetl/region"      # a cycle's op: its steps, comma-joined
+TIMEOUT_TAG = "noetl/timeout_seconds"  # an op's time limit (PlaybookTranslator.get_op_timeout), shown
 ROLE_TAG = "noetl/role"          # loop-fan-out | loop-collect | outcome
 
 # -- metadata -------------------------------------------------------------------------------

@@ -258,11 +258,10 @@ def test_tune_apply_approves_pending_proposals_within_bounds(sink, tmp_path):
 
 
 class _Timeouts(PlaybookTranslator):
-    """A translator setting the op timeout tag (what an approved profile entry compiles to)."""
+    """A translator setting the op timeout (what an approved profile entry compiles to)."""
 
-    def get_op_tags(self, playbook, step):  # type: ignore[no-untyped-def]
-        tags = super().get_op_tags(playbook, step)
-        return {**tags, TIMEOUT_TAG: "1"} if step.step in ("slow", "slow_loop") else tags
+    def get_op_timeout(self, playbook, step):  # type: ignore[no-untyped-def]
+        return 1 if step.step in ("slow", "slow_loop") else None
 
 
 TIMEOUT_PLAYBOOK = """apiVersion: noetl.io/v2
@@ -501,8 +500,8 @@ workflow:
 
 
 class _LoopTimeouts(PlaybookTranslator):
-    def get_op_tags(self, playbook, step):  # type: ignore[no-untyped-def]
-        return {**super().get_op_tags(playbook, step), TIMEOUT_TAG: "2"}
+    def get_op_timeout(self, playbook, step):  # type: ignore[no-untyped-def]
+        return 2
 
 
 def test_a_timed_out_loop_names_its_step_and_is_retried(instance):

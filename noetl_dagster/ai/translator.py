@@ -4,8 +4,9 @@
   ``max_retries: 0`` (the *no retry* of deterministic failures) -> none;
 * ``resources`` -> merged into the step's ``dagster-k8s/config`` tag
   (``container_config.resources``), over what the ``hardware:`` extension declares;
-* ``timeout_seconds`` -> op tag ``noetl/timeout_seconds``, which the compiled op enforces
-  (:mod:`noetl_dagster.runtime.deadline`; Dagster itself bounds whole runs only);
+* ``timeout_seconds`` -> :meth:`get_op_timeout`, which the compiled op enforces
+  (:mod:`noetl_dagster.runtime.deadline`; Dagster itself bounds whole runs only) and shows as the
+  op tag ``noetl/timeout_seconds``;
 * ``loop_chunk_size`` -> :meth:`get_loop_chunk_size` (items per body op of a parallel loop);
 * ``loop_concurrency`` -> :meth:`get_loop_concurrency` (the executor's ``tag_concurrency_limits``).
 
@@ -28,7 +29,7 @@ from typing import Any
 import dagster as dg
 
 from ..playbook.models import Playbook, Step
-from ..runtime.deadline import TIMEOUT_TAG
+from ..contract import TIMEOUT_TAG
 from ..translator.translator import PlaybookTranslator
 from .profiles import TuningProfile, load_profiles
 
@@ -84,11 +85,12 @@ class TunedTranslator(PlaybookTranslator):
         value = self._approved(playbook, step, "loop_concurrency")
         return int(value) if value else super().get_loop_concurrency(playbook, step)
 
+    def get_op_timeout(self, playbook: Playbook, step: Step) -> float | None:
+        timeout = self._approved(playbook, step, "timeout_seconds")
+        return int(timeout) if timeout else super().get_op_timeout(playbook, step)
+
     def get_op_tags(self, playbook: Playbook, step: Step) -> dict[str, str]:
         tags = super().get_op_tags(playbook, step)
-        timeout = self._approved(playbook, step, "timeout_seconds")
-        if timeout:
-            tags[TIMEOUT_TAG] = str(int(timeout))
         profile = self.profiles.get(playbook.metadata.catalog_path)
         if profile is not None and profile.steps.get(step.step):
             tags[PROFILE_VERSION_TAG] = str(profile.version)

@@ -1,7 +1,7 @@
 """A per-op time limit: Dagster bounds whole runs (``dagster/max_runtime``) but not ops.
 
-An op tagged ``noetl/timeout_seconds`` (what an approved tuning profile sets, or any
-translator's ``get_op_tags``) runs its own code under a ``SIGALRM`` timer (paused while Dagster
+An op with a time limit (``PlaybookTranslator.get_op_timeout``: what an approved tuning profile
+sets, shown as the op tag ``noetl/timeout_seconds``) runs its own code under a ``SIGALRM`` timer (paused while Dagster
 stores its outputs); when it fires, the step fails with a clear message and its RetryPolicy, if
 any, applies. Deadlines nest: the enclosing one is re-armed with the time it has left. The alarm raises a
 ``BaseException`` so that tool code catching ``Exception`` (pipeline policies, retries inside a
@@ -22,8 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-#: the op tag holding the limit in seconds
-TIMEOUT_TAG = "noetl/timeout_seconds"
+from ..contract import TIMEOUT_TAG  # the op tag showing the limit in seconds
 
 
 class StepTimedOut(BaseException):

@@ -13,17 +13,17 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import dagster as dg
 
 from ..errors import Issue, PlaybookError
-from ..playbook.loader import load_playbook
+from ..playbook.loader import load_playbook, product_references
 from ..playbook.models import Playbook
 from ..playbook.catalog import PlaybookCatalog
 from .guard import clashes, compiling
-from .emit import build_definitions, default_resources, product_key
-from .translator import PlaybookTranslator
+from .emit import build_definitions, default_resources
+from .translator import PlaybookTranslator, product_asset_keys, reference_key
 
 logger = logging.getLogger("noetl_dagster")
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
@@ -78,6 +78,43 @@ def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = Fals
     return loaded
 
 
+def playbook_asset_specs(paths_or_playbooks: str | os.PathLike | Playbook | Iterable[str | os.PathLike | Playbook],
+                         translator: PlaybookTranslator | None = None) -> list[dg.AssetSpec]:
+    """The products of playbooks as :class:`~dagster.AssetSpec` objects, for composition: with other
+    assets' ``deps``, ``dg.Definitions(assets=...)`` as external assets, or an ``@multi_asset``
+    of your own. Each spec is :meth:`PlaybookTranslator.get_asset_spec` with ``deps`` on the
+    products its playbook reads (``uses:``, ``product('...')``), resolved through the translator
+    across the playbooks given. Files and folders are loaded (a broken playbook raises
+    :class:`~noetl_dagster.PlaybookError`).
+
+    Examples:
+        A dbt-style downstream asset depending on a playbook's product::
+
+            specs = playbook_asset_specs("playbooks/")
+            scores = next(s for s in specs if s.key == dg.AssetKey(["risk", "application_scores"]))
+
+            @dg.asset(deps=[scores])
+            def risk_dashboard(): ...
+    """
+    translator = translator or PlaybookTranslator()
+    items = [paths_or_playbooks] if isinstance(paths_or_playbooks, (str, os.PathLike, Playbook)) \
+        else list(paths_or_playbooks)
+    playbooks = [item for item in items if isinstance(item, Playbook)]
+    paths = [item for item in items if not isinstance(item, Playbook)]
+    if paths:
+        playbooks += load_playbooks(paths, strict=True).playbooks
+    keys = product_asset_keys(playbooks, translator)
+    specs = []
+    for playbook in playbooks:
+        deps = [reference_key(ref, keys) for ref in product_references(playbook)]
+        for step in playbook.workflow:
+            if step.product is not None:
+                spec = translator.get_asset_spec(playbook, step)
+                extra = [key for key in deps if key != spec.key]  # a step reading its own product is no dep
+                specs.append(spec.replace_attributes(deps=[*spec.deps, *extra]) if extra else spec)
+    return specs
+
+
 def load_playbook_definitions(paths: str | Path | Sequence[str | Path], *,
                               translator: PlaybookTranslator | None = None,
                               resources: Mapping[str, Any] | None = None,
@@ -114,6 +151,12 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
                       executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     loaded = load_playbooks(paths, strict=strict)
     catalog = PlaybookCatalog.of(loaded.playbooks)
+    product_keys: dict[str, dg.AssetKey] = {}  # `uses:`/`product()` references -> the producers' keys
+    for playbook in loaded.playbooks:
+        try:
+            product_keys.update(product_asset_keys([playbook], translator))
+        except Exception:  # noqa: BLE001 - a translator failing on one playbook: that playbook's issue below
+            continue
     parts: dict[str, dg.Definitions] = {}
     products: dict[tuple[str, ...], str] = {}
     problems: list[Issue] = []
@@ -124,19 +167,23 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
         if name in parts:
             found.append(Issue(playbook.file, 1, 1, f"job name {name!r} is already used by another playbook",
                                field="metadata.path", hint="give each playbook its own path"))
+        try:
+            keys = {s.step: _product_key(playbook, s, translator) for s in playbook.workflow if s.product}
+        except PlaybookError as exc:  # the translator's get_asset_key failed on this playbook
+            problems.extend(exc.issues)
+            continue
         for step in playbook.workflow:
-            key = tuple(product_key(playbook, step).path) if step.product else None
+            key = keys.get(step.step)
             if key in products:
                 found.append(Issue(playbook.file, step.line, 1, f"product {'/'.join(key)} is already published "
                                    f"by {products[key]}", step.step, "product.name", "rename one of them"))
         if found:
             problems.extend(found)
             continue
-        products.update({tuple(product_key(playbook, s).path): playbook.metadata.catalog_path
-                         for s in playbook.workflow if s.product})
+        products.update({key: playbook.metadata.catalog_path for key in keys.values()})
         try:
             with compiling(playbook):  # any compile failure is this playbook's issue only
-                built = build_definitions(playbook, translator, on_error=on_error)
+                built = build_definitions(playbook, translator, on_error=on_error, product_keys=product_keys)
                 claimed = clashes(playbook, built, taken)  # names another playbook already defines
                 if claimed:
                     raise PlaybookError(claimed)
@@ -155,3 +202,9 @@ def _load_definitions(paths: str | Path | Sequence[str | Path], translator: Play
     resources_defs = dg.Definitions(resources=default_resources(resources, catalog, io_manager=True),
                                     executor=executor)
     return dg.Definitions.merge(resources_defs, *parts.values())
+
+
+def _product_key(playbook: Playbook, step: Any, translator: PlaybookTranslator) -> tuple[str, ...]:
+    """The product's asset key path; a translator raising becomes this playbook's issue."""
+    with compiling(playbook):
+        return tuple(translator.get_asset_key(playbook, step).path)

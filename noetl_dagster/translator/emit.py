@@ -29,7 +29,7 @@ from ..playbook.models import Playbook, ProductCheck, Step
 from ..resources.arrow_io import ArrowRefIOManager
 from ..resources.credentials import CredentialsResource, redact
 from ..runtime.context import Context
-from ..runtime.deadline import TIMEOUT_TAG, StepTimedOut, deadline, enforceable
+from ..runtime.deadline import StepTimedOut, deadline, enforceable
 from ..runtime.keychain import Keychain
 from ..runtime.products import as_table, evaluate_check
 from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
@@ -41,8 +41,8 @@ from .plan import Net, Node, plan
 from ..contract import (COLLECT_SUFFIX, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG, EXECUTION_ID_TAG,
                         FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY, LOOP_ITEMS_OUTPUT,
                         LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG, RESULT_OUTPUT, ROLE_TAG,
-                        RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TOOL_KEY, asset_graph_name)
-from .translator import PlaybookTranslator, code_reference
+                        RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TIMEOUT_TAG, TOOL_KEY, asset_graph_name)
+from .translator import PlaybookTranslator, code_reference, reference_key
 
 CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
@@ -86,17 +86,21 @@ def has_products(playbook: Playbook) -> bool:
 
 
 def build_definitions(playbook: Playbook, translator: PlaybookTranslator | None = None,
-                      net: Net | None = None, on_error: str | None = None) -> dg.Definitions:
+                      net: Net | None = None, on_error: str | None = None,
+                      product_keys: Mapping[str, dg.AssetKey] | None = None) -> dg.Definitions:
     """One playbook as definitions: a job, or (with products) assets, checks and an asset job,
     plus a schedule for ``metadata.schedule``. Resources are the caller's (see
-    :func:`default_resources`)."""
+    :func:`default_resources`). ``product_keys`` resolves the products it reads (``uses:``,
+    ``product('domain/name')``) to their producers' asset keys
+    (:func:`~noetl_dagster.translator.translator.product_asset_keys`); unknown ones are
+    ``[domain, name]``."""
     translator = translator or PlaybookTranslator()
-    emitter = _Emitter(playbook, translator, net or plan(playbook), on_error)
+    emitter = _Emitter(playbook, translator, net or plan(playbook), on_error, product_keys)
     if not has_products(playbook):
         job: Any = emitter.job()
         return dg.Definitions(jobs=[job], schedules=_schedules(playbook, translator, job))
     assets = emitter.asset_graph()
-    checks = [c for step in playbook.workflow if step.product for c in _checks(playbook, step)]
+    checks = [c for step in playbook.workflow if step.product for c in _checks(playbook, step, translator)]
     job = dg.define_asset_job(
         name=emitter.name,
         selection=dg.AssetSelection.assets(assets) | dg.AssetSelection.checks(*checks),
@@ -125,39 +129,49 @@ def _outcome(context, inputs):  # type: ignore[no-untyped-def]
     yield dg.Output(list(inputs["results"]), RESULT_OUTPUT)
 
 
-def _partitions(playbook: Playbook) -> dg.PartitionsDefinition | None:
-    spec = playbook.metadata.partitions
-    if not spec:
-        return None
-    return dg.DailyPartitionsDefinition(start_date=str(spec["daily"]["start"]))
-
-
 def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> list[dg.ScheduleDefinition]:
     cron = playbook.metadata.schedule
     if not cron:
         return []
     name = f"{translator.get_job_name(playbook)}__schedule"
-    if playbook.metadata.partitions:  # daily: the loader checked the cron is `M H * * *`
-        minute, hour = (int(field) for field in cron.split()[:2])
-        return [dg.build_schedule_from_partitioned_job(job, name=name, minute_of_hour=minute, hour_of_day=hour,
-                                                       default_status=dg.DefaultScheduleStatus.STOPPED)]
+    partitions = translator.get_partitions_def(playbook)
+    stopped = dg.DefaultScheduleStatus.STOPPED
+    if isinstance(partitions, dg.TimeWindowPartitionsDefinition):
+        if playbook.metadata.partitions:  # daily: the loader checked the cron is `M H * * *`
+            minute, hour = (int(field) for field in cron.split()[:2])
+            return [dg.build_schedule_from_partitioned_job(job, name=name, minute_of_hour=minute, hour_of_day=hour,
+                                                           default_status=stopped)]
+        # a translator's time partitions: one run per new partition, at the partitions' cadence
+        return [dg.build_schedule_from_partitioned_job(job, name=name, default_status=stopped)]
+    if partitions is not None:  # a translator's static partitions: every partition at each cron tick
+        keys = partitions
+
+        def every_partition(context):  # type: ignore[no-untyped-def]
+            return [dg.RunRequest(run_key=f"{context.scheduled_execution_time}:{key}", partition_key=key)
+                    for key in keys.get_partition_keys(
+                dynamic_partitions_store=context.instance)]
+
+        return [dg.schedule(job=job, cron_schedule=cron, name=name, default_status=stopped)(every_partition)]
     return [dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron,
                                   default_status=dg.DefaultScheduleStatus.STOPPED)]
 
 
-def product_key(playbook: Playbook, step: Step) -> dg.AssetKey:
-    assert step.product is not None
-    return dg.AssetKey([playbook.metadata.domain, step.product.name])
+def product_key(playbook: Playbook, step: Step, translator: PlaybookTranslator | None = None) -> dg.AssetKey:
+    """The asset key of a product step (:meth:`PlaybookTranslator.get_asset_key`)."""
+    return (translator or PlaybookTranslator()).get_asset_key(playbook, step)
 
 
-def _checks(playbook: Playbook, step: Step) -> list[dg.AssetChecksDefinition]:
-    key, partitions = product_key(playbook, step), _partitions(playbook)
-    return [_check_definition(key, check, partitions) for check in step.product.checks]  # type: ignore[union-attr]
+def _checks(playbook: Playbook, step: Step, translator: PlaybookTranslator) -> list[dg.AssetChecksDefinition]:
+    """The product's checks, each from :meth:`PlaybookTranslator.get_asset_check_spec`."""
+    return [_check_definition(translator.get_asset_check_spec(playbook, step, check), check)
+            for check in step.product.checks]  # type: ignore[union-attr]
 
 
-def _check_definition(key: dg.AssetKey, check: ProductCheck,
-                      partitions: dg.PartitionsDefinition | None) -> dg.AssetChecksDefinition:
-    severity = dg.AssetCheckSeverity.ERROR if check.blocking else dg.AssetCheckSeverity.WARN
+def _check_definition(spec: dg.AssetCheckSpec, check: ProductCheck) -> dg.AssetChecksDefinition:
+    """An asset check evaluating ``check`` on the product, as ``spec`` names and describes it
+    (a blocking spec fails with severity ERROR, others WARN)."""
+    severity = dg.AssetCheckSeverity.ERROR if spec.blocking else dg.AssetCheckSeverity.WARN
+    partitions = spec.partitions_def
 
     def run_check(context, product):  # type: ignore[no-untyped-def]
         current = check
@@ -166,20 +180,22 @@ def _check_definition(key: dg.AssetKey, check: ProductCheck,
         passed, metadata = evaluate_check(current, product)
         return dg.AssetCheckResult(passed=passed, metadata=metadata, severity=severity)
 
-    return dg.asset_check(asset=key, name=check.check_name, blocking=check.blocking,
-                          description=check.description or f"{check.kind} check of {key.to_user_string()}",
+    return dg.asset_check(asset=spec.asset_key, name=spec.name, blocking=spec.blocking,
+                          description=spec.description, metadata=spec.metadata or None,
+                          additional_deps=spec.additional_deps or None,
                           partitions_def=partitions)(run_check)  # a partitioned product: per partition
 
 
-def _product_function(io_manager: Any) -> Callable[[str], Any]:
+def _product_function(io_manager: Any, keys: Mapping[str, dg.AssetKey] | None = None) -> Callable[[str], Any]:
     """``product('domain/name')`` in templates: the latest stored product, as an ArrowRef
-    (renders as ``read_parquet('...')`` inside SQL text; a lone expression passes the ref)."""
+    (renders as ``read_parquet('...')`` inside SQL text; a lone expression passes the ref).
+    ``keys`` resolves a reference to its producer's asset key (a translator may change it)."""
 
     def product(path: str) -> Any:
         if not isinstance(io_manager, ArrowRefIOManager):
             raise StepFailed("product()", f"reading product {path!r} needs the ArrowRefIOManager as io_manager")
         try:
-            return io_manager.load_asset_ref(dg.AssetKey(str(path).strip("/").split("/")))
+            return io_manager.load_asset_ref(reference_key(path, keys))
         except (FileNotFoundError, ValueError) as exc:
             raise StepFailed("product()", f"product {path!r} has no stored data yet ({exc}); "
                                           "materialize its playbook first") from None
@@ -282,7 +298,7 @@ class _Emitter:
     job name (unique in a code location) while graph nodes keep the step names."""
 
     def __init__(self, playbook: Playbook, translator: PlaybookTranslator, net: Net,
-                 on_error: str | None = None) -> None:
+                 on_error: str | None = None, product_keys: Mapping[str, dg.AssetKey] | None = None) -> None:
         self.playbook = playbook
         self.translator = translator
         self.net = net
@@ -293,6 +309,7 @@ class _Emitter:
                                        field="metadata.dagster.on_error", hint="complete (NoETL) or fail (strict)")])
         self.name = translator.get_job_name(playbook)
         self.uses = product_references(playbook)
+        self.product_keys = dict(product_keys or {})
         self.ops = {node.name: self._node_ops(node) for node in net.nodes}
 
     # -- wiring ---------------------------------------------------------------------------
@@ -306,26 +323,22 @@ class _Emitter:
                             tags=self.translator.get_job_tags(self.playbook),
                             metadata=self.translator.get_job_metadata(self.playbook),
                             executor_def=self.translator.get_executor(self.playbook),
-                            partitions_def=_partitions(self.playbook),
+                            partitions_def=self.translator.get_partitions_def(self.playbook),
                             resource_defs=dict(resource_defs or {}))
 
     def asset_graph(self) -> dg.AssetsDefinition:
         products = [s for s in self.playbook.workflow if s.product is not None]
-        domain = self.playbook.metadata.domain
-        outs = {}
+        domain = self.translator.get_domain(self.playbook)
+        partitions = self.translator.get_partitions_def(self.playbook)
+        outs, groups = {}, {}
         for step in products:
             assert step.product is not None
-            outs[step.product.name] = dg.AssetOut(
-                key=product_key(self.playbook, step),
-                description=step.product.description or step.description,
-                owners=step.product.owners or self.playbook.metadata.owners or None,
-                kinds={"noetl", step.tool[0].kind},
-                metadata={**code_reference(self.playbook.file, step.line, f"product {step.product.name}"),
-                          PLAYBOOK_TAG: self.playbook.metadata.catalog_path, STEP_TAG: step.step},
-                is_required=False,
-                automation_condition=self.translator.get_automation_condition(self.playbook, step),
-            )
-        ins = {f"uses_{i}": dg.AssetIn(key=dg.AssetKey(path.split("/")), dagster_type=dg.Nothing)
+            spec = self.translator.get_asset_spec(self.playbook, step)
+            # the graph's inputs carry the products it reads, and its partitions are the playbook's
+            outs[step.product.name] = dg.AssetOut.from_spec(spec.replace_attributes(deps=[], partitions_def=None),
+                                                            is_required=False)
+            groups[spec.key] = spec.group_name
+        ins = {f"uses_{i}": dg.AssetIn(key=reference_key(path, self.product_keys), dagster_type=dg.Nothing)
                for i, path in enumerate(self.uses)}
 
         product_nodes = {self.net.node_of_step[s.step] for s in products}
@@ -338,6 +351,7 @@ class _Emitter:
                 kinds={"noetl"}, is_required=False,
                 metadata={**code_reference(self.playbook.file, 1, "playbook"),
                           PLAYBOOK_TAG: self.playbook.metadata.catalog_path})
+            groups[outs[RUN_OUTCOME].key] = domain
             outcome = self._op(RUN_OUTCOME, _outcome, ins={"results": dg.In(list)},
                                outs={RESULT_OUTPUT: dg.Out(is_required=False)},
                                description="Collects the results of the playbook's final steps.",
@@ -351,9 +365,13 @@ class _Emitter:
                 assets[RUN_OUTCOME] = outcome(results=[handles[name][RESULT_OUTPUT] for name in leaves])
             return assets
 
-        return dg.graph_multi_asset(name=asset_graph_name(self.name), outs=outs, ins=ins, group_name=domain,
-                                    partitions_def=_partitions(self.playbook))(
-            _with_params(compose, list(ins)))
+        shared = set(groups.values())
+        assets = dg.graph_multi_asset(name=asset_graph_name(self.name), outs=outs, ins=ins,
+                                      group_name=shared.pop() if len(shared) == 1 else None,
+                                      partitions_def=partitions)(_with_params(compose, list(ins)))
+        if len(set(groups.values())) > 1:  # a graph-backed multi-asset takes one group: set each spec's
+            assets = assets.map_asset_specs(lambda spec: spec.replace_attributes(group_name=groups[spec.key]))
+        return assets
 
     def _wire(self, uses: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         handles: dict[str, dict[str, Any]] = {}
@@ -379,7 +397,7 @@ class _Emitter:
             config: Any = None, **kwargs: Any) -> Any:
         keys = set(RESOURCE_KEYS) | ({"io_manager"} if self.uses else set())
         tags = kwargs.get("tags") or {}
-        timeout = float(tags.get(TIMEOUT_TAG) or 0)
+        timeout = kwargs.pop("timeout", None) or 0
         step = self.playbook.steps.get(tags.get(STEP_TAG, "")) if REGION_TAG not in tags else None
         fn = observe.measured(fn, observe.diagnoser(step, self._start) if step is not None else None)
         if timeout > 0:
@@ -390,9 +408,29 @@ class _Emitter:
         return definition.alias(local)
 
     def _common(self, step: Step, extra_description: str = "") -> dict[str, Any]:
+        tags = self.translator.get_op_tags(self.playbook, step)
+        timeout = self._timeout(step, tags)
+        if timeout:
+            tags = {**tags, TIMEOUT_TAG: f"{timeout:g}"}  # information: the op enforces it itself
         return {"description": self.translator.get_op_description(self.playbook, step) + extra_description,
-                "tags": self.translator.get_op_tags(self.playbook, step),
-                "retry_policy": self.translator.get_retry_policy(self.playbook, step)}
+                "tags": tags, "retry_policy": self.translator.get_retry_policy(self.playbook, step),
+                "timeout": timeout}
+
+    def _timeout(self, step: Step, tags: Mapping[str, str]) -> float | None:
+        """:meth:`PlaybookTranslator.get_op_timeout`, checked (a number of seconds > 0, or None)."""
+        def problem(message: str, hint: str) -> PlaybookError:
+            return PlaybookError([Issue(self.playbook.file, step.line, 1, message, step.step, "timeout", hint)])
+
+        if TIMEOUT_TAG in tags:  # the old side channel: say so rather than ignore it
+            raise problem(f"the translator's get_op_tags sets {TIMEOUT_TAG}; the op timeout now comes from "
+                          "get_op_timeout", "override get_op_timeout(playbook, step) to return the seconds")
+        value = self.translator.get_op_timeout(self.playbook, step)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise problem(f"the translator's get_op_timeout returned {value!r}",
+                          "return a number of seconds > 0, or None for no limit")
+        return float(value)
 
     def _ins(self, node: Node) -> dict[str, dg.In]:
         ins: dict[str, dg.In] = {}
@@ -425,7 +463,7 @@ class _Emitter:
         if context.has_partition_key:
             globals_["partition_key"] = context.partition_key
         if self.uses:
-            globals_["product"] = _product_function(context.resources.io_manager)
+            globals_["product"] = _product_function(context.resources.io_manager, self.product_keys)
         return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
                        on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
@@ -597,14 +635,14 @@ class _Emitter:
             outs={LOOP_CONTEXT_OUTPUT: dg.Out(description="the loop's input context"),
                   LOOP_ITEMS_OUTPUT: dg.DynamicOut(description=f"one output per loop {per}")},
             description=f"Evaluate `loop.in` of `{step.step}` and fan out its items (one op per {per}).",
-            tags={**common["tags"], ROLE_TAG: "loop-fan-out"})
+            tags={**common["tags"], ROLE_TAG: "loop-fan-out"}, timeout=common["timeout"])
         body_op = self._op(node.name, body, ins={"work": dg.In(dict)}, outs={RESULT_OUTPUT: dg.Out(list)},
                            **{**common, "tags": {**common["tags"], LOOP_STEP_TAG: step.step}})
         collect_op = self._op(
             f"{node.name}{COLLECT_SUFFIX}", collect, ins={LOOP_CONTEXT_OUTPUT: dg.In(dict), "results": dg.In(list)},
             outs=self._outs(node, step),
             description=f"Aggregate `{step.step}` iterations in item order, apply `set`, route.",
-            tags={**common["tags"], ROLE_TAG: "loop-collect"})
+            tags={**common["tags"], ROLE_TAG: "loop-collect"}, timeout=common["timeout"])
         return fan_op, body_op, collect_op
 
 
