@@ -91,19 +91,9 @@ def _is_template_number(value: Any) -> bool:
     return value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)))
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
 def classify(rel: str, doc: Any) -> tuple[str, str]:
     """(group, reason) of a playbook from its YAML alone: does NoETL itself accept it?"""
+    from noetl_dagster.playbook.loader import iter_strings
     from noetl_dagster.runtime.templates import check_syntax, is_template
 
     parts = Path(rel).parts
@@ -137,7 +127,7 @@ def classify(rel: str, doc: Any) -> tuple[str, str]:
                     and "commands" not in task:
                 return FAILS_ON_NOETL, f"{task.get('kind')} tool without `query`/`command` (required by NoETL's worker)"
             config = {k: v for k, v in task.items() if k not in ("code", "spec", "set")}
-            if any(is_template(s) and check_syntax(s) for s in _strings(config)):
+            if any(is_template(s) and check_syntax(s) for s in iter_strings(config)):
                 return FAILS_ON_NOETL, "a tool template MiniJinja (NoETL's renderer) cannot parse"
     return VALID, ""
 

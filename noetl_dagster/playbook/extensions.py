@@ -46,15 +46,15 @@ def _check_dagster_block(meta: Any, issues: Any) -> None:
         return
     block = meta["dagster"]
     if not isinstance(block, dict):
-        issues.add(meta, "dagster", f"metadata.dagster must be a mapping, got {_kind(block)}",
+        issues.add(meta, "dagster", f"metadata.dagster must be a mapping, got {describe_value(block)}",
                    field="metadata.dagster", hint="e.g. `dagster: {executor: multiprocess, max_concurrent: 4}`")
         return
     for key, value in block.items():
         field = f"metadata.dagster.{key}"
         if key in ("max_concurrent", "max_iterations", "max_loop_items") and not _positive_int(value):
-            issues.add(block, key, f"must be a whole number of at least 1, got {_kind(value)}", field=field)
+            issues.add(block, key, f"must be a whole number of at least 1, got {describe_value(value)}", field=field)
         elif key == "automation" and value not in ("eager", None):
-            issues.add(block, key, f"unknown automation {_kind(value)}", field=field, hint="use `automation: eager`")
+            issues.add(block, key, f"unknown automation {describe_value(value)}", field=field, hint="use `automation: eager`")
         elif key == "tags":
             _check_tags(block, value, issues)
 
@@ -62,7 +62,7 @@ def _check_dagster_block(meta: Any, issues: Any) -> None:
 def _check_tags(block: dict, tags: Any, issues: Any) -> None:
     field = "metadata.dagster.tags"
     if not isinstance(tags, dict):
-        issues.add(block, "tags", f"must be a mapping of tag: value, got {_kind(tags)}", field=field,
+        issues.add(block, "tags", f"must be a mapping of tag: value, got {describe_value(tags)}", field=field,
                    hint="e.g. `tags: {team: ml}`")
         return
     for key, value in tags.items():
@@ -70,7 +70,7 @@ def _check_tags(block: dict, tags: Any, issues: Any) -> None:
             issues.add(tags, key, f"tag key {key!r} is not valid (letters, digits, `_ . -`, an optional "
                        "`prefix/`, at most 63 characters)", field=f"{field}.{key}")
         elif not isinstance(value, (str, int, float, bool)) or isinstance(value, str) and len(value) > 4096:
-            issues.add(tags, key, f"tag value must be a short text or number, got {_kind(value)}",
+            issues.add(tags, key, f"tag value must be a short text or number, got {describe_value(value)}",
                        field=f"{field}.{key}")
         elif key.startswith(("noetl/", "dagster/")):
             issues.add(tags, key, f"tag key {key!r} is reserved (noetl/ and dagster/ tags are set by the job)",
@@ -101,7 +101,7 @@ def _check_metadata(playbook: Playbook, meta: Any, issues: Any) -> None:
     if part is not None:
         start = part["daily"]["start"]
         if not isinstance(start, _dt.date) and not (isinstance(start, str) and _date(start)):
-            issues.add(meta, "partitions", f"partitions.daily.start must be a date YYYY-MM-DD, got {_kind(start)}",
+            issues.add(meta, "partitions", f"partitions.daily.start must be a date YYYY-MM-DD, got {describe_value(start)}",
                        field="metadata.partitions.daily.start", hint="e.g. `start: 2026-01-01`")
 
 
@@ -137,7 +137,7 @@ def _check_step(playbook: Playbook, step: Any, raw_step: Any, loops: set[str], i
     _check_set_keys(raw_step, ("set",), "set", issues, name)
     nxt = raw_step.get("next")
     if isinstance(nxt, dict) and "arcs" in nxt and not isinstance(nxt["arcs"], list):
-        issues.add(nxt, "arcs", f"`arcs:` must be a list of {{step, when}}, got {_kind(nxt['arcs'])}",
+        issues.add(nxt, "arcs", f"`arcs:` must be a list of {{step, when}}, got {describe_value(nxt['arcs'])}",
                    step=name, field="next.arcs", hint="remove `next:` for a final step")
     arcs = nxt.get("arcs") if isinstance(nxt, dict) else nxt
     for i, arc in enumerate(arcs if isinstance(arcs, list) else []):
@@ -239,7 +239,7 @@ def _check_set_keys(raw_step: Any, path: tuple[Any, ...], field: str, issues: An
 def _check_hardware(raw_step: Any, issues: Any, name: str) -> None:
     hardware = raw_step["hardware"]
     if not isinstance(hardware, dict):
-        issues.add(raw_step, "hardware", f"hardware must be a mapping, got {_kind(hardware)}", step=name,
+        issues.add(raw_step, "hardware", f"hardware must be a mapping, got {describe_value(hardware)}", step=name,
                    field="hardware", hint='e.g. `hardware: {cpu: "2", memory: 4Gi}`')
         return
     for key, value in hardware.items():
@@ -250,21 +250,22 @@ def _check_hardware(raw_step: Any, issues: Any, name: str) -> None:
         elif key in ("cpu", "memory", "cpu_limit", "memory_limit"):
             text = str(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
             if text is None or not _QUANTITY.match(text):
-                issues.add(hardware, key, f"{key} must be a Kubernetes quantity, got {_kind(value)}", step=name,
+                issues.add(hardware, key, f"{key} must be a Kubernetes quantity, got {describe_value(value)}", step=name,
                            field=field, hint='e.g. "500m", "2", "4Gi"')
         elif key == "gpu" and not _positive_int(value):
-            issues.add(hardware, key, f"gpu must be a whole number of at least 1, got {_kind(value)}", step=name,
+            issues.add(hardware, key, f"gpu must be a whole number of at least 1, got {describe_value(value)}", step=name,
                        field=field)
         elif key == "node_selector" and not (isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in value.items())):
-            issues.add(hardware, key, f"node_selector must be a mapping of label: value, got {_kind(value)}",
+            issues.add(hardware, key, f"node_selector must be a mapping of label: value, got {describe_value(value)}",
                        step=name, field=field)
         elif key == "tolerations" and not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
-            issues.add(hardware, key, f"tolerations must be a list of mappings, got {_kind(value)}", step=name,
+            issues.add(hardware, key, f"tolerations must be a list of mappings, got {describe_value(value)}", step=name,
                        field=field, hint="e.g. `[{key: gpu, operator: Exists}]`")
 
 
-def _kind(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """How an error message names a bad value: its kind for containers, else a short repr."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import ValidationError
 
@@ -19,7 +19,7 @@ from ..errors import Issue, PlaybookError
 from ..runtime.templates import check_syntax, is_template
 from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
 from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
-from .extensions import check_extensions
+from .extensions import check_extensions, describe_value
 from .models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
 from .source import SourceList, SourceMap, YamlError, load_yaml_text
 
@@ -136,14 +136,7 @@ def _unquoted_template(value: Any) -> str | None:
 def _describe(value: Any) -> str:
     if _unquoted_template(value):
         return f"the unquoted template {_unquoted_template(value)} (YAML reads it as a mapping)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return describe_value(value)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -789,20 +782,21 @@ def product_references(playbook: Playbook) -> list[str]:
 def _scan_product_references(playbook: Playbook) -> list[str]:
     found = list(playbook.metadata.uses)
     for step in playbook.workflow:
-        for text in _strings(step.model_dump(mode="python", exclude={"line"})):
+        for text in iter_strings(step.model_dump(mode="python", exclude={"line"})):
             found.extend(m.strip("/") for m in PRODUCT_CALL.findall(text))
     return list(dict.fromkeys(found))
 
 
-def _strings(value: Any) -> Any:
+def iter_strings(value: Any) -> Iterator[str]:
+    """Every string inside a plain value (mappings' values, lists' items), depth first."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _strings(item)
+            yield from iter_strings(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from iter_strings(item)
 
 
 def _check_keychain(raw: SourceMap, issues: _Issues) -> None:
