@@ -92,12 +92,22 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dg.Dagst
 
 
 @pytest.fixture(scope="module")
-def exported(history, embedder) -> tuple[QdrantSink, ExportCursor]:
+def exported(history, embedder) -> Iterator[tuple[QdrantSink, ExportCursor]]:
     instance, _, _ = history
-    sink = QdrantSink(QdrantClient(location=":memory:"), embedder)
+    client = QdrantClient(location=":memory:")
+    sink = QdrantSink(client, embedder)
     cursor, stats = Exporter(instance, sink).export(ExportCursor())
     assert stats.caught_up and stats.runs == 7 and stats.failures == 5
-    return sink, cursor
+    yield sink, cursor
+    client.close()
+
+
+@pytest.fixture
+def memory_qdrant() -> Iterator[QdrantClient]:
+    """An in-memory Qdrant, closed after the test (no `QdrantClient.__del__` noise at exit)."""
+    client = QdrantClient(location=":memory:")
+    yield client
+    client.close()
 
 
 @pytest.mark.parametrize("path,step,paraphrase", [(p, s, q) for p, s, _, q in FAILURES], ids=[p for p, *_ in FAILURES])
@@ -127,10 +137,10 @@ def test_failures_record_how_they_were_resolved(exported, history) -> None:
     assert others and not others[0].payload.get("resolved_by_run")
 
 
-def test_resolution_is_found_in_either_export_order(history, embedder) -> None:
+def test_resolution_is_found_in_either_export_order(history, embedder, memory_qdrant) -> None:
     """The fix exported before the failure still resolves it (and the earliest fix wins)."""
     instance, runs, _ = history
-    sink = QdrantSink(QdrantClient(location=":memory:"), embedder)
+    sink = QdrantSink(memory_qdrant, embedder)
     exporter = Exporter(instance, sink)
     summaries = {name: exporter.summarize(runs[name])[1] for name in ("divide", "divide_fixed")}
     sink.write_runs([summaries["divide_fixed"]])
@@ -160,9 +170,9 @@ def test_run_summaries_are_searchable(exported, history) -> None:
     assert loop.payload["status"] == "success" and "price_lines" in loop.payload["steps_ok"]
 
 
-def test_playbooks_and_steps_are_indexed(history, embedder) -> None:
+def test_playbooks_and_steps_are_indexed(history, embedder, memory_qdrant) -> None:
     _, _, folder = history
-    sink = QdrantSink(QdrantClient(location=":memory:"), embedder)
+    sink = QdrantSink(memory_qdrant, embedder)
     written = index_playbooks(sink, folder)
     assert written == 4 * 4  # each playbook: itself and three steps
     hit = sink.search("playbooks", "train a machine learning model", limit=1)[0]
@@ -212,9 +222,9 @@ def test_failure_hints_are_recorded_on_the_failed_run(exported, history) -> None
     assert handled == 0
 
 
-def test_cli_search_and_export(history, embedder, tmp_path: Path) -> None:
+def test_cli_search_and_export(history, embedder, tmp_path: Path, memory_qdrant) -> None:
     instance, runs, folder = history
-    sink = QdrantSink(QdrantClient(location=":memory:"), embedder)
+    sink = QdrantSink(memory_qdrant, embedder)
     stats = run_export(instance, [sink], playbooks=folder, folder=tmp_path)
     assert stats["qdrant"].runs == len(instance.get_runs()) and not stats["qdrant"].error
     hits = search("could not reach the database server", "failures", limit=2, sink=sink)

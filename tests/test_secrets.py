@@ -169,6 +169,7 @@ def test_a_keychain_value_never_leaks(echo_server: str, chdb_dsn: str, tmp_path:
         for collection in client.get_collections().collections:
             points, _ = client.scroll(collection.name, limit=10_000, with_payload=True)
             payloads += [p.payload for p in points]
+        client.close()
         assert payloads and not leaks(repr(payloads), secret), "Qdrant payloads"
 
 
