@@ -35,12 +35,13 @@ PREVIEW_CHARS = 160
 def _status_kb(field_name: str) -> int | None:
     try:
         with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(field_name.encode()):
-                    return int(line.split()[1])
+            text = f.read()
     except OSError:
         return None
-    return None
+    start = text.find(b"\n" + field_name.encode() + b":")
+    if start < 0:
+        return None
+    return int(text[start:text.find(b"\n", start + 1)].split()[1])
 
 
 def _rss_kb() -> int:
@@ -51,14 +52,23 @@ def _rss_kb() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+_HWM_WORKS: bool | None = None  # can this process reset and read its RSS high-water mark?
+
+
 def _reset_hwm() -> bool:
     """Reset the process's RSS high-water mark to its current RSS (Linux >= 4.0)."""
+    global _HWM_WORKS
+    if _HWM_WORKS is False:
+        return False
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return _status_kb("VmHWM") is not None
     except OSError:
+        _HWM_WORKS = False
         return False
+    if _HWM_WORKS is None:  # checked once per process
+        _HWM_WORKS = _status_kb("VmHWM") is not None
+    return _HWM_WORKS
 
 
 class _Sampler(threading.Thread):
@@ -159,10 +169,9 @@ def measured(fn: Callable[..., Iterator[Any]],
             raise
         finally:
             usage.stop()
-            peak = usage.peak_kb()
             stack.pop()
             if stack:  # a nested op (a sub-playbook run in process) reset the mark: keep its peak
-                stack[-1].nested_peak_kb = max(stack[-1].nested_peak_kb, peak)
+                stack[-1].nested_peak_kb = max(stack[-1].nested_peak_kb, usage.peak_kb())
 
     compute.__wrapped__ = fn  # type: ignore[attr-defined]
     return compute
