@@ -40,6 +40,7 @@ PLAYBOOK_TAG = "noetl/playbook"
 DOMAIN_TAG = "noetl/domain"
 #: run tags: ``completed_with_errors`` when a step completed with an error result, and which
 OUTCOME_TAG = "noetl/outcome"
+COMPLETED_WITH_ERRORS = "completed_with_errors"
 ERROR_STEPS_TAG = "noetl/error_steps"
 #: run tag: NoETL's numeric ``execution_id`` of the run
 EXECUTION_ID_TAG = "noetl/execution_id"

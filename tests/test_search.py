@@ -307,3 +307,19 @@ def test_embedders() -> None:
     assert np.array_equal(hashing.embed(["same text"]), HashingEmbedder(64).embed(["same text"]))
     with pytest.raises(ValueError, match="unknown embedder"):
         get_embedder("word2vec")
+
+
+def test_hints_for_a_run_that_completed_with_errors(exported, history) -> None:
+    """NoETL's default: the divide-by-zero completes its step with an error result and the run
+    succeeds, tagged `completed_with_errors`; the hint pass still finds the similar past failure."""
+    sink, _ = exported
+    instance, runs, _ = history
+    cursor, _ = hint_pass(instance, sink, None)
+    again = run_playbook(CASES / "21_failure_skips_downstream" / "playbook.yaml", {}, instance=instance,
+                         log_level="CRITICAL", on_error="complete")
+    assert again.status == "success" and again.steps["divide"].status == "error"
+    cursor, handled = hint_pass(instance, sink, cursor)
+    assert handled == 1 and json.loads(cursor)["e"] > 0
+    tag = instance.get_run_by_id(again.run_id).tags[HINT_TAG]
+    assert tag.split(",")[0] == f"{runs['divide'][:8]}:divide"
+    assert hint_pass(instance, sink, cursor)[1] == 0  # handled once

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import dagster as dg
 
-from ..contract import PLAYBOOK_TAG
+from ..contract import COMPLETED_WITH_ERRORS, OUTCOME_TAG, PLAYBOOK_TAG
 from .exporter import default_lag
 from .mapping import RunContext, StepFailure, build_run_summary, map_records
 
@@ -102,25 +102,42 @@ def record_hints(instance: dg.DagsterInstance, run: Any, hints: Sequence[Hint]) 
 def hint_pass(instance: dg.DagsterInstance, sink: Any, cursor: str | None, *, limit: int = 3,
               min_score: float = DEFAULT_MIN_SCORE, page_size: int = 100, lag_seconds: float | None = None,
               budget_seconds: float | None = None, clock: Callable[[], float] | None = None) -> tuple[str, int]:
-    """Handle the playbook runs that failed since ``cursor``; returns (new cursor, runs hinted)."""
-    import time
+    """Handle the playbook runs that failed, or completed with error results (run tag
+    ``noetl/outcome: completed_with_errors``), since ``cursor``; returns (new cursor, runs hinted).
 
-    from dagster._core.event_api import RunStatusChangeRecordsFilter
+    The cursor keeps one watermark per run status (``w``: failures, ``e``: successes)."""
+    import time
 
     clock = clock or time.time
     lag = default_lag(instance) if lag_seconds is None else lag_seconds
     safe_ts = clock() - lag
     deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     state = json.loads(cursor) if cursor else {}
-    watermark = int(state.get("w", 0))
+    marks, handled = {}, 0
+    for key, event_type in (("w", dg.DagsterEventType.RUN_FAILURE), ("e", dg.DagsterEventType.RUN_SUCCESS)):
+        marks[key], count = _hint_stream(instance, sink, event_type, int(state.get(key, 0)), safe_ts, deadline,
+                                         limit, min_score, page_size)
+        handled += count
+    return json.dumps(marks), handled
+
+
+def _hint_stream(instance: dg.DagsterInstance, sink: Any, event_type: Any, watermark: int, safe_ts: float,
+                 deadline: float | None, limit: int, min_score: float, page_size: int) -> tuple[int, int]:
+    """One run status's changes after ``watermark``: hint the playbook runs with failures in them."""
+    import time
+
+    from dagster._core.event_api import RunStatusChangeRecordsFilter
+
     scan_from, contiguous, handled = watermark, True, 0
     while deadline is None or time.monotonic() < deadline:
         page = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(dg.DagsterEventType.RUN_FAILURE, after_storage_id=scan_from),
-            limit=page_size, ascending=True)
+            RunStatusChangeRecordsFilter(event_type, after_storage_id=scan_from), limit=page_size, ascending=True)
         for rec in page.records:
             run = instance.get_run_by_id(rec.event_log_entry.run_id)
-            if run is not None and run.tags.get(PLAYBOOK_TAG) and HINT_TAG not in run.tags:
+            wanted = (run is not None and run.tags.get(PLAYBOOK_TAG) and HINT_TAG not in run.tags
+                      and (event_type == dg.DagsterEventType.RUN_FAILURE
+                           or run.tags.get(OUTCOME_TAG) == COMPLETED_WITH_ERRORS))
+            if wanted:
                 run, failures = failures_of_run(instance, run.run_id)
                 record_hints(instance, run, find_similar(sink, failures, limit, min_score) if failures else [])
                 handled += 1
@@ -131,7 +148,7 @@ def hint_pass(instance: dg.DagsterInstance, sink: Any, cursor: str | None, *, li
             scan_from = rec.storage_id
         if not page.has_more:
             break
-    return json.dumps({"w": watermark}), handled
+    return watermark, handled
 
 
 __all__ = ["DEFAULT_MIN_SCORE", "HINT_TAG", "Hint", "failures_of_run", "find_similar", "hint_pass", "record_hints"]

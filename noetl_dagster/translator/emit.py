@@ -38,10 +38,11 @@ from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_ite
 from ..runtime.templates import TemplateFailure, condition, render_text, render_value
 from . import observe
 from .plan import Net, Node, plan
-from ..contract import (COLLECT_SUFFIX, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG, EXECUTION_ID_TAG,
-                        FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY, LOOP_ITEMS_OUTPUT,
-                        LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG, RESULT_OUTPUT, ROLE_TAG,
-                        RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TIMEOUT_TAG, TOOL_KEY, asset_graph_name)
+from ..contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG,
+                        EXECUTION_ID_TAG, FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY,
+                        LOOP_ITEMS_OUTPUT, LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG,
+                        RESULT_OUTPUT, ROLE_TAG, RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TIMEOUT_TAG,
+                        TOOL_KEY, asset_graph_name)
 from .translator import PlaybookTranslator, code_reference, reference_key
 
 CREDENTIALS = "noetl_credentials"
@@ -282,7 +283,7 @@ def _error_result(context, step: str, error: str | None,  # type: ignore[no-unty
     run = context.instance.get_run_by_id(context.run_id)
     seen = (run.tags.get(ERROR_STEPS_TAG) or "").split(",") if run is not None else []
     steps = ",".join(dict.fromkeys([s for s in seen if s] + [step]))
-    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: "completed_with_errors", ERROR_STEPS_TAG: steps})
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: COMPLETED_WITH_ERRORS, ERROR_STEPS_TAG: steps})
     return message
 
 
