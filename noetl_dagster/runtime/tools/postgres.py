@@ -437,6 +437,12 @@ def execute(conn: PgConnection, query: str, params: Any = None, *, schema: Any =
                 pass
         except psycopg.Error as exc:
             raise ToolError(_query_message(conn, exc, bound)) from None
+    return _tool_result(last, as_objects)
+
+
+
+def _tool_result(last: tuple[list[str] | None, Any], as_objects: bool) -> dict[str, Any]:
+    """The last result set as NoETL's ``{columns, rows, row_count}``, or ``{affected_rows}``."""
     columns, data = last
     if columns is None:
         return {"affected_rows": data}
@@ -445,7 +451,6 @@ def execute(conn: PgConnection, query: str, params: Any = None, *, schema: Any =
     else:
         rows = [[json_value(v) for v in row] for row in data]
     return {"columns": columns, "rows": rows, "row_count": len(rows)}
-
 
 def split_bound(query: str, params: list[Any]) -> list[tuple[str, list[Any]]]:
     """A script's statements, each with its own ``$n`` placeholders renumbered from ``$1``."""
@@ -520,14 +525,7 @@ def _execute_script(conn: PgConnection, query: str, bound: list[Any], *, schema:
             con.commit()
         except psycopg.Error as exc:
             raise ToolError(_query_message(conn, exc, bound)) from None
-    columns, data = last
-    if columns is None:
-        return {"affected_rows": data}
-    if as_objects:
-        rows: list[Any] = [{c: json_value(v) for c, v in zip(columns, row)} for row in data]
-    else:
-        rows = [[json_value(v) for v in row] for row in data]
-    return {"columns": columns, "rows": rows, "row_count": len(rows)}
+    return _tool_result(last, as_objects)
 
 
 # --------------------------------------------------------------------------------------- Arrow
