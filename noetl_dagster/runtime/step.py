@@ -205,8 +205,9 @@ def _loop_items(step: Step, scope: Mapping[str, Any]) -> list[Any]:
             return []
         return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
     if isinstance(value, int) and not isinstance(value, bool):
-        if too_many_items(value):
-            raise _fail(step, too_many_items(value) or "")
+        problem = too_many_items(value)
+        if problem:
+            raise _fail(step, problem)
         return list(range(value))
     kind = "null (undefined)" if value is None else type(value).__name__
     raise _fail(step, f"loop.in did not evaluate to a list (got {kind})",
@@ -236,18 +237,8 @@ def run_body(step: Step, context: Context, run: RunInfo, scope: Mapping[str, Any
     tool_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources,
                            step_args=step.args, iteration=iteration or {}, run_id=run.run_id)
     if not step.pipeline and not step.tool[0].rules:
-        task = step.tool[0]
-        try:
-            value = get_tool(task.kind).run(task.config, tool_ctx)
-        except (ToolError, TemplateFailure) as exc:
-            raise _fail(step, str(exc), task.kind) from None
-        except StepFailed:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any tool crash fails the step with its message
-            raise _fail(step, f"{type(exc).__name__}: {exc}", task.kind) from None
-        if isinstance(value, ErrorResult):
-            return Body(flatten_result(_mask(value.data)), error=_mask(value.message))
-        return Body(flatten_result(_mask(value)))
+        value, error = _call_tool(step, step.tool[0], tool_ctx)
+        return Body(flatten_result(_mask(value)), error=None if error is None else _mask(error))
     body = run_pipeline(step, tool_ctx, run)
     return Body(flatten_result(_mask(body.value)), _mask(body.ctx_updates),
                 None if body.error is None else _mask(body.error))
@@ -308,7 +299,7 @@ def run_pipeline(step: Step, tool_ctx: ToolContext, run: RunInfo) -> Body:
         data = {"labeled_results": results, "failed_task": index}
         if not step.pipeline:
             data = results.get(tasks[index].name)
-        return Body(data, ctx_updates, error=f"task {tasks[index].name!r}: {message}" if step.pipeline else message)
+        return Body(data, ctx_updates, error=_task_label(step, tasks[index]) + message)
 
     while position < len(tasks):
         executed += 1
@@ -375,9 +366,20 @@ def _run_task(step: Step, task: Task, tool_ctx: ToolContext, running: Mapping[st
     try:
         if task.kind != "python" and isinstance(config.get("input"), dict):
             scope.update({k: freeze(v) for k, v in render_value(config["input"], scope).items()})
-        ctx = ToolContext(tool_ctx.step, tool_ctx.execution_id, scope, tool_ctx.log,
-                          tool_ctx.resources, tool_ctx.step_args, tool_ctx.iteration, tool_ctx.run_id)
-        value = get_tool(task.kind).run(config, ctx)
+    except TemplateFailure as exc:
+        raise _fail(step, f"{_task_label(step, task)}{exc}", task.kind) from None
+    except Exception as exc:  # noqa: BLE001 - an input that cannot be rendered fails the step with its message
+        raise _fail(step, f"{_task_label(step, task)}{type(exc).__name__}: {exc}", task.kind) from None
+    ctx = ToolContext(tool_ctx.step, tool_ctx.execution_id, scope, tool_ctx.log,
+                      tool_ctx.resources, tool_ctx.step_args, tool_ctx.iteration, tool_ctx.run_id)
+    return _call_tool(step, task, ctx)
+
+
+def _call_tool(step: Step, task: Task, ctx: ToolContext) -> tuple[Any, str | None]:
+    """Run one tool: ``(data, None)``, or ``(data, message)`` for an :class:`ErrorResult`. A raised
+    error fails the step (NoETL's ``command.failed``), named by its task inside a pipeline."""
+    try:
+        value = get_tool(task.kind).run(task.config, ctx)
     except StepFailed:
         raise
     except (ToolError, TemplateFailure) as exc:
