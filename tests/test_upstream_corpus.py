@@ -82,3 +82,26 @@ def test_table_output(tmp_path: Path) -> None:
     assert "rejected by NoETL: 4" in lines and "fails on NoETL at run time: 1" in lines
     assert "NoETL-valid playbooks that do not validate, by cause:" in lines
     assert "run:" not in done.stdout  # no --run
+
+
+def test_readme_commands_as_written(tmp_path: Path) -> None:
+    """README "NoETL's own corpus": its two lines, run by bash as printed, with the mirror a git
+    repository of our own tree, `/tmp/e2e` a folder of this test, and `[--run]` taken."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## NoETL's own corpus"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
+    mirror = corpus(tmp_path)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@example.org",
+                                                    "commit", "-qm", "corpus"]):
+        subprocess.run(["git", "-C", str(mirror), *command], check=True, capture_output=True)
+    target = tmp_path / "work" / "e2e"
+    script = (block.replace("<mirror of noetl/e2e>", str(mirror)).replace("/tmp/e2e", str(target))
+              .replace("[--run]", "--run"))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (target / "fixtures" / "playbooks" / "ok.yaml").is_file()
+    assert "NoETL-valid: 4; validate here: 2/4 = 50.0 %" in done.stdout
+    assert re.search(r"run: success .*start=success end=success", done.stdout)
