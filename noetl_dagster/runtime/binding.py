@@ -243,20 +243,13 @@ def _place_shell(text: str, values: list[str]) -> tuple[str, list[str]]:
                 out.append(text[i:i + 2])
                 i += 2
             continue
+        opened = _open_substitution(text, i, stack, depth, out)
         if state == "double":
+            if opened:
+                i += opened
+                continue
             if c == '"':
                 stack.pop()
-            elif text.startswith("$((", i):
-                stack.append("arith")
-                out.append("$((")
-                i += 3
-                continue
-            elif text.startswith("$(", i):
-                stack.append("subst")
-                depth.append(0)
-                out.append("$(")
-                i += 2
-                continue
             out.append(c)
             i += 1
             continue
@@ -271,16 +264,8 @@ def _place_shell(text: str, values: list[str]) -> tuple[str, list[str]]:
             out.append(_MARKER.sub("", text[i:end]))  # a value in a comment is dropped
             i = end
             continue
-        elif text.startswith("$((", i):
-            stack.append("arith")
-            out.append("$((")
-            i += 3
-            continue
-        elif text.startswith("$(", i):
-            stack.append("subst")
-            depth.append(0)
-            out.append("$(")
-            i += 2
+        elif opened:
+            i += opened
             continue
         elif state == "arith" and text.startswith("))", i):
             stack.pop()
@@ -312,6 +297,21 @@ def _place_shell(text: str, values: list[str]) -> tuple[str, list[str]]:
         out.append(c)
         i += 1
     return "".join(out), used
+
+
+def _open_substitution(text: str, i: int, stack: list[str], depth: list[int], out: list[str]) -> int:
+    """At ``$((`` or ``$(`` (outside single quotes): enter arithmetic or command substitution;
+    returns how many characters were copied (0 when none starts here)."""
+    if text.startswith("$((", i):
+        stack.append("arith")
+        out.append("$((")
+        return 3
+    if text.startswith("$(", i):
+        stack.append("subst")
+        depth.append(0)
+        out.append("$(")
+        return 2
+    return 0
 
 
 def _heredoc_bodies(text, i, heredocs, values, out, ref):  # type: ignore[no-untyped-def]
