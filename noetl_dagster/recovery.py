@@ -99,26 +99,11 @@ def mark_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
 
 def resumable_job(file: str, home: str) -> dg.JobDefinition:
     """The job of ``file`` compiled as a CLI run compiles it (reconstructed by ``--resume``)."""
-    from .playbook.catalog import PlaybookCatalog, calls_playbooks
     from .playbook.loader import load_playbook
-    from .report import catalog_around
-    from .resources.arrow_io import ArrowRefIOManager
-    from .translator.emit import build_definitions, build_job, default_resources, has_products
-    from .translator.guard import compiling
-    from .translator.plan import plan
-    from .translator.translator import PlaybookTranslator
+    from .report import compile_run_job
 
     playbook = load_playbook(file)
-    catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
-    resources = _io_manager(playbook, home)
-    with compiling(playbook):
-        net = plan(playbook)
-        if has_products(playbook):
-            resources = {"io_manager": ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data"))}
-            defs = dg.Definitions.merge(build_definitions(playbook, None, net),
-                                        dg.Definitions(resources=default_resources(resources, catalog)))
-            return defs.resolve_job_def(PlaybookTranslator().get_job_name(playbook))
-        return build_job(playbook, None, net, resources, catalog)
+    return compile_run_job(playbook, home, resources=_io_manager(playbook, home))[1]
 
 
 def resume_run(run_id: str, instance: dg.DagsterInstance, tags: Mapping[str, str] | None = None) -> Any:

@@ -107,17 +107,8 @@ def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | 
     """
     if not isinstance(playbook, Playbook):
         playbook = load_playbook(playbook)
-    if catalog is None:  # the folder tree is read only when a step can call a sub-playbook
-        catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
-    with compiling(playbook):  # a compile failure is a PlaybookError naming the playbook
-        net = plan(playbook)
-        if has_products(playbook):
-            resources = {"io_manager": _products_io_manager(instance), **(resources or {})}
-            defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
-                                        dg.Definitions(resources=default_resources(resources, catalog)))
-            job = defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
-        else:
-            job = build_job(playbook, translator, net, resources, catalog, on_error)
+    net, job = compile_run_job(playbook, getattr(instance, "root_directory", None), translator=translator,
+                               resources=resources, catalog=catalog, on_error=on_error)
     run_config = {**workload_run_config(playbook, net, translator, workload or {}),
                   "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     partition_key = _partition_key(playbook, job, partition_key)
@@ -154,10 +145,26 @@ def _partition_key(playbook: Playbook, job: dg.JobDefinition, key: str | None) -
     return key
 
 
-def _products_io_manager(instance: dg.DagsterInstance | None) -> ArrowRefIOManager:
-    """Products persist as Parquet under the instance's folder (where `dagster dev` finds them)."""
-    root = getattr(instance, "root_directory", None) if instance is not None else None
-    return ArrowRefIOManager(base_uri=os.path.join(root, "noetl_data")) if root else ArrowRefIOManager()
+def compile_run_job(playbook: Playbook, home: str | None, *, translator: PlaybookTranslator | None = None,
+                    resources: Mapping[str, Any] | None = None, catalog: PlaybookCatalog | None = None,
+                    on_error: str | None = None) -> tuple[Net, dg.JobDefinition]:
+    """The plan and the job a run of ``playbook`` executes (what ``run --resume`` reconstructs too).
+
+    A playbook with products runs its asset job, its products stored as Parquet under
+    ``<home>/noetl_data`` (where `dagster dev` finds them); the catalog of sub-playbooks is read
+    only when a step can call one. A compile failure is a PlaybookError naming the playbook.
+    """
+    if catalog is None:
+        catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
+    with compiling(playbook):
+        net = plan(playbook)
+        if has_products(playbook):
+            products = ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data")) if home else ArrowRefIOManager()
+            resources = {"io_manager": products, **(resources or {})}
+            defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
+                                        dg.Definitions(resources=default_resources(resources, catalog)))
+            return net, defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
+        return net, build_job(playbook, translator, net, resources, catalog, on_error)
 
 
 def playbook_root(playbook: Playbook) -> Path:
