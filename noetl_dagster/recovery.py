@@ -204,13 +204,33 @@ def cancel_run(run_id: str, instance: dg.DagsterInstance) -> list[str]:
         pid = run.tags.get(PID_TAG, "")
         if pid.isdigit() and run.tags.get(HOST_TAG) == socket.gethostname() and int(pid) != os.getpid() \
                 and _is_our_process(int(pid), run):
+            # Dagster's protocol: a run interrupted while CANCELING reports itself canceled (not failed)
+            instance.report_run_canceling(run, message="canceling by `noetl-dagster cancel`")
             try:
                 os.kill(int(pid), signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        instance.report_run_canceled(run, message="canceled by `noetl-dagster cancel`")
+            run = _until_finished(instance, current, CANCEL_WAIT_SECONDS) or run
+        if not run.is_finished:
+            instance.report_run_canceled(run, message="canceled by `noetl-dagster cancel`")
         canceled.append(current)
     return canceled
+
+
+#: how long ``cancel`` waits for an interrupted run to report itself canceled
+CANCEL_WAIT_SECONDS = 15.0
+
+
+def _until_finished(instance: dg.DagsterInstance, run_id: str, seconds: float) -> Any:
+    """The run once it finished, or as it is after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.2)
 
 
 def cmd_cancel(args: Any) -> int:
