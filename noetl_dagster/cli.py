@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import PlaybookError
+from noetl_dagster.errors import PlaybookError
 
 #: how much of the last step's result `run` prints
 RESULT_CHARS = 400
@@ -38,9 +38,9 @@ def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .report import catalog_around
-    from .translator.definitions import find_playbooks, load_playbooks
-    from .translator.guard import compile_issues
+    from noetl_dagster.run import catalog_around
+    from noetl_dagster.translator.definitions import find_playbooks, load_playbooks
+    from noetl_dagster.translator.guard import compile_issues
 
     files = find_playbooks(args.paths)
     if not files:
@@ -52,7 +52,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
-    from .playbook.references import undefined_references
+    from noetl_dagster.playbook.references import undefined_references
 
     warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
     for warning in warnings:
@@ -66,10 +66,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .playbook.loader import load_playbook
-    from .progress import new_run_id, step_progress
-    from .recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
-    from .report import default_instance, run_playbook
+    from noetl_dagster.playbook.loader import load_playbook
+    from noetl_dagster.progress import new_run_id, step_progress
+    from noetl_dagster.recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
+    from noetl_dagster.storage import default_instance
+    from noetl_dagster.run import run_playbook
 
     workload = _workload(args.workload)
     if bool(args.playbook) == bool(args.resume):
@@ -106,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         last = next((n for n, s in reversed(report.steps.items()) if s.status == "success"), None)
         if last is not None and report.steps[last].result is not None:
             if sys.stdout.isatty():  # a terminal: indented, at most RESULT_LINES lines
-                from .progress import pretty_result
+                from noetl_dagster.progress import pretty_result
 
                 print(f"result of {last}:\n{pretty_result(report.steps[last].result)}")
             else:
@@ -151,12 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)
-    from .ai.cli import add_commands as add_tune_commands
-    from .sensors.cli import add_commands
+    from noetl_dagster.ai.cli import add_commands as add_tune_commands
+    from noetl_dagster.export.cli import add_commands
 
     add_commands(sub)
     add_tune_commands(sub)
-    from .recovery import add_commands as add_recovery_commands
+    from noetl_dagster.recovery import add_commands as add_recovery_commands
 
     add_recovery_commands(sub)
     args = parser.parse_args(argv)

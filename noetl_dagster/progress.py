@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .contract import parse_step_key
+from noetl_dagster.contract import parse_step_key
 
 #: how much of an op's step line the progress line shows
 SUMMARY_CHARS = 150

@@ -36,8 +36,10 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as db
 from dagster._config import IntSource, StringSource
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
@@ -46,7 +48,7 @@ from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
-__all__ = ["FastSqliteEventLogStorage", "instance_config", "write_instance_config"]
+__all__ = ["FastSqliteEventLogStorage", "default_instance", "instance_config", "write_instance_config"]
 
 #: run databases whose engines stay open at most (each keeps its pooled connections)
 DEFAULT_MAX_OPEN_SHARDS = 64
@@ -209,3 +211,19 @@ def _yaml_string(text: str) -> str:
     import json
 
     return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+#: where `noetl-dagster run` records runs when DAGSTER_HOME is not set
+LOCAL_DAGSTER_HOME = ".dagster_home"
+
+
+def default_instance() -> dg.DagsterInstance:
+    """The instance at ``DAGSTER_HOME``, else a persistent one under ``./.dagster_home``."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    home = Path(LOCAL_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():  # the embedded default, with the event log that keeps its connections
+        write_instance_config(str(home))
+    return dg.DagsterInstance.from_config(str(home))

@@ -28,7 +28,7 @@ from noetl_dagster.runtime.cursor import run_cursor_loop
 from noetl_dagster.runtime.step import RunInfo, run_step
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.python_script import load_script_source
-from noetl_dagster.translator.plan import plan
+from noetl_dagster.planner import plan
 
 HEAD = "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: p}\nworkflow:\n  - {step: start, tool: {kind: noop}}\n"
 

@@ -18,8 +18,8 @@ from noetl_dagster.playbook import catalog as catalog_module
 from noetl_dagster.playbook import source
 from noetl_dagster.playbook.catalog import FolderCatalog, catalog_root
 from noetl_dagster.playbook.loader import load_playbook, parse_text
-from noetl_dagster.report import catalog_around, run_playbook
-from noetl_dagster.runtime import limits
+from noetl_dagster.run import catalog_around, run_playbook
+from noetl_dagster.core import limits
 
 HERE = Path(__file__).parent
 HOSTILE = sorted((HERE / "hostile").glob("*.yaml"))

@@ -104,7 +104,7 @@ def test_an_arrow_ref_is_queried_by_reference(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from noetl_dagster.resources.arrow_ref import ArrowRef
+    from noetl_dagster.io.arrow_ref import ArrowRef
     from noetl_dagster.runtime.tools import ToolContext
     from noetl_dagster.runtime.tools.duckdb import DuckDBTool
 

@@ -17,7 +17,8 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import PlaybookError, parse_text
-from noetl_dagster.resources.credentials import CredentialNotFound, CredentialsResource
+from noetl_dagster.errors import CredentialNotFound
+from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
 
 TOKEN = "bearer-Secret-T0ken-123"

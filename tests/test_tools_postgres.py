@@ -12,14 +12,15 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.resources.credentials import CredentialNotFound, CredentialsResource
+from noetl_dagster.errors import CredentialNotFound
+from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
     connection_from_config,
     query_arrow,
-    split_statements,
 )
+from noetl_dagster.core.binding import split_statements
 from pg import PgServer, free_port, pg_server  # noqa: F401  (tests/pg.py; pg_server is a fixture)
 
 WRONG_PASSWORD = "Wr0ng-Pa55word!x"

@@ -11,7 +11,8 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.resources.credentials import CredentialsResource, register_secret
+from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.core.secrets import register_secret
 from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
 
 

@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .evidence import add_similar_failures, evidence_sink
-from .profiles import apply_recommendations, load_profiles, save_profile
-from .recommend import TuningBounds, recommend
-from .report import report_markdown
-from .stats import StepStats, step_stats
+from noetl_dagster.ai.evidence import add_similar_failures, evidence_sink
+from noetl_dagster.ai.profiles import apply_recommendations, load_profiles, save_profile
+from noetl_dagster.ai.recommend import TuningBounds, recommend
+from noetl_dagster.ai.report import report_markdown
+from noetl_dagster.ai.stats import StepStats, step_stats
 
 
 def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str, Any]],
@@ -38,7 +38,7 @@ def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str,
     loops: dict[tuple[str, str], dict[str, Any]] = {}
     if not folder or not Path(folder).exists():
         return hardware, loops
-    from ..translator.definitions import find_playbooks, load_playbooks
+    from noetl_dagster.translator.definitions import find_playbooks, load_playbooks
 
     for pb in load_playbooks(find_playbooks([folder])).playbooks:
         executor = str(pb.metadata.dagster.get("executor") or "in_process")
@@ -59,7 +59,7 @@ def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds:
     """Stats -> recommendations -> profiles; returns (recommendations added, files written).
 
     ``stats``: already read (the ``observability/step_stats`` asset); else read from ``client``.
-    ``qdrant``: a :class:`~noetl_dagster.resources.qdrant.QdrantSink` whose similar past failures
+    ``qdrant``: a :class:`~noetl_dagster.export.qdrant.QdrantSink` whose similar past failures
     become evidence of retry recommendations (:mod:`.evidence`); None: no such evidence.
     """
     if stats is None:
@@ -75,11 +75,11 @@ def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from ..resources.clickhouse import ClickHouseResource
+    from noetl_dagster.export.clickhouse import ClickHouseResource
 
     playbooks = args.playbooks or ("playbooks" if Path("playbooks").is_dir() else None)
-    from ..resources.embedder import EmbedderResource
-    from ..resources.qdrant import QdrantResource
+    from noetl_dagster.export.embedder import EmbedderResource
+    from noetl_dagster.export.qdrant import QdrantResource
 
     sink = ClickHouseResource().sink()
     stats = step_stats(sink)
@@ -91,7 +91,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            "evidence": r.evidence, "expected_effect": r.expected_effect,
                            "within_bounds": r.within_bounds, "flags": list(r.flags)} for r in added], default=str))
     else:
-        from .terminal import summary, write_report
+        from noetl_dagster.ai.terminal import summary, write_report
 
         verb = "approved (within bounds)" if args.apply else "proposed"
         markdown = report_markdown(stats, added, approved=args.apply)

@@ -13,6 +13,6 @@ This module is the package's ``dagster_dg_cli.registry_modules`` entry, so ``dg 
 components`` shows :class:`PlaybookComponent` once ``noetl-dagster`` is installed.
 """
 
-from .playbook import PlaybookComponent, PlaybookScaffolder, PlaybookScaffoldParams
+from noetl_dagster.components.playbook import PlaybookComponent, PlaybookScaffolder, PlaybookScaffoldParams
 
 __all__ = ["PlaybookComponent", "PlaybookScaffolder", "PlaybookScaffoldParams"]

@@ -31,9 +31,9 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel, Field
 
-from ..playbook.catalog import PlaybookCatalog
-from ..translator.definitions import find_playbooks, load_playbook_definitions, load_playbooks
-from ..translator.translator import PlaybookTranslator
+from noetl_dagster.playbook.catalog import PlaybookCatalog
+from noetl_dagster.translator.definitions import find_playbooks, load_playbook_definitions, load_playbooks
+from noetl_dagster.translator.translator import PlaybookTranslator
 
 #: files a ``dg`` defs folder uses for component declarations, never playbooks
 DEFS_FILES = frozenset({"defs.yaml", "defs.yml"})
@@ -172,7 +172,7 @@ class PlaybookComponent(dg.Component, dg.Resolvable, dg.Model):
 def shared_resources() -> dict[str, Any]:
     """The resource objects all PlaybookComponents of this process pass to their definitions."""
     if not _SHARED_RESOURCES:
-        from ..translator.emit import default_resources
+        from noetl_dagster.translator.emit import default_resources
 
         _SHARED_RESOURCES.update(default_resources(None, _SHARED_CATALOG, io_manager=True))
     return _SHARED_RESOURCES

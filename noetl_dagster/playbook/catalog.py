@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import Issue
-from ..runtime.templates import is_template
-from .models import Playbook
+from noetl_dagster.errors import Issue
+from noetl_dagster.core.templates import is_template
+from noetl_dagster.playbook.models import Playbook
 
 logger = logging.getLogger("noetl_dagster")
 #: the configured catalog root (a folder of playbooks laid out by metadata.path)
@@ -145,8 +145,8 @@ class FolderCatalog(PlaybookCatalog):
 
 
 def _load(file: Path) -> Playbook | None:
-    from ..errors import PlaybookError
-    from .loader import load_playbook
+    from noetl_dagster.errors import PlaybookError
+    from noetl_dagster.playbook.loader import load_playbook
 
     try:
         return load_playbook(file)

@@ -14,8 +14,8 @@ import datetime as _dt
 import re
 from typing import Any
 
-from ..contract import GENERATED_SUFFIXES
-from .models import Playbook, strip_scope
+from noetl_dagster.contract import GENERATED_SUFFIXES
+from noetl_dagster.playbook.models import Playbook, strip_scope
 
 #: names every template sees; a step, iterator or `set:` key so named would be shadowed or shadow them
 RESERVED_NAMES = ("workload", "ctx", "execution_id", "output", "keychain", "partition_key", "product")

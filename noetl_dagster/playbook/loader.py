@@ -15,13 +15,13 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from ..errors import Issue, PlaybookError
-from ..runtime.templates import check_syntax, is_template
-from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
-from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
-from .extensions import check_extensions, describe_value
-from .models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
-from .source import SourceList, SourceMap, YamlError, load_yaml_text
+from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.core.templates import check_syntax, is_template
+from noetl_dagster.runtime.tools import NOETL_KINDS, get_tool, supported_kinds
+from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
+from noetl_dagster.playbook.extensions import check_extensions, describe_value
+from noetl_dagster.playbook.models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
+from noetl_dagster.playbook.source import SourceList, SourceMap, YamlError, load_yaml_text
 
 API_VERSION = "noetl.io/v2"
 ROOT_KEYS = {"apiVersion", "kind", "metadata", "workload", "keychain", "workbook", "workflow",
@@ -281,7 +281,7 @@ def parse_text(text: str, file: str = "<string>") -> Playbook:
     if issues.items or playbook is None:
         raise PlaybookError(sorted(issues.items, key=lambda i: (i.line, i.col)))
     playbook.warnings.extend(issues.warnings)
-    from .bindings import binding_issues  # shell/SQL templates that cannot be bound, or produce syntax
+    from noetl_dagster.playbook.bindings import binding_issues  # shell/SQL templates that cannot be bound, or produce syntax
 
     playbook.warnings.extend(binding_issues(raw, file))
     return playbook
@@ -758,7 +758,7 @@ def _check_references(raw: SourceMap, steps: list[Step], issues: _Issues) -> Non
 
 
 def _check_cycles(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
-    from ..translator.plan import unguarded_cycles
+    from noetl_dagster.planner import unguarded_cycles
 
     raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
     for cycle in unguarded_cycles(playbook):
@@ -815,7 +815,7 @@ def _check_keychain(raw: SourceMap, issues: _Issues) -> None:
 def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
     from dagster._utils.schedules import is_valid_cron_string
 
-    from ..translator.plan import plan
+    from noetl_dagster.planner import plan
 
     raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
     meta = raw.get("metadata")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .source import SourceMap
+from noetl_dagster.playbook.source import SourceMap
 
 SCOPE_PREFIXES = ("ctx.", "iter.", "step.")
 

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import StepFailed
-from ..playbook.models import Step
-from .context import Context
-from .step import Body, RunInfo, StepOutcome, finish_step, run_iteration
-from .templates import TemplateFailure
-from .tools import ToolContext, ToolError, get_tool
+from noetl_dagster.errors import StepFailed
+from noetl_dagster.playbook.models import Step
+from noetl_dagster.runtime.context import Context
+from noetl_dagster.runtime.step import Body, RunInfo, StepOutcome, finish_step, run_iteration
+from noetl_dagster.core.templates import TemplateFailure
+from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 
 #: default bound on the frames one cursor loop claims
 MAX_FRAMES = 10_000

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..playbook.models import ProductCheck
+from noetl_dagster.playbook.models import ProductCheck
 
 if TYPE_CHECKING:  # pyarrow loads on first use: a python-only run never imports it
     import pyarrow as pa

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..errors import StepFailed
-from ..playbook.models import Arc, Step, Task, strip_scope
-from .context import Context
-from .limits import too_many_items
-from .templates import TemplateFailure, condition, freeze, render_value
-from .tools import ErrorResult, ToolContext, ToolError, get_tool
-from ..resources.credentials import redact_value as _mask  # registered secrets never leave a step
+from noetl_dagster.errors import StepFailed
+from noetl_dagster.playbook.models import Arc, Step, Task, strip_scope
+from noetl_dagster.runtime.context import Context
+from noetl_dagster.core.limits import too_many_items
+from noetl_dagster.core.templates import TemplateFailure, condition, freeze, render_value
+from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
+from noetl_dagster.core.secrets import redact_value as _mask  # registered secrets never leave a step
 
 #: a pipeline jump loop stops after this many task executions (NoETL's cap is 1e6)
 MAX_PIPELINE_ITERATIONS = 100_000
@@ -91,7 +91,7 @@ def run_step(step: Step, context: Context, run: RunInfo, *, items: list[Any] | N
         after = context.without_arc()
         return StepOutcome(step.step, "skipped", None, 0, after, _route(step, after, None, run, first_only=True))
     if step.loop is not None and step.loop.mode == "cursor":
-        from .cursor import run_cursor_loop  # cursor.py builds on this module
+        from noetl_dagster.runtime.cursor import run_cursor_loop  # cursor.py builds on this module
 
         return run_cursor_loop(step, context, run)
     if step.loop is not None:
@@ -122,7 +122,7 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
     result = [b.value for b in bodies] if looped else bodies[0].value
     spec = (step.model_extra or {}).get("output")
     if isinstance(spec, Mapping) and error is None:  # NoETL's result externalisation (artifact.py)
-        from .tools.artifact import externalize
+        from noetl_dagster.runtime.tools.artifact import externalize
 
         try:
             result = externalize(spec, result, run.execution_id, step.step)

@@ -17,13 +17,13 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import dagster as dg
 
-from ..errors import Issue, PlaybookError
-from ..playbook.loader import load_playbook, product_references
-from ..playbook.models import Playbook
-from ..playbook.catalog import PlaybookCatalog
-from .guard import clashes, compiling
-from .emit import build_definitions, default_resources
-from .translator import PlaybookTranslator, product_asset_keys, reference_key
+from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.playbook.loader import load_playbook, product_references
+from noetl_dagster.playbook.models import Playbook
+from noetl_dagster.playbook.catalog import PlaybookCatalog
+from noetl_dagster.translator.guard import clashes, compiling
+from noetl_dagster.translator.emit import build_definitions, default_resources
+from noetl_dagster.translator.translator import PlaybookTranslator, product_asset_keys, reference_key
 
 logger = logging.getLogger("noetl_dagster")
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")

@@ -22,28 +22,29 @@ from typing import Any, Callable, Iterator, Mapping
 
 import dagster as dg
 
-from ..errors import Issue, PlaybookError, StepFailed
-from ..playbook.catalog import PlaybookCatalog
-from ..playbook.loader import product_references
-from ..playbook.models import Playbook, ProductCheck, Step
-from ..resources.arrow_io import ArrowRefIOManager
-from ..resources.credentials import CredentialsResource, redact
-from ..runtime.context import Context
-from ..runtime.deadline import StepTimedOut, deadline, enforceable
-from ..runtime.keychain import Keychain
-from ..runtime.products import as_table, evaluate_check
-from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
-from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
+from noetl_dagster.errors import Issue, PlaybookError, StepFailed
+from noetl_dagster.playbook.catalog import PlaybookCatalog
+from noetl_dagster.playbook.loader import product_references
+from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
+from noetl_dagster.io.manager import ArrowRefIOManager
+from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.runtime.context import Context
+from noetl_dagster.runtime.deadline import StepTimedOut, deadline, enforceable
+from noetl_dagster.runtime.keychain import Keychain
+from noetl_dagster.runtime.products import as_table, evaluate_check
+from noetl_dagster.runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
+from noetl_dagster.runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
                             run_iteration, run_step)
-from ..runtime.templates import TemplateFailure, condition, render_text, render_value
-from . import observe
-from .plan import Net, Node, plan
-from ..contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG,
+from noetl_dagster.core.templates import TemplateFailure, condition, render_text, render_value
+from noetl_dagster.translator import observe
+from noetl_dagster.planner import Net, Node, plan
+from noetl_dagster.contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG,
                         EXECUTION_ID_TAG, FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY,
                         LOOP_ITEMS_OUTPUT, LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG,
                         RESULT_OUTPUT, ROLE_TAG, RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TIMEOUT_TAG,
                         TOOL_KEY, asset_graph_name)
-from .translator import PlaybookTranslator, code_reference, reference_key
+from noetl_dagster.translator.translator import PlaybookTranslator, code_reference, reference_key
 
 CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"

@@ -10,7 +10,7 @@ NoETL's get (the shape of its e2e fixtures ``test_output_select``/``test_storage
         input: {result_ref: "{{ save._ref }}"}   # alias `args:`; or `result_ref:` / `ref:` directly
 
 returns the stored value as it was put (a mapping stays a mapping; a stored table comes back as
-an :class:`~noetl_dagster.resources.arrow_ref.ArrowRef`, loaded lazily by whoever needs rows).
+an :class:`~noetl_dagster.io.arrow_ref.ArrowRef`, loaded lazily by whoever needs rows).
 
 Put (NoETL's Python worker had it; its Rust tool leaves putting to the result store)::
 
@@ -46,7 +46,7 @@ import posixpath
 import re
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 ACTIONS = ("get", "put")
 FOLDER = "artifacts"
@@ -70,7 +70,7 @@ def _inputs(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def default_root(kind: str | None = None) -> str:
     """The artifact root: for ``kind`` ``gcs``/``s3`` ``$NOETL_ARTIFACT_GCS_URI``/``..._S3_URI``
     when set; else ``$NOETL_ARTIFACT_URI``, else the IO manager's default root."""
-    from ...resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     if kind in ("gcs", "s3") and os.environ.get(f"NOETL_ARTIFACT_{kind.upper()}_URI"):
         return os.environ[f"NOETL_ARTIFACT_{kind.upper()}_URI"]
@@ -94,7 +94,7 @@ class _Store:
     def __init__(self, root: str, cfg: Mapping[str, Any], ctx: ToolContext) -> None:
         import pyarrow.fs as pafs
 
-        from ...resources.arrow_ref import is_local, local_path, resolve_uri
+        from noetl_dagster.io.arrow_ref import is_local, local_path, resolve_uri
 
         root = str(root).strip()
         if not root:
@@ -130,7 +130,7 @@ class _Store:
 
     def path_of(self, uri: str) -> str:
         """The filesystem path of a reference, which must lie inside ``<root>/artifacts/``."""
-        from ...resources.arrow_ref import is_local, local_path
+        from noetl_dagster.io.arrow_ref import is_local, local_path
 
         uri = str(uri).strip()
         if uri.startswith("noetl://"):
@@ -178,7 +178,7 @@ def _credential(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
         "region": ("region", "aws_region"), "endpoint": ("endpoint", "endpoint_url"),
     }
     out = {k: next((fields[n] for n in names if fields.get(n)), None) for k, names in pick.items()}
-    from ...resources.credentials import register_secret
+    from noetl_dagster.core.secrets import register_secret
 
     register_secret(out["secret_access_key"])
     register_secret(out["session_token"])
@@ -207,12 +207,12 @@ class ArtifactTool(Tool):
         return problems
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import secret_safe
+        from noetl_dagster.core.secrets import secret_safe
 
         return secret_safe(self._run)(config, ctx)
 
     def _run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import redact
+        from noetl_dagster.core.secrets import redact
 
         cfg = ctx.render({k: v for k, v in config.items() if k != "kind"})
         action = str(cfg.get("action") or "get")
@@ -235,8 +235,8 @@ class ArtifactTool(Tool):
 
 
 def _put(store: _Store, inputs: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    from ...resources.arrow_io import check_segment, encode_value, is_arrow_data
-    from ...resources.arrow_ref import ArrowRef
+    from noetl_dagster.io.manager import check_segment, encode_value, is_arrow_data
+    from noetl_dagster.io.arrow_ref import ArrowRef
 
     name = str(inputs.get("name") or ctx.step)
     try:
@@ -248,7 +248,7 @@ def _put(store: _Store, inputs: Mapping[str, Any], ctx: ToolContext) -> dict[str
     if is_arrow_data(data) or isinstance(data, ArrowRef):
         import pyarrow.parquet as pq
 
-        from ...resources.arrow_io import _as_arrow
+        from noetl_dagster.io.manager import _as_arrow
 
         table = data.to_table() if isinstance(data, ArrowRef) else _as_arrow(data)
         if not hasattr(table, "schema") or not hasattr(table, "num_rows"):
@@ -288,8 +288,8 @@ def _make_parent(store: _Store, path: str) -> None:
 
 
 def _get(store: _Store, inputs: Mapping[str, Any]) -> Any:
-    from ...resources.arrow_io import decode_value
-    from ...resources.arrow_ref import ArrowRef
+    from noetl_dagster.io.manager import decode_value
+    from noetl_dagster.io.arrow_ref import ArrowRef
 
     ref = inputs.get("result_ref") or inputs.get("ref")
     if isinstance(ref, Mapping):  # a whole put result passed instead of its `_ref`
@@ -302,7 +302,7 @@ def _get(store: _Store, inputs: Mapping[str, Any]) -> Any:
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        from ...resources.arrow_ref import schema_strings
+        from noetl_dagster.io.arrow_ref import schema_strings
 
         try:
             with store.fs.open_input_file(path) as handle:
@@ -334,14 +334,14 @@ def _kv_bucket() -> str:
 
 def _kv_call(op: str, key: str, value: bytes | None = None) -> bytes | None:
     """One KV operation on the artifact bucket of ``$NOETL_ARTIFACT_NATS_URL`` (nats-py)."""
-    from ...resources.credentials import redact, register_connection_secret
-    from .nats import _run_sync
+    from noetl_dagster.core.secrets import redact, register_connection_secret
+    from noetl_dagster.runtime.tools.nats import _run_sync
 
     url = os.environ["NOETL_ARTIFACT_NATS_URL"]
     register_connection_secret(url)
     from urllib.parse import urlsplit
 
-    from ...resources.credentials import register_secret
+    from noetl_dagster.core.secrets import register_secret
 
     parts = urlsplit(url)
     if parts.username and not parts.password:  # nats://<token>@host: the token is the user part
@@ -382,7 +382,7 @@ def _kv_call(op: str, key: str, value: bytes | None = None) -> bytes | None:
 
 
 def _kv_put(result: Any, ctx: ToolContext) -> str:
-    from ...resources.arrow_io import encode_value
+    from noetl_dagster.io.manager import encode_value
 
     text = encode_value(result)
     if text is None:
@@ -393,7 +393,7 @@ def _kv_put(result: Any, ctx: ToolContext) -> str:
 
 
 def _kv_get(ref: str) -> Any:
-    from ...resources.arrow_io import decode_value
+    from noetl_dagster.io.manager import decode_value
 
     bucket, _, key = ref[len(KV_SCHEME):].partition("/")
     if bucket != _kv_bucket() or not key or _KV_KEY.sub("", key.replace(".", "")) != key.replace(".", ""):
@@ -418,7 +418,7 @@ def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: s
     """
     import json
 
-    from ...resources.arrow_ref import json_default
+    from noetl_dagster.io.arrow_ref import json_default
 
     if "store" not in spec and "output_select" not in spec:
         return result  # another use of `output:`: not a storage directive

@@ -21,15 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
-from ..templates import render_value
-
-
-class ToolError(Exception):
-    """A tool failed in a way the user can fix; the message is shown as is.
-
-    Raising it *fails* the step (NoETL's ``command.failed``: no arc fires). A tool that ran and
-    reports a failure as data returns an :class:`ErrorResult` instead.
-    """
+from noetl_dagster.core.templates import render_value
+from noetl_dagster.errors import ToolError
 
 
 @dataclass

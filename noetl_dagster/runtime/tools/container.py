@@ -48,7 +48,7 @@ import shlex
 import time
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 #: how much of the pod log the result keeps
 LOG_TAIL_CHARS = 20000
@@ -105,7 +105,7 @@ class ContainerTool(Tool):
                 warnings.simplefilter("ignore")
                 execute_k8s_job(context, **kwargs)
         except Exception as exc:  # noqa: BLE001 - dagster-k8s raises plain Exceptions too
-            from ...resources import credentials as creds
+            from noetl_dagster.core import secrets as creds
 
             message = str(exc).strip() or type(exc).__name__
             raise ToolError(creds.redact(f"container: Kubernetes job {kwargs['k8s_job_name']} failed: "

@@ -7,7 +7,7 @@ Result ``{columns, rows: [{col: value}], row_count}`` for queries (a ``pyarrow.T
 
 ``params`` (a list for ``?``/``$1``, a mapping for ``$name``) are bound by DuckDB, never
 formatted into the SQL. So are the ``{{ }}`` values of ``query`` (each becomes a ``$n``
-placeholder, see :mod:`noetl_dagster.runtime.binding`); ``| sql_identifier`` and ``| raw_sql``
+placeholder, see :mod:`noetl_dagster.core.binding`); ``| sql_identifier`` and ``| raw_sql``
 mark the templates that must produce SQL text.
 
 Arrow data from earlier steps can be queried as tables:
@@ -33,9 +33,9 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ...resources.arrow_ref import ArrowRef
-from ..products import as_table
-from .base import Tool, ToolContext, ToolError, format_problems, result_format
+from noetl_dagster.io.arrow_ref import ArrowRef
+from noetl_dagster.runtime.products import as_table
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, format_problems, result_format
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -85,7 +85,7 @@ class DuckDBTool(Tool):
         import duckdb
         import pyarrow as pa
 
-        from .postgres import bind_query, split_bound
+        from noetl_dagster.runtime.tools.postgres import bind_query, split_bound
 
         # every {{ }} value in the query is a bound parameter ($n), never SQL text
         query, params = bind_query(config.get("query") or config.get("command"),

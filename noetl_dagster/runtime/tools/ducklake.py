@@ -35,8 +35,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .base import ToolContext, ToolError
-from .duckdb import DuckDBTool
+from noetl_dagster.runtime.tools.base import ToolContext, ToolError
+from noetl_dagster.runtime.tools.duckdb import DuckDBTool
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CATALOG = "lake"
@@ -116,14 +116,14 @@ class DuckLakeTool(DuckDBTool):
                            if commands is not None and not isinstance(commands, (list, str)) else [])
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import secret_safe
+        from noetl_dagster.core.secrets import secret_safe
 
         return secret_safe(super().run)(_with_commands(config), ctx)
 
     def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
         import duckdb
 
-        from ...resources.credentials import redact, register_connection_secret
+        from noetl_dagster.core.secrets import redact, register_connection_secret
 
         name = str(ctx.render(config.get("catalog_name")) or DEFAULT_CATALOG)
         if not _IDENT.match(name):

@@ -34,18 +34,18 @@ The mapping form names the type; ``credential`` is the alias, or ``token``/``use
 ``Authorization``, ``Cookie``, ``X-API-Key``) are masked as ``***`` in everything the tool
 returns (a server that echoes the request cannot leak them into results) and in error
 messages; they are also registered for
-:func:`noetl_dagster.resources.credentials.redact`.
+:func:`noetl_dagster.core.secrets.redact`.
 """
 
 from __future__ import annotations
 
-import functools
 import base64
 import json
 import re
 from typing import Any, Mapping
 
-from .base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -63,18 +63,6 @@ _USER_FIELDS = ("username", "user", "login", "client_id")
 _PASSWORD_FIELDS = ("password", "passwd", "secret", "client_secret")
 _KEY_FIELDS = ("api_key", "key", "apikey", "token", "value", "secret")
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
-
-
-def secret_safe(func: Any) -> Any:
-    """:func:`noetl_dagster.resources.credentials.secret_safe`, imported when first called."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ...resources.credentials import secret_safe as safe
-
-        return safe(func)(*args, **kwargs)
-
-    return wrapper
 
 
 class _Auth:
@@ -199,7 +187,7 @@ class _Scrubber:
     """Masks one request's secrets in returned values and messages."""
 
     def __init__(self, secrets: set[str]) -> None:
-        from ...resources import credentials as creds
+        from noetl_dagster.core import secrets as creds
 
         self._creds = creds
         usable = sorted({s for s in secrets if s and len(s) >= creds.MIN_SECRET_LENGTH},

@@ -54,7 +54,7 @@ import json
 import threading
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 #: NoETL's bounds of js_consume (tools/src/tools/source/mod.rs)
 BATCH_DEFAULT, BATCH_MAX = 100, 1000
@@ -81,7 +81,7 @@ def _templated(value: Any) -> bool:
 
 def _secret_safe(func):  # type: ignore[no-untyped-def]
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from ...resources.credentials import secret_safe
+        from noetl_dagster.core.secrets import secret_safe
 
         return secret_safe(func)(*args, **kwargs)
 
@@ -137,7 +137,7 @@ class NatsTool(Tool):
 # ------------------------------------------------------------------------------- connection
 def _connection(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """``{url, user, password, token}`` from ``auth:`` or explicit fields (NoETL's order)."""
-    from ...resources.credentials import register_connection_secret, register_secret
+    from noetl_dagster.core.secrets import register_connection_secret, register_secret
 
     alias = cfg.get("auth")
     if alias:
@@ -199,7 +199,7 @@ async def _execute(op: str, cfg: Mapping[str, Any], conn: Mapping[str, Any]) -> 
     import nats
     from nats.errors import Error as NatsError
 
-    from ...resources.credentials import redact
+    from noetl_dagster.core.secrets import redact
 
     options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "allow_reconnect": False,
                                "max_reconnect_attempts": 0}

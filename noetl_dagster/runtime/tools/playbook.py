@@ -28,7 +28,7 @@ import sys
 import uuid
 from typing import Any
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 
 class PlaybookTool(Tool):
@@ -40,7 +40,7 @@ class PlaybookTool(Tool):
         return []
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...report import run_playbook
+        from noetl_dagster.run import run_playbook
 
         path = str(ctx.render(config.get("path")))
         catalog = ctx.resources.get("catalog")
@@ -103,7 +103,7 @@ def _launch(file: str, path: str, workload: dict[str, Any], tags: dict[str, str]
 
 def _call_tags(instance: Any, run_id: str, path: str) -> dict[str, str]:
     """``noetl/call_depth`` and ``noetl/call_chain`` of a child of run ``run_id`` calling ``path``."""
-    from ..limits import MAX_SUBPLAYBOOK_DEPTH
+    from noetl_dagster.core.limits import MAX_SUBPLAYBOOK_DEPTH
 
     run = None
     try:

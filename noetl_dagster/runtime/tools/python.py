@@ -29,8 +29,8 @@ from functools import lru_cache
 from types import CodeType
 from typing import Any, Iterator, Mapping
 
-from ..templates import thaw
-from .base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.templates import thaw
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
 
 _WRAPPER = "__noetl_body__"
 
@@ -115,7 +115,7 @@ class PythonTool(Tool):
                     data = json.loads(stdout)
             return ErrorResult(data, f"{type(exc).__name__}: {exc}{where}")
         finally:
-            from ...resources.credentials import redact  # (it imports the tools: not at module level)
+            from noetl_dagster.core.secrets import redact  # (it imports the tools: not at module level)
 
             for name, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
                 if text.strip():

@@ -30,9 +30,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..templates import is_template
-from .base import ToolContext, ToolError
-from .python import PythonTool, compile_code
+from noetl_dagster.core.templates import is_template
+from noetl_dagster.runtime.tools.base import ToolContext, ToolError
+from noetl_dagster.runtime.tools.python import PythonTool, compile_code
 
 SOURCE_TYPES = ("inline", "file", "http", "gcs", "s3")
 #: config key the loader sets on python tasks with a ``script:``: the playbook file's folder

@@ -41,7 +41,7 @@ import json
 import re
 from typing import Any, Mapping
 
-from .base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_NAMESPACE = "noetl"
@@ -87,7 +87,7 @@ class ScriptTool(Tool):
     kind = "script"
 
     def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        from .python_script import BASE_DIR_KEY, validate_script
+        from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, validate_script
 
         problems: list[tuple[str, str, str | None]] = []
         if "script" not in config:
@@ -120,9 +120,9 @@ class ScriptTool(Tool):
         return problems
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import redact
-        from .container import ContainerTool
-        from .python_script import BASE_DIR_KEY, load_script_source
+        from noetl_dagster.core.secrets import redact
+        from noetl_dagster.runtime.tools.container import ContainerTool
+        from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, load_script_source
 
         script = normalize_script(config.get("script"))
         source = load_script_source({"script": script}, config.get(BASE_DIR_KEY), ctx)

@@ -61,8 +61,10 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from .base import Tool, ToolContext, ToolError
-from .postgres import (
+from noetl_dagster.core.binding import split_statements
+from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
     _adbc_available,
     _connect_message,
@@ -73,8 +75,6 @@ from .postgres import (
     _storage_is_string,
     connection_from_config,
     query_arrow,
-    secret_safe,
-    split_statements,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -303,7 +303,7 @@ def _json_at(data: Any, path: str | None) -> Any:
 def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContext) -> _Source:
     import pyarrow as pa
 
-    from .base import ErrorResult, get_tool
+    from noetl_dagster.runtime.tools.base import ErrorResult, get_tool
 
     if not cfg.get("url") and not cfg.get("endpoint"):
         raise ToolError("transfer: http source needs `url`")
@@ -573,7 +573,7 @@ class TransferTool(Tool):
                              if not (sql_source and k in ("query", "command"))})
         if sql_source and raw_source.get(sql_key) is not None:
             # the source query's {{ }} values are bound parameters, never SQL text
-            from .postgres import bind_query
+            from noetl_dagster.runtime.tools.postgres import bind_query
 
             source[sql_key], params = bind_query(
                 raw_source[sql_key], source.get("params"), ctx.scope, script=bool(source.get("script")),
@@ -616,7 +616,7 @@ class TransferTool(Tool):
         elif stype == "duckdb":
             src = _duckdb_source(source, chunk_size)
         elif stype == "snowflake":
-            from .snowflake import source_batches
+            from noetl_dagster.runtime.tools.snowflake import source_batches
 
             src = _Source(*source_batches(source, ctx))
         else:
@@ -625,7 +625,7 @@ class TransferTool(Tool):
         if ttype == "postgres":
             sink: Any = _PostgresTarget(target, ctx, table, mode, keys)
         elif ttype == "snowflake":
-            from .snowflake import SnowflakeTarget
+            from noetl_dagster.runtime.tools.snowflake import SnowflakeTarget
 
             sink = SnowflakeTarget(target, ctx, table, mode, keys)
         else:

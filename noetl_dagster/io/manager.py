@@ -5,7 +5,7 @@ What it stores
 Every output (a step's ``result``, a token ``to_<step>``, an asset) is walked: each
 ``pyarrow.Table``, ``RecordBatch``, ``RecordBatchReader`` (streamed batch by batch, never fully
 materialised), pandas or polars DataFrame is written once and replaced by an
-:class:`~noetl_dagster.resources.arrow_ref.ArrowRef`: as Parquet in asset outputs (data products:
+:class:`~noetl_dagster.io.arrow_ref.ArrowRef`: as Parquet in asset outputs (data products:
 compact, readable by every engine; ``format``) and as uncompressed Arrow IPC in op outputs (a
 run's intermediates: loads are zero-copy memory maps; ``intermediate_format``). The small remainder (the
 token or result, with refs in it) is stored as JSON (``value.json``: refs, tuples and dicts whose
@@ -67,7 +67,7 @@ than the window in which runs are re-executed. Asset data is never deleted by re
 
 Example::
 
-    from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     defs = dg.Definitions(assets=[...], resources={
         "io_manager": ArrowRefIOManager(base_uri="s3://lake/noetl", format="parquet")})
@@ -96,7 +96,7 @@ from typing import Any, Callable, Iterator, Sequence
 import dagster as dg
 from pydantic import Field
 
-from .arrow_ref import (
+from noetl_dagster.io.arrow_ref import (
     EXTENSIONS,
     ArrowRef,
     canonical_format,

@@ -46,9 +46,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import dagster as dg
 
-from ..contract import PLAYBOOK_TAG, TOOL_TAG
-from .fast_read import read_run_page, shared_connection
-from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
+from noetl_dagster.contract import PLAYBOOK_TAG, TOOL_TAG
+from noetl_dagster.export.fast_read import read_run_page, shared_connection
+from noetl_dagster.export.mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
 _RETRY = "STEP_UP_FOR_RETRY"

@@ -1,7 +1,7 @@
 """``ArrowRef``: a small, immutable reference to an Arrow table stored as Parquet or Arrow IPC.
 
 Tokens and step results never carry table data: the IO manager
-(:class:`noetl_dagster.resources.arrow_io.ArrowRefIOManager`) writes every table once and puts an
+(:class:`noetl_dagster.io.manager.ArrowRefIOManager`) writes every table once and puts an
 ``ArrowRef`` in its place. A ref is a frozen dataclass of plain values, so it pickles, hashes,
 compares by value and round-trips through JSON (:meth:`ArrowRef.to_dict` /
 :meth:`ArrowRef.from_dict`). A consumer that only forwards a ref reads nothing; one that needs the

@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..contract import arc_output_name
-from ..playbook.models import Arc, Playbook, Step
+from noetl_dagster.contract import arc_output_name
+from noetl_dagster.playbook.models import Arc, Playbook, Step
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 

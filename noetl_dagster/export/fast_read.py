@@ -2,7 +2,7 @@
 
 ``instance.get_records_for_run`` turns every stored event back into Dagster's objects (serdes:
 an ``EventLogEntry``, a ``DagsterEvent``, handles, metadata...): that is most of an export's
-time. The mapping (:func:`~noetl_dagster.sensors.mapping.map_records`) reads only a few fields
+time. The mapping (:func:`~noetl_dagster.export.mapping.map_records`) reads only a few fields
 of most events. Here the stored JSON is parsed with ``orjson`` into plain
 dicts, wrapped in light records offering the same attributes the mapping reads; an event's
 ``event_specific_data`` and an entry's ``error_info`` are turned into Dagster's objects only when

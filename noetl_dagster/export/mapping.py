@@ -7,7 +7,7 @@
 
 The identity of an event is ``(run id, storage id)``: storage ids restart per run on SQLite and
 are global on Postgres, so the pair is unique on both. Texts (errors, log messages) go through
-:func:`noetl_dagster.resources.credentials.redact`; only chosen metadata keys are copied, never
+:func:`noetl_dagster.core.secrets.redact`; only chosen metadata keys are copied, never
 arbitrary values, so secrets do not reach the rows.
 
 Example::
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ..contract import (CPU_SECONDS_KEY, DOMAIN_TAG, ERROR_KEY, FAILED_STEP_KEY, PEAK_RSS_KEY, PLAYBOOK_TAG,
+from noetl_dagster.contract import (CPU_SECONDS_KEY, DOMAIN_TAG, ERROR_KEY, FAILED_STEP_KEY, PEAK_RSS_KEY, PLAYBOOK_TAG,
                         RESULT_OUTPUT, STATUS_KEY, STEPS_KEY, TOOL_KEY, parse_step_key)
-from ..resources.credentials import redact
+from noetl_dagster.core.secrets import redact
 
 #: Dagster event type value -> (NoETL event type, status)
 EVENT_TYPES: dict[str, tuple[str, str]] = {

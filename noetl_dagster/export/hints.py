@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 
 import dagster as dg
 
-from ..contract import COMPLETED_WITH_ERRORS, OUTCOME_TAG, PLAYBOOK_TAG
-from .exporter import default_lag
-from .mapping import RunContext, StepFailure, build_run_summary, map_records
+from noetl_dagster.contract import COMPLETED_WITH_ERRORS, OUTCOME_TAG, PLAYBOOK_TAG
+from noetl_dagster.export.exporter import default_lag
+from noetl_dagster.export.mapping import RunContext, StepFailure, build_run_summary, map_records
 
 HINT_TAG = "noetl/similar_failures"
 #: cosine below which a past failure is not called similar (MiniLM scale)

@@ -13,7 +13,7 @@ Two embedders behind one small interface (:class:`Embedder`: ``model_id``, ``dim
 
 Example::
 
-    from noetl_dagster.resources.embedder import EmbedderResource
+    from noetl_dagster.export.embedder import EmbedderResource
 
     embedder = EmbedderResource().get()            # MiniLM, loaded once per process
     vectors = embedder.embed(["connection refused by postgres", "db is down"])
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # numpy loads on first embedding: the CLI's `run` never pays 
     import numpy as np
 
 #: the tokenizer of all-MiniLM-L6-v2 (bert-base-uncased WordPiece), vendored with the package
-TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "sensors" / "data" / "all-MiniLM-L6-v2" / "tokenizer.json"
+TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "all-MiniLM-L6-v2" / "tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 #: environment variable choosing the embedder of :class:`EmbedderResource` (``minilm`` | ``hashing``)
 ENV_EMBEDDER = "NOETL_EMBEDDER"
