@@ -39,7 +39,7 @@ def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from noetl_dagster.run import catalog_around
-    from noetl_dagster.translator.definitions import find_playbooks, load_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
     from noetl_dagster.translator.guard import compile_issues
 
     files = find_playbooks(args.paths)

@@ -186,7 +186,7 @@ def validate_corpus(root: Path, timeout: float) -> list[Row]:
     from noetl_dagster.errors import PlaybookError
     from noetl_dagster.playbook.catalog import PlaybookCatalog
     from noetl_dagster.playbook.loader import load_playbook
-    from noetl_dagster.translator.definitions import find_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks
 
     rows: list[Row] = []
     loaded = []

@@ -78,7 +78,7 @@ def test_public_names_resolve_lazily() -> None:
 
 
 def test_find_playbooks_skips_hidden_folders_and_follows_links_once(tmp_path: Path) -> None:
-    from noetl_dagster.translator.definitions import find_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks
 
     (tmp_path / "risk").mkdir()
     (tmp_path / "risk" / "a.yaml").write_text(ONE_STEP)

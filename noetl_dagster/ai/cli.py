@@ -38,7 +38,7 @@ def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str,
     loops: dict[tuple[str, str], dict[str, Any]] = {}
     if not folder or not Path(folder).exists():
         return hardware, loops
-    from noetl_dagster.translator.definitions import find_playbooks, load_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
 
     for pb in load_playbooks(find_playbooks([folder])).playbooks:
         executor = str(pb.metadata.dagster.get("executor") or "in_process")

@@ -32,7 +32,8 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from noetl_dagster.playbook.catalog import PlaybookCatalog
-from noetl_dagster.translator.definitions import find_playbooks, load_playbook_definitions, load_playbooks
+from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
+from noetl_dagster.translator.definitions import load_playbook_definitions
 from noetl_dagster.translator.translator import PlaybookTranslator
 
 #: files a ``dg`` defs folder uses for component declarations, never playbooks

@@ -60,7 +60,7 @@ def register_env_secrets() -> None:
 
 def playbook_fingerprint(folder: str | Path) -> str:
     """Changes when a playbook file under ``folder`` is added, removed or edited."""
-    from noetl_dagster.translator.definitions import find_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks
 
     digest = hashlib.sha1()
     for path in find_playbooks(folder):
@@ -71,7 +71,7 @@ def playbook_fingerprint(folder: str | Path) -> str:
 
 def index_playbooks(sink: Any, folder: str | Path) -> int:
     """Upsert the valid playbooks under ``folder`` into the ``playbooks`` collection."""
-    from noetl_dagster.translator.definitions import load_playbooks
+    from noetl_dagster.playbook.folder import load_playbooks
 
     return sink.index_playbooks(load_playbooks(folder).playbooks)
 
