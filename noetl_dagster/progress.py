@@ -41,7 +41,7 @@ def pretty_result(value: Any, lines: int = RESULT_LINES) -> str:
 
 
 def new_run_id() -> str:
-    from dagster._core.utils import make_new_run_id
+    from noetl_dagster.compat import make_new_run_id
 
     return make_new_run_id()
 

@@ -91,7 +91,7 @@ def record_hints(instance: dg.DagsterInstance, run: Any, hints: Sequence[Hint]) 
             "similar_failures": dg.MetadataValue.json([asdict(h) for h in hints]),
             "summary": dg.MetadataValue.md("\n".join(f"{i}. {h.line()}" for i, h in enumerate(hints, 1))),
         }
-        from dagster._core.events import EngineEventData
+        from noetl_dagster.compat import EngineEventData
 
         instance.report_engine_event(f"Similar past failures:\n{lines}", dagster_run=run,
                                      engine_event_data=EngineEventData(metadata=metadata))
@@ -126,7 +126,7 @@ def _hint_stream(instance: dg.DagsterInstance, sink: Any, event_type: Any, water
     """One run status's changes after ``watermark``: hint the playbook runs with failures in them."""
     import time
 
-    from dagster._core.event_api import RunStatusChangeRecordsFilter
+    from noetl_dagster.compat import RunStatusChangeRecordsFilter
 
     scan_from, contiguous, handled = watermark, True, 0
     while deadline is None or time.monotonic() < deadline:

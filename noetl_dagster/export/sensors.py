@@ -146,7 +146,7 @@ def export_tick(context: dg.SensorEvaluationContext, sink: Any, *, budget_second
         observe_export(context.instance, sink.name, stats)
     finished = finished_this_tick(cursor, new_cursor) if react else []
     if finished:
-        from dagster._core.definitions.run_request import DagsterRunReaction
+        from noetl_dagster.compat import DagsterRunReaction
 
         runs = context.instance.get_runs(dg.RunsFilter(run_ids=finished[:MAX_REACTIONS]))
         if runs:

@@ -482,7 +482,7 @@ class PlaybookTranslator:
         if choice not in ("k8s", "kubernetes"):
             raise problem(f"unknown executor {choice!r}", "metadata.dagster.executor",
                           "use in_process (default), multiprocess or k8s")
-        from dagster._config import process_config
+        from noetl_dagster.compat import process_config
         from dagster_k8s import k8s_job_executor
 
         k8s = block.get("k8s") or {}
