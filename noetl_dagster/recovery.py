@@ -132,7 +132,7 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, tags: Mapping[str, str
         raise _cannot(run_id, "resuming needs a persistent Dagster instance (set DAGSTER_HOME)")
     net = plan(load_playbook(file))
     job = dg.build_reconstructable_job("noetl_dagster.recovery", "resumable_job",
-                                       reconstructable_args=(file, str(home)))
+                                       reconstructable_args=(file, str(home)))  # type: ignore[arg-type]
     options = dg.ReexecutionOptions.from_failure(run_id, instance)
     run_tags = {**(tags or {}), **cli_tags(file), RESUMED_TAG: run_id}
     with dg.execute_job(job, instance, run_config=parent.run_config, tags=run_tags,

@@ -16,6 +16,7 @@ it warns and recommends as without. Wire with ``add_commands(subparsers)``.
 from __future__ import annotations
 
 import argparse
+import os
 from contextlib import nullcontext
 import json
 import sys
@@ -29,7 +30,7 @@ from noetl_dagster.ai.report import report_markdown
 from noetl_dagster.ai.stats import StepStats, step_stats
 
 
-def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str, Any]],
+def declared(folder: str | os.PathLike[str] | None) -> tuple[dict[tuple[str, str], dict[str, Any]],
                                                   dict[tuple[str, str], dict[str, Any]]]:
     """What the playbooks under ``folder`` declare, read once (broken ones skipped):
     ``{(playbook path, step): hardware}`` and, for parallel loops,
@@ -40,7 +41,7 @@ def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str,
         return hardware, loops
     from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
 
-    for pb in load_playbooks(find_playbooks([folder])).playbooks:
+    for pb in load_playbooks(find_playbooks([Path(folder)])).playbooks:
         executor = str(pb.metadata.dagster.get("executor") or "in_process")
         for step in pb.workflow:
             key = (pb.metadata.catalog_path, step.step)
@@ -54,7 +55,7 @@ def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str,
 
 
 def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
-             playbooks_dir: str | Path | None = None, stats: Sequence[StepStats] | None = None,
+             playbooks_dir: str | os.PathLike[str] | None = None, stats: Sequence[StepStats] | None = None,
              qdrant: Any = None) -> tuple[list, list[Path]]:
     """Stats -> recommendations -> profiles; returns (recommendations added, files written).
 

@@ -114,8 +114,9 @@ def render_captured(source: str, scope: Mapping[str, Any],
             raise TemplateFailure(_message(exc)) from None
         _TEMPLATES[source] = name
     previous = getattr(_CAPTURE, "values", None), getattr(_CAPTURE, "raw", None)
-    _CAPTURE.values = values = []
-    _CAPTURE.raw = raw = []
+    values: list[Any] = []
+    raw: list[Raw] = []
+    _CAPTURE.values, _CAPTURE.raw = values, raw
     try:
         text = _ENV.render_template(name, **scope)
     except TemplateFailure:
@@ -362,7 +363,9 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
                         and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_"))):
             escape = c in "eE"
             start = i + 1 if escape else i
-            j, pieces, current = start + 1, [], []
+            j = start + 1
+            pieces: list[tuple[str, Any]] = []
+            current: list[str] = []
             while j < n:
                 mm = _MARKER.match(text, j)
                 if mm:
@@ -394,7 +397,6 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
                 only = [v for kind, v in pieces if kind == "value"]
                 texts = [t for kind, t in pieces if kind == "text"]
                 if len(only) == 1 and not "".join(texts):
-                    expression = None
                     parts.append(bind(plain_text(only[0])))
                 else:
                     for kind, piece in pieces:
@@ -416,22 +418,22 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
             continue
         if c == '"':
             j = i + 1
-            piece = []
+            quoted: list[str] = []
             while j < n:
                 mm = _MARKER.match(text, j)
                 if mm:
-                    piece.append(plain_text(values[int(mm.group(1))]).replace('"', '""'))
+                    quoted.append(plain_text(values[int(mm.group(1))]).replace('"', '""'))
                     j = mm.end()
                     continue
                 if text[j] == '"':
                     if text.startswith('""', j):
-                        piece.append('""')
+                        quoted.append('""')
                         j += 2
                         continue
                     break
-                piece.append(text[j])
+                quoted.append(text[j])
                 j += 1
-            out.append('"' + "".join(piece) + '"')
+            out.append('"' + "".join(quoted) + '"')
             i = j + 1
             continue
         if text.startswith("--", i):

@@ -185,7 +185,7 @@ def rows_to_arrow(rows: Sequence[tuple], columns: dict[str, str]) -> Any:
     import pyarrow as pa
 
     plain = {"str": pa.string(), "u64": pa.uint64(), "u16": pa.uint16(), "i64": pa.int64(), "f64": pa.float64()}
-    fields = type(rows[0])._fields if rows else ()
+    fields = type(rows[0])._fields if rows else ()  # type: ignore[attr-defined]  # NamedTuple rows
     transposed = list(zip(*rows))
     arrays = {}
     for column, attr in columns.items():
@@ -207,7 +207,9 @@ def _map_array(dicts: Sequence[Mapping[str, str]]) -> Any:
     """``Map(String, String)`` values as an Arrow map array, built from flat keys, values and offsets."""
     import pyarrow as pa
 
-    offsets, keys, values, total = [0], [], [], 0
+    offsets, total = [0], 0
+    keys: list[Any] = []
+    values: list[Any] = []
     for item in dicts:
         keys.extend(item)
         values.extend(item.values())
@@ -244,6 +246,8 @@ class ClickHouseSink:
     wants_events = True
     wants_runs = False  # step attempts only: run summaries go to Qdrant
     thread_safe = True  # writes take the client's lock: the exporter may write from its writer thread
+    #: where the sink writes, without credentials (set by the resource; names the export cursor)
+    destination = ""
 
     def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
         if not _IDENTIFIER.match(database):  # formatted into the SQL (identifiers cannot be bound)

@@ -138,7 +138,7 @@ def _hint_stream(instance: dg.DagsterInstance, sink: Any, event_type: Any, water
                       and (event_type == dg.DagsterEventType.RUN_FAILURE
                            or run.tags.get(OUTCOME_TAG) == COMPLETED_WITH_ERRORS))
             if wanted:
-                run, failures = failures_of_run(instance, run.run_id)
+                run, failures = failures_of_run(instance, rec.event_log_entry.run_id)
                 record_hints(instance, run, find_similar(sink, failures, limit, min_score) if failures else [])
                 handled += 1
             if contiguous and rec.event_log_entry.timestamp <= safe_ts:

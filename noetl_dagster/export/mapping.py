@@ -61,8 +61,9 @@ RUN_TERMINAL = {"PIPELINE_SUCCESS": "success", "PIPELINE_FAILURE": "failure", "P
 _SKIP_LOG = re.compile(r"^Dependencies for step (\S+) (?:failed|were not executed)")
 _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
-_C_ENCODER = (json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False,
-                                          False, True) if json.encoder.c_make_encoder else None)
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # CPython's C encoder, when built
+_C_ENCODER = (_MAKE_ENCODER(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+              if _MAKE_ENCODER else None)
 
 
 def _json_text(value: Any) -> str:
@@ -442,7 +443,7 @@ def map_records(records: Sequence[Any], ctx: RunContext,
     outputs: dict[tuple[Any, str], dict[str, str]] = {}  # metadata of outputs without metadata of their own
     retried = False
     last_key: tuple[str, int | None] | None = None
-    parts = ("", "", {}, 0, "")
+    parts: tuple[str, str, dict[str, Any], int, str] = ("", "", {}, 0, "")
     for record in records:
         entry = record.event_log_entry
         event = entry.dagster_event
@@ -477,8 +478,8 @@ def map_records(records: Sequence[Any], ctx: RunContext,
                     reported = _copy_metadata(data.metadata, meta)
                     if meta.get("status") == "error":  # the step completed with an error result
                         status, error = "ERROR", meta.get("error", "")
-            elif (meta := outputs.get((key, output))) is None:
-                meta = outputs[(key, output)] = {**parts[2], "output": output}
+            else:
+                meta = outputs.get((key, output)) or outputs.setdefault((key, output), {**parts[2], "output": output})
         elif dtype == "STEP_SUCCESS":
             etype, status = _SUCCESS_TYPE
             duration = int(round(event.event_specific_data.duration_ms or 0))

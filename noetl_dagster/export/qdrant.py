@@ -154,6 +154,8 @@ class QdrantSink:
     name = "qdrant"
     wants_events = False
     wants_runs = True
+    #: where the sink writes, without credentials (set by the resource; names the export cursor)
+    destination = ""
 
     def __init__(self, client: Any, embedder: Any, prefix: str = "noetl_") -> None:
         self.client = client
@@ -283,7 +285,8 @@ class QdrantSink:
             ],
             must_not=[models.FieldCondition(key="run_id", match=models.MatchValue(value=run.run_id))],
         )
-        ids, offset = [], None
+        ids: list[Any] = []
+        offset = None
         while True:
             points, offset = self.client.scroll(self.collection("failures"), scroll_filter=flt, limit=256,
                                                 offset=offset, with_payload=["step"])

@@ -265,8 +265,8 @@ def export_definitions(*, playbooks: str | Path | None = None, clickhouse: Click
 
         dg.Definitions.merge(playbook_defs, export_definitions(playbooks="playbooks/"))
     """
-    common = {"minimum_interval_seconds": minimum_interval_seconds, "budget_seconds": budget_seconds,
-              "default_status": default_status}
+    common: dict[str, Any] = {"minimum_interval_seconds": minimum_interval_seconds,
+                              "budget_seconds": budget_seconds, "default_status": default_status}
     sensors = [clickhouse_export_sensor(lag_seconds=lag_seconds, **common),
                qdrant_export_sensor(playbooks=playbooks, lag_seconds=lag_seconds, **common)]
     if hints:

@@ -539,7 +539,8 @@ def _forget(path: str, future: Any) -> None:
     """A finished write: the file serves loads from now on. A failed one stays pending (its
     error is what :func:`wait_written` raises) and keeps the table: this process can still load it."""
     with _LIVE_LOCK:
-        if _PENDING.get(path) is future and future.exception() is None:
+        pending = _PENDING.get(path)
+        if pending is not None and pending is future and pending.exception() is None:
             _PENDING.pop(path, None)
             _LIVE.pop(path, None)
 
