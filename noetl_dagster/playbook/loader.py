@@ -18,8 +18,7 @@ from pydantic import ValidationError
 from noetl_dagster.errors import Issue, PlaybookError
 from noetl_dagster.core.cron import is_valid_cron
 from noetl_dagster.core.templates import check_syntax, is_template
-from noetl_dagster.runtime.tools import NOETL_KINDS, get_tool, supported_kinds
-from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
+from noetl_dagster.playbook.kinds import BASE_DIR_KEY, NOETL_KINDS, check_tool_config, supported_kinds, uses_script
 from noetl_dagster.playbook.graph import cyclic_steps, reachable, unguarded_cycles
 from noetl_dagster.playbook.extensions import check_extensions, describe_value
 from noetl_dagster.playbook.models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
@@ -629,10 +628,7 @@ def _check_task(task: Task, raw: SourceMap, tpath: tuple[Any, ...], fname: str, 
                    hint="copy the workbook tool into the pipeline task")
         return
     config = task.config
-    if task.kind == "python" and uses_script(config):
-        problems = validate_script(config, Path(issues.file).parent)
-    else:
-        problems = get_tool(task.kind).validate(config)
+    problems = check_tool_config(task.kind, config, Path(issues.file).parent)
     for field, message, hint in problems:
         match = re.search(r"code line (\d+)", message) if field == "code" else None
         issues.add(raw, tpath + (field,), message, step=name, field=f"{fname}.{field}", hint=hint,
