@@ -175,15 +175,11 @@ def _expand(text: str) -> list[list[object]]:
                 continue
             if candidate.startswith("-"):
                 raise _Bad("negative numbers")
-            value: object = candidate
-            if not _STAR_OR_INT.search(candidate):
-                value = _alpha(index, candidate)
-            try:
-                value = int(value)  # type: ignore[arg-type]
-            except ValueError:
-                pass
+            value: object = candidate if _STAR_OR_INT.search(candidate) else _alpha(index, candidate)
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                value = int(value)
             value = _alias(value, index, len(fields))
-            if value not in ("*", "l") and not low_bound <= int(value) <= high_bound:  # type: ignore[arg-type]
+            if value not in ("*", "l") and not (isinstance(value, int) and low_bound <= value <= high_bound):
                 raise _Bad("out of range")
             values.append(value)
             if index == DOW and nth:

@@ -25,7 +25,7 @@ import textwrap
 from functools import lru_cache
 from pathlib import Path
 from types import CodeType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from noetl_dagster.core.templates import is_template
 from noetl_dagster.errors import ToolError
@@ -40,7 +40,7 @@ class Problem(NamedTuple):
 
 
 #: a check of one kind's (unrendered) config; custom tools' ``validate`` methods have this shape
-Check = Callable[[Mapping[str, Any]], "list[tuple[str, str, str | None]]"]
+Check = Callable[[Mapping[str, Any]], "Sequence[tuple[str, str, str | None]]"]
 
 #: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
 NOETL_KINDS = frozenset({
