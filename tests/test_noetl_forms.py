@@ -26,6 +26,7 @@ from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.context import Context
 from noetl_dagster.runtime.cursor import run_cursor_loop
 from noetl_dagster.runtime.step import RunInfo, run_step
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.python_script import load_script_source
 from noetl_dagster.planner import plan
@@ -339,7 +340,7 @@ def test_validate_cli_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_flat_code_wins_over_script() -> None:
     config = {"code": "result = 1", "script": {"source": {"type": "ftp"}}}
-    assert get_tool("python").validate(config) == []
+    assert check_tool_config("python", config) == []
     assert run(step("  - step: s\n    tool: {kind: python, code: 'result = 1', script: {source: {type: ftp}}}\n")).result == 1
 
 

@@ -14,6 +14,7 @@ from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
 from noetl_dagster.errors import CredentialNotFound
 from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
@@ -236,8 +237,8 @@ def test_malformed_connection_string_hides_password() -> None:
 
 
 def test_validate() -> None:
-    assert {p[0] for p in get_tool("postgres").validate({"auth": 5})} == {"query", "auth"}
-    assert get_tool("postgres").validate({"auth": "pg", "query": "SELECT 1"}) == []
+    assert {p[0] for p in check_tool_config("postgres", {"auth": 5})} == {"query", "auth"}
+    assert check_tool_config("postgres", {"auth": "pg", "query": "SELECT 1"}) == []
 
 
 def test_split_statements() -> None:

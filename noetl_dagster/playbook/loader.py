@@ -16,9 +16,10 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.core.cron import is_valid_cron
 from noetl_dagster.core.templates import check_syntax, is_template
-from noetl_dagster.runtime.tools import NOETL_KINDS, get_tool, supported_kinds
-from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
+from noetl_dagster.playbook.kinds import BASE_DIR_KEY, NOETL_KINDS, check_tool_config, supported_kinds, uses_script
+from noetl_dagster.playbook.graph import cyclic_steps, reachable, unguarded_cycles
 from noetl_dagster.playbook.extensions import check_extensions, describe_value
 from noetl_dagster.playbook.models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
 from noetl_dagster.playbook.source import SourceList, SourceMap, YamlError, load_yaml_text
@@ -627,10 +628,7 @@ def _check_task(task: Task, raw: SourceMap, tpath: tuple[Any, ...], fname: str, 
                    hint="copy the workbook tool into the pipeline task")
         return
     config = task.config
-    if task.kind == "python" and uses_script(config):
-        problems = validate_script(config, Path(issues.file).parent)
-    else:
-        problems = get_tool(task.kind).validate(config)
+    problems = check_tool_config(task.kind, config, Path(issues.file).parent)
     for field, message, hint in problems:
         match = re.search(r"code line (\d+)", message) if field == "code" else None
         issues.add(raw, tpath + (field,), message, step=name, field=f"{fname}.{field}", hint=hint,
@@ -758,8 +756,6 @@ def _check_references(raw: SourceMap, steps: list[Step], issues: _Issues) -> Non
 
 
 def _check_cycles(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
-    from noetl_dagster.planner import unguarded_cycles
-
     raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
     for cycle in unguarded_cycles(playbook):
         first = cycle[0]
@@ -813,14 +809,10 @@ def _check_keychain(raw: SourceMap, issues: _Issues) -> None:
 
 
 def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
-    from dagster._utils.schedules import is_valid_cron_string
-
-    from noetl_dagster.planner import plan
-
     raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
     meta = raw.get("metadata")
     schedule = playbook.metadata.schedule
-    if schedule is not None and not is_valid_cron_string(schedule):
+    if schedule is not None and not is_valid_cron(schedule):
         issues.add(meta, "schedule", f"schedule {schedule!r} is not a cron expression", field="metadata.schedule",
                    hint='five fields, e.g. "0 * * * *" for hourly')
     elif schedule is not None and playbook.metadata.partitions and not _DAILY_CRON.match(schedule):
@@ -840,7 +832,7 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
     products = [s for s in playbook.workflow if s.product is not None]
     if not products:
         return
-    net = plan(playbook)
+    reached, in_cycles = set(reachable(playbook)), cyclic_steps(playbook)
     seen: dict[str, str] = {}
     for step in products:
         name = step.product.name
@@ -849,10 +841,9 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
             issues.add(raw_step, ("product", "name"), f"product {name!r} is already published by step "
                        f"{seen[name]!r}", step=step.step, field="product.name", hint="product names are unique per playbook")
         seen[name] = step.step
-        node = net.node_of_step.get(step.step)
-        if node is None:
+        if step.step not in reached:
             issues.add(raw_step, "product", "this product step is never reached from `start`", step=step.step,
                        field="product", hint="route an arc to it, or remove `product:`")
-        elif net.node(node).kind == "region":
+        elif step.step in in_cycles:
             issues.add(raw_step, "product", "a product step cannot be part of a cycle", step=step.step,
                        field="product", hint="publish the product from a step after the cycle")

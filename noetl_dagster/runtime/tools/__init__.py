@@ -1,5 +1,6 @@
 """Tool kinds: one module each, registered here."""
 
+from noetl_dagster.playbook.kinds import NOETL_KINDS
 from noetl_dagster.runtime.tools.artifact import ArtifactTool
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, get_tool, register_tool, supported_kinds
 from noetl_dagster.runtime.tools.container import ContainerTool
@@ -22,14 +23,6 @@ for _tool in (PythonTool(), NoopTool(), DuckDBTool(), HttpTool(), PostgresTool()
               DuckLakeTool(), SnowflakeTool(), ArtifactTool(), ScriptTool()):
     register_tool(_tool)
 register_tool(PythonScriptTool())  # kind: python, with NoETL's `script:` sources on top of PythonTool
-
-#: Every tool kind NoETL knows; those not in :func:`supported_kinds` get a clear error.
-NOETL_KINDS = frozenset({
-    "python", "http", "postgres", "duckdb", "ducklake", "shell", "rhai", "noop", "playbook",
-    "workbook", "transfer", "snowflake", "container", "script", "artifact", "nats",
-    "subscription", "wasm", "task_sequence", "secrets", "iterator", "gcs", "gateway",
-    "playbooks", "snowflake_transfer", "mcp", "provider", "result_fetch", "agent",
-})
 
 __all__ = ["ErrorResult", "Tool", "ToolContext", "ToolError", "get_tool", "register_tool", "supported_kinds",
            "NOETL_KINDS"]

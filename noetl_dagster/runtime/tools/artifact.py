@@ -188,24 +188,6 @@ def _credential(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
 class ArtifactTool(Tool):
     kind = "artifact"
 
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        problems: list[tuple[str, str, str | None]] = []
-        action = config.get("action", "get")
-        if not _templated(action) and action not in ACTIONS:
-            problems.append(("action", f"unknown artifact action {action!r}", "action: get | put"))
-            return problems
-        inputs = _inputs(config)
-        where = "input" if isinstance(config.get("input", config.get("args")), Mapping) else "action"
-        if action == "get" and not (inputs.get("result_ref") or inputs.get("ref")):
-            problems.append((where, "artifact get needs `input: {result_ref: ...}`",
-                             'input: {result_ref: "{{ step._ref }}"}'))
-        if action == "put" and "data" not in inputs:
-            problems.append((where, "artifact put needs `input: {data: ...}`", 'input: {data: "{{ step }}"}'))
-        select = inputs.get("select")
-        if select is not None and not _templated(select) and not isinstance(select, list):
-            problems.append(("input.select", "`select` must be a list of field names", None))
-        return problems
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from noetl_dagster.core.secrets import secret_safe
 

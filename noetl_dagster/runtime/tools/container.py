@@ -59,32 +59,6 @@ _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 class ContainerTool(Tool):
     kind = "container"
 
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        cfg = _flatten(config)
-        problems: list[tuple[str, str, str | None]] = []
-        if not cfg.get("image"):
-            problems.append(("image", "a container tool needs `image:`", "add `image: python:3.12-slim`"))
-        for key in ("command", "args"):
-            value = cfg.get(key)
-            if value is not None and not isinstance(value, (str, list)):
-                problems.append((key, f"`{key}` must be a list of strings (or one string)", None))
-        env = cfg.get("env")
-        if env is not None and not isinstance(env, (dict, list, str)):
-            problems.append(("env", "`env` must be a mapping of NAME: value or a list of k8s EnvVars", None))
-        for key in ("resources", "node_selector", "labels"):
-            value = cfg.get(key)
-            if value is not None and not isinstance(value, (dict, str)):
-                problems.append((key, f"`{key}` must be a mapping", None))
-        for key in ("tolerations", "volumes", "volume_mounts"):
-            value = cfg.get(key)
-            if value is not None and not isinstance(value, (list, str)):
-                problems.append((key, f"`{key}` must be a list", None))
-        policy = cfg.get("restart_policy")
-        if isinstance(policy, str) and "{{" not in policy and policy not in ("Never", "OnFailure"):
-            problems.append(("restart_policy", f"restart_policy {policy!r} is not allowed for a Job",
-                             "use Never (default) or OnFailure"))
-        return problems
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         return self.run_rendered(_flatten(ctx.render(config)), ctx)
 

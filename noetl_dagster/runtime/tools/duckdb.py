@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 from noetl_dagster.io.arrow_ref import ArrowRef
 from noetl_dagster.runtime.products import as_table
-from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, format_problems, result_format
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, result_format
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -60,20 +60,6 @@ def _as_relation(name: str, value: Any) -> Any:
 
 class DuckDBTool(Tool):
     kind = "duckdb"
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        if not (config.get("query") or config.get("command")):
-            problems.append(("query", "a duckdb tool needs `query:` (or `command:`)", None))
-        tables = config.get("tables")
-        if tables is not None:
-            if not isinstance(tables, Mapping):
-                problems.append(("tables", "`tables` must map table names to values", None))
-            else:
-                for name in tables:
-                    if not _NAME.match(str(name)):
-                        problems.append(("tables", f"table name {name!r} is not an identifier", None))
-        return problems + format_problems(config)
 
     def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
         """The connection a query runs on (``db_path``, in memory by default); ``ducklake`` overrides it."""

@@ -45,6 +45,7 @@ import re
 from typing import Any, Mapping
 
 from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.playbook.kinds import HTTP_AUTH_TYPES as _TYPES
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
 
 DEFAULT_TIMEOUT = 30.0
@@ -52,17 +53,10 @@ DEFAULT_API_KEY_HEADER = "X-API-Key"
 _SENSITIVE_HEADER = re.compile(
     r"^(authorization|proxy-authorization|cookie|set-cookie)$|token|secret|api-?key|apikey|password"
     r"|auth", re.IGNORECASE)
-_TYPES = {
-    "bearer": "bearer", "bearer_token": "bearer", "token": "bearer", "oauth2": "bearer",
-    "basic": "basic", "http_basic": "basic",
-    "api_key": "api_key", "apikey": "api_key", "api-key": "api_key", "header": "api_key",
-    "none": "none",
-}
 _TOKEN_FIELDS = ("token", "bearer_token", "access_token", "api_token", "value", "secret")
 _USER_FIELDS = ("username", "user", "login", "client_id")
 _PASSWORD_FIELDS = ("password", "passwd", "secret", "client_secret")
 _KEY_FIELDS = ("api_key", "key", "apikey", "token", "value", "secret")
-_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
 
 class _Auth:
@@ -218,26 +212,6 @@ class _Scrubber:
 
 class HttpTool(Tool):
     kind = "http"
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        if not config.get("url") and not config.get("endpoint"):
-            problems.append(("url", "an http tool needs `url:`", None))
-        method = config.get("method")
-        if isinstance(method, str) and "{{" not in method and method.upper() not in _METHODS:
-            problems.append(("method", f"unknown HTTP method {method!r}", ", ".join(sorted(_METHODS))))
-        rtype = config.get("response_type")
-        if isinstance(rtype, str) and "{{" not in rtype and rtype not in ("json", "text", "binary"):
-            problems.append(("response_type", f"unknown response_type {rtype!r}", "json, text or binary"))
-        auth = config.get("auth")
-        if isinstance(auth, Mapping):
-            kind = auth.get("type")
-            if isinstance(kind, str) and "{{" not in kind and kind.lower() not in _TYPES:
-                problems.append(("auth.type", f"auth type {kind!r} is not supported",
-                                 "bearer, basic or api_key"))
-        elif auth is not None and not isinstance(auth, str):
-            problems.append(("auth", "`auth` must be a credential alias or a mapping", None))
-        return problems
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:

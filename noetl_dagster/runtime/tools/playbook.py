@@ -34,11 +34,6 @@ from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 class PlaybookTool(Tool):
     kind = "playbook"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        if not config.get("path"):
-            return [("path", "a playbook tool needs `path:` (the child's metadata.path)", None)]
-        return []
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from noetl_dagster.run import run_playbook
 

@@ -69,7 +69,7 @@ from uuid import UUID
 
 from noetl_dagster.core.binding import split_statements
 from noetl_dagster.core.secrets import secret_safe
-from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, format_problems, result_format
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, result_format
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -651,18 +651,6 @@ def _to_arrow_column(values: Sequence[Any], type_name: str | None) -> "pa.Array"
 # ------------------------------------------------------------------------------------ the tool
 class PostgresTool(Tool):
     kind = "postgres"
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        if not (config.get("query") or config.get("command")):
-            problems.append(("query", "a postgres tool needs `query:` (or `command:`)", None))
-        auth = config.get("auth")
-        if auth is not None and not isinstance(auth, (str, Mapping)):
-            problems.append(("auth", "`auth` must be a credential alias", "auth: pg_main"))
-        params = config.get("params")
-        if params is not None and not isinstance(params, (list, dict, str)):
-            problems.append(("params", "`params` must be a list or a mapping", None))
-        return problems + format_problems(config)
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:

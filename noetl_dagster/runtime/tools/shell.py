@@ -51,17 +51,6 @@ def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
 class ShellTool(Tool):
     kind = "shell"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        command = config.get("command", config.get("cmds"))
-        if command is None or command == "" or command == []:
-            return [("command", "a shell tool needs `command:`", "add `command: echo hello`")]
-        if not isinstance(command, (str, list)):
-            return [("command", "`command` must be a string or a list of strings", None)]
-        env = config.get("env")
-        if env is not None and not isinstance(env, (dict, str)):
-            return [("env", "`env` must be a mapping of NAME: value", None)]
-        return []
-
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from noetl_dagster.core import secrets as creds

@@ -47,7 +47,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, format_problems, result_format
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, result_format
 from noetl_dagster.runtime.tools.postgres import json_value
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,10 +61,6 @@ _FIELDS = ("account", "user", "password", "private_key", "private_key_passphrase
 _SECRETS = ("password", "private_key", "private_key_passphrase")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _UPPER_IDENT = re.compile(r"^[A-Z_][A-Z0-9_$]*$")
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def split_statements(sql: str) -> list[str]:
@@ -222,21 +218,6 @@ def _execute(cur: Any, statement: str, params: Any) -> None:
 
 class SnowflakeTool(Tool):
     kind = "snowflake"
-
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        problems: list[tuple[str, str, str | None]] = []
-        if not any(config.get(k) for k in ("command", "commands", "query", "command_b64", "commands_b64")):
-            problems.append(("command", "a snowflake tool needs `command:` (or `commands:`, `command_b64:`)", None))
-        if not (config.get("auth") or config.get("credential") or config.get("account")):
-            problems.append(("auth", "a snowflake tool needs `auth: <credential alias>` (or `account`, `user`...)",
-                             "auth: sf_test"))
-        params = config.get("params")
-        if params is not None and not _templated(params) and not isinstance(params, list):
-            problems.append(("params", "`params` must be a list (bound to `?` placeholders)", "params: [1, 'x']"))
-        commands = config.get("commands")
-        if commands is not None and not _templated(commands) and not isinstance(commands, list):
-            problems.append(("commands", "`commands` must be a list of SQL statements", None))
-        return problems + format_problems(config)
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         from noetl_dagster.core.secrets import secret_safe

@@ -63,6 +63,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from noetl_dagster.core.binding import split_statements
 from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.playbook.kinds import TRANSFER_MODES as MODES, TRANSFER_SOURCE_TYPES as SOURCE_TYPES, \
+    TRANSFER_TARGET_TYPES as TARGET_TYPES
 from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
@@ -80,9 +82,6 @@ from noetl_dagster.runtime.tools.postgres import (
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-SOURCE_TYPES = ("postgres", "duckdb", "http", "snowflake")
-TARGET_TYPES = ("postgres", "duckdb", "snowflake")
-MODES = ("append", "replace", "upsert")
 DEFAULT_CHUNK_SIZE = 10000
 _STAGE = "_noetl_transfer_stage"
 _SOURCE_ONLY_KEYS = ("type", "data_path", "query", "command")
@@ -534,30 +533,6 @@ class _DuckDBTarget:
 # ------------------------------------------------------------------------------------ the tool
 class TransferTool(Tool):
     kind = "transfer"
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        source, target = config.get("source"), config.get("target")
-        if not isinstance(source, Mapping):
-            problems.append(("source", "a transfer needs `source: {type, query | url, ...}`", None))
-        else:
-            stype = source.get("type")
-            if isinstance(stype, str) and "{{" not in stype and stype.lower() not in SOURCE_TYPES:
-                problems.append(("source.type", f"unknown source type {stype!r}", ", ".join(SOURCE_TYPES)))
-        if not isinstance(target, Mapping):
-            problems.append(("target", "a transfer needs `target: {type, table, ...}`", None))
-        else:
-            ttype = target.get("type")
-            if isinstance(ttype, str) and "{{" not in ttype and ttype.lower() not in TARGET_TYPES:
-                problems.append(("target.type", f"unknown target type {ttype!r}", ", ".join(TARGET_TYPES)))
-            if not target.get("table"):
-                problems.append(("target.table", "a transfer target needs `table`", None))
-            mode = target.get("mode", config.get("mode"))
-            if isinstance(mode, str) and "{{" not in mode and mode.lower() not in MODES:
-                problems.append(("target.mode", f"unknown mode {mode!r}", ", ".join(MODES)))
-            if mode == "upsert" and not (target.get("key") or target.get("keys") or target.get("primary_key")):
-                problems.append(("target.key", "upsert needs `key: [columns]`", "key: [id]"))
-        return problems
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
