@@ -19,7 +19,9 @@ from noetl_dagster.playbook.models import Arc, Step, Task, strip_scope
 from noetl_dagster.runtime.context import Context
 from noetl_dagster.core.limits import too_many_items
 from noetl_dagster.core.templates import TemplateFailure, condition, freeze, render_value
+from noetl_dagster.runtime.cursor import MAX_FRAMES, claim_rows, frame_size, too_many_frames
 from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools.artifact import externalize
 from noetl_dagster.core.secrets import redact_value as _mask  # registered secrets never leave a step
 
 #: a pipeline jump loop stops after this many task executions (NoETL's cap is 1e6)
@@ -91,8 +93,6 @@ def run_step(step: Step, context: Context, run: RunInfo, *, items: list[Any] | N
         after = context.without_arc()
         return StepOutcome(step.step, "skipped", None, 0, after, _route(step, after, None, run, first_only=True))
     if step.loop is not None and step.loop.mode == "cursor":
-        from noetl_dagster.runtime.cursor import run_cursor_loop  # cursor.py builds on this module
-
         return run_cursor_loop(step, context, run)
     if step.loop is not None:
         if items is None:
@@ -122,8 +122,6 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
     result = [b.value for b in bodies] if looped else bodies[0].value
     spec = (step.model_extra or {}).get("output")
     if isinstance(spec, Mapping) and error is None:  # NoETL's result externalisation (artifact.py)
-        from noetl_dagster.runtime.tools.artifact import externalize
-
         try:
             result = externalize(spec, result, run.execution_id, step.step)
         except ToolError as exc:
@@ -242,6 +240,35 @@ def run_body(step: Step, context: Context, run: RunInfo, scope: Mapping[str, Any
     body = run_pipeline(step, tool_ctx, run)
     return Body(flatten_result(_mask(body.value)), _mask(body.ctx_updates),
                 None if body.error is None else _mask(body.error))
+
+
+def run_cursor_loop(step: Step, context: Context, run: RunInfo, max_frames: int = MAX_FRAMES) -> StepOutcome:
+    """Run a ``mode: cursor`` loop step to its drain, then route it (see :mod:`~noetl_dagster.runtime.cursor`):
+    claim a frame, run the body once per row, repeat until a claim returns no rows. The result is
+    ``{cursor: drained, frames: N}``; ``runs`` counts the rows."""
+    assert step.loop is not None and step.loop.mode == "cursor"
+    max_rows = frame_size(step)
+    scope = context.scope(run.execution_id, {**run.globals, "__frame_max_rows": max_rows})
+    claim_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources, run_id=run.run_id)
+    bodies: list[Body] = []
+    frames = 0
+    while True:
+        rows = claim_rows(step, claim_ctx)
+        if not rows:
+            break
+        if frames >= max_frames:
+            raise too_many_frames(step, max_frames)
+        frames += 1
+        bodies.extend(run_iteration(step, context, run, row, i, len(rows)) for i, row in enumerate(rows))
+    updates: dict[str, Any] = {}
+    for body in bodies:
+        updates.update(body.ctx_updates)
+    errors = [f"row {i}: {b.error}" for i, b in enumerate(bodies) if b.error is not None]
+    error = (errors[0] + (f" (and {len(errors) - 1} more rows)" if len(errors) > 1 else "")) if errors else None
+    outcome = finish_step(step, context, run, [Body({"cursor": "drained", "frames": frames}, updates, error)],
+                          looped=False)
+    outcome.runs = len(bodies)
+    return outcome
 
 
 def flatten_result(value: Any) -> Any:
