@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import noetl_dagster.runtime.tools.container as container
+import noetl_dagster.translator.k8s as k8s
 from noetl_dagster import PlaybookError, load_playbook, load_playbook_definitions, validate_file
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -177,7 +178,7 @@ FULL = {
 
 
 def test_container_manifest_full_form() -> None:
-    manifest = container.manifest(FULL, name="noetl-load-abc")
+    manifest = k8s.manifest(FULL, name="noetl-load-abc")
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
     assert manifest["metadata"]["namespace"] == "etl" and manifest["spec"]["backoffLimit"] == 2
     pod = manifest["spec"]["template"]["spec"]
@@ -194,7 +195,7 @@ def test_container_manifest_full_form() -> None:
 
 
 def test_container_manifest_short_forms_and_runtime_block() -> None:
-    manifest = container.manifest({
+    manifest = k8s.manifest({
         "kind": "container", "command": "sh -c 'echo hi'",
         "runtime": {"provider": "kubernetes", "image": "busybox", "namespace": "jobs"},
         "resources": {"cpu": "250m", "memory": "128Mi", "memory_limit": "256Mi", "gpu": 1},

@@ -7,6 +7,7 @@ step, and the arcs that fired. Ops, the region interpreter and loops all call it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,6 +49,10 @@ class RunInfo:
     on_error: str = "complete"
     #: the Dagster run id (sub-playbook runs are tagged with it)
     run_id: str = ""
+    #: the host's sub-playbook runner and Kubernetes job runner, passed to every tool (see
+    #: :class:`~noetl_dagster.runtime.tools.base.ToolContext`); ``None`` without a host
+    run_playbook: Callable[..., Any] | None = None
+    run_k8s_job: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
 
 def numeric_execution_id(run_id: str) -> int:
@@ -233,7 +238,8 @@ def run_body(step: Step, context: Context, run: RunInfo, scope: Mapping[str, Any
     :class:`ErrorResult` gives a body carrying the error (the step completes with it).
     """
     tool_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources,
-                           step_args=step.args, iteration=iteration or {}, run_id=run.run_id)
+                           step_args=step.args, iteration=iteration or {}, run_id=run.run_id,
+                           run_playbook=run.run_playbook, run_k8s_job=run.run_k8s_job)
     if not step.pipeline and not step.tool[0].rules:
         value, error = _call_tool(step, step.tool[0], tool_ctx)
         return Body(flatten_result(_mask(value)), error=None if error is None else _mask(error))
@@ -249,7 +255,8 @@ def run_cursor_loop(step: Step, context: Context, run: RunInfo, max_frames: int 
     assert step.loop is not None and step.loop.mode == "cursor"
     max_rows = frame_size(step)
     scope = context.scope(run.execution_id, {**run.globals, "__frame_max_rows": max_rows})
-    claim_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources, run_id=run.run_id)
+    claim_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources, run_id=run.run_id,
+                            run_playbook=run.run_playbook, run_k8s_job=run.run_k8s_job)
     bodies: list[Body] = []
     frames = 0
     while True:
@@ -397,8 +404,7 @@ def _run_task(step: Step, task: Task, tool_ctx: ToolContext, running: Mapping[st
         raise _fail(step, f"{_task_label(step, task)}{exc}", task.kind) from None
     except Exception as exc:  # noqa: BLE001 - an input that cannot be rendered fails the step with its message
         raise _fail(step, f"{_task_label(step, task)}{type(exc).__name__}: {exc}", task.kind) from None
-    ctx = ToolContext(tool_ctx.step, tool_ctx.execution_id, scope, tool_ctx.log,
-                      tool_ctx.resources, tool_ctx.step_args, tool_ctx.iteration, tool_ctx.run_id)
+    ctx = dataclasses.replace(tool_ctx, scope=scope)
     return _call_tool(step, task, ctx)
 
 
