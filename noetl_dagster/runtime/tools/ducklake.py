@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 from noetl_dagster.runtime.tools.base import ToolContext, ToolError
 from noetl_dagster.runtime.tools.duckdb import DuckDBTool
+from noetl_dagster.core.secrets import redact, register_connection_secret, secret_safe
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CATALOG = "lake"
@@ -116,14 +117,10 @@ class DuckLakeTool(DuckDBTool):
                            if commands is not None and not isinstance(commands, (list, str)) else [])
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core.secrets import secret_safe
-
         return secret_safe(super().run)(_with_commands(config), ctx)
 
     def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
         import duckdb
-
-        from noetl_dagster.core.secrets import redact, register_connection_secret
 
         name = str(ctx.render(config.get("catalog_name")) or DEFAULT_CATALOG)
         if not _IDENT.match(name):

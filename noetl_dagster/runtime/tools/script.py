@@ -42,6 +42,9 @@ import re
 from typing import Any, Mapping
 
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.runtime.tools.container import ContainerTool
+from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, load_script_source
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_NAMESPACE = "noetl"
@@ -120,10 +123,6 @@ class ScriptTool(Tool):
         return problems
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core.secrets import redact
-        from noetl_dagster.runtime.tools.container import ContainerTool
-        from noetl_dagster.runtime.tools.python_script import BASE_DIR_KEY, load_script_source
-
         script = normalize_script(config.get("script"))
         source = load_script_source({"script": script}, config.get(BASE_DIR_KEY), ctx)
         job = ctx.render(dict(_job(config)))
