@@ -230,6 +230,37 @@ def test_container_job_names_are_unique_and_dns_safe() -> None:
     assert container.job_name({"name": "My_Job!"}, ctx, "run-1") == "my-job"
 
 
+def test_container_tool_runs_jobs_through_the_hosts_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's container tool builds the Job's arguments and leaves running it to the host
+    (``ToolContext.run_k8s_job``); without a runner the step fails with a ToolError."""
+    from noetl_dagster import ToolContext, ToolError
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", "/etc/kube/config")
+    config = {"image": "busybox:1.36", "command": ["sh", "-c"], "args": ["echo '{{ workload.msg }}'"],
+              "runtime": {"provider": "kubernetes", "namespace": "etl"}, "name": "echo-job"}
+    bare = ToolContext(step="echo", execution_id=1, scope={"workload": {"msg": "hi"}}, run_id="run-9")
+    with pytest.raises(ToolError, match="needs a Kubernetes job runner from its host"):
+        container.ContainerTool().run(config, bare)
+    seen: list[dict[str, Any]] = []
+
+    def runner(kwargs: dict[str, Any], log: Any) -> dict[str, Any]:
+        seen.append(kwargs)
+        return {"job_name": kwargs["k8s_job_name"], "namespace": kwargs["namespace"], "pod": "echo-job-x",
+                "logs": 'starting\n{"rows": 3}\n'}
+
+    ctx = ToolContext(step="echo", execution_id=1, scope={"workload": {"msg": "hi"}}, run_id="run-9",
+                      run_k8s_job=runner)
+    result = container.ContainerTool().run(config, ctx)
+    assert {k: v for k, v in result.items() if k != "duration_seconds"} == {
+        "status": "succeeded", "job_name": "echo-job", "namespace": "etl", "pod": "echo-job-x",
+        "image": "busybox:1.36", "logs": 'starting\n{"rows": 3}\n', "output": {"rows": 3}}
+    (kwargs,) = seen
+    assert kwargs["args"] == ["echo 'hi'"] and kwargs["command"] == ["sh", "-c"]
+    assert kwargs["load_incluster_config"] is False and kwargs["kubeconfig_file"] == "/etc/kube/config"
+    assert kwargs["job_spec_config"] == {"backoff_limit": 0}
+
+
 def test_example_playbooks_load_with_the_container_tool_registered() -> None:
     for path in sorted((ROOT / "playbooks").rglob("*.yaml")):
         load_playbook(path)
