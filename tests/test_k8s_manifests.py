@@ -3,7 +3,7 @@
 * executor selection: ``metadata.dagster.executor: k8s`` (+ ``metadata.dagster.k8s``) and its errors;
 * every step's Job as the ``k8s_job_executor`` builds it (``construct_dagster_k8s_job`` with
   ``get_user_defined_k8s_config(op tags)``), schema-valid with the step's declared resources;
-* the ``container`` tool's Job (``container.manifest``) and its validation errors;
+* the ``container`` tool's Job (``translator.k8s.manifest``) and its validation errors;
 * the raw manifests shipped in ``deploy/k8s/``.
 """
 
