@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from noetl_dagster.translator import subplaybooks as _subplaybooks
+
 #: public name -> the module (relative to this package) that defines it
 _EXPORTS = {
     "NoetlDagsterError": ".errors", "Issue": ".errors", "PlaybookError": ".errors", "StepFailed": ".errors",
@@ -62,6 +64,15 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+def _run_playbook(*args: Any, **kwargs: Any) -> Any:
+    """:func:`run_playbook` for sub-playbook steps, loaded when the first child runs."""
+    return __getattr__("run_playbook")(*args, **kwargs)
+
+
+# the adapter's ops run sub-playbooks with run.py, a layer above them: the package wires it in
+_subplaybooks.set_runner(_run_playbook)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve through __getattr__

@@ -24,10 +24,9 @@ from noetl_dagster.playbook.catalog import PlaybookCatalog
 from noetl_dagster.playbook.loader import load_playbook, parse_text
 from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.context import Context
-from noetl_dagster.runtime.cursor import run_cursor_loop
-from noetl_dagster.runtime.step import RunInfo, run_step
+from noetl_dagster.runtime.step import RunInfo, run_cursor_loop, run_step
 from noetl_dagster.playbook.kinds import check_tool_config
-from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools import ToolContext, ToolError
 from noetl_dagster.runtime.tools.python_script import load_script_source
 from noetl_dagster.planner import plan
 

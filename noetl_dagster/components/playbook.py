@@ -35,6 +35,7 @@ from noetl_dagster.playbook.catalog import PlaybookCatalog
 from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
 from noetl_dagster.translator.definitions import load_playbook_definitions
 from noetl_dagster.translator.translator import PlaybookTranslator
+from noetl_dagster.translator.emit import default_resources
 
 #: files a ``dg`` defs folder uses for component declarations, never playbooks
 DEFS_FILES = frozenset({"defs.yaml", "defs.yml"})
@@ -173,8 +174,6 @@ class PlaybookComponent(dg.Component, dg.Resolvable, dg.Model):
 def shared_resources() -> dict[str, Any]:
     """The resource objects all PlaybookComponents of this process pass to their definitions."""
     if not _SHARED_RESOURCES:
-        from noetl_dagster.translator.emit import default_resources
-
         _SHARED_RESOURCES.update(default_resources(None, _SHARED_CATALOG, io_manager=True))
     return _SHARED_RESOURCES
 

@@ -32,6 +32,7 @@ from typing import Any
 import minijinja
 
 from noetl_dagster.core.limits import too_large
+from noetl_dagster.core.secrets import redact
 
 _LONE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 _FALSY = frozenset({"", "false", "0", "no", "none", "null", "off", "{}", "[]"})
@@ -266,8 +267,6 @@ _QUOTED_NAME = re.compile(r"(template|include|import|extends)([^']*)'[^']*'", re
 
 def _message(exc: Exception) -> str:
     """The error of ``exc`` without values: names of missing templates are dropped, secrets masked."""
-    from noetl_dagster.core.secrets import redact
-
     if isinstance(exc, TemplateFailure):
         return redact(str(exc))
     if isinstance(exc, minijinja.TemplateError):

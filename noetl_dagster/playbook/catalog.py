@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from noetl_dagster.errors import Issue
+from noetl_dagster.errors import Issue, PlaybookError
 from noetl_dagster.core.templates import is_template
 from noetl_dagster.playbook.models import Playbook
+from noetl_dagster.playbook.loader import load_playbook
 
 logger = logging.getLogger("noetl_dagster")
 #: the configured catalog root (a folder of playbooks laid out by metadata.path)
@@ -145,9 +146,6 @@ class FolderCatalog(PlaybookCatalog):
 
 
 def _load(file: Path) -> Playbook | None:
-    from noetl_dagster.errors import PlaybookError
-    from noetl_dagster.playbook.loader import load_playbook
-
     try:
         return load_playbook(file)
     except PlaybookError:

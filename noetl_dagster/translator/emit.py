@@ -37,7 +37,7 @@ from noetl_dagster.runtime.region import MAX_REGION_STEPS, RegionFailed, run_reg
 from noetl_dagster.runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
                             run_iteration, run_step)
 from noetl_dagster.core.templates import TemplateFailure, condition, render_text, render_value
-from noetl_dagster.translator import observe
+from noetl_dagster.translator import k8s, observe, subplaybooks
 from noetl_dagster.planner import Net, Node, plan
 from noetl_dagster.contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG,
                         EXECUTION_ID_TAG, FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY,
@@ -467,6 +467,7 @@ class _Emitter:
         if self.uses:
             globals_["product"] = _product_function(context.resources.io_manager, self.product_keys)
         return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
+                       run_playbook=subplaybooks.runner(), run_k8s_job=k8s.job_runner(context),
                        on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})

@@ -24,6 +24,7 @@ import dagster as dg
 from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
 from noetl_dagster.contract import DOMAIN_TAG, LOOP_STEP_TAG, LOOP_TAG, PLAYBOOK_TAG, STEP_TAG, TOOL_TAG
 from noetl_dagster.planner import op_safe
+from noetl_dagster.errors import Issue, PlaybookError
 
 #: executors a playbook may choose with ``metadata.dagster.executor``
 EXECUTORS = ("in_process", "multiprocess", "k8s")
@@ -473,8 +474,6 @@ class PlaybookTranslator:
                 if "max_concurrent" not in config and top > (os.cpu_count() or 1):
                     config["max_concurrent"] = top  # an IO-bound loop may run more ops than cores
             return dg.multiprocess_executor.configured(config)
-
-        from noetl_dagster.errors import Issue, PlaybookError
 
         def problem(message: str, field: str, hint: str | None = None) -> PlaybookError:
             return PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1, message, field=field, hint=hint)])

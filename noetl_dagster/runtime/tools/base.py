@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from noetl_dagster.core.templates import render_value
 from noetl_dagster.errors import ToolError
@@ -71,6 +71,14 @@ class ToolContext:
     iteration: Mapping[str, Any] = field(default_factory=dict)
     #: the Dagster run id (what sub-playbook runs are tagged with)
     run_id: str = ""
+    #: what the host provides (the Dagster adapter sets both; ``None`` when the runtime runs on
+    #: its own, and the tools that need them fail with a ToolError):
+    #: ``run_playbook(child, workload, *, instance, tags, catalog, resources, log_level)`` runs a
+    #: sub-playbook to its end and returns its report (``status``, ``run_id``, ``steps``)
+    run_playbook: Callable[..., Any] | None = None
+    #: ``run_k8s_job(execute_k8s_job kwargs, log)`` runs a Kubernetes Job and returns
+    #: ``{job_name, namespace, pod, logs}`` (``kind: container``)
+    run_k8s_job: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
     def credential(self, alias: str) -> dict[str, Any]:
         """The fields of credential ``alias`` (from the ``noetl_credentials`` resource).

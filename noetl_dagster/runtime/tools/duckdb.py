@@ -36,6 +36,7 @@ from typing import Any, Mapping
 from noetl_dagster.io.arrow_ref import ArrowRef
 from noetl_dagster.runtime.products import as_table
 from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, result_format
+from noetl_dagster.runtime.tools.postgres import bind_query, split_bound
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -70,8 +71,6 @@ class DuckDBTool(Tool):
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         import duckdb
         import pyarrow as pa
-
-        from noetl_dagster.runtime.tools.postgres import bind_query, split_bound
 
         # every {{ }} value in the query is a bound parameter ($n), never SQL text
         query, params = bind_query(config.get("query") or config.get("command"),

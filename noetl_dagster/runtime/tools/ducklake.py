@@ -38,6 +38,7 @@ from typing import Any, Mapping
 from noetl_dagster.playbook.kinds import ducklake_commands
 from noetl_dagster.runtime.tools.base import ToolContext, ToolError
 from noetl_dagster.runtime.tools.duckdb import DuckDBTool
+from noetl_dagster.core.secrets import redact, register_connection_secret, secret_safe
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CATALOG = "lake"
@@ -91,14 +92,10 @@ class DuckLakeTool(DuckDBTool):
     kind = "ducklake"
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core.secrets import secret_safe
-
         return secret_safe(super().run)(ducklake_commands(config), ctx)
 
     def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
         import duckdb
-
-        from noetl_dagster.core.secrets import redact, register_connection_secret
 
         name = str(ctx.render(config.get("catalog_name")) or DEFAULT_CATALOG)
         if not _IDENT.match(name):

@@ -47,6 +47,7 @@ from typing import Any, Mapping
 from noetl_dagster.core.secrets import secret_safe
 from noetl_dagster.playbook.kinds import HTTP_AUTH_TYPES as _TYPES
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core import secrets as creds
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -181,8 +182,6 @@ class _Scrubber:
     """Masks one request's secrets in returned values and messages."""
 
     def __init__(self, secrets: set[str]) -> None:
-        from noetl_dagster.core import secrets as creds
-
         self._creds = creds
         usable = sorted({s for s in secrets if s and len(s) >= creds.MIN_SECRET_LENGTH},
                         key=len, reverse=True)

@@ -56,6 +56,7 @@ from typing import Any, Mapping
 
 from noetl_dagster.playbook.kinds import NATS_OPERATIONS as OPERATIONS
 from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact, register_connection_secret, register_secret, secret_safe
 
 #: NoETL's bounds of js_consume (tools/src/tools/source/mod.rs)
 BATCH_DEFAULT, BATCH_MAX = 100, 1000
@@ -66,7 +67,6 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 def _secret_safe(func):  # type: ignore[no-untyped-def]
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from noetl_dagster.core.secrets import secret_safe
 
         return secret_safe(func)(*args, **kwargs)
 
@@ -94,8 +94,6 @@ class NatsTool(Tool):
 # ------------------------------------------------------------------------------- connection
 def _connection(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """``{url, user, password, token}`` from ``auth:`` or explicit fields (NoETL's order)."""
-    from noetl_dagster.core.secrets import register_connection_secret, register_secret
-
     alias = cfg.get("auth")
     if alias:
         if not isinstance(alias, str):
@@ -155,8 +153,6 @@ def _run_sync(coro: Any) -> Any:
 async def _execute(op: str, cfg: Mapping[str, Any], conn: Mapping[str, Any]) -> Any:
     import nats
     from nats.errors import Error as NatsError
-
-    from noetl_dagster.core.secrets import redact
 
     options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "allow_reconnect": False,
                                "max_reconnect_attempts": 0}

@@ -28,6 +28,7 @@ import sys
 import uuid
 from typing import Any
 
+from noetl_dagster.core.limits import MAX_SUBPLAYBOOK_DEPTH
 from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 
@@ -35,8 +36,6 @@ class PlaybookTool(Tool):
     kind = "playbook"
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.run import run_playbook
-
         path = str(ctx.render(config.get("path")))
         catalog = ctx.resources.get("catalog")
         child = catalog.get(path) if catalog is not None else None
@@ -49,8 +48,11 @@ class PlaybookTool(Tool):
         tags = {"noetl/parent_run_id": ctx.run_id, "noetl/parent_step": ctx.step,
                 **_call_tags(instance, ctx.run_id, path)}
         if config.get("return_result") or config.get("return_step"):
-            report = run_playbook(child, workload, instance=instance, tags=tags, catalog=catalog,
-                                  resources=ctx.resources.get("dagster_resources"), log_level="WARNING")
+            if ctx.run_playbook is None:
+                raise ToolError(f"sub-playbook {path!r}: awaiting a child needs a host that runs playbooks "
+                                "(the Dagster adapter gives its steps one; this ToolContext has no run_playbook)")
+            report = ctx.run_playbook(child, workload, instance=instance, tags=tags, catalog=catalog,
+                                      resources=ctx.resources.get("dagster_resources"), log_level="WARNING")
             failed = [f"{name}: {s.error}" for name, s in report.steps.items() if s.status == "failed"]
             if report.status != "success" and config.get("return_result"):
                 raise ToolError(f"sub-playbook {path!r} failed (run {report.run_id}): {'; '.join(failed)}")
@@ -98,8 +100,6 @@ def _launch(file: str, path: str, workload: dict[str, Any], tags: dict[str, str]
 
 def _call_tags(instance: Any, run_id: str, path: str) -> dict[str, str]:
     """``noetl/call_depth`` and ``noetl/call_chain`` of a child of run ``run_id`` calling ``path``."""
-    from noetl_dagster.core.limits import MAX_SUBPLAYBOOK_DEPTH
-
     run = None
     try:
         run = instance.get_run_by_id(run_id) if instance is not None else None

@@ -67,9 +67,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import quote, quote_plus
 from uuid import UUID
 
-from noetl_dagster.core.binding import split_statements
+from noetl_dagster.core.binding import render_sql, split_statements
 from noetl_dagster.core.secrets import secret_safe
 from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, result_format
+from noetl_dagster.core import secrets as creds
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -125,8 +126,6 @@ class PgConnection:
 
     def scrub(self, text: Any) -> str:
         """``text`` without this connection's password (nor any secret resolved so far)."""
-        from noetl_dagster.core import secrets as creds
-
         out = str(text)
         for secret in sorted(self.secrets, key=len, reverse=True):
             out = out.replace(secret, creds.MASK)
@@ -142,8 +141,6 @@ def connection_from_config(cfg: Mapping[str, Any], ctx: ToolContext | None = Non
     ``connection_string``/``dsn``/``url``.
     """
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    from noetl_dagster.core import secrets as creds
 
     alias = _alias(cfg.get("auth"))
     cred: Mapping[str, Any] = {}
@@ -677,8 +674,6 @@ def bind_query(source: Any, params: Any, scope: Mapping[str, Any], *, script: bo
     templates bind values cannot also use ``%s``/``%(name)s`` or ``$name`` params (one
     placeholder style per statement): that is a ToolError naming the fix.
     """
-    from noetl_dagster.core.binding import render_sql
-
     if source is None:
         return None, params
     own = params

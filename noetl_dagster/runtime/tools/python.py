@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 from noetl_dagster.core.templates import thaw
 from noetl_dagster.playbook.kinds import WRAPPED_BODY, compile_code
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact
 
 def _code_line(exc: BaseException, filename: str, wrapped: bool) -> int | None:
     line = None
@@ -85,8 +86,6 @@ class PythonTool(Tool):
                     data = json.loads(stdout)
             return ErrorResult(data, f"{type(exc).__name__}: {exc}{where}")
         finally:
-            from noetl_dagster.core.secrets import redact  # (it imports the tools: not at module level)
-
             for name, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
                 if text.strip():
                     ctx.log.info(redact(f"step {ctx.step} python {name}:\n{text.rstrip()}"))

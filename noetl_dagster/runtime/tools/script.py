@@ -43,6 +43,9 @@ from typing import Any, Mapping
 
 from noetl_dagster.playbook.kinds import BASE_DIR_KEY, normalize_script, script_job
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.runtime.tools.container import ContainerTool
+from noetl_dagster.runtime.tools.python_script import load_script_source
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_NAMESPACE = "noetl"
@@ -71,10 +74,6 @@ class ScriptTool(Tool):
     kind = "script"
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core.secrets import redact
-        from noetl_dagster.runtime.tools.container import ContainerTool
-        from noetl_dagster.runtime.tools.python_script import load_script_source
-
         script = normalize_script(config.get("script"))
         source = load_script_source({"script": script}, config.get(BASE_DIR_KEY), ctx)
         job = ctx.render(dict(script_job(config)))

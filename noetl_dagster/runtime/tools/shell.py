@@ -35,6 +35,8 @@ from typing import Any, Mapping
 
 from noetl_dagster.core.secrets import secret_safe
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core import secrets as creds
+from noetl_dagster.core.binding import render_shell
 
 #: how much of stderr a failure message shows
 TAIL_LINES = 20
@@ -53,10 +55,6 @@ class ShellTool(Tool):
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core import secrets as creds
-
-        from noetl_dagster.core.binding import render_shell
-
         source = config.get("command", config.get("cmds"))
         cfg = ctx.render({k: v for k, v in config.items() if k not in ("command", "cmds")})
         # each {{ }} value reaches the shell as a positional parameter, never as syntax

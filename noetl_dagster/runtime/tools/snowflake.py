@@ -49,6 +49,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, result_format
 from noetl_dagster.runtime.tools.postgres import json_value
+from noetl_dagster.core.binding import render_sql
+from noetl_dagster.core.templates import TemplateFailure
+from noetl_dagster.core.secrets import redact, register_secret, secret_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -102,9 +105,6 @@ def bound_statements(config: Mapping[str, Any], ctx: ToolContext, params: Any) -
     ``params`` (the tool's own list) go to the statements with ``?`` placeholders of their own;
     a statement cannot use both. ``command_b64`` is decoded after rendering and not templated.
     """
-    from noetl_dagster.core.binding import render_sql
-    from noetl_dagster.core.templates import TemplateFailure
-
     b64 = config.get("command_b64") or config.get("commands_b64")
     if b64:
         return [(st, params if "?" in st else None) for st in statements_of({"command_b64": ctx.render(b64)})]
@@ -139,8 +139,6 @@ def bound_statements(config: Mapping[str, Any], ctx: ToolContext, params: Any) -
 # ---------------------------------------------------------------------------------- connection
 def connection_fields(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Connection fields from ``auth:`` (``sf_``-prefixed or plain) overlaid by the tool's own."""
-    from noetl_dagster.core.secrets import register_secret
-
     fields: dict[str, Any] = {}
     alias = cfg.get("auth") or cfg.get("credential")
     who = "the tool's fields"
@@ -182,8 +180,6 @@ def connect(fields: Mapping[str, Any]) -> Any:
     """A snowflake-connector-python connection (qmark binding: parameters go to the server)."""
     import snowflake.connector
 
-    from noetl_dagster.core.secrets import redact
-
     logging.getLogger("snowflake.connector").setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {
         "account": str(fields["account"]), "user": str(fields["user"]),
@@ -220,13 +216,9 @@ class SnowflakeTool(Tool):
     kind = "snowflake"
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core.secrets import secret_safe
-
         return secret_safe(self._run)(config, ctx)
 
     def _run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from noetl_dagster.core.secrets import redact
-
         cfg = ctx.render({k: v for k, v in config.items() if k not in ("kind", *_SQL_KEYS)})
         params = cfg.get("params")
         if params is not None and not isinstance(params, (list, tuple)):
@@ -305,8 +297,6 @@ def source_batches(cfg: Mapping[str, Any], ctx: ToolContext) -> tuple[Iterator["
     """A transfer source: the query's Arrow batches (JSON result sets converted per batch)."""
     import pyarrow as pa
 
-    from noetl_dagster.core.secrets import redact
-
     query = cfg.get("query") if cfg.get("query") is not None else cfg.get("command")
     if not isinstance(query, str) or not query.strip():
         raise ToolError("transfer: snowflake source needs `query`")
@@ -384,8 +374,6 @@ class SnowflakeTarget:
     """A transfer target: bound ``INSERT``s in one transaction (autocommit off)."""
 
     def __init__(self, cfg: Mapping[str, Any], ctx: ToolContext, table: str, mode: str, keys: list[str]) -> None:
-        from noetl_dagster.core.secrets import redact
-
         self.redact = redact
         self.table, self.ref, self.mode, self.keys = table, _table_ref(table), mode, keys
         self.con = connect(connection_fields(cfg, ctx))

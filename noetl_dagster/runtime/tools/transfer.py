@@ -65,7 +65,7 @@ from noetl_dagster.core.binding import split_statements
 from noetl_dagster.core.secrets import secret_safe
 from noetl_dagster.playbook.kinds import TRANSFER_MODES as MODES, TRANSFER_SOURCE_TYPES as SOURCE_TYPES, \
     TRANSFER_TARGET_TYPES as TARGET_TYPES
-from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
     _adbc_available,
@@ -75,9 +75,11 @@ from noetl_dagster.runtime.tools.postgres import (
     _plain_arrow,
     _query_message,
     _storage_is_string,
+    bind_query,
     connection_from_config,
     query_arrow,
 )
+from noetl_dagster.runtime.tools.snowflake import SnowflakeTarget, source_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -301,8 +303,6 @@ def _json_at(data: Any, path: str | None) -> Any:
 
 def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContext) -> _Source:
     import pyarrow as pa
-
-    from noetl_dagster.runtime.tools.base import ErrorResult, get_tool
 
     if not cfg.get("url") and not cfg.get("endpoint"):
         raise ToolError("transfer: http source needs `url`")
@@ -548,8 +548,6 @@ class TransferTool(Tool):
                              if not (sql_source and k in ("query", "command"))})
         if sql_source and raw_source.get(sql_key) is not None:
             # the source query's {{ }} values are bound parameters, never SQL text
-            from noetl_dagster.runtime.tools.postgres import bind_query
-
             source[sql_key], params = bind_query(
                 raw_source[sql_key], source.get("params"), ctx.scope, script=bool(source.get("script")),
                 tool="transfer", text_type="text" if str(source.get("type")).strip().lower() == "postgres"
@@ -591,8 +589,6 @@ class TransferTool(Tool):
         elif stype == "duckdb":
             src = _duckdb_source(source, chunk_size)
         elif stype == "snowflake":
-            from noetl_dagster.runtime.tools.snowflake import source_batches
-
             src = _Source(*source_batches(source, ctx))
         else:
             src = _http_source(raw_source, source, ctx)
@@ -600,8 +596,6 @@ class TransferTool(Tool):
         if ttype == "postgres":
             sink: Any = _PostgresTarget(target, ctx, table, mode, keys)
         elif ttype == "snowflake":
-            from noetl_dagster.runtime.tools.snowflake import SnowflakeTarget
-
             sink = SnowflakeTarget(target, ctx, table, mode, keys)
         else:
             sink = _DuckDBTarget(target, table, mode, keys)
