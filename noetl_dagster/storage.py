@@ -41,12 +41,11 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as db
-from dagster._config import IntSource, StringSource
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
+
+from noetl_dagster.compat import (SQLITE_BUSY_TIMEOUT_SECONDS, ConfigurableClassData, IntSource,
+                                  SqliteEventLogStorage, StringSource)
 
 __all__ = ["FastSqliteEventLogStorage", "default_instance", "instance_config", "write_instance_config"]
 
@@ -141,7 +140,7 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
     def store_event_batch(self, events: Sequence[Any]) -> None:
         """Events of one run that only go to its own file: one transaction; anything else (asset,
         check and run-status events are mirrored into the index) goes through :meth:`store_event`."""
-        from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+        from noetl_dagster.compat import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 
         mirrored = {*ASSET_EVENTS, *ASSET_CHECK_EVENTS, *EVENT_TYPE_TO_PIPELINE_RUN_STATUS}
         run_ids = {e.run_id for e in events}
@@ -165,7 +164,7 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
 
 
 def db_optional(config_type: Any) -> Any:
-    from dagster._config import Field
+    from noetl_dagster.compat import ConfigField as Field
 
     return Field(config_type, is_required=False)
 

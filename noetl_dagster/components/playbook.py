@@ -181,7 +181,7 @@ def shared_resources() -> dict[str, Any]:
 def with_shared_resources(defs: dg.Definitions) -> dg.Definitions:
     """``defs`` with every top-level resource replaced by the process-wide object for its key
     (the first one seen for a key the defaults do not have)."""
-    from dagster._record import copy
+    from noetl_dagster.compat import copy_record as copy
 
     resources = dict(defs.resources or {})
     shared = {key: _SHARED_RESOURCES.setdefault(key, value) for key, value in resources.items()}
