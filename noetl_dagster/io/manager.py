@@ -148,7 +148,7 @@ def _asset_parts(asset_key: Any) -> list[str]:
     if isinstance(asset_key, dg.AssetKey):
         parts = list(asset_key.path)
     elif isinstance(asset_key, str):
-        parts = dg.AssetKey.from_user_string(asset_key).path if "/" in asset_key else [asset_key]
+        parts = list(dg.AssetKey.from_user_string(asset_key).path) if "/" in asset_key else [asset_key]
     else:
         parts = list(asset_key)
     checked = [check_segment(p, "asset key part") for p in parts]
@@ -758,7 +758,7 @@ def _adopt(ref: ArrowRef, target: str) -> ArrowRef:
     if ref.uri == target:
         return ref
     if ref.is_local and is_local(target):
-        src, dst = ref.path, local_path(target)
+        src, dst = str(ref.path), local_path(target)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.{uuid.uuid4().hex[:12]}.tmp"
         try:

@@ -22,9 +22,9 @@ from noetl_dagster.playbook.models import Playbook
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 
 
-def find_playbooks(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+def find_playbooks(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Playbook files under ``paths`` (folders are searched recursively), sorted."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     found: list[Path] = []
     for item in items:
         path = Path(item)
@@ -58,7 +58,7 @@ class LoadedPlaybooks:
     issues: list[Issue] = field(default_factory=list)
 
 
-def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = False) -> LoadedPlaybooks:
+def load_playbooks(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], strict: bool = False) -> LoadedPlaybooks:
     """Parse every playbook; collect the issues of broken ones (raise them when ``strict``)."""
     loaded = LoadedPlaybooks()
     for path in find_playbooks(paths):

@@ -322,7 +322,9 @@ def _note_script_folders(playbook: Playbook, file: str) -> None:
         for task in step.tool:
             if task.kind in ("python", "script") and uses_script(task.config):
                 folder = folder or str(Path(file).resolve().parent)
-                task.__pydantic_extra__[BASE_DIR_KEY] = folder
+                extra = task.__pydantic_extra__  # a dict: tool configs allow extra keys
+                if extra is not None:
+                    extra[BASE_DIR_KEY] = folder
 
 
 def _missing_root(raw: SourceMap, key: str) -> str:
@@ -375,20 +377,21 @@ def _check_root_model(raw: SourceMap, issues: _Issues) -> None:
         errors = [e for e in exc.errors() if e["loc"] and e["loc"][0] not in covered
                   and not (e["loc"][0] == "metadata" and e["loc"][1:2] in ((), ("name",), ("path",)))]
         if errors:
-            _pydantic_issues(issues, raw, ValidationError.from_exception_data(exc.title, errors), None)
+            _pydantic_issues(issues, raw, ValidationError.from_exception_data(exc.title, errors),  # type: ignore[arg-type]
+                             None)
 
 
-def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, dict[str, Any] | None]:
+def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, SourceMap | None]:
     """Workbook entries by name; a broken entry maps to None (already reported, not reported again)."""
     entries = raw.get("workbook") or []
-    out: dict[str, dict[str, Any] | None] = {}
+    out: dict[str, SourceMap | None] = {}
     first: dict[str, int] = {}
     if not isinstance(entries, list):
         issues.add(raw, "workbook", f"workbook must be a list of {{name, tool}}, got {_describe(entries)}",
                    field="workbook", hint="write `workbook: [{name: my_task, tool: {kind: python, code: ...}}]`")
         return out
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        if not isinstance(entry, SourceMap) or not isinstance(entry.get("name"), str):
             issues.add(entries, i, "a workbook entry needs `name:` and `tool:`",
                        field=f"workbook[{i}]", hint="write `- {name: my_task, tool: {kind: python, code: ...}}`")
             continue
@@ -414,10 +417,10 @@ def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, dict[str, Any]
     return out
 
 
-def _resolve_workbook(raw_step: SourceMap, workbook: dict[str, dict[str, Any] | None], issues: _Issues,
+def _resolve_workbook(raw_step: SourceMap, workbook: dict[str, SourceMap | None], issues: _Issues,
                       name: str) -> Any:
     tool = raw_step.get("tool")
-    if not (isinstance(tool, dict) and tool.get("kind") == "workbook"):
+    if not (isinstance(tool, SourceMap) and tool.get("kind") == "workbook"):
         return tool
     ref = tool.get("name")
     if "name" not in tool:
@@ -455,7 +458,7 @@ def _resolve_workbook(raw_step: SourceMap, workbook: dict[str, dict[str, Any] | 
     return merged
 
 
-def _parse_steps(raw: SourceMap, issues: _Issues, workbook: dict[str, dict[str, Any] | None]) -> list[Step]:
+def _parse_steps(raw: SourceMap, issues: _Issues, workbook: dict[str, SourceMap | None]) -> list[Step]:
     workflow = raw.get("workflow")
     if not isinstance(workflow, list):
         return []
@@ -585,7 +588,9 @@ def _check_step(step: Step, raw: SourceMap, issues: _Issues) -> None:
 
 def _check_cursor(step: Step, raw: SourceMap, issues: _Issues) -> None:
     """``loop.cursor`` of a cursor loop: a claim in a SQL tool kind, valid template syntax."""
-    cursor = step.loop.cursor  # type: ignore[union-attr]
+    cursor = step.loop.cursor if step.loop is not None else None
+    if cursor is None:
+        return
     if cursor.kind not in CURSOR_KINDS:
         issues.add(raw, ("loop", "cursor", "kind"), f"a cursor claim runs on a SQL tool, not {cursor.kind!r}",
                    step=step.step, field="loop.cursor.kind", hint="kind: " + " or ".join(CURSOR_KINDS))
@@ -835,6 +840,7 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
     reached, in_cycles = set(reachable(playbook)), cyclic_steps(playbook)
     seen: dict[str, str] = {}
     for step in products:
+        assert step.product is not None  # products holds the steps that have one
         name = step.product.name
         raw_step = raw_steps[step.step]
         if name in seen:

@@ -97,7 +97,7 @@ class _Store:
             self.fs, self.base = pafs.LocalFileSystem(), self.root
             return
         self.root = root.rstrip("/")
-        rest = self.root[len(scheme) + 3:]
+        rest = self.root[len(scheme or "") + 3:]
         if not rest or rest.startswith("/"):
             raise ToolError(f"artifact: store {root!r} names no bucket")
         endpoint = cfg.get("endpoint")
@@ -233,10 +233,11 @@ def _put(store: _Store, inputs: Mapping[str, Any], ctx: ToolContext) -> dict[str
     select = inputs.get("select") or []
     if select and not isinstance(data, Mapping):
         raise ToolError("artifact: put: `select` needs `data` to be a mapping")
+    fields: Mapping[Any, Any] = data if isinstance(data, Mapping) else {}
     for field in select:
-        if field not in data:
+        if field not in fields:
             raise ToolError(f"artifact: put: selected field {field!r} is not in the data")
-        result[str(field)] = data[field]
+        result[str(field)] = fields[field]
     return result
 
 

@@ -109,7 +109,7 @@ class DuckDBTool(Tool):
         if columns == ["Count"] and len(rows) <= 1 and _is_statement(str(query)):
             return {"affected_rows": int(rows[0][0]) if rows else 0}
         if config.get("as_objects", True):
-            data = [dict(zip(columns, row)) for row in rows]
+            data: list[Any] = [dict(zip(columns, row)) for row in rows]
         else:
             data = [list(row) for row in rows]
         return {"columns": columns, "rows": data, "row_count": len(data)}

@@ -68,7 +68,8 @@ class PlaybookTool(Tool):
         launched = _launch(child.file, path, workload, tags, instance)
         pid = launched.pop("_pid")
         try:  # the parent run lists its detached children (run id -> pid)
-            instance.add_run_tags(ctx.run_id, {f"noetl/detached/{launched['execution_id']}": str(pid)})
+            instance.add_run_tags(  # type: ignore[union-attr]  # no instance raises: caught below
+                ctx.run_id, {f"noetl/detached/{launched['execution_id']}": str(pid)})
         except Exception:  # noqa: BLE001 - no run record (an ephemeral parent): the child still runs
             pass
         return launched

@@ -191,8 +191,8 @@ def connection_from_config(cfg: Mapping[str, Any], ctx: ToolContext | None = Non
         forms.update({s, quote(s, safe=""), quote_plus(s)})
     host = str(parts.get("hostaddr") or parts.get("host") or os.environ.get("PGHOST") or "localhost")
     port = str(parts.get("port") or os.environ.get("PGPORT") or 5432)
-    user = parts.get("user") or os.environ.get("PGUSER")
-    database = parts.get("dbname") or os.environ.get("PGDATABASE")
+    user = str(parts.get("user") or os.environ.get("PGUSER") or "") or None
+    database = str(parts.get("dbname") or os.environ.get("PGDATABASE") or "") or None
     return PgConnection(conninfo, host, port, user, database, alias,
                         tuple(f for f in forms if f))
 
@@ -394,7 +394,7 @@ def split_bound(query: str, params: list[Any]) -> list[tuple[str, list[Any]]]:
             return f"${numbers[n]}"
 
         text = _replace_outside_literals(statement, _DOLLAR_PARAM, renumber)
-        values = [params[n - 1] for n in sorted(numbers, key=numbers.get)] if numbers else []
+        values = [params[n - 1] for n in sorted(numbers, key=lambda n: numbers[n])] if numbers else []
         if any(n > len(params) for n in numbers):
             raise ToolError(f"postgres: placeholder ${max(numbers)} has no value "
                             f"({len(params)} params)")
