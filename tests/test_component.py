@@ -164,7 +164,8 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
 
 def _dg(project: Path, *args: str, timeout: float = 300) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "NO_COLOR": "1",
-           "COLUMNS": "200", "PYTHONPATH": str(project / "src"), "DAGSTER_HOME": str(project / ".home")}
+           "COLUMNS": "200", "PYTHONPATH": os.pathsep.join([str(project / "src"), str(ROOT)]),
+           "DAGSTER_HOME": str(project / ".home")}  # ROOT: this checkout's package, not an installed one
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=project, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -172,7 +173,7 @@ def _dg(project: Path, *args: str, timeout: float = 300) -> str:
 
 
 def _dg_json(project: Path, *args: str, pythonpath: str | None = None) -> Any:
-    paths = [str(project / "src")] + ([pythonpath] if pythonpath else [])
+    paths = [str(project / "src"), str(ROOT)] + ([pythonpath] if pythonpath else [])
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "NO_COLOR": "1",
            "PYTHONPATH": os.pathsep.join(paths), "DAGSTER_HOME": str(project / ".home")}
     proc = subprocess.run([str(BIN / "dg"), *args, "--json"], cwd=project, env=env, capture_output=True,
