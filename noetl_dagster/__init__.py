@@ -35,7 +35,7 @@ _EXPORTS = {
     "ClickHouseResource": ".export.clickhouse", "QdrantResource": ".export.qdrant",
     "EmbedderResource": ".export.embedder", "export_definitions": ".export.sensors",
     "TunedTranslator": ".ai.translator", "tuning_definitions": ".ai.assets",
-    "PlaybookComponent": ".components.playbook",
+    "PlaybookComponent": ".components.component",
 }
 
 __all__ = sorted({*_EXPORTS, "__version__"})
@@ -78,7 +78,7 @@ _subplaybooks.set_runner(_run_playbook)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve through __getattr__
     from noetl_dagster.ai.assets import tuning_definitions
     from noetl_dagster.ai.translator import TunedTranslator
-    from noetl_dagster.components.playbook import PlaybookComponent
+    from noetl_dagster.components.component import PlaybookComponent
     from noetl_dagster.core.secrets import redact
     from noetl_dagster.errors import (CredentialNotFound, Issue, NoetlDagsterError, PlaybookError, StepFailed,
                                       ToolError)

@@ -19,13 +19,13 @@ from noetl_dagster.errors import Issue, PlaybookError
 from noetl_dagster.io.manager import ArrowRefIOManager
 from noetl_dagster.planner import Net, plan
 from noetl_dagster.playbook.catalog import PlaybookCatalog, calls_playbooks, catalog_for, catalog_root
-from noetl_dagster.playbook.loader import load_playbook
+from noetl_dagster.playbook.loader import load_playbook, product_references
 from noetl_dagster.playbook.models import Playbook
 from noetl_dagster.report import RunReport, build_report
 from noetl_dagster.translator.emit import (build_definitions, build_job, default_resources, has_products,
                                            workload_run_config)
 from noetl_dagster.translator.guard import compiling, deep_enough
-from noetl_dagster.translator.translator import PlaybookTranslator
+from noetl_dagster.translator.translator import PlaybookTranslator, product_asset_keys
 
 
 def run_playbook(playbook: str | Path | Playbook, workload: Mapping[str, Any] | None = None, *,
@@ -87,21 +87,61 @@ def compile_run_job(playbook: Playbook, home: str | None, *, translator: Playboo
                     on_error: str | None = None) -> tuple[Net, dg.JobDefinition]:
     """The plan and the job a run of ``playbook`` executes (what ``run --resume`` reconstructs too).
 
-    A playbook with products runs its asset job, its products stored as Parquet under
-    ``<home>/noetl_data`` (where `dagster dev` finds them); the catalog of sub-playbooks is read
-    only when a step can call one. A compile failure is a PlaybookError naming the playbook.
+    A playbook with products, or reading them (``uses:``, ``product('domain/name')``), runs its
+    asset job, its products stored as Parquet under ``<home>/noetl_data`` (where `dagster dev`
+    finds them); the products it reads resolve to the keys ``translator`` gives their producers
+    (:func:`run_product_keys`). The catalog of sub-playbooks is read only when a step can call
+    one. A compile failure is a PlaybookError naming the playbook.
     """
     if catalog is None:
         catalog = catalog_around(playbook) if calls_playbooks(playbook) else PlaybookCatalog.of([playbook])
     with compiling(playbook):
         net = plan(playbook)
-        if has_products(playbook):
+        if has_products(playbook) or product_references(playbook):
             products = ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data")) if home else ArrowRefIOManager()
             resources = {"io_manager": products, **(resources or {})}
-            defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error),
+            keys = run_product_keys(playbook, translator, catalog)
+            defs = dg.Definitions.merge(build_definitions(playbook, translator, net, on_error, product_keys=keys),
                                         dg.Definitions(resources=default_resources(resources, catalog)))
             return net, defs.resolve_job_def((translator or PlaybookTranslator()).get_job_name(playbook))
         return net, build_job(playbook, translator, net, resources, catalog, on_error)
+
+
+def run_product_keys(playbook: Playbook, translator: PlaybookTranslator | None,
+                     catalog: PlaybookCatalog | None = None) -> dict[str, dg.AssetKey]:
+    """The asset keys of the products ``playbook`` reads, as ``translator`` keys their producers
+    (what :func:`~noetl_dagster.load_playbook_definitions` resolves for a whole folder).
+
+    A run of one playbook has no folder of definitions around it: the producers are looked up in
+    ``catalog`` and the playbooks of the catalog root (read once, bounded, only when a reference
+    is not the playbook's own product). With a translator that keeps the plain ``[domain, name]``
+    keys nothing is read. A reference no playbook produces keeps ``[domain, name]``.
+    """
+    references = product_references(playbook)
+    translator = translator or PlaybookTranslator()
+    if not references or _plain_keys(translator):
+        return {}
+    keys = product_asset_keys([playbook], translator)  # a step may read its own product
+    for pool in (catalog, catalog_around(playbook)):  # the run's catalog first, its folder if needed
+        missing = {ref.split("/")[0] for ref in references if ref not in keys}
+        if not missing or pool is None:
+            continue
+        for producer in pool.scan():
+            if producer.metadata.domain not in missing or producer is playbook:
+                continue
+            try:
+                found = product_asset_keys([producer], translator)
+            except Exception:  # noqa: BLE001 - the translator failing on an unrelated playbook
+                continue
+            keys.update({ref: key for ref, key in found.items() if ref not in keys})
+    return {ref: keys[ref] for ref in references if ref in keys}
+
+
+def _plain_keys(translator: PlaybookTranslator) -> bool:
+    """True when ``translator`` keys every product ``[domain, name]`` (neither method overridden)."""
+    cls = type(translator)
+    return (cls.get_asset_key is PlaybookTranslator.get_asset_key
+            and cls.get_domain is PlaybookTranslator.get_domain)
 
 
 def playbook_root(playbook: Playbook) -> Path:

@@ -100,7 +100,7 @@ def test_validate_reports_playbooks_dagster_refuses(tmp_path: Path, capsys: pyte
     (tmp_path / "good.yaml").write_text(_playbook("t/good"))
     assert main(["validate", "--compile", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert f"{bad}:4:1: metadata.dagster.k8s: Invalid scalar at path root:max_concurrent" in err
+    assert f"{bad}:6:1: metadata.dagster.k8s: Invalid scalar at path root:max_concurrent" in err
     assert "1 problem(s) in 1 of 2 playbook(s)" in err and "Traceback" not in err
 
 

@@ -42,12 +42,11 @@ def declared(folder: str | os.PathLike[str] | None) -> tuple[dict[tuple[str, str
     from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
 
     for pb in load_playbooks(find_playbooks([Path(folder)])).playbooks:
-        executor = str(pb.metadata.dagster.get("executor") or "in_process")
+        executor = pb.metadata.dagster.executor or "in_process"
         for step in pb.workflow:
             key = (pb.metadata.catalog_path, step.step)
-            hw = (step.model_extra or {}).get("hardware")
-            if isinstance(hw, dict):
-                hardware[key] = dict(hw)
+            if step.hardware is not None:
+                hardware[key] = step.hardware.declared()
             if step.loop is not None and step.loop.mode == "parallel":
                 loops[key] = {"chunk_size": step.loop.chunk_size, "max_in_flight": step.loop.max_in_flight,
                               "executor": executor}

@@ -13,15 +13,17 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from noetl_dagster.errors import Issue, PlaybookError
 from noetl_dagster.core.cron import is_valid_cron
 from noetl_dagster.core.templates import check_syntax, is_template
 from noetl_dagster.playbook.kinds import BASE_DIR_KEY, NOETL_KINDS, check_tool_config, supported_kinds, uses_script
 from noetl_dagster.playbook.graph import cyclic_steps, reachable, unguarded_cycles
-from noetl_dagster.playbook.extensions import check_extensions, describe_value
-from noetl_dagster.playbook.models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
+from noetl_dagster.playbook.extension_models import DagsterMetadata, Hardware, describe_value, known_keys
+from noetl_dagster.playbook.extensions import check_extensions
+from noetl_dagster.playbook.models import (Playbook, Product, ProductCheck, Step, Task, else_without_then,
+                                           never_matches, normalise_tool)
 from noetl_dagster.playbook.source import SourceList, SourceMap, YamlError, load_yaml_text
 
 API_VERSION = "noetl.io/v2"
@@ -52,6 +54,9 @@ FIELD_HINTS = {
     "max_in_flight": "at most this many iterations run at once; use 1 or more",
     "chunk_size": "how many consecutive items one op of a parallel loop runs: a whole number, 1 (default) or more",
 }
+#: extension blocks that refuse unknown keys, by the name of the key that holds them
+EXTENSION_BLOCKS: dict[str, type[BaseModel]] = {"dagster": DagsterMetadata, "hardware": Hardware,
+                                                "product": Product, "checks": ProductCheck}
 
 
 class _Issues:
@@ -173,16 +178,31 @@ def _pydantic_message(err: Any) -> str:
         return f"must be at least {ctx.get('ge')}, got {_describe(value)}"
     if kind == "greater_than":
         return f"must be greater than {ctx.get('gt')}, got {_describe(value)}"
+    if kind == "extra_forbidden":
+        return f"unknown key {err['loc'][-1]!r}"
     return str(err["msg"]).removeprefix("Value error, ")
 
 
-def _pydantic_issues(issues: _Issues, raw: Any, exc: ValidationError, step: str | None,
+def _unknown_key_hint(loc: tuple[Any, ...]) -> str | None:
+    """For an unknown key of an extension block: the closest known key, and the known ones."""
+    block = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)
+    model = EXTENSION_BLOCKS.get(block) if block else None
+    if model is None:
+        return None
+    known = known_keys(model)
+    close = _close(loc[-1], known)
+    return (f"did you mean {close!r}? " if close else "") + "known: " + ", ".join(known)
+
+
+def _pydantic_issues(issues: _Issues, raw: Any, exc: ValidationError | list[Any], step: str | None,
                      prefix: tuple[Any, ...] = ()) -> None:
-    for err in exc.errors():
+    for err in exc.errors() if isinstance(exc, ValidationError) else exc:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         name = next((p for p in reversed(loc) if isinstance(p, str)), None)
         message = _pydantic_message(err)
-        hint = FIELD_HINTS.get(name) if name else None
+        hint = (err.get("ctx") or {}).get("hint") or (FIELD_HINTS.get(name) if name else None)
+        if err["type"] == "extra_forbidden":
+            hint = _unknown_key_hint(loc)
         if err["type"] == "missing":
             message = f"`{loc[-1]}` is required" if loc else "a required field is missing"
             if name == "kind":
@@ -376,9 +396,7 @@ def _check_root_model(raw: SourceMap, issues: _Issues) -> None:
         covered = {"apiVersion", "kind", "workflow", "workbook", "workload"}
         errors = [e for e in exc.errors() if e["loc"] and e["loc"][0] not in covered
                   and not (e["loc"][0] == "metadata" and e["loc"][1:2] in ((), ("name",), ("path",)))]
-        if errors:
-            _pydantic_issues(issues, raw, ValidationError.from_exception_data(exc.title, errors),  # type: ignore[arg-type]
-                             None)
+        _pydantic_issues(issues, raw, errors, None)
 
 
 def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, SourceMap | None]:
@@ -824,12 +842,6 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
         issues.add(meta, "schedule", f"schedule {schedule!r} of a daily-partitioned playbook must run once a day "
                    "(each tick fills the partition of the day before)", field="metadata.schedule",
                    hint='minute and hour only, e.g. "0 2 * * *"')
-    on_error = playbook.metadata.dagster.get("on_error")
-    if on_error is not None and on_error not in ("complete", "fail"):
-        block = meta.get("dagster") if isinstance(meta, SourceMap) else None
-        issues.add(block if isinstance(block, SourceMap) else meta, "on_error",
-                   f"on_error {on_error!r} is not `complete` or `fail`", field="metadata.dagster.on_error",
-                   hint="complete (NoETL: an error result completes the step) or fail (strict)")
     for path in product_references(playbook):
         if len(path.split("/")) != 2:
             issues.add(meta, "uses", f"product reference {path!r} must be `domain/product`",

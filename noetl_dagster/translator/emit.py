@@ -537,7 +537,7 @@ class _Emitter:
     def _region_op(self, node: Node, config: Any) -> Any:
         members = {name: self.playbook.steps[name] for name in node.steps}
         entry_step = members.get(node.name) or members[node.steps[0]]
-        limit = int(self.playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
+        limit = self.playbook.metadata.dagster.max_iterations or MAX_REGION_STEPS
         names = {(a.source, a.index): a.output for a in node.outbound}
         common = self._common(entry_step, f"\n\nCycle over steps: {', '.join(node.steps)}")
         common["tags"] = {**common["tags"], REGION_TAG: ",".join(node.steps)}
