@@ -418,7 +418,8 @@ def test_cursor_loop_validation(change: tuple[str, str], message: str | None) ->
     assert any(message in i and "step 'drain'" in i for i in found), found
 
 
-def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  # noqa: F811
+def fresh_cursor_jobs(pg_server: PgServer) -> None:  # noqa: F811
+    """A queue of five pending jobs (each cursor test starts from its own, in any order or worker)."""
     import psycopg
 
     with psycopg.connect(pg_server.dsn(), autocommit=True) as con:
@@ -426,6 +427,12 @@ def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  
         con.execute("CREATE TABLE cursor_jobs (id int PRIMARY KEY, payload int, status text DEFAULT 'pending', "
                     "result int)")
         con.execute("INSERT INTO cursor_jobs (id, payload) SELECT g, g * 10 FROM generate_series(1, 5) g")
+
+
+def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  # noqa: F811
+    import psycopg
+
+    fresh_cursor_jobs(pg_server)
     playbook = parse_text(HEAD + CURSOR, "p.yaml")
     creds = CredentialsResource(use_env=False, credentials={"pg": {"type": "postgres", **pg_server.fields()}})
     info = RunInfo("run-1", resources={"credentials": creds})
@@ -444,6 +451,7 @@ def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  
 
 
 def test_cursor_loop_that_never_drains_is_bounded(pg_server: PgServer) -> None:  # noqa: F811
+    fresh_cursor_jobs(pg_server)
     text = CURSOR.replace("UPDATE cursor_jobs SET status = 'claimed'", "UPDATE cursor_jobs SET status = status")
     text = text.replace("WHERE status = 'pending'", "WHERE true")
     playbook = parse_text(HEAD + text.replace("SET status = 'done', ", "SET "), "p.yaml")
@@ -454,6 +462,7 @@ def test_cursor_loop_that_never_drains_is_bounded(pg_server: PgServer) -> None: 
 
 
 def test_cursor_claim_without_rows_is_an_error(pg_server: PgServer) -> None:  # noqa: F811
+    fresh_cursor_jobs(pg_server)
     text = CURSOR.replace("RETURNING id, payload", "")
     playbook = parse_text(HEAD + text, "p.yaml")
     creds = CredentialsResource(use_env=False, credentials={"pg": {"type": "postgres", **pg_server.fields()}})
