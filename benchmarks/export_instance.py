@@ -21,6 +21,9 @@ Each export and read uses a fresh ``DagsterInstance`` of the storage's folder, a
 (Dagster builds ``context.instance`` from the instance ref for every evaluation; a new instance has
 touched no run file yet); ``--reuse-instance``: one instance per storage for all rounds (as before).
 
+Then ``idle tick <storage>``: a tick with nothing new after everything was exported (the finished
+runs watched for appended events are probed, ``tail_probes`` of them), on a fresh instance.
+
 Prints wall seconds and events/s (median and best) per path, the process CPU seconds (median; the
 export's writer thread and chdb included: steadier than wall time on a shared machine) and the
 per-round ratios export / insert_arrow and export sqlite / export fast sqlite. Target: >= 50k
@@ -133,6 +136,31 @@ def prebuilt_tables(instance: dg.DagsterInstance, batch: int) -> list[Any]:
     return [rows_to_arrow(rows[i:i + batch], EVENT_COLUMNS) for i in range(0, len(rows), batch)]
 
 
+class NullSink:
+    """Writes nothing: the idle ticks' sink (an idle tick has nothing to write)."""
+
+    name, wants_events = "null", True
+
+    def write(self, batch: Any) -> None:
+        pass
+
+
+def idle_ticks(home: str, rounds: int) -> tuple[float, float, int]:
+    """Median wall and CPU seconds of a tick with nothing new (fresh instance each), and the
+    number of runs it watched."""
+    with dg.DagsterInstance.from_config(home) as instance:
+        cursor, _ = Exporter(instance, NullSink(), lag_seconds=0).export(ExportCursor())
+    wall, cpu = [], []
+    for _ in range(rounds):
+        with dg.DagsterInstance.from_config(home) as instance:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            _, stats = Exporter(instance, NullSink(), lag_seconds=0).export(cursor)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+        assert stats.events == 0 and stats.caught_up, stats
+    return median(wall), median(cpu), len(cursor.tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40)
@@ -235,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
             pair = [a / b for a, b in zip(times["export sqlite"], times["export fast sqlite"])]
             print("export sqlite / export fast sqlite, wall per round: "
                   + " ".join(f"{x:.2f}x" for x in pair) + f" (median {median(pair):.2f}x)")
+        for kind in kinds:
+            wall, cpu_s, watched = idle_ticks(homes[kind], max(3, args.repeat))
+            print(f"idle tick {kind}: {wall * 1000:.0f} ms wall, {cpu_s * 1000:.0f} ms CPU (median; "
+                  f"{watched} finished runs watched, fresh instance)")
         for kind in kinds:
             rate = totals[kind] / median(times[f"export {kind}"])
             print(f"export from {kind}: {rate:,.0f} events/s median; target >= 50,000 "
