@@ -17,8 +17,17 @@ Paths, in ``--repeat`` interleaved rounds (order rotating, each export into a fr
 * anchor ``insert_arrow``: the same ``noetl_events`` rows as prebuilt Arrow tables inserted with
   ``client.insert_arrow`` and the sink's settings (no reading, no mapping).
 
-Prints wall seconds and events/s (median and best) per path and the per-round ratios
-export / insert_arrow. Target: >= 50k events/s end to end.
+Each export and read uses a fresh ``DagsterInstance`` of the storage's folder, as a sensor tick does
+(Dagster builds ``context.instance`` from the instance ref for every evaluation; a new instance has
+touched no run file yet); ``--reuse-instance``: one instance per storage for all rounds (as before).
+
+Then ``idle tick <storage>``: a tick with nothing new after everything was exported (the finished
+runs watched for appended events are probed, ``tail_probes`` of them), on a fresh instance.
+
+Prints wall seconds and events/s (median and best) per path, the process CPU seconds (median; the
+export's writer thread and chdb included: steadier than wall time on a shared machine) and the
+per-round ratios export / insert_arrow and export sqlite / export fast sqlite. Target: >= 50k
+events/s end to end.
 
 Run: ``.venv/bin/python benchmarks/export_instance.py [--runs 40] [--items 150] [--postgres] [--quick]``.
 Never asserts times.
@@ -33,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +136,31 @@ def prebuilt_tables(instance: dg.DagsterInstance, batch: int) -> list[Any]:
     return [rows_to_arrow(rows[i:i + batch], EVENT_COLUMNS) for i in range(0, len(rows), batch)]
 
 
+class NullSink:
+    """Writes nothing: the idle ticks' sink (an idle tick has nothing to write)."""
+
+    name, wants_events = "null", True
+
+    def write(self, batch: Any) -> None:
+        pass
+
+
+def idle_ticks(home: str, rounds: int) -> tuple[float, float, int]:
+    """Median wall and CPU seconds of a tick with nothing new (fresh instance each), and the
+    number of runs it watched."""
+    with dg.DagsterInstance.from_config(home) as instance:
+        cursor, _ = Exporter(instance, NullSink(), lag_seconds=0).export(ExportCursor())
+    wall, cpu = [], []
+    for _ in range(rounds):
+        with dg.DagsterInstance.from_config(home) as instance:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            _, stats = Exporter(instance, NullSink(), lag_seconds=0).export(cursor)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+        assert stats.events == 0 and stats.caught_up, stats
+    return median(wall), median(cpu), len(cursor.tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40)
@@ -135,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storages", default="sqlite,fast sqlite", help="comma-separated")
     parser.add_argument("--quick", action="store_true", help="8 runs of 40 items, 2 rounds")
     parser.add_argument("--profile", action="store_true", help="cProfile the first export of each storage")
+    parser.add_argument("--reuse-instance", action="store_true",
+                        help="one instance per storage for every round (default: a fresh one per export, as a sensor tick)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.items, args.repeat = 8, 40, 2
@@ -173,31 +210,42 @@ def main(argv: list[str] | None = None) -> int:
         events = sum(t.num_rows for t in tables)
         paths = [*(f"export {k}" for k in kinds), *(f"read {k}" for k in kinds), "insert_arrow"]
         times: dict[str, list[float]] = {p: [] for p in paths}
+        cpu: dict[str, list[float]] = {p: [] for p in paths}
+        homes = {kind: str(tmp / kind.replace(" ", "_")) for kind in kinds}
+
+        def instance_for(kind: str) -> Any:
+            return nullcontext(instances[kind]) if args.reuse_instance else dg.DagsterInstance.from_config(homes[kind])
+
         for r in range(args.repeat):
             for path in paths[r % len(paths):] + paths[:r % len(paths)]:
                 database = f"b{r}_{abs(hash(path)) % 10**8}"
                 if path == "insert_arrow":
                     ClickHouseSink(client, database).migrate()
                     gc.disable()
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     for t in tables:
                         client.insert_arrow("noetl_events", t, database=database, settings=INSERT_SETTINGS)
                     times[path].append(time.perf_counter() - start)
+                    cpu[path].append(time.process_time() - cpu_start)
                     gc.enable()
                 elif path.startswith("read "):
-                    start = time.perf_counter()
-                    n = read_all(instances[path[5:]])
-                    times[path].append(time.perf_counter() - start)
+                    with instance_for(path[5:]) as instance:
+                        start, cpu_start = time.perf_counter(), time.process_time()
+                        n = read_all(instance)
+                        times[path].append(time.perf_counter() - start)
+                        cpu[path].append(time.process_time() - cpu_start)
                     assert n == totals[path[5:]], (n, totals[path[5:]])
                 else:
                     kind = path[7:]
                     sink = ClickHouseSink(client, database)
                     sink.migrate()
-                    exporter = Exporter(instances[kind], sink, lag_seconds=0)
-                    with profiled(args.profile and r == 0, path, restrict="noetl_dagster|dagster|sqlalchemy"):
-                        start = time.perf_counter()
+                    with instance_for(kind) as instance, \
+                            profiled(args.profile and r == 0, path, restrict="noetl_dagster|dagster|sqlalchemy"):
+                        exporter = Exporter(instance, sink, lag_seconds=0)
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         _, stats = exporter.export(ExportCursor())
                         times[path].append(time.perf_counter() - start)
+                        cpu[path].append(time.process_time() - cpu_start)
                     assert stats.caught_up and stats.events == totals[kind], (stats, totals[kind])
                 client.command(f"DROP DATABASE IF EXISTS {database}")
         rows = []
@@ -206,10 +254,19 @@ def main(argv: list[str] | None = None) -> int:
             ts = times[path]
             ratios = [a / b for a, b in zip(ts, times["insert_arrow"])]
             rows.append([path, f"{median(ts):.2f} / {min(ts):.2f}", f"{n / median(ts):,.0f} / {n / min(ts):,.0f}",
-                         f"{median(ratios):.2f}x / {min(ratios):.2f}x"])
-        print(f"\n{events:,} events per storage ({args.runs} runs); {args.repeat} interleaved rounds")
-        print(table(["path", "seconds (median / best)", "events/s (median / best)", "/ insert_arrow (median / best)"],
-                    rows))
+                         f"{median(cpu[path]):.2f}", f"{median(ratios):.2f}x / {min(ratios):.2f}x"])
+        print(f"\n{events:,} events per storage ({args.runs} runs); {args.repeat} interleaved rounds; "
+              f"{'one instance per storage' if args.reuse_instance else 'a fresh instance per export (a sensor tick)'}")
+        print(table(["path", "seconds (median / best)", "events/s (median / best)", "CPU s (median)",
+                     "/ insert_arrow (median / best)"], rows))
+        if "export sqlite" in times and "export fast sqlite" in times:
+            pair = [a / b for a, b in zip(times["export sqlite"], times["export fast sqlite"])]
+            print("export sqlite / export fast sqlite, wall per round: "
+                  + " ".join(f"{x:.2f}x" for x in pair) + f" (median {median(pair):.2f}x)")
+        for kind in kinds:
+            wall, cpu_s, watched = idle_ticks(homes[kind], max(3, args.repeat))
+            print(f"idle tick {kind}: {wall * 1000:.0f} ms wall, {cpu_s * 1000:.0f} ms CPU (median; "
+                  f"{watched} finished runs watched, fresh instance)")
         for kind in kinds:
             rate = totals[kind] / median(times[f"export {kind}"])
             print(f"export from {kind}: {rate:,.0f} events/s median; target >= 50,000 "

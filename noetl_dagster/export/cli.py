@@ -149,6 +149,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             else:
                 print(f"{name}: {stats.events} events, {stats.step_runs} step runs, {stats.runs} runs, "
                       f"{stats.failures} failures ({stats.seconds:.1f}s{'' if stats.caught_up else ', more to do'})")
+                for message in stats.run_errors.values():  # one unreadable run's file: the others were exported
+                    print(f"{name}: {message}", file=sys.stderr)
     return 1 if any(s.error for s in results.values()) else 0
 
 

@@ -47,7 +47,7 @@ from typing import Any, Callable, Protocol, Sequence
 import dagster as dg
 
 from noetl_dagster.contract import PLAYBOOK_TAG, TOOL_TAG
-from noetl_dagster.export.fast_read import read_run_page, shared_connection
+from noetl_dagster.export.fast_read import ShardReadError, read_of_type, read_run_page, shared_connection
 from noetl_dagster.export.mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
@@ -164,6 +164,9 @@ class ExportStats:
     seconds: float = 0.0
     caught_up: bool = False
     error: str = ""
+    #: runs whose event log could not be read in this tick (a missing or corrupt SQLite file) -> why;
+    #: they stay active at their position and are read again next tick, the other runs are exported
+    run_errors: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -332,7 +335,12 @@ class Exporter:
             last = cur.tail[run_id][1]
             if run_id in cur.active:
                 continue
-            if self.instance.get_records_for_run(run_id, cursor=_id_cursor(last), limit=1).records:
+            try:
+                newer = self._page(run_id, last, limit=1)[0]
+            except ShardReadError as exc:
+                stats.run_errors[run_id] = str(exc)
+                continue
+            if newer:
                 del cur.tail[run_id]
                 cur.active[run_id] = last
                 stats.reopened += 1
@@ -440,14 +448,19 @@ class Exporter:
             ctx = self._context(record)
             terminal = ctx.status in TERMINAL_STATUSES
             read_all, safe, rows = True, True, None
-            if self.live:
-                read_all, safe, rows = self._export_events(run_id, ctx, cur.active[run_id], safe_ts, stats, over)
-            else:
-                ended = ctx.end_time or record.update_timestamp.timestamp()
-                safe = ended <= safe_ts
+            try:
+                if self.live:
+                    read_all, safe, rows = self._export_events(run_id, ctx, cur.active[run_id], safe_ts, stats,
+                                                               over)
+                else:
+                    ended = ctx.end_time or record.update_timestamp.timestamp()
+                    safe = ended <= safe_ts
+                if terminal and read_all and safe:
+                    self._finish(run_id, ctx, rows, self._staged_pos.get(run_id, cur.active[run_id]))
+            except ShardReadError as exc:  # this run's file only: what was read of it is kept, the rest waits
+                stats.run_errors[run_id] = str(exc)
+                read_all = False
             all_read = all_read and read_all
-            if terminal and read_all and safe:
-                self._finish(run_id, ctx, rows, self._staged_pos.get(run_id, cur.active[run_id]))
             self._flush_pending(stats)
         return all_read
 
@@ -460,8 +473,10 @@ class Exporter:
         """
         retries: list[tuple[int, str]] = []
         if position >= 0:  # earlier retry events decide the attempt numbers of what follows
-            retries = [(r.storage_id, r.event_log_entry.step_key) for r in self.instance.get_records_for_run(
-                run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY).records]
+            direct = read_of_type(self.instance, run_id, _RETRY) if self.fast_reads else None
+            retries = direct if direct is not None else [
+                (r.storage_id, r.event_log_entry.step_key) for r in self.instance.get_records_for_run(
+                    run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY).records]
         whole: list[EventRow] | None = [] if position < 0 else None
         read_to = position
         safe = True
@@ -476,7 +491,9 @@ class Exporter:
                     whole.extend(relevant_rows(rows))
                     if len(whole) > self.max_cached_rows:
                         whole = None
-                if safe and max(map(_TIMESTAMP, rows)) <= safe_ts:
+                # no lag (SQLite: a run's ids become visible in order): whatever was read is behind the
+                # position, events written while the tick reads included (else they were read twice)
+                if self.lag <= 0 or (safe and max(map(_TIMESTAMP, rows)) <= safe_ts):
                     self._staged_pos[run_id] = records[-1].storage_id
                 else:
                     for r in records:
@@ -507,13 +524,15 @@ class Exporter:
         rows = relevant_rows(rows)
         return build_step_runs(rows), build_run_summary(rows, ctx)
 
-    def _page(self, run_id: str, after: int) -> tuple[Sequence[Any], bool]:
-        """The run's next ``page_size`` records after storage id ``after`` and whether more remain:
-        read straight from an SQL event log (:mod:`.fast_read`), else through the instance."""
-        page = read_run_page(self.instance, run_id, after, self.page_size) if self.fast_reads else None
+    def _page(self, run_id: str, after: int, limit: int | None = None) -> tuple[Sequence[Any], bool]:
+        """The run's next ``limit`` (default ``page_size``) records after storage id ``after`` and
+        whether more remain: read straight from an SQL event log (:mod:`.fast_read`), else through
+        the instance."""
+        limit = self.page_size if limit is None else limit
+        page = read_run_page(self.instance, run_id, after, limit) if self.fast_reads else None
         if page is not None:
             return page
-        conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(after), limit=self.page_size)
+        conn = self.instance.get_records_for_run(run_id, cursor=_id_cursor(after), limit=limit)
         return conn.records, conn.has_more
 
     def _whole(self, run_id: str) -> Sequence[Any]:

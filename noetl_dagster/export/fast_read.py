@@ -12,6 +12,15 @@ Rows come straight from the storage's ``event_logs`` table (``id > after ORDER B
 ``SqlEventLogStorage`` (SQLite per-run files, Postgres, MySQL) of a ``DagsterInstance``; other
 storages (in memory) and stand-ins return None, and the caller uses ``get_records_for_run``.
 
+Dagster's SQLite storage (one file per run, ``SqliteEventLogStorage`` and subclasses) is read with
+Python's ``sqlite3`` on the run's file opened read-only (``file:...?mode=ro``): Dagster's own
+``run_connection`` creates an engine per query and, the first time a process touches a run, checks
+its schema with alembic (and creates the file when missing). Inside :func:`shared_connection` a
+run's file stays open for the block (a tick); reads never write the database file, take no write
+lock and end their read snapshot with each query (the run's writer keeps writing; in WAL mode
+SQLite may create the ``-wal``/``-shm`` side files, as any reader does). A file that is missing or
+not a readable event log raises :class:`ShardReadError` naming the run.
+
 Example::
 
     page = read_run_page(instance, run_id, after=-1, limit=1000)   # (records, has_more) or None
@@ -20,9 +29,13 @@ Example::
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
+from urllib.parse import quote
 
 try:  # a declared dependency; the standard module is the fallback (3-9x slower on these texts)
     from orjson import loads as _loads
@@ -186,6 +199,16 @@ class LightRecord:
         self.event_log_entry = entry
 
 
+class ShardReadError(RuntimeError):
+    """A run's SQLite event log file could not be read (missing, corrupt, not an event log)."""
+
+    def __init__(self, run_id: str, path: str, reason: str) -> None:
+        super().__init__(f"cannot read the event log of run {run_id} ({path}): {reason}")
+        self.run_id = run_id
+        self.path = path
+        self.reason = reason
+
+
 def supports(instance: Any) -> bool:
     """Whether ``instance`` is a Dagster instance whose event log is an SQL storage this module can
     read directly (a stand-in or a wrapper of an instance is read through its own methods)."""
@@ -199,12 +222,80 @@ def supports(instance: Any) -> bool:
         return False
 
 
-def read_run_page(instance: Any, run_id: str, after: int, limit: int | None
-                  ) -> tuple[list[LightRecord], bool] | None:
-    """The run's events with storage id > ``after`` (at most ``limit``, None: all) and whether more
-    remain; None when the storage cannot be read directly."""
-    if not supports(instance):
-        return None
+def _sharded_sqlite(storage: Any) -> bool:
+    """Dagster's SQLite event log with one file per run (the default storage and its subclasses)."""
+    from noetl_dagster.compat import SqliteEventLogStorage
+
+    return isinstance(storage, SqliteEventLogStorage)
+
+
+#: run files kept open at most within a block (least recently used closed first)
+MAX_OPEN_SHARDS = 64
+_PAGE_SQL = "SELECT id, event FROM event_logs WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?"
+_OF_TYPE_SQL = "SELECT id, step_key FROM event_logs WHERE run_id = ? AND dagster_event_type = ? ORDER BY id"
+
+
+class _Shards:
+    """Read-only ``sqlite3`` connections to run files: one per run, kept for a block (or one query)."""
+
+    def __init__(self, storage: Any, keep: int = MAX_OPEN_SHARDS) -> None:
+        self.storage = storage
+        self.keep = keep
+        self.conns: OrderedDict[str, sqlite3.Connection] = OrderedDict()
+
+    def _open(self, run_id: str, path: str) -> sqlite3.Connection:
+        conn = self.conns.get(run_id)
+        if conn is not None:
+            self.conns.move_to_end(run_id)
+            return conn
+        from noetl_dagster.compat import SQLITE_BUSY_TIMEOUT_SECONDS
+
+        # mode=ro: never creates, never writes the file; autocommit: each SELECT's snapshot ends with it
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None,
+                               timeout=SQLITE_BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+        self.conns[run_id] = conn
+        while len(self.conns) > self.keep:
+            self.conns.popitem(last=False)[1].close()
+        return conn
+
+    def query(self, run_id: str, sql: str, params: tuple) -> list[tuple]:
+        path = self.storage.path_for_shard(run_id)
+        try:
+            conn = self._open(run_id, path)
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self.drop(run_id)
+            reason = "no such file" if not os.path.exists(path) else f"{type(exc).__name__}: {exc}"
+            raise ShardReadError(run_id, path, reason) from exc
+
+    def drop(self, run_id: str) -> None:
+        conn = self.conns.pop(run_id, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        while self.conns:
+            self.conns.popitem()[1].close()
+
+
+def _shard_query(storage: Any, run_id: str, sql: str, params: tuple) -> list[tuple]:
+    """``sql`` on the run's SQLite file: the block's kept connection, else one opened for it."""
+    kept = getattr(_SHARED, "conns", {}).get(id(storage))
+    if isinstance(kept, _Shards):
+        return kept.query(run_id, sql, params)
+    once = _Shards(storage, keep=1)
+    try:
+        return once.query(run_id, sql, params)
+    finally:
+        once.close()
+
+
+def _fetch(instance: Any, run_id: str, after: int, limit: int | None) -> list[Any]:
+    """``(storage id, event json)`` rows of the run after ``after``, at most ``limit + 1``."""
+    storage = instance.event_log_storage
+    if _sharded_sqlite(storage):
+        return _shard_query(storage, run_id, _PAGE_SQL, (run_id, after, -1 if limit is None else limit + 1))
+    kept = getattr(_SHARED, "conns", {}).get(id(storage))
     import sqlalchemy as sa
     from noetl_dagster.compat import SqlEventLogStorageTable as table
 
@@ -214,17 +305,33 @@ def read_run_page(instance: Any, run_id: str, after: int, limit: int | None
         query = query.where(table.c.id > after)
     if limit is not None:
         query = query.limit(limit + 1)
-    storage = instance.event_log_storage
-    shared = getattr(_SHARED, "conns", {}).get(id(storage))
-    if shared is not None:
-        rows = shared.execute(query).fetchall()
-    else:
-        with storage.run_connection(run_id) as conn:
-            rows = conn.execute(query).fetchall()
+    if kept is not None:
+        return kept.execute(query).fetchall()
+    with storage.run_connection(run_id) as conn:
+        return conn.execute(query).fetchall()
+
+
+def read_run_page(instance: Any, run_id: str, after: int, limit: int | None
+                  ) -> tuple[list[LightRecord], bool] | None:
+    """The run's events with storage id > ``after`` (at most ``limit``, None: all) and whether more
+    remain; None when the storage cannot be read directly. Raises :class:`ShardReadError` when a
+    run's SQLite file is missing or unreadable."""
+    if not supports(instance):
+        return None
+    rows = _fetch(instance, run_id, after, limit)
     more = limit is not None and len(rows) > limit
     if more:
         rows = rows[:limit]
     return [LightRecord(storage_id, LightEntry(_loads(text))) for storage_id, text in rows], more
+
+
+def read_of_type(instance: Any, run_id: str, event_type: str) -> list[tuple[int, str | None]] | None:
+    """``(storage id, step key)`` of the run's events of one type, from a Dagster SQLite run file
+    (as :func:`read_run_page`); None for other storages (ask the instance)."""
+    storage = instance.event_log_storage if supports(instance) else None
+    if storage is None or not _sharded_sqlite(storage):
+        return None
+    return _shard_query(storage, run_id, _OF_TYPE_SQL, (run_id, event_type))
 
 
 _SHARED = threading.local()
@@ -234,13 +341,22 @@ _SHARED = threading.local()
 def shared_connection(instance: Any) -> Iterator[None]:
     """Within the block, reads of an event log that is one database (Postgres, MySQL: not one
     file per run) use one connection: dagster-postgres opens a new connection (TCP, SCRAM) for
-    every query otherwise. Per-run SQLite files keep their own connections."""
+    every query otherwise. Dagster's SQLite files are opened read-only once per run for the block."""
     storage = instance.event_log_storage if supports(instance) else None
-    if storage is None or storage.is_run_sharded:
+    conns = _SHARED.__dict__.setdefault("conns", {})
+    if storage is None or id(storage) in conns:  # nested: the outer block's connections serve
         yield
         return
-    conns = _SHARED.__dict__.setdefault("conns", {})
-    if id(storage) in conns:  # nested: the outer block's connection serves
+    if _sharded_sqlite(storage):
+        shards = _Shards(storage)
+        conns[id(storage)] = shards
+        try:
+            yield
+        finally:
+            conns.pop(id(storage), None)
+            shards.close()
+        return
+    if storage.is_run_sharded:
         yield
         return
     with storage.run_connection(None) as conn:
@@ -257,4 +373,5 @@ def read_run(instance: Any, run_id: str) -> Sequence[Any]:
     return page[0] if page is not None else instance.get_records_for_run(run_id).records
 
 
-__all__ = ["LightEntry", "LightEvent", "LightRecord", "read_run", "read_run_page", "shared_connection", "supports"]
+__all__ = ["LightEntry", "LightEvent", "LightRecord", "ShardReadError", "read_of_type", "read_run", "read_run_page",
+           "shared_connection", "supports"]

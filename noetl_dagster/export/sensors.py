@@ -79,8 +79,11 @@ def index_playbooks(sink: Any, folder: str | Path) -> int:
 def _summary(stats: ExportStats) -> str:
     state = "caught up" if stats.caught_up else "more to do"
     reopened = f", {stats.reopened} reopened for late events" if stats.reopened else ""
+    unreadable = (f"; {len(stats.run_errors)} run(s) unreadable, read again next tick: "
+                  + "; ".join(list(stats.run_errors.values())[:3])) if stats.run_errors else ""
     return (f"exported {stats.events} events, {stats.step_runs} step runs, {stats.runs} runs "
-            f"({stats.failures} failures{reopened}) in {stats.batches} batches, {stats.seconds:.1f}s; {state}")
+            f"({stats.failures} failures{reopened}) in {stats.batches} batches, {stats.seconds:.1f}s; {state}"
+            f"{unreadable}")
 
 
 #: at most this many finished runs are reported back to per tick (the rest are exported all the same)
