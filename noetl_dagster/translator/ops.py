@@ -249,11 +249,11 @@ class OpFactory:
         return ins
 
     def _outs(self, node: Node, step: Step) -> dict[str, Any]:
-        outs: dict[str, Any] = {RESULT_OUTPUT: dg.Out(
-            is_required=False, description=f"result of {', '.join(node.steps)}",
+        outs: dict[str, Any] = {RESULT_OUTPUT: dg.Out(  # `dg.Any` given: Dagster need not infer it
+            dg.Any, is_required=False, description=f"result of {', '.join(node.steps)}",
             metadata=code_reference(self.playbook.file, step.line, f"step {step.step}"))}
         for arc in node.outbound:
-            outs[arc.output] = dg.Out(is_required=False, description=f"token {arc.source} -> {arc.target}")
+            outs[arc.output] = dg.Out(dg.Any, is_required=False, description=f"token {arc.source} -> {arc.target}")
         return outs
 
     def _start(self, context, inputs: Mapping[str, Any]) -> Context:  # type: ignore[no-untyped-def]
