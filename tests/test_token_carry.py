@@ -170,3 +170,24 @@ def test_conformance_reports_equal_those_with_everything_carried(case: Path, ite
     _, trimmed = execute(playbook, net, workload, run_id)
     _, everything = execute(playbook, carry_all(net), workload, run_id)
     assert trimmed.to_dict() == everything.to_dict()
+
+
+@pytest.mark.slow
+def test_a_10000_step_chain_compiles():
+    playbook = pb(chain(10_000, pad=10), "workload: {seed: 1}\n")
+    net = plan(playbook)
+    assert carry(net, "s09998", "s09999") == {"s09998"}
+    job = build_job(playbook, net=net)
+    assert len(job.graph.node_defs) == 10_000
+    upstream = job.graph.dependency_structure.all_upstream_outputs_from_node("s09999")
+    assert [(o.node.name, o.output_def.name) for o in upstream] == [("s09998", "to_s09999")]
+
+
+@pytest.mark.slow
+def test_a_2000_step_chain_runs_with_tokens_of_constant_size():
+    playbook = pb(chain(2_000), "workload: {seed: 1}\n")
+    result, report = execute(playbook, plan(playbook))
+    assert report.status == "success"
+    assert report.steps["s01999"].result["value"] == 2_001
+    sizes = {len(json.dumps(result.output_for_node(f"s{i:05d}", f"to_s{i + 1:05d}"))) for i in range(1, 1_999)}
+    assert max(sizes) - min(sizes) <= 4 and max(sizes) < 600, sorted(sizes)
