@@ -22,8 +22,10 @@ from __future__ import annotations
 import difflib
 import keyword
 import re
+import textwrap
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from types import CodeType
+from typing import Any, Iterator, Literal
 
 from ..contract import arc_output_name
 from ..playbook.models import Arc, Playbook, Step, strip_scope
@@ -343,13 +345,19 @@ def _reads_context(code: str) -> bool:
         return False
     if is_template(code):
         return True  # rendered first: what it becomes is not known here
-    from ..runtime.tools.python import _names, compile_code
-
-    try:
-        compiled, _ = compile_code(code, "<plan>")
+    try:  # as the python tool compiles it: a top-level `return` makes the body a function
+        compiled = compile(f"def _body():\n{textwrap.indent(code, '    ')}\n", "<plan>", "exec")
     except SyntaxError:
         return True
-    return not {"context", "variables"}.isdisjoint(_names(compiled))
+    return not {"context", "variables"}.isdisjoint(_global_names(compiled))
+
+
+def _global_names(code: CodeType) -> Iterator[str]:
+    """Every global name ``code`` (and the functions it defines) refers to."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _global_names(const)
 
 
 def _producers(playbook: Playbook) -> dict[str, set[str]]:
