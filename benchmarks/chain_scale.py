@@ -41,7 +41,7 @@ from compile_scale import Shape, StepSpec, build_direct  # noqa: E402
 from noetl_dagster import build_job, plan  # noqa: E402
 from noetl_dagster.playbook.loader import parse_text  # noqa: E402
 from noetl_dagster.translator.guard import deep_enough  # noqa: E402
-from noetl_dagster.translator.plan import Net  # noqa: E402
+from noetl_dagster.planner import Net  # noqa: E402
 
 PAD = 200
 

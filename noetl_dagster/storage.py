@@ -36,17 +36,18 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as db
-from dagster._config import IntSource, StringSource
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
-__all__ = ["FastSqliteEventLogStorage", "instance_config", "write_instance_config"]
+from noetl_dagster.compat import (SQLITE_BUSY_TIMEOUT_SECONDS, ConfigurableClassData, IntSource,
+                                  SqliteEventLogStorage, StringSource)
+
+__all__ = ["FastSqliteEventLogStorage", "default_instance", "instance_config", "write_instance_config"]
 
 #: run databases whose engines stay open at most (each keeps its pooled connections)
 DEFAULT_MAX_OPEN_SHARDS = 64
@@ -139,7 +140,7 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
     def store_event_batch(self, events: Sequence[Any]) -> None:
         """Events of one run that only go to its own file: one transaction; anything else (asset,
         check and run-status events are mirrored into the index) goes through :meth:`store_event`."""
-        from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+        from noetl_dagster.compat import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 
         mirrored = {*ASSET_EVENTS, *ASSET_CHECK_EVENTS, *EVENT_TYPE_TO_PIPELINE_RUN_STATUS}
         run_ids = {e.run_id for e in events}
@@ -163,7 +164,7 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
 
 
 def db_optional(config_type: Any) -> Any:
-    from dagster._config import Field
+    from noetl_dagster.compat import ConfigField as Field
 
     return Field(config_type, is_required=False)
 
@@ -209,3 +210,19 @@ def _yaml_string(text: str) -> str:
     import json
 
     return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+#: where `noetl-dagster run` records runs when DAGSTER_HOME is not set
+LOCAL_DAGSTER_HOME = ".dagster_home"
+
+
+def default_instance() -> dg.DagsterInstance:
+    """The instance at ``DAGSTER_HOME``, else a persistent one under ``./.dagster_home``."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    home = Path(LOCAL_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():  # the embedded default, with the event log that keeps its connections
+        write_instance_config(str(home))
+    return dg.DagsterInstance.from_config(str(home))

@@ -94,3 +94,10 @@ def test_chain_scale_runs_and_its_baseline_has_the_noetl_shape(capsys: pytest.Ca
     assert "noetl / direct+meta" in out and "token bytes/step" in out, out
     noetl_job = build_job(parse_text(cs.chain_yaml(12), "/bench/chain_12.yaml"))
     assert _wiring(noetl_job) == _wiring(cs.build_direct(cs.chain_shape(12)))
+
+
+def test_validate_startup_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("validate_startup").main(["--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("ratio validate/(import dagster + validate) = "), out
+    assert "| validate " in out and "| import dagster + validate " in out, out

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterable, Mapping
 
-from .templates import ReadOnlyMap, freeze
+from noetl_dagster.core.templates import ReadOnlyMap, freeze
 
 
 def _clock() -> int:

@@ -2,7 +2,7 @@
 
 * a step node: guard, tool or pipeline, ``set``, routing (:func:`~noetl_dagster.runtime.step.run_step`);
   its ``result`` output, then one token per fired arc, each carrying the names the plan keeps
-  (:attr:`~noetl_dagster.translator.plan.ArcPlan.carry`);
+  (:attr:`~noetl_dagster.planner.ArcPlan.carry`);
 * a parallel loop: ``<step>__fan_out`` -> ``<step>`` per item (or chunk) -> ``<step>__collect``;
 * a region (cycle): the region interpreter;
 * the entry node reads the run's workload overrides from its op config.
@@ -19,26 +19,26 @@ from typing import Any, Callable, Iterator, Mapping
 
 import dagster as dg
 
-from ..contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, ERROR_KEY, ERROR_STEPS_TAG, EXECUTION_ID_TAG,
-                        FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY, LOOP_ITEMS_OUTPUT,
-                        LOOP_STEP_TAG, OUTCOME_TAG, REGION_TAG, RESULT_OUTPUT, ROLE_TAG, STATUS_KEY, STEP_TAG,
-                        STEPS_KEY, TIMEOUT_TAG, TOOL_KEY)
-from ..errors import Issue, PlaybookError, StepFailed
-from ..playbook.loader import product_references
-from ..playbook.models import Playbook, ProductCheck, Step
-from ..resources.arrow_io import ArrowRefIOManager
-from ..resources.credentials import redact
-from ..runtime.context import Context, trimmed
-from ..runtime.deadline import StepTimedOut, deadline, enforceable
-from ..runtime.keychain import Keychain
-from ..runtime.products import as_table, evaluate_check
-from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
-from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
-                            run_iteration, run_step)
-from ..runtime.templates import TemplateFailure, condition, render_text, render_value
-from . import observe
-from .plan import Net, Node
-from .translator import PlaybookTranslator, code_reference, reference_key
+from noetl_dagster.contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, ERROR_KEY, ERROR_STEPS_TAG,
+                                    EXECUTION_ID_TAG, FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT,
+                                    LOOP_ITEMS_KEY, LOOP_ITEMS_OUTPUT, LOOP_STEP_TAG, OUTCOME_TAG, REGION_TAG,
+                                    RESULT_OUTPUT, ROLE_TAG, STATUS_KEY, STEP_TAG, STEPS_KEY, TIMEOUT_TAG, TOOL_KEY)
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.core.templates import TemplateFailure, condition, render_text, render_value
+from noetl_dagster.errors import Issue, PlaybookError, StepFailed
+from noetl_dagster.io.manager import ArrowRefIOManager
+from noetl_dagster.planner import Net, Node
+from noetl_dagster.playbook.loader import product_references
+from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
+from noetl_dagster.runtime.context import Context, trimmed
+from noetl_dagster.runtime.deadline import StepTimedOut, deadline, enforceable
+from noetl_dagster.runtime.keychain import Keychain
+from noetl_dagster.runtime.products import as_table, evaluate_check
+from noetl_dagster.runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
+from noetl_dagster.runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items,
+                                        numeric_execution_id, run_iteration, run_step)
+from noetl_dagster.translator import k8s, observe, subplaybooks
+from noetl_dagster.translator.translator import PlaybookTranslator, code_reference, reference_key
 
 CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
@@ -272,6 +272,7 @@ class OpFactory:
         if self.uses:
             globals_["product"] = _product_function(context.resources.io_manager, self.product_keys)
         return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
+                       run_playbook=subplaybooks.runner(), run_k8s_job=k8s.job_runner(context),
                        on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
@@ -342,7 +343,7 @@ class OpFactory:
     def _region_op(self, node: Node, config: Any) -> Any:
         members = {name: self.playbook.steps[name] for name in node.steps}
         entry_step = members.get(node.name) or members[node.steps[0]]
-        limit = int(self.playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
+        limit = self.playbook.metadata.dagster.max_iterations or MAX_REGION_STEPS
         names = {(a.source, a.index): (a.output, a.carry) for a in node.outbound}
         common = self._common(entry_step, f"\n\nCycle over steps: {', '.join(node.steps)}")
         common["tags"] = {**common["tags"], REGION_TAG: ",".join(node.steps)}
