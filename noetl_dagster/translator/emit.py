@@ -27,7 +27,6 @@ from ..playbook.catalog import PlaybookCatalog
 from ..playbook.models import Playbook, Step
 from ..resources.arrow_io import ArrowRefIOManager
 from ..resources.credentials import CredentialsResource
-from .guard import deep_enough
 from .ops import (CATALOG, CREDENTIALS, RESOURCE_KEYS, WORKLOAD_CONFIG, OpFactory, _check_definition,
                   _outcome, steps_metadata, usage_metadata)
 from .plan import Net, plan
@@ -165,15 +164,16 @@ class _Emitter:
 
     def job(self, resource_defs: Mapping[str, Any] | None = None) -> dg.JobDefinition:
         description = self.translator.get_job_description(self.playbook)
-        with deep_enough(self.playbook):  # Dagster orders and walks the graph recursively
-            graph = dg.GraphDefinition(name=self.name, description=description, node_defs=self._node_defs(),
-                                       dependencies=self._dependencies())
-            return graph.to_job(name=self.name, description=description,
-                                tags=self.translator.get_job_tags(self.playbook),
-                                metadata=self.translator.get_job_metadata(self.playbook),
-                                executor_def=self.translator.get_executor(self.playbook),
-                                partitions_def=self.translator.get_partitions_def(self.playbook),
-                                resource_defs=dict(resource_defs or {}))
+        # Dagster walks the graph recursively: a chain of thousands of steps compiles inside
+        # `guard.compiling` / `guard.deep_enough`, as `run_playbook` and the loader do
+        graph = dg.GraphDefinition(name=self.name, description=description, node_defs=self._node_defs(),
+                                   dependencies=self._dependencies())
+        return graph.to_job(name=self.name, description=description,
+                            tags=self.translator.get_job_tags(self.playbook),
+                            metadata=self.translator.get_job_metadata(self.playbook),
+                            executor_def=self.translator.get_executor(self.playbook),
+                            partitions_def=self.translator.get_partitions_def(self.playbook),
+                            resource_defs=dict(resource_defs or {}))
 
     def _node_defs(self) -> list[dg.OpDefinition]:
         return [op for ops in self.ops.values() for op in ops]
