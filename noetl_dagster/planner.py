@@ -283,11 +283,12 @@ def live_names(playbook: Playbook, order: list[str], members: dict[str, list[str
     known = None  # names a run can define at all, for the did-you-mean of a misspelt name
     live: dict[str, frozenset[str] | None] = {}
     for name in reversed(order):
-        reads: set[str] | None = set()
+        reads: set[str] = set()
+        everything = False
         for member in members[name]:
             found = step_reads(playbook.steps[member])
             if found is None:
-                reads = None
+                everything = True
                 break
             for word in found:
                 if word in producers:
@@ -299,14 +300,11 @@ def live_names(playbook: Playbook, order: list[str], members: dict[str, list[str
                         known = known_names(playbook)
                     if word not in known:  # a misspelt name: keep what it was probably meant to be
                         reads.update(difflib.get_close_matches(word, list(producers), n=3, cutoff=0.75))
-        if reads is not None:
-            for ap in outbound[name]:
-                after = live[node_of[ap.target]]
-                if after is None:
-                    reads = None
-                    break
-                reads |= after
-        if reads is not None:
-            reads -= produced_in.get(name, set())
-        live[name] = None if reads is None else frozenset(reads)
+        for ap in outbound[name] if not everything else ():
+            after = live[node_of[ap.target]]
+            if after is None:
+                everything = True
+                break
+            reads |= after
+        live[name] = None if everything else frozenset(reads - produced_in.get(name, set()))
     return live
