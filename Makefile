@@ -40,6 +40,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/compile_scale.py
+	$(PY) benchmarks/chain_scale.py
 	$(PY) benchmarks/step_overhead.py
 	$(PY) benchmarks/io_manager.py
 	$(PY) benchmarks/export.py

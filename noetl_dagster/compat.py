@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster._config import Field as ConfigField
 from dagster._config import IntSource, StringSource, process_config
+from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 from dagster._core.definitions.run_request import DagsterRunReaction
 from dagster._core.event_api import RunStatusChangeRecordsFilter
 from dagster._core.events import (ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 
 __all__ = ["ASSET_CHECK_EVENTS", "ASSET_EVENTS", "ConfigField", "ConfigurableClassData", "DagsterRunReaction",
+           "DynamicCollectDependencyDefinition",
            "EVENT_TYPE_TO_PIPELINE_RUN_STATUS", "EngineEventData", "EventLogCursor", "IntSource",
            "RunStatusChangeRecordsFilter", "SQLITE_BUSY_TIMEOUT_SECONDS", "SqlEventLogStorage",
            "SqlEventLogStorageTable", "SqliteEventLogStorage", "StringSource", "copy_record",

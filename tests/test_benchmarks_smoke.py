@@ -84,6 +84,18 @@ def test_export_benchmark_runs() -> None:
     assert "targets: >= 100,000 events/s" in done.stdout and "texts/s" in done.stdout, done.stdout
 
 
+def test_chain_scale_runs_and_its_baseline_has_the_noetl_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    from noetl_dagster import build_job
+    from noetl_dagster.playbook.loader import parse_text
+
+    cs = _load("chain_scale")
+    assert cs.main(["--sizes", "5,10", "--run-sizes", "5", "--compare", "5", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "noetl / direct+meta" in out and "token bytes/step" in out, out
+    noetl_job = build_job(parse_text(cs.chain_yaml(12), "/bench/chain_12.yaml"))
+    assert _wiring(noetl_job) == _wiring(cs.build_direct(cs.chain_shape(12)))
+
+
 def test_validate_startup_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert _load("validate_startup").main(["--runs", "1"]) == 0
     out = capsys.readouterr().out

@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import minijinja
@@ -299,6 +300,41 @@ def check_syntax(source: str) -> str | None:
     except Exception as exc:  # noqa: BLE001
         return _message(exc)
     return None
+
+
+#: methods of a mapping a template may call on ``ctx`` (``ctx.get(name)``): the name is dynamic
+_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+
+
+@lru_cache(maxsize=8192)
+def template_reads(source: str) -> frozenset[str] | None:
+    """The names of the render scope ``source`` reads (MiniJinja's undeclared variables), or
+    None when that cannot be known statically: the template does not parse, or it reads ``ctx``
+    as a whole (``{{ ctx | tojson }}``, ``ctx[name]``, ``ctx.get(name)``). ``ctx.x`` reads ``x``
+    (``ctx`` is the flat context); ``workload``, loop variables and other names are returned as
+    they are (callers keep the names they care about).
+
+    Examples:
+        >>> sorted(template_reads("{{ fetch.rows | length }} {{ ctx.total }}"))
+        ['fetch', 'total']
+        >>> template_reads("{{ ctx | tojson }}") is None
+        True
+    """
+    try:
+        paths = _ENV.undeclared_variables_in_str(source, nested=True)
+    except Exception:  # noqa: BLE001 - a syntax error fails the step at run time; keep everything
+        return None
+    names: set[str] = set()
+    for path in paths:
+        root, _, rest = path.partition(".")
+        if root == "ctx":
+            attr = rest.partition(".")[0]
+            if not attr or attr in _MAPPING_METHODS:
+                return None
+            names.add(attr)
+        else:
+            names.add(root)
+    return frozenset(names)
 
 
 def render_text(source: str, scope: Mapping[str, Any]) -> str:

@@ -4,7 +4,9 @@ A token carries what the next step may read: the workload, the results of the st
 of it (by name) and ``ctx`` values written by ``set:``, each stamped with the time it was
 written so that a join merging several tokens keeps the latest write (NoETL's "latest wins").
 An arc's own ``set:`` reaches only that arc's target. Tokens are plain dicts, so any IO manager
-can store them; large data travels as references, not inside tokens.
+can store them; large data travels as references, not inside tokens. An arc's token keeps only
+the results and ``ctx`` values a later step reads (``keep``, computed by the planner), so a
+long chain writes tokens of bounded size instead of ever-growing ones.
 
 Example::
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from noetl_dagster.core.templates import ReadOnlyMap, freeze
 
@@ -75,13 +77,19 @@ class Context:
         stamped = self.results.get(step)
         return default if stamped is None else stamped[1]
 
-    def token(self, to: str, arc_set: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The token an arc to ``to`` carries (plain, picklable data)."""
+    def token(self, to: str, arc_set: Mapping[str, Any] | None = None,
+              keep: Collection[str] | None = None) -> dict[str, Any]:
+        """The token an arc to ``to`` carries (plain, picklable data): with ``keep`` (the arc's
+        carried names, from the plan) only those results and ``ctx`` values, else all of them."""
+        results, ctx = self.results, self.ctx
+        if keep is not None:
+            results = {name: results[name] for name in keep if name in results}
+            ctx = {name: ctx[name] for name in keep if name in ctx}
         return {
             "to": to,
             "workload": self.workload,
-            "results": self.results,
-            "ctx": self.ctx,
+            "results": results,
+            "ctx": ctx,
             "arc": dict(arc_set or {}),
         }
 
@@ -104,3 +112,12 @@ class Context:
         if extra:
             flat.update({k: freeze(v) for k, v in extra.items()})
         return flat
+
+
+def trimmed(token: Mapping[str, Any], keep: Collection[str] | None) -> dict[str, Any]:
+    """``token`` keeping only the results and ``ctx`` values named in ``keep`` (None: all)."""
+    if keep is None:
+        return dict(token)
+    results, ctx = token.get("results") or {}, token.get("ctx") or {}
+    return {**token, "results": {n: results[n] for n in keep if n in results},
+            "ctx": {n: ctx[n] for n in keep if n in ctx}}
