@@ -517,3 +517,18 @@ workflow:
     assert report.steps["each"].result == [{"item": "a", "ref": False}, {"item": "b", "ref": False}]
     path.write_text(path.read_text().replace("start._ref", "start.__class__"))
     assert any("dunder attribute" in str(i) for i in validate_file(path))
+
+
+def test_cursor_frames_are_bounded_by_max_iterations_in_a_run(pg_server: PgServer, tmp_path: Path) -> None:  # noqa: F811
+    """`metadata.dagster.max_iterations` reaches the cursor loop of a compiled run (its error says to raise it)."""
+    from noetl_dagster import run_playbook
+
+    fresh_cursor_jobs(pg_server)
+    never_drains = (CURSOR.replace("UPDATE cursor_jobs SET status = 'claimed'", "UPDATE cursor_jobs SET status = status")
+                    .replace("WHERE status = 'pending'", "WHERE true").replace("SET status = 'done', ", "SET "))
+    head = HEAD.replace("metadata: {name: p}", "metadata: {name: p, dagster: {max_iterations: 4}}")
+    playbook = parse_text(head.replace("kind: noop}}", "kind: noop}, next: drain}") + never_drains, str(tmp_path / "p.yaml"))
+    creds = CredentialsResource(use_env=False, credentials={"pg": {"type": "postgres", **pg_server.fields()}})
+    report = run_playbook(playbook, resources={"noetl_credentials": creds}, log_level="ERROR")
+    assert report.status == "failure"
+    assert "cursor loop claimed more than 4 frames without draining" in report.steps["drain"].error

@@ -53,6 +53,8 @@ class RunInfo:
     #: :class:`~noetl_dagster.runtime.tools.base.ToolContext`); ``None`` without a host
     run_playbook: Callable[..., Any] | None = None
     run_k8s_job: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    #: frames a cursor loop may claim before it fails (``metadata.dagster.max_iterations``)
+    max_frames: int = MAX_FRAMES
 
 
 def numeric_execution_id(run_id: str) -> int:
@@ -98,7 +100,7 @@ def run_step(step: Step, context: Context, run: RunInfo, *, items: list[Any] | N
         after = context.without_arc()
         return StepOutcome(step.step, "skipped", None, 0, after, _route(step, after, None, run, first_only=True))
     if step.loop is not None and step.loop.mode == "cursor":
-        return run_cursor_loop(step, context, run)
+        return run_cursor_loop(step, context, run, run.max_frames)
     if step.loop is not None:
         if items is None:
             items = loop_items(step, scope)

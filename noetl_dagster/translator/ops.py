@@ -30,6 +30,7 @@ from noetl_dagster.io.manager import ArrowRefIOManager
 from noetl_dagster.planner import Net, Node
 from noetl_dagster.playbook.loader import product_references
 from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
+from noetl_dagster.runtime.cursor import MAX_FRAMES
 from noetl_dagster.runtime.context import Context, trimmed
 from noetl_dagster.runtime.deadline import StepTimedOut, deadline, enforceable
 from noetl_dagster.runtime.keychain import Keychain
@@ -273,6 +274,7 @@ class OpFactory:
             globals_["product"] = _product_function(context.resources.io_manager, self.product_keys)
         return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
                        run_playbook=subplaybooks.runner(), run_k8s_job=k8s.job_runner(context),
+                       max_frames=self.playbook.metadata.dagster.max_iterations or MAX_FRAMES,
                        on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
