@@ -34,8 +34,9 @@ validate: install
 	$(VENV)/bin/noetl-dagster validate playbooks/
 	$(VENV)/bin/dagster definitions validate
 
-## the whole test suite
+## the type check of noetl_dagster/ ([tool.mypy] in pyproject.toml), then the whole test suite
 test: install
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: install

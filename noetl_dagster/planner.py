@@ -138,7 +138,8 @@ def plan(playbook: Playbook) -> Net:
             target[target.index(old_ap)] = new_ap
         outbound[name] = arcs
     nodes = [
-        Node(name, by_name[name][0], tuple(by_name[name][1]), tuple(inbound[name]), tuple(outbound[name]))
+        Node(name, by_name[name][0], tuple(by_name[name][1]), tuple(inbound[name]),  # type: ignore[arg-type]
+             tuple(outbound[name]))
         for name in order
     ]
     unreachable = [s.step for s in playbook.workflow if s.step not in node_of]

@@ -65,7 +65,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
+def build_report(net: Net, result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> RunReport:
     """Step statuses from the run's events; results from the ops' ``result`` outputs."""
     steps = {s.step: StepReport("skipped") for s in net.playbook.workflow}
     nodes = {n.name: n for n in net.nodes}
@@ -88,8 +88,8 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult) -> RunReport:
                 steps[name].result = plain(_result_value(result, node, parsed.op, output, name))
         elif event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
-            meta = data.user_failure_data.metadata if data.user_failure_data else {}
-            for name, partial in steps_metadata(meta).items():
+            failure_meta = data.user_failure_data.metadata if data.user_failure_data else {}
+            for name, partial in steps_metadata(failure_meta).items():
                 steps[name].status, steps[name].runs = partial["status"], partial["runs"]
             failed = meta.get(FAILED_STEP_KEY)
             failed_name = getattr(failed, "value", failed) or node.steps[0]
@@ -120,7 +120,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _result_value(result: dg.ExecuteInProcessResult, node: Any, key: str, output: str, step: str) -> Any:
+def _result_value(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, node: Any, key: str, output: str, step: str) -> Any:
     """The step's result from the op's ``result`` output, or from the token it rode on."""
     try:
         value = result.output_for_node(key, output)

@@ -68,13 +68,13 @@ def _partition_key(playbook: Playbook, job: dg.JobDefinition, key: str | None) -
     if key is None:
         key = partitions.get_last_partition_key()
         if key is None:
-            start = playbook.metadata.partitions["daily"]["start"]
+            start = (playbook.metadata.partitions or {})["daily"]["start"]
             raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
                                        f"no daily partition is complete yet (they start on {start})",
                                        field="metadata.partitions", hint="pass a partition key, or wait a day")])
         return key
     if not partitions.has_partition_key(key):
-        start = playbook.metadata.partitions["daily"]["start"]
+        start = (playbook.metadata.partitions or {})["daily"]["start"]
         raise PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1,
                                    f"partition {key!r} is not one of the playbook's daily partitions "
                                    f"(from {start} to yesterday)", field="metadata.partitions",

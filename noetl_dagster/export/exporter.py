@@ -358,7 +358,8 @@ class Exporter:
             if capacity <= 0:
                 return True
             pages = {t: self.instance.fetch_run_status_changes(
-                RunStatusChangeRecordsFilter(t, after_storage_id=scan_from), limit=self.page_size, ascending=True)
+                RunStatusChangeRecordsFilter(t, after_storage_id=scan_from),  # type: ignore[arg-type]
+                limit=self.page_size, ascending=True)
                 for t in types}
             full = [p.records[-1].storage_id for p in pages.values() if p.has_more and p.records]
             bound = min(full) if full else None
@@ -471,7 +472,7 @@ class Exporter:
         Returns (read to the end, every read event older than the lag, the run's whole rows when
         they were all read in this tick - so finishing the run needs no second read).
         """
-        retries: list[tuple[int, str]] = []
+        retries: list[tuple[int, str | None]] = []
         if position >= 0:  # earlier retry events decide the attempt numbers of what follows
             direct = read_of_type(self.instance, run_id, _RETRY) if self.fast_reads else None
             retries = direct if direct is not None else [

@@ -40,7 +40,7 @@ from urllib.parse import quote
 try:  # a declared dependency; the standard module is the fallback (3-9x slower on these texts)
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover
-    _loads = json.loads
+    _loads = json.loads  # type: ignore[assignment]  # same call shape for our texts
 _MISSING = object()
 
 
@@ -81,7 +81,7 @@ def _metadata(raw: dict[str, Any]) -> dict[str, Any] | None:
         return None if "metadata" in raw else {}
     out: dict[str, Any] = {}
     for label, data in pairs:
-        field = _PLAIN_ENTRIES.get(data.get("__class__")) if isinstance(data, dict) else None
+        field = _PLAIN_ENTRIES.get(str(data.get("__class__"))) if isinstance(data, dict) else None
         if field is not None and field in data and not isinstance(data[field], dict):
             out[label] = _Value(data[field])
         else:

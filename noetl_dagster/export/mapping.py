@@ -422,7 +422,7 @@ def map_record(record: Any, ctx: RunContext, attempt: int = 1) -> EventRow:
 
 
 def map_records(records: Sequence[Any], ctx: RunContext,
-                retries: Iterable[tuple[int, str]] = ()) -> list[EventRow]:
+                retries: Iterable[tuple[int, str | None]] = ()) -> list[EventRow]:
     """A run's records (in storage order) as NoETL-style rows.
 
     ``retries``: ``(storage id, step key)`` of the run's earlier ``STEP_UP_FOR_RETRY`` events, for
@@ -521,7 +521,7 @@ def _log_row(record: Any, ctx: RunContext) -> EventRow:
         attempt if etype != "step.skipped" else 0, "", _LEVELS.get(entry.level) or str(entry.level), message)
 
 
-def attempts_of(records: Sequence[Any], retries: Iterable[tuple[int, str]] = ()) -> list[int]:
+def attempts_of(records: Sequence[Any], retries: Iterable[tuple[int, str | None]] = ()) -> list[int]:
     """The attempt number of each record: 1 + the step's ``STEP_UP_FOR_RETRY`` events before it
     (0 for run-level records).
 
@@ -537,7 +537,7 @@ def attempts_of(records: Sequence[Any], retries: Iterable[tuple[int, str]] = ())
         event = rec.event_log_entry.dagster_event
         if event is not None and event.event_type_value == "STEP_UP_FOR_RETRY" and rec.event_log_entry.step_key:
             found.add((rec.storage_id, rec.event_log_entry.step_key))
-    by_step: dict[str, list[int]] = {}
+    by_step: dict[str | None, list[int]] = {}
     for storage_id, key in sorted(found):
         by_step.setdefault(key, []).append(storage_id)
     out = []

@@ -457,8 +457,8 @@ def _normalise_next(value: Any, next_mode: Any) -> Any:
             )
         spec = value.get("spec") or {}
         mode = spec.get("mode", "exclusive") if isinstance(spec, dict) else spec
-        arcs = value.get("arcs")
-        return {"mode": mode, "arcs": [] if arcs is None else arcs, "line": _line_of(value)}
+        given = value.get("arcs")
+        return {"mode": mode, "arcs": [] if given is None else given, "line": _line_of(value)}
     raise ValueError(f"must be a step name, a list of step names, or `{{spec: {{mode}}, arcs: [...]}}`, "
                      f"got {value!r}")
 

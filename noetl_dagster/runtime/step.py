@@ -332,7 +332,7 @@ def run_pipeline(step: Step, tool_ctx: ToolContext, run: RunInfo) -> Body:
     position, executed = 0, 0
 
     def stopped(index: int, message: str) -> Body:
-        data = {"labeled_results": results, "failed_task": index}
+        data: Any = {"labeled_results": results, "failed_task": index}
         if not step.pipeline:
             data = results.get(tasks[index].name)
         return Body(data, ctx_updates, error=_task_label(step, tasks[index]) + message)

@@ -105,7 +105,7 @@ def workload_run_config(playbook: Playbook, net: Net, translator: PlaybookTransl
     return {"ops": config}
 
 
-def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> list[dg.ScheduleDefinition]:
+def _schedules(playbook: Playbook, translator: PlaybookTranslator, job: Any) -> list[Any]:
     cron = playbook.metadata.schedule
     if not cron:
         return []
@@ -225,7 +225,7 @@ class _Emitter:
                 kinds={"noetl"}, is_required=False,
                 metadata={**code_reference(self.playbook.file, 1, "playbook"),
                           PLAYBOOK_TAG: self.playbook.metadata.catalog_path})
-            groups[outs[RUN_OUTCOME].key] = domain
+            groups[outs[RUN_OUTCOME].key] = domain  # type: ignore[index]  # the spec above has its key
             outcome = self.factory._op(RUN_OUTCOME, _outcome, ins={"results": dg.In(list)},
                                outs={RESULT_OUTPUT: dg.Out(is_required=False)},
                                description="Collects the results of the playbook's final steps.",

@@ -488,7 +488,7 @@ class PlaybookTranslator:
         checked = process_config(k8s_job_executor.config_schema.config_type, k8s)
         if not checked.success:  # the settings' names and types are the executor's own: checked here
             raise PlaybookError([Issue(playbook.file, block.line or playbook.metadata.line or 1, 1,
-                                       "; ".join(e.message for e in checked.errors), field="metadata.dagster.k8s",
+                                       "; ".join(e.message for e in checked.errors or ()), field="metadata.dagster.k8s",
                                        hint="see dagster_k8s.k8s_job_executor's config")])
         return k8s_job_executor.configured(k8s)
 
