@@ -1,5 +1,5 @@
-"""``FastSqliteEventLogStorage``: Dagster's SQLite event log (the embedded default) without a new
-database connection per event.
+"""``FastSqliteEventLogStorage`` and ``FastPostgresEventLogStorage``: Dagster's SQLite event log
+(the embedded default) and dagster-postgres's event log without a new database connection per event.
 
 Dagster's :class:`~dagster._core.storage.event_log.sqlite.SqliteEventLogStorage` keeps every
 run's events in its own SQLite file and, for each event written or read, creates a SQLAlchemy
@@ -26,6 +26,39 @@ Configure it in ``$DAGSTER_HOME/dagster.yaml`` (run and schedule storage stay th
         base_dir: /path/to/dagster_home/history/runs/   # where the default keeps run event logs
 
 or write that file with :func:`write_instance_config`.
+
+``FastPostgresEventLogStorage`` is dagster-postgres's ``PostgresEventLogStorage`` (same tables,
+migrations, ``NOTIFY run_events`` per event, polling watcher for ``watch_event_logs``) with a kept
+connection pool instead of dagster-postgres's ``NullPool`` (a new connection, with its password
+handshake, for every event and every read):
+
+* a ``QueuePool`` of ``pool_size`` (default 2) connections plus ``max_overflow`` (default 8) in
+  autocommit mode, recycled after ``pool_recycle`` seconds (default 3600) - as dagster-postgres
+  itself keeps one in the webserver (``optimize_for_webserver``);
+* a step's events arriving in one :meth:`store_event_batch` go in one multi-row ``INSERT``, in one
+  transaction with their ``NOTIFY``;
+* a forked child drops the inherited pool without closing the parent's sockets, and opens its
+  own; :meth:`dispose` closes the pool.
+
+Configure it as dagster-postgres's event log storage, with run and schedule storage staying
+dagster-postgres's (the same ``postgres_url`` or ``postgres_db`` fields; ``{env: ...}`` works)::
+
+    run_storage:
+      module: dagster_postgres.run_storage
+      class: PostgresRunStorage
+      config: &pg
+        postgres_db: {hostname: db, port: 5432, username: dagster, password: {env: PGPASSWORD},
+                      db_name: dagster, scheme: postgresql+psycopg2}
+    event_log_storage:
+      module: noetl_dagster.storage
+      class: FastPostgresEventLogStorage
+      config: *pg          # optional: pool_size, max_overflow, pool_recycle
+    schedule_storage:
+      module: dagster_postgres.schedule_storage
+      class: PostgresScheduleStorage
+      config: *pg
+
+(``postgres_instance_config`` writes this text; ``deploy/dagster.yaml`` uses it.)
 """
 
 from __future__ import annotations
@@ -34,23 +67,28 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
 from dagster._config import IntSource, StringSource
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (SqliteEventLogStorage,
+                                                                     SqliteEventLogStorageWatchdog)
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
-__all__ = ["FastSqliteEventLogStorage", "instance_config", "write_instance_config"]
+__all__ = ["FastPostgresEventLogStorage", "FastSqliteEventLogStorage", "instance_config",
+           "postgres_instance_config", "write_instance_config"]
 
 #: run databases whose engines stay open at most (each keeps its pooled connections)
 DEFAULT_MAX_OPEN_SHARDS = 64
-_ALL: "weakref.WeakSet[FastSqliteEventLogStorage]" = weakref.WeakSet()
+#: the Postgres pool: kept connections, extra ones under load, seconds before one is reopened
+DEFAULT_PG_POOL_SIZE, DEFAULT_PG_MAX_OVERFLOW, DEFAULT_PG_POOL_RECYCLE = 2, 8, 3600
+PG_CHANNEL = "run_events"  # dagster-postgres's NOTIFY channel (kept for watchers of older versions)
+_ALL: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 class FastSqliteEventLogStorage(SqliteEventLogStorage):
@@ -152,6 +190,19 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
             for statement in statements:
                 conn.execute(statement)
 
+    # -- watchers ----------------------------------------------------------------------------
+    def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
+        """As Dagster's, but woken by the run file's write-ahead log too: a kept connection commits
+        into ``<run>.db-wal`` and the run file itself changes only at a checkpoint (Dagster's
+        watcher, looking at ``<run>.db`` alone, would see a live run's events only then)."""
+        from watchdog.observers import Observer
+
+        if not self._obs:
+            self._obs = Observer()
+            self._obs.start()
+        watchdog = _WalWatchdog(self, run_id, callback, cursor)
+        self._watchers[run_id][callback] = (watchdog, self._obs.schedule(watchdog, self._base_dir, recursive=True))
+
     # -- lifecycle ---------------------------------------------------------------------------
     def wipe(self) -> None:
         self._close_engines()  # the files are deleted: no connection may keep them open
@@ -160,6 +211,132 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
     def dispose(self) -> None:
         self._close_engines()
         super().dispose()
+
+
+class _WalWatchdog(SqliteEventLogStorageWatchdog):
+    """Dagster's run-file watchdog, also woken by writes to the file's WAL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paths = (self._log_path, self._log_path + "-wal")
+        self._patterns = list(self._paths)
+
+    def on_modified(self, event: Any) -> None:
+        if event.src_path in self._paths:
+            self._process_log()
+
+
+def _define_postgres_storage() -> type:
+    """``FastPostgresEventLogStorage``, defined on first use: importing dagster-postgres (alembic,
+    psycopg2) costs ~0.8 s CPU, which a SQLite instance or the CLI never needs."""
+    from dagster_postgres.event_log.event_log import PostgresEventLogStorage
+
+    class FastPostgresEventLogStorage(PostgresEventLogStorage):
+        """dagster-postgres's event log storage with a kept connection pool (see the module doc).
+
+        Example (``dagster.yaml``)::
+
+            event_log_storage:
+              module: noetl_dagster.storage
+              class: FastPostgresEventLogStorage
+              config:
+                postgres_url: postgresql+psycopg2://dagster:secret@db:5432/dagster
+        """
+
+        def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
+                     inst_data: ConfigurableClassData | None = None, token_provider: Any = None,
+                     pool_size: int = DEFAULT_PG_POOL_SIZE, max_overflow: int = DEFAULT_PG_MAX_OVERFLOW,
+                     pool_recycle: int = DEFAULT_PG_POOL_RECYCLE) -> None:
+            self._pool_args = {"pool_size": max(1, int(pool_size)), "max_overflow": max(0, int(max_overflow)),
+                               "pool_recycle": int(pool_recycle)}
+            super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
+            null_engine, self._engine = self._engine, self._pooled_engine()
+            null_engine.dispose()
+            _ALL.add(self)
+
+        def _pooled_engine(self) -> Engine:
+            from dagster_postgres.utils import create_pg_engine
+
+            return create_pg_engine(self.postgres_url, self._token_provider, isolation_level="AUTOCOMMIT",
+                                    poolclass=QueuePool, pool_reset_on_return=None, **self._pool_args)
+
+        # ``_engine`` is read by dagster-postgres everywhere: a forked child gets a fresh pool
+        @property
+        def _engine(self) -> Engine:  # type: ignore[override]
+            if self._pid != os.getpid():
+                self._engine_value.dispose(close=False)  # the parent's sockets: leave them open
+                self._pid = os.getpid()
+            return self._engine_value
+
+        @_engine.setter
+        def _engine(self, engine: Engine) -> None:
+            self._engine_value = engine
+            self._pid = os.getpid()
+
+        @classmethod
+        def config_type(cls) -> Any:
+            from dagster._core.storage.config import pg_config
+
+            return {**pg_config(), "pool_size": db_optional(IntSource), "max_overflow": db_optional(IntSource),
+                    "pool_recycle": db_optional(IntSource)}
+
+        @classmethod
+        def from_config_value(cls, inst_data: ConfigurableClassData | None,  # type: ignore[override]
+                              config_value: dict[str, Any]) -> "FastPostgresEventLogStorage":
+            from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+
+            pool = {k: config_value[k] for k in ("pool_size", "max_overflow", "pool_recycle") if k in config_value}
+            return cls(pg_url_from_config(config_value), config_value.get("should_autocreate_tables", True),
+                       inst_data=inst_data, token_provider=get_token_provider_from_config(config_value), **pool)
+
+        # -- writes ----------------------------------------------------------------------------
+        def store_event_batch(self, events: Sequence[Any]) -> None:
+            """Asset batches as dagster-postgres stores them; any other events in storage order, runs
+            of plain events (neither asset nor check events) in one multi-row ``INSERT`` (one
+            transaction), then their ``NOTIFY``s."""
+            from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, BATCH_WRITABLE_EVENTS
+
+            if events and all(e.is_dagster_event and e.dagster_event_type in BATCH_WRITABLE_EVENTS for e in events):
+                super().store_event_batch(events)
+                return
+            indexed = {*ASSET_EVENTS, *ASSET_CHECK_EVENTS}
+            plain: list[Any] = []
+            for event in events:
+                if event.is_dagster_event and event.dagster_event_type in indexed:
+                    self._insert_plain(plain)
+                    plain = []
+                    self.store_event(event)
+                else:
+                    plain.append(event)
+            self._insert_plain(plain)
+
+        def _insert_plain(self, events: Sequence[Any]) -> None:
+            if not events:
+                return
+            from dagster._core.storage.event_log import SqlEventLogStorageTable
+
+            table = SqlEventLogStorageTable
+            statement = self.prepare_insert_event_batch(events).returning(table.c.run_id, table.c.id)
+            with self._connect() as conn:  # one statement: one transaction
+                rows = conn.execute(statement).fetchall()
+                conn.execute(db.text(f"SELECT pg_notify('{PG_CHANNEL}', n) FROM unnest(CAST(:ids AS text[])) AS n"),
+                             {"ids": [f"{run_id}_{event_id}" for run_id, event_id in rows]})
+
+        # -- lifecycle ---------------------------------------------------------------------------
+        def dispose(self) -> None:
+            super().dispose()
+            self._engine.dispose()
+
+    FastPostgresEventLogStorage.__module__ = __name__
+    FastPostgresEventLogStorage.__qualname__ = "FastPostgresEventLogStorage"
+    return FastPostgresEventLogStorage
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FastPostgresEventLogStorage":
+        cls = globals()["FastPostgresEventLogStorage"] = _define_postgres_storage()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def db_optional(config_type: Any) -> Any:
@@ -185,9 +362,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def instance_config(home: str) -> str:
-    """The ``dagster.yaml`` text of an instance at ``home`` using this storage for its event log
-    (run and schedule storage stay Dagster's SQLite defaults under ``home``)."""
+def instance_config(home: str, postgres: str | Mapping[str, Any] | None = None) -> str:
+    """The ``dagster.yaml`` text of an instance at ``home`` using our event log storage.
+
+    Without ``postgres``: :class:`FastSqliteEventLogStorage` (run and schedule storage stay
+    Dagster's SQLite defaults under ``home``). With ``postgres`` (a ``postgres_url`` string, or
+    dagster-postgres's ``postgres_db`` fields: ``hostname``, ``port``, ``username``, ``password``,
+    ``db_name``, ``scheme``, ... where ``{"env": "VAR"}`` values work): every storage in that
+    database, run and schedule storage dagster-postgres's, the event log
+    ``FastPostgresEventLogStorage``."""
+    if postgres is not None:
+        return postgres_instance_config(postgres)
     base = os.path.join(os.path.abspath(home), "history", "runs", "")
     return ("event_log_storage:\n"
             "  module: noetl_dagster.storage\n"
@@ -196,12 +381,29 @@ def instance_config(home: str) -> str:
             "telemetry:\n  enabled: false\n")
 
 
-def write_instance_config(home: str) -> str:
+def postgres_instance_config(postgres: str | Mapping[str, Any]) -> str:
+    """The ``dagster.yaml`` text with every storage in one PostgreSQL database (see
+    :func:`instance_config`)."""
+    import yaml
+
+    import copy
+
+    config = {"postgres_url": postgres} if isinstance(postgres, str) else {"postgres_db": dict(postgres)}
+    doc = {"run_storage": {"module": "dagster_postgres.run_storage", "class": "PostgresRunStorage", "config": copy.deepcopy(config)},
+           "event_log_storage": {"module": "noetl_dagster.storage", "class": "FastPostgresEventLogStorage",
+                                 "config": copy.deepcopy(config)},
+           "schedule_storage": {"module": "dagster_postgres.schedule_storage", "class": "PostgresScheduleStorage",
+                                "config": copy.deepcopy(config)},
+           "telemetry": {"enabled": False}}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_instance_config(home: str, postgres: str | Mapping[str, Any] | None = None) -> str:
     """Write :func:`instance_config` to ``home/dagster.yaml``; returns the path."""
     os.makedirs(home, exist_ok=True)
     path = os.path.join(home, "dagster.yaml")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(instance_config(home))
+        f.write(instance_config(home, postgres))
     return path
 
 

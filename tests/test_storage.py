@@ -1,12 +1,17 @@
-"""``FastSqliteEventLogStorage`` behaves as Dagster's ``SqliteEventLogStorage``: every check runs
-against both (same instance layout, configured through ``dagster.yaml``) and expects what Dagster's
-own storage gives, plus what the kept connections must not break (forks, wipes, many runs)."""
+"""``FastSqliteEventLogStorage`` behaves as Dagster's ``SqliteEventLogStorage`` and
+``FastPostgresEventLogStorage`` as dagster-postgres's ``PostgresEventLogStorage``: every check runs
+against all four (configured through ``dagster.yaml``; Postgres on the real PostgreSQL 15 of
+``tests/pg.py``, a fresh database per instance) and expects what Dagster's own storages give, plus
+what the kept connections must not break (forks, wipes, many runs, watchers)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -14,24 +19,60 @@ import sqlalchemy.exc
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
-from noetl_dagster.storage import FastSqliteEventLogStorage, instance_config, write_instance_config
+from dagster_postgres.event_log.event_log import PostgresEventLogStorage
+from pg import SUPERUSER, SUPERUSER_PASSWORD, PgServer, pg_server  # noqa: F401
 
-KINDS = ["dagster", "fast"]
+from noetl_dagster.storage import (FastPostgresEventLogStorage, FastSqliteEventLogStorage, instance_config,
+                                   write_instance_config)
+
+#: Dagster's SQLite, ours; dagster-postgres's, ours
+KINDS = ["dagster", "fast", "postgres", "fast postgres"]
+STORAGE = {"dagster": SqliteEventLogStorage, "fast": FastSqliteEventLogStorage,
+           "postgres": PostgresEventLogStorage, "fast postgres": FastPostgresEventLogStorage}
 START, SUCCESS = DagsterEventType.RUN_START.value, DagsterEventType.RUN_SUCCESS.value
 
 
-def _instance(home: Path, kind: str, extra: str = "") -> dg.DagsterInstance:
+def _database(pg: PgServer) -> dict[str, Any]:
+    """A fresh database on the test server: dagster-postgres's ``postgres_db`` fields."""
+    import psycopg
+
+    name = f"events_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(host=pg.host, port=pg.port, user=SUPERUSER, password=SUPERUSER_PASSWORD,
+                         dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" OWNER "{pg.user}"')
+    return {"hostname": pg.host, "port": pg.port, "username": pg.user, "password": pg.password,
+            "db_name": name, "scheme": "postgresql+psycopg2"}
+
+
+def _instance(home: Path, kind: str, extra: str = "", pg: PgServer | None = None) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
-    text = instance_config(str(home)) if kind == "fast" else "telemetry:\n  enabled: false\n"
+    if kind == "fast":
+        text = instance_config(str(home))
+    elif kind == "fast postgres":
+        assert pg is not None
+        text = instance_config(str(home), postgres=_database(pg))
+    elif kind == "postgres":
+        assert pg is not None
+        import yaml
+
+        text = yaml.safe_dump({"storage": {"postgres": {"postgres_db": _database(pg)}},
+                               "telemetry": {"enabled": False}})
+    else:
+        text = "telemetry:\n  enabled: false\n"
     (home / "dagster.yaml").write_text(text + extra)
-    return dg.DagsterInstance.from_config(str(home))
+    inst = dg.DagsterInstance.from_config(str(home))
+    assert type(inst.event_log_storage) is STORAGE[kind]
+    return inst
+
+
+def _make(request: pytest.FixtureRequest, home: Path, kind: str) -> dg.DagsterInstance:
+    pg = request.getfixturevalue("pg_server") if "postgres" in kind else None
+    return _instance(home, kind, pg=pg)
 
 
 @pytest.fixture(params=KINDS)
 def instance(request: pytest.FixtureRequest, tmp_path: Path) -> dg.DagsterInstance:
-    inst = _instance(tmp_path / request.param, request.param)
-    expected = FastSqliteEventLogStorage if request.param == "fast" else SqliteEventLogStorage
-    assert type(inst.event_log_storage) is expected
+    inst = _make(request, tmp_path / request.param.replace(" ", "_"), request.param)
     yield inst
     inst.dispose()
 
@@ -98,18 +139,20 @@ def test_a_run_reads_back_as_dagster_stores_it(instance: dg.DagsterInstance) -> 
     assert steps == {"ok": "SUCCESS", "materialize": "SUCCESS", "fail": "FAILURE"}
 
 
-def test_both_storages_record_the_same_events(tmp_path: Path) -> None:
+def test_all_storages_record_the_same_events(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     seen = {}
     for kind in KINDS:
-        inst = _instance(tmp_path / kind, kind)
+        inst = _make(request, tmp_path / kind.replace(" ", "_"), kind)
         result = mixed.execute_in_process(instance=inst, raise_on_error=False)
         seen[kind] = [(e.step_key, e.dagster_event.event_type_value) for e in inst.all_logs(result.run_id)
                       if e.dagster_event and e.dagster_event.event_type_value != "LOGS_CAPTURED"]
         inst.dispose()
-    assert seen["fast"] == seen["dagster"]
+    assert seen["fast"] == seen["dagster"] == seen["postgres"] == seen["fast postgres"]
 
 
 def test_store_event_batch_one_run_and_mirrored_events(instance: dg.DagsterInstance) -> None:
+    if type(instance.event_log_storage) is PostgresEventLogStorage:
+        pytest.skip("dagster-postgres's store_event_batch takes asset events only (its invariant)")
     source = fine.execute_in_process(instance=instance)
     entries = instance.all_logs(source.run_id)
     run_id = dg.make_new_run_id() if hasattr(dg, "make_new_run_id") else "batch-run"
@@ -149,54 +192,112 @@ def test_many_runs_with_few_open_files(tmp_path: Path) -> None:
     inst.dispose()
 
 
-def test_a_corrupted_run_file_is_a_database_error(instance: dg.DagsterInstance) -> None:
-    storage = instance.event_log_storage
+@pytest.mark.parametrize("kind", ["dagster", "fast"])
+def test_a_corrupted_run_file_is_a_database_error(kind: str, tmp_path: Path) -> None:
+    storage = _instance(tmp_path / kind, kind).event_log_storage
     Path(storage.path_for_shard("corrupt")).write_text("some nonsense")
     with pytest.raises(sqlalchemy.exc.DatabaseError):
         storage.get_logs_for_run("corrupt")
 
 
-def _child_reads(base_dir: str, run_id: str, queue: "multiprocessing.Queue[object]") -> None:
+def _open(kind: str, where: str) -> Any:
+    return FastSqliteEventLogStorage(where) if kind == "fast" else FastPostgresEventLogStorage(where)
+
+
+def _backend(storage: Any) -> int | None:
+    """The server process behind the connection a Postgres storage's pool hands out (None: SQLite)."""
+    if not isinstance(storage, FastPostgresEventLogStorage):
+        return None
+    with storage._connect() as conn:
+        return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+
+def _child_reads(kind: str, where: str, run_id: str, queue: "multiprocessing.Queue[object]") -> None:
     try:
-        storage = FastSqliteEventLogStorage(base_dir)
-        queue.put(len(storage.get_logs_for_run(run_id)))
+        storage = _open(kind, where)
+        queue.put((len(storage.get_logs_for_run(run_id)), _backend(storage)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         queue.put(repr(exc))
 
 
-def test_forked_and_spawned_processes_use_their_own_connections(tmp_path: Path) -> None:
-    inst = _instance(tmp_path / "fork", "fast")
+@pytest.mark.parametrize("kind", ["fast", "fast postgres"])
+def test_forked_and_spawned_processes_use_their_own_connections(kind: str, request: pytest.FixtureRequest,
+                                                                tmp_path: Path) -> None:
+    inst = _make(request, tmp_path / "fork", kind)
     run_id = fine.execute_in_process(instance=inst).run_id
     storage = inst.event_log_storage
     expected = len(storage.get_logs_for_run(run_id))
+    parent_backend = _backend(storage)  # the parent's pooled connection, kept across the fork
+    where = storage._base_dir if kind == "fast" else storage.postgres_url
     for method in ("fork", "spawn"):
         ctx = multiprocessing.get_context(method)
         queue = ctx.Queue()
         if method == "fork":  # the child inherits this storage with its kept engines
-            proc = ctx.Process(target=lambda q: q.put(len(storage.get_logs_for_run(run_id))), args=(queue,))
+            proc = ctx.Process(target=lambda q: q.put((len(storage.get_logs_for_run(run_id)), _backend(storage))),
+                               args=(queue,))
         else:
-            proc = ctx.Process(target=_child_reads, args=(storage._base_dir, run_id, queue))
+            proc = ctx.Process(target=_child_reads, args=(kind, where, run_id, queue))
         proc.start()
         proc.join(60)
-        assert queue.get(timeout=5) == expected, method
+        count, backend = queue.get(timeout=5)
+        assert count == expected, method
+        assert backend is None or backend != parent_backend, method  # a connection of its own
     assert len(storage.get_logs_for_run(run_id)) == expected  # the parent's connections still work
+    assert _backend(storage) == parent_backend
     inst.dispose()
 
 
-def test_multiprocess_executor_writes_from_step_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["fast", "fast postgres"])
+def test_multiprocess_executor_writes_from_step_processes(kind: str, request: pytest.FixtureRequest,
+                                                          tmp_path: Path) -> None:
     home = tmp_path / "mp"
-    write_instance_config(str(home))
+    postgres = _database(request.getfixturevalue("pg_server")) if "postgres" in kind else None
+    write_instance_config(str(home), postgres=postgres)
     inst = dg.DagsterInstance.from_config(str(home))
+    assert type(inst.event_log_storage) is STORAGE[kind]
     job = dg.build_reconstructable_job("test_storage", "mp_job", reconstructor_working_directory=str(Path(__file__).parent))
     with dg.execute_job(job, instance=inst) as result:
         assert result.success
         types = _types(inst, result.run_id)
     assert types.count("STEP_SUCCESS") == 2 and "STEP_WORKER_STARTED" in types
+    assert inst.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
     inst.dispose()
 
 
 def mp_job() -> dg.JobDefinition:
     return fine.with_executor_def(dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}}))
+
+
+def test_a_watcher_sees_a_run_events_as_they_are_stored(instance: dg.DagsterInstance) -> None:
+    """``instance.watch_event_logs`` (the webserver's live run view) delivers every event stored
+    for a run, from the cursor on, whether stored one by one or in a batch."""
+    entries = instance.all_logs(fine.execute_in_process(instance=instance).run_id)
+    run_id = str(uuid.uuid4())
+    copies = [e._replace(run_id=run_id) for e in entries]
+    instance.store_event(copies[0])
+    cursor = instance.get_records_for_run(run_id).cursor
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def callback(event: Any, cursor: str) -> None:
+        seen.append(event)
+        if len(seen) == len(copies) - 1:
+            done.set()
+
+    instance.watch_event_logs(run_id, cursor, callback)
+    try:
+        half = len(copies) // 2
+        for event in copies[1:half]:
+            instance.store_event(event)
+        if type(instance.event_log_storage) is PostgresEventLogStorage:  # takes asset batches only
+            for event in copies[half:]:
+                instance.store_event(event)
+        else:
+            instance.event_log_storage.store_event_batch(copies[half:])
+        assert done.wait(30), f"{len(seen)} of {len(copies) - 1} events seen"
+    finally:
+        instance.end_watch_event_logs(run_id, callback)
+    assert [e.message for e in seen] == [e.message for e in copies[1:]]
 
 
 def test_instance_config_points_at_the_default_event_log_folder(tmp_path: Path) -> None:
