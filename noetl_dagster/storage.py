@@ -80,8 +80,8 @@ from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
-__all__ = ["FastPostgresEventLogStorage", "FastSqliteEventLogStorage", "instance_config",
-           "postgres_instance_config", "write_instance_config"]
+__all__ = ["FastPostgresEventLogStorage", "FastPostgresRunStorage", "FastPostgresScheduleStorage",
+           "FastSqliteEventLogStorage", "instance_config", "postgres_instance_config", "write_instance_config"]
 
 #: run databases whose engines stay open at most (each keeps its pooled connections)
 DEFAULT_MAX_OPEN_SHARDS = 64
@@ -226,12 +226,74 @@ class _WalWatchdog(SqliteEventLogStorageWatchdog):
             self._process_log()
 
 
-def _define_postgres_storage() -> type:
-    """``FastPostgresEventLogStorage``, defined on first use: importing dagster-postgres (alembic,
-    psycopg2) costs ~0.8 s CPU, which a SQLite instance or the CLI never needs."""
+def _define_postgres_storages() -> dict[str, type]:
+    """``FastPostgres{EventLog,Run,Schedule}Storage``, defined on first use: importing
+    dagster-postgres (alembic, psycopg2) costs ~0.8 s CPU, which a SQLite instance or the CLI
+    never needs."""
     from dagster_postgres.event_log.event_log import PostgresEventLogStorage
+    from dagster_postgres.run_storage import PostgresRunStorage
+    from dagster_postgres.schedule_storage import PostgresScheduleStorage
+    from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
-    class FastPostgresEventLogStorage(PostgresEventLogStorage):
+    class KeptPool:
+        """A dagster-postgres storage whose engine keeps a pool (``_engine`` is what every method
+        of theirs connects through: a forked child gets a fresh, empty pool)."""
+
+        postgres_url: str
+        _token_provider: Any
+
+        def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
+                     inst_data: ConfigurableClassData | None = None, token_provider: Any = None,
+                     pool_size: int = DEFAULT_PG_POOL_SIZE, max_overflow: int = DEFAULT_PG_MAX_OVERFLOW,
+                     pool_recycle: int = DEFAULT_PG_POOL_RECYCLE) -> None:
+            self._pool_args = {"pool_size": max(1, int(pool_size)), "max_overflow": max(0, int(max_overflow)),
+                               "pool_recycle": int(pool_recycle)}
+            super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data,  # type: ignore[call-arg]
+                             token_provider=token_provider)
+            self._engine = create_pg_engine(self.postgres_url, self._token_provider, isolation_level="AUTOCOMMIT",
+                                            poolclass=QueuePool, pool_reset_on_return=None, **self._pool_args)
+            _ALL.add(self)
+
+        @property
+        def _engine(self) -> Engine:
+            if self._pid != os.getpid():
+                self._engine_value.dispose(close=False)  # the parent's sockets: leave them open
+                self._pid = os.getpid()
+            return self._engine_value
+
+        @_engine.setter
+        def _engine(self, engine: Engine) -> None:  # dagster-postgres sets it (and in optimize_for_webserver)
+            previous = self.__dict__.get("_engine_value")
+            self._engine_value = engine
+            self._pid = os.getpid()
+            if previous is not None and previous is not engine:
+                previous.dispose()
+
+        @classmethod
+        def config_type(cls) -> Any:
+            from dagster._core.storage.config import pg_config
+
+            return {**pg_config(), "pool_size": db_optional(IntSource), "max_overflow": db_optional(IntSource),
+                    "pool_recycle": db_optional(IntSource)}
+
+        @classmethod
+        def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]) -> Any:
+            pool = {k: config_value[k] for k in ("pool_size", "max_overflow", "pool_recycle") if k in config_value}
+            return cls(pg_url_from_config(config_value), config_value.get("should_autocreate_tables", True),
+                       inst_data=inst_data, token_provider=get_token_provider_from_config(config_value), **pool)
+
+        def dispose(self) -> None:
+            super().dispose()  # type: ignore[misc]
+            self._engine.dispose()
+
+    class FastPostgresRunStorage(KeptPool, PostgresRunStorage):
+        """dagster-postgres's run storage with a kept connection pool (a run reads and updates its
+        row ~19 times: with dagster-postgres's ``NullPool`` each is a new connection)."""
+
+    class FastPostgresScheduleStorage(KeptPool, PostgresScheduleStorage):
+        """dagster-postgres's schedule storage with a kept connection pool (daemon ticks)."""
+
+    class FastPostgresEventLogStorage(KeptPool, PostgresEventLogStorage):
         """dagster-postgres's event log storage with a kept connection pool (see the module doc).
 
         Example (``dagster.yaml``)::
@@ -243,53 +305,6 @@ def _define_postgres_storage() -> type:
                 postgres_url: postgresql+psycopg2://dagster:secret@db:5432/dagster
         """
 
-        def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
-                     inst_data: ConfigurableClassData | None = None, token_provider: Any = None,
-                     pool_size: int = DEFAULT_PG_POOL_SIZE, max_overflow: int = DEFAULT_PG_MAX_OVERFLOW,
-                     pool_recycle: int = DEFAULT_PG_POOL_RECYCLE) -> None:
-            self._pool_args = {"pool_size": max(1, int(pool_size)), "max_overflow": max(0, int(max_overflow)),
-                               "pool_recycle": int(pool_recycle)}
-            super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
-            null_engine, self._engine = self._engine, self._pooled_engine()
-            null_engine.dispose()
-            _ALL.add(self)
-
-        def _pooled_engine(self) -> Engine:
-            from dagster_postgres.utils import create_pg_engine
-
-            return create_pg_engine(self.postgres_url, self._token_provider, isolation_level="AUTOCOMMIT",
-                                    poolclass=QueuePool, pool_reset_on_return=None, **self._pool_args)
-
-        # ``_engine`` is read by dagster-postgres everywhere: a forked child gets a fresh pool
-        @property
-        def _engine(self) -> Engine:  # type: ignore[override]
-            if self._pid != os.getpid():
-                self._engine_value.dispose(close=False)  # the parent's sockets: leave them open
-                self._pid = os.getpid()
-            return self._engine_value
-
-        @_engine.setter
-        def _engine(self, engine: Engine) -> None:
-            self._engine_value = engine
-            self._pid = os.getpid()
-
-        @classmethod
-        def config_type(cls) -> Any:
-            from dagster._core.storage.config import pg_config
-
-            return {**pg_config(), "pool_size": db_optional(IntSource), "max_overflow": db_optional(IntSource),
-                    "pool_recycle": db_optional(IntSource)}
-
-        @classmethod
-        def from_config_value(cls, inst_data: ConfigurableClassData | None,  # type: ignore[override]
-                              config_value: dict[str, Any]) -> "FastPostgresEventLogStorage":
-            from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
-
-            pool = {k: config_value[k] for k in ("pool_size", "max_overflow", "pool_recycle") if k in config_value}
-            return cls(pg_url_from_config(config_value), config_value.get("should_autocreate_tables", True),
-                       inst_data=inst_data, token_provider=get_token_provider_from_config(config_value), **pool)
-
-        # -- writes ----------------------------------------------------------------------------
         def store_event_batch(self, events: Sequence[Any]) -> None:
             """Asset batches as dagster-postgres stores them; any other events in storage order, runs
             of plain events (neither asset nor check events) in one multi-row ``INSERT`` (one
@@ -322,20 +337,21 @@ def _define_postgres_storage() -> type:
                 conn.execute(db.text(f"SELECT pg_notify('{PG_CHANNEL}', n) FROM unnest(CAST(:ids AS text[])) AS n"),
                              {"ids": [f"{run_id}_{event_id}" for run_id, event_id in rows]})
 
-        # -- lifecycle ---------------------------------------------------------------------------
-        def dispose(self) -> None:
-            super().dispose()
-            self._engine.dispose()
+    classes = {c.__name__: c for c in (FastPostgresEventLogStorage, FastPostgresRunStorage,
+                                       FastPostgresScheduleStorage)}
+    for name, cls in classes.items():
+        cls.__module__, cls.__qualname__ = __name__, name
+    return classes
 
-    FastPostgresEventLogStorage.__module__ = __name__
-    FastPostgresEventLogStorage.__qualname__ = "FastPostgresEventLogStorage"
-    return FastPostgresEventLogStorage
+
+_POSTGRES_CLASSES = ("FastPostgresEventLogStorage", "FastPostgresRunStorage", "FastPostgresScheduleStorage")
 
 
 def __getattr__(name: str) -> Any:
-    if name == "FastPostgresEventLogStorage":
-        cls = globals()["FastPostgresEventLogStorage"] = _define_postgres_storage()
-        return cls
+    if name in _POSTGRES_CLASSES:
+        classes = _define_postgres_storages()
+        globals().update(classes)
+        return classes[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -389,12 +405,10 @@ def postgres_instance_config(postgres: str | Mapping[str, Any]) -> str:
     import copy
 
     config = {"postgres_url": postgres} if isinstance(postgres, str) else {"postgres_db": dict(postgres)}
-    doc = {"run_storage": {"module": "dagster_postgres.run_storage", "class": "PostgresRunStorage", "config": copy.deepcopy(config)},
-           "event_log_storage": {"module": "noetl_dagster.storage", "class": "FastPostgresEventLogStorage",
-                                 "config": copy.deepcopy(config)},
-           "schedule_storage": {"module": "dagster_postgres.schedule_storage", "class": "PostgresScheduleStorage",
-                                "config": copy.deepcopy(config)},
-           "telemetry": {"enabled": False}}
+    doc: dict[str, Any] = {f"{kind}_storage": {"module": "noetl_dagster.storage", "class": f"FastPostgres{name}Storage",
+                                               "config": copy.deepcopy(config)}
+                           for kind, name in (("run", "Run"), ("event_log", "EventLog"), ("schedule", "Schedule"))}
+    doc["telemetry"] = {"enabled": False}
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -22,8 +22,8 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 from dagster_postgres.event_log.event_log import PostgresEventLogStorage
 from pg import SUPERUSER, SUPERUSER_PASSWORD, PgServer, pg_server  # noqa: F401
 
-from noetl_dagster.storage import (FastPostgresEventLogStorage, FastSqliteEventLogStorage, instance_config,
-                                   write_instance_config)
+from noetl_dagster.storage import (FastPostgresEventLogStorage, FastPostgresRunStorage, FastPostgresScheduleStorage,
+                                   FastSqliteEventLogStorage, instance_config, write_instance_config)
 
 #: Dagster's SQLite, ours; dagster-postgres's, ours
 KINDS = ["dagster", "fast", "postgres", "fast postgres"]
@@ -62,6 +62,9 @@ def _instance(home: Path, kind: str, extra: str = "", pg: PgServer | None = None
     (home / "dagster.yaml").write_text(text + extra)
     inst = dg.DagsterInstance.from_config(str(home))
     assert type(inst.event_log_storage) is STORAGE[kind]
+    if kind == "fast postgres":
+        assert type(inst.run_storage) is FastPostgresRunStorage
+        assert type(inst._schedule_storage) is FastPostgresScheduleStorage
     return inst
 
 
