@@ -5,9 +5,9 @@ Shapes (compiled NoETL playbooks from ``step_overhead.py``): python chains of ``
 (10, 50, 200) and a ``--width`` (20) fan-out + join. Each runs with ``execute_in_process`` on a
 persistent instance: ``sqlite`` (Dagster's default ``dagster.yaml``), ``fast sqlite`` (the same
 with ``event_log_storage: noetl_dagster.storage.FastSqliteEventLogStorage``), ``postgres``
-(dagster-postgres storage) and ``fast postgres`` (
-``FastPostgres{Run,EventLog,Schedule}Storage``: all three with kept pools; its own database on the same server). Every shape is warmed up once per instance, then the instances take
-turns for ``--runs`` rounds. Figures: process CPU (and wall) milliseconds per step (run time /
+(dagster-postgres storage) and ``fast postgres`` (``FastPostgres{Run,EventLog,Schedule}Storage``:
+kept connection pools; its own database on the same server). Every shape is warmed up once per
+instance, then the instances take turns for ``--runs`` rounds. Figures: process CPU (and wall) milliseconds per step (run time /
 steps), median and best; ratios per round. NoETL's distributed runtime publishes 65-105 ms per step.
 
 Run: ``.venv/bin/python benchmarks/event_log_storage.py [--quick] [--postgres]``. Never asserts times.
