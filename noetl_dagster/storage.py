@@ -12,7 +12,13 @@ how it connects:
 * ``PRAGMA synchronous=NORMAL`` on those connections: the files are in WAL mode already, where
   NORMAL never corrupts a database and commits skip the fsync (an OS crash may lose the last
   events; a process crash loses none);
-* :meth:`store_event_batch` writes a batch of one run's events in one transaction.
+* :meth:`store_event_batch` writes a batch of one run's events in one transaction;
+* a new run's file is a copy of an empty run file that Dagster's own ``_initdb`` made once per
+  process (Dagster runs ``_initdb`` per run, loading alembic's migration scripts to check the
+  revision: ~0.1 s CPU, most of a short run's fixed cost); a file that already exists is checked
+  by ``_initdb`` as before;
+* watchers (``instance.watch_event_logs``, the webserver's live run view) are also woken by the
+  run file's WAL, where the kept connections commit.
 
 Pools are dropped in a forked child (a connection never crosses processes) and on
 :meth:`wipe`/:meth:`dispose`.
@@ -63,22 +69,26 @@ dagster-postgres's (the same ``postgres_url`` or ``postgres_db`` fields; ``{env:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as db
 from dagster._config import IntSource, StringSource
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (SqliteEventLogStorage,
                                                                      SqliteEventLogStorageWatchdog)
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool, QueuePool
 
 __all__ = ["FastPostgresEventLogStorage", "FastPostgresRunStorage", "FastPostgresScheduleStorage",
            "FastSqliteEventLogStorage", "instance_config", "postgres_instance_config", "write_instance_config"]
@@ -89,6 +99,9 @@ DEFAULT_MAX_OPEN_SHARDS = 64
 DEFAULT_PG_POOL_SIZE, DEFAULT_PG_MAX_OVERFLOW, DEFAULT_PG_POOL_RECYCLE = 2, 8, 3600
 PG_CHANNEL = "run_events"  # dagster-postgres's NOTIFY channel (kept for watchers of older versions)
 _ALL: "weakref.WeakSet[Any]" = weakref.WeakSet()
+#: an empty run file as Dagster's ``_initdb`` makes it (see ``FastSqliteEventLogStorage._seed``)
+_TEMPLATE: dict[str, bytes | None] = {}
+_TEMPLATE_LOCK = threading.Lock()
 
 
 class FastSqliteEventLogStorage(SqliteEventLogStorage):
@@ -150,11 +163,53 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             engine, _ = self._engine(shard)
             if shard not in self._initialized_dbs:
-                self._initdb(engine)
+                if not self._seed(shard):
+                    self._initdb(engine)
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn:
                 with conn.begin():
                     yield conn
+
+    def _seed(self, shard: str) -> bool:
+        """Create a new run's file as a copy of an empty run file made by Dagster's own
+        ``_initdb`` (once per process): ``_initdb`` per run loads alembic's ~90 migration scripts
+        to check the revision (~0.1 s CPU, most of a short run's fixed cost). False when the
+        file (or a leftover WAL of it) exists, or another process created it first: then
+        Dagster's ``_initdb`` checks it as before."""
+        if shard == INDEX_SHARD_NAME:
+            return False
+        path = self.path_for_shard(shard)
+        if any(os.path.exists(path + suffix) for suffix in ("", "-wal", "-shm")):
+            return False
+        template = self._template()
+        if template is None:
+            return False
+        seed = f"{path}.{os.getpid()}.{threading.get_ident()}.seed"  # not *.db: never read as a run
+        try:
+            with open(seed, "wb") as f:
+                f.write(template)
+            os.link(seed, path)  # atomic: fails if another process made the file meanwhile
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seed)
+        return True
+
+    def _template(self) -> bytes | None:
+        with _TEMPLATE_LOCK:
+            if "run" not in _TEMPLATE:
+                with tempfile.TemporaryDirectory(prefix="noetl-runfile-") as tmp:
+                    engine = db.create_engine(create_db_conn_string(tmp, "template"), poolclass=NullPool,
+                                              connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+                    try:
+                        self._initdb(engine)
+                    finally:
+                        engine.dispose()
+                    # the last connection closed: its WAL is checkpointed into the file and removed
+                    leftover = os.path.exists(os.path.join(tmp, "template.db-wal"))
+                    _TEMPLATE["run"] = None if leftover else Path(tmp, "template.db").read_bytes()
+            return _TEMPLATE["run"]
 
     def _forget_engines(self) -> None:
         """Drop every kept engine without touching its connections (after a fork: they belong

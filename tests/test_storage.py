@@ -195,6 +195,47 @@ def test_many_runs_with_few_open_files(tmp_path: Path) -> None:
     inst.dispose()
 
 
+def test_a_new_run_file_is_the_file_dagster_creates(tmp_path: Path) -> None:
+    """The kept-connection storage copies an empty run file made by Dagster's ``_initdb``: same
+    tables, indexes, alembic revision and WAL mode as Dagster's own storage creates per run; a run
+    file another process made first is used as it is."""
+    import sqlite3
+
+    files = {}
+    for kind in ("dagster", "fast"):
+        inst = _instance(tmp_path / kind, kind)
+        run_id = fine.execute_in_process(instance=inst).run_id
+        path = inst.event_log_storage.path_for_shard(run_id)
+        inst.dispose()
+        conn = sqlite3.connect(path)
+        try:
+            files[kind] = (sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")),
+                           conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+                           conn.execute("PRAGMA journal_mode").fetchone(),
+                           conn.execute("SELECT count(*) FROM event_logs").fetchone())
+        finally:
+            conn.close()
+    assert files["fast"] == files["dagster"]
+    assert files["fast"][2] == ("wal",) and files["fast"][1] and files["fast"][3][0] > 10
+    assert not list((tmp_path / "fast").rglob("*.seed"))
+    # a run file Dagster's storage made (another process, same folder): used as it is
+    base = tmp_path / "shared"
+    dagster_side = SqliteEventLogStorage(str(base))
+    entries = _instance(tmp_path / "src", "dagster").all_logs(fine.execute_in_process(
+        instance=_instance(tmp_path / "src", "dagster")).run_id)
+    run_id = str(uuid.uuid4())
+    copies = [e._replace(run_id=run_id) for e in entries]
+    half = len(copies) // 2
+    for event in copies[:half]:
+        dagster_side.store_event(event)
+    fast_side = FastSqliteEventLogStorage(str(base))
+    for event in copies[half:]:
+        fast_side.store_event(event)
+    assert [e.message for e in fast_side.get_logs_for_run(run_id)] == [e.message for e in copies]
+    fast_side.dispose()
+    dagster_side.dispose()
+
+
 @pytest.mark.parametrize("kind", ["dagster", "fast"])
 def test_a_corrupted_run_file_is_a_database_error(kind: str, tmp_path: Path) -> None:
     storage = _instance(tmp_path / kind, kind).event_log_storage
