@@ -20,6 +20,16 @@ how it connects:
 * watchers (``instance.watch_event_logs``, the webserver's live run view) are also woken by the
   run file's WAL, where the kept connections commit.
 
+Both event log classes write a step's events in one transaction (Dagster hands a storage one
+event at a time; its own batching, ``DAGSTER_EVENT_BATCH_SIZE``, covers asset events only): a
+running step's own events and log lines wait in memory until the step ends, and are written in
+one batch before its terminal event returns, so a finished step's events are never lost. Asset,
+check and run events, any read through the storage, ``dispose`` and interpreter exit write what
+waits first, so readers in the process see every event in storage order; other processes (the
+webserver, the daemon) see a running step's events at most ``flush_interval`` seconds (default
+0.25) late, and a killed process loses at most that much of a running step's events. Set
+``flush_interval: 0`` to write every event as it comes.
+
 Pools are dropped in a forked child (a connection never crosses processes) and on
 :meth:`wipe`/:meth:`dispose`.
 
@@ -30,49 +40,52 @@ Configure it in ``$DAGSTER_HOME/dagster.yaml`` (run and schedule storage stay th
       class: FastSqliteEventLogStorage
       config:
         base_dir: /path/to/dagster_home/history/runs/   # where the default keeps run event logs
+        # optional: max_open_shards (64), flush_interval (0.25 s)
 
 or write that file with :func:`write_instance_config`.
 
-``FastPostgresEventLogStorage`` is dagster-postgres's ``PostgresEventLogStorage`` (same tables,
-migrations, ``NOTIFY run_events`` per event, polling watcher for ``watch_event_logs``) with a kept
-connection pool instead of dagster-postgres's ``NullPool`` (a new connection, with its password
-handshake, for every event and every read):
+``FastPostgresEventLogStorage``, ``FastPostgresRunStorage`` and ``FastPostgresScheduleStorage`` are
+dagster-postgres's storages (same tables, migrations, ``NOTIFY run_events`` per event, polling
+watcher for ``watch_event_logs``) with a kept connection pool instead of dagster-postgres's
+``NullPool`` (a new connection, with its password handshake, for every event and every read; a
+run also reads and updates its run row ~19 times):
 
 * a ``QueuePool`` of ``pool_size`` (default 2) connections plus ``max_overflow`` (default 8) in
   autocommit mode, recycled after ``pool_recycle`` seconds (default 3600) - as dagster-postgres
   itself keeps one in the webserver (``optimize_for_webserver``);
-* a step's events arriving in one :meth:`store_event_batch` go in one multi-row ``INSERT``, in one
-  transaction with their ``NOTIFY``;
+* a batch of events (a step's) goes in one multi-row ``INSERT``, then their ``NOTIFY``s;
 * a forked child drops the inherited pool without closing the parent's sockets, and opens its
   own; :meth:`dispose` closes the pool.
 
-Configure it as dagster-postgres's event log storage, with run and schedule storage staying
-dagster-postgres's (the same ``postgres_url`` or ``postgres_db`` fields; ``{env: ...}`` works)::
+Configure them with dagster-postgres's fields (``postgres_url`` or ``postgres_db``; ``{env: ...}``
+values work) in place of ``storage: postgres:``::
 
     run_storage:
-      module: dagster_postgres.run_storage
-      class: PostgresRunStorage
+      module: noetl_dagster.storage
+      class: FastPostgresRunStorage
       config: &pg
         postgres_db: {hostname: db, port: 5432, username: dagster, password: {env: PGPASSWORD},
                       db_name: dagster, scheme: postgresql+psycopg2}
     event_log_storage:
       module: noetl_dagster.storage
       class: FastPostgresEventLogStorage
-      config: *pg          # optional: pool_size, max_overflow, pool_recycle
+      config: *pg          # (a full mapping may add pool_size, max_overflow, pool_recycle, flush_interval)
     schedule_storage:
-      module: dagster_postgres.schedule_storage
-      class: PostgresScheduleStorage
+      module: noetl_dagster.storage
+      class: FastPostgresScheduleStorage
       config: *pg
 
-(``postgres_instance_config`` writes this text; ``deploy/dagster.yaml`` uses it.)
+(``write_instance_config(home, postgres=...)`` writes this; ``deploy/dagster.yaml`` uses it.)
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -95,6 +108,8 @@ __all__ = ["FastPostgresEventLogStorage", "FastPostgresRunStorage", "FastPostgre
 
 #: run databases whose engines stay open at most (each keeps its pooled connections)
 DEFAULT_MAX_OPEN_SHARDS = 64
+#: seconds a running step's events may wait in memory (``_StepTransactions``); 0: none wait
+DEFAULT_FLUSH_INTERVAL = 0.25
 #: the Postgres pool: kept connections, extra ones under load, seconds before one is reopened
 DEFAULT_PG_POOL_SIZE, DEFAULT_PG_MAX_OVERFLOW, DEFAULT_PG_POOL_RECYCLE = 2, 8, 3600
 PG_CHANNEL = "run_events"  # dagster-postgres's NOTIFY channel (kept for watchers of older versions)
@@ -104,7 +119,137 @@ _TEMPLATE: dict[str, bytes | None] = {}
 _TEMPLATE_LOCK = threading.Lock()
 
 
-class FastSqliteEventLogStorage(SqliteEventLogStorage):
+class _StepTransactions:
+    """A step's events in one transaction: events of a running step (its own events and log
+    lines, not asset, check or run events) wait in memory and go to the database in one batch
+    when the step ends (``STEP_SUCCESS``/``FAILURE``/``SKIPPED``/``UP_FOR_RETRY``/``RESTARTED``),
+    when any other event is stored, before any read through this storage, at ``dispose`` and at
+    interpreter exit; and, for a step still running, at most ``flush_interval`` seconds after the
+    first of them (a thread: other processes - the webserver, the daemon - see a running step's
+    events that late at most). A finished step's events are written before its terminal event
+    returns; a killed process loses at most the last ``flush_interval`` of a running step's
+    events. ``flush_interval: 0`` writes every event as it comes (as Dagster does)."""
+
+    _flush_interval: float
+
+    def _init_step_transactions(self, flush_interval: float) -> None:
+        self._flush_interval = max(0.0, float(flush_interval))
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        self._pending: list[Any] = []
+        self._pending_since = 0.0
+        self._flushing = False
+        self._pending_lock = threading.RLock()
+        self._direct = threading.local()
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
+
+    def store_event(self, event: Any) -> None:
+        if self._flush_interval <= 0 or getattr(self._direct, "on", False) or not _step_scoped(event):
+            self._flush_pending()
+            super().store_event(event)  # type: ignore[misc]
+            return
+        with self._pending_lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(event)
+            if self._flusher is None:
+                self._start_flusher()
+            if event.is_dagster_event and event.dagster_event_type in _STEP_ENDS:
+                self._flush_pending()
+
+    def store_event_batch(self, events: Sequence[Any]) -> None:
+        self._flush_pending()
+        super().store_event_batch(events)  # type: ignore[misc]
+
+    def _flush_pending(self) -> None:
+        # read without the lock: the common case (nothing held, no flush under way) costs nothing;
+        # during another thread's flush, wait for it (a read must see what was stored before it)
+        if not self._pending and not self._flushing:
+            return
+        with self._pending_lock:
+            events, self._pending = self._pending, []
+            if not events:
+                return
+            self._direct.on = True
+            self._flushing = True
+            start = 0
+            try:
+                for i in range(1, len(events) + 1):  # consecutive events of one run: one batch
+                    if i == len(events) or events[i].run_id != events[start].run_id:
+                        super().store_event_batch(events[start:i])  # type: ignore[misc]
+                        start = i
+            except BaseException:
+                self._pending[:0] = events[start:]  # not written: kept for the next flush
+                raise
+            finally:
+                self._direct.on = False
+                self._flushing = False
+
+    def _start_flusher(self) -> None:
+        ref, stop, interval = weakref.ref(self), self._flusher_stop, self._flush_interval
+
+        def loop() -> None:
+            while not stop.wait(interval / 2):
+                storage = ref()
+                if storage is None:
+                    return
+                if storage._pending and time.monotonic() - storage._pending_since >= interval:
+                    try:
+                        storage._flush_pending()
+                    except Exception:  # noqa: BLE001 - the next store or read flushes and raises
+                        pass
+                del storage
+
+        self._flusher = threading.Thread(target=loop, name="noetl-event-flush", daemon=True)
+        self._flusher.start()
+
+    def _stop_flusher(self) -> None:
+        self._flush_pending()
+        self._flusher_stop.set()
+        self._flusher = None
+        self._flusher_stop = threading.Event()
+
+
+def _event_sets() -> tuple[frozenset[Any], frozenset[Any]]:
+    from dagster._core.events import (ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+                                      DagsterEventType)
+
+    ends = frozenset({DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_SKIPPED,
+                      DagsterEventType.STEP_UP_FOR_RETRY, DagsterEventType.STEP_RESTARTED})
+    return ends, frozenset({*ASSET_EVENTS, *ASSET_CHECK_EVENTS, *EVENT_TYPE_TO_PIPELINE_RUN_STATUS})
+
+
+#: a step's terminal events; events never held back (the index, asset and run status readers)
+_STEP_ENDS, _NOT_BUFFERED = _event_sets()
+
+
+def _step_scoped(event: Any) -> bool:
+    if event.step_key is None:
+        return False
+    return not (event.is_dagster_event and event.dagster_event_type in _NOT_BUFFERED)
+
+
+class _SqliteBatches(SqliteEventLogStorage):
+    def store_event_batch(self, events: Sequence[Any]) -> None:
+        """Events of one run that only go to its own file: one transaction; anything else (asset,
+        check and run-status events are mirrored into the index) goes through ``store_event``."""
+        from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+
+        mirrored = {*ASSET_EVENTS, *ASSET_CHECK_EVENTS, *EVENT_TYPE_TO_PIPELINE_RUN_STATUS}
+        run_ids = {e.run_id for e in events}
+        if len(run_ids) != 1 or any(e.is_dagster_event and e.dagster_event_type in mirrored for e in events):
+            for event in events:
+                self.store_event(event)
+            return
+        statements = [self.prepare_insert_event(e) for e in events]
+        with self.run_connection(next(iter(run_ids))) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+
+class FastSqliteEventLogStorage(_StepTransactions, _SqliteBatches):
     """SQLite event log storage, one file per run as Dagster's, with kept connections.
 
     Example (``dagster.yaml``)::
@@ -116,7 +261,9 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
     """
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None,
-                 max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS) -> None:
+                 max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS,
+                 flush_interval: float = DEFAULT_FLUSH_INTERVAL) -> None:
+        self._init_step_transactions(flush_interval)
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
         self._max_open_shards = max(2, int(max_open_shards))
@@ -126,7 +273,8 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {"base_dir": StringSource, "max_open_shards": db_optional(IntSource)}
+        return {"base_dir": StringSource, "max_open_shards": db_optional(IntSource),
+                "flush_interval": db_optional(float)}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None,  # type: ignore[override]
@@ -160,6 +308,7 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
+        self._flush_pending()  # every read and write sees the events stored before it
         with self._db_lock:
             engine, _ = self._engine(shard)
             if shard not in self._initialized_dbs:
@@ -228,23 +377,6 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
         for engine in engines:
             engine.dispose()
 
-    # -- writes ----------------------------------------------------------------------------
-    def store_event_batch(self, events: Sequence[Any]) -> None:
-        """Events of one run that only go to its own file: one transaction; anything else (asset,
-        check and run-status events are mirrored into the index) goes through :meth:`store_event`."""
-        from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
-
-        mirrored = {*ASSET_EVENTS, *ASSET_CHECK_EVENTS, *EVENT_TYPE_TO_PIPELINE_RUN_STATUS}
-        run_ids = {e.run_id for e in events}
-        if len(run_ids) != 1 or any(e.is_dagster_event and e.dagster_event_type in mirrored for e in events):
-            for event in events:
-                self.store_event(event)
-            return
-        statements = [self.prepare_insert_event(e) for e in events]
-        with self.run_connection(next(iter(run_ids))) as conn:
-            for statement in statements:
-                conn.execute(statement)
-
     # -- watchers ----------------------------------------------------------------------------
     def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
         """As Dagster's, but woken by the run file's write-ahead log too: a kept connection commits
@@ -260,10 +392,12 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def wipe(self) -> None:
+        self._flush_pending()
         self._close_engines()  # the files are deleted: no connection may keep them open
         super().wipe()
 
     def dispose(self) -> None:
+        self._stop_flusher()
         self._close_engines()
         super().dispose()
 
@@ -348,18 +482,7 @@ def _define_postgres_storages() -> dict[str, type]:
     class FastPostgresScheduleStorage(KeptPool, PostgresScheduleStorage):
         """dagster-postgres's schedule storage with a kept connection pool (daemon ticks)."""
 
-    class FastPostgresEventLogStorage(KeptPool, PostgresEventLogStorage):
-        """dagster-postgres's event log storage with a kept connection pool (see the module doc).
-
-        Example (``dagster.yaml``)::
-
-            event_log_storage:
-              module: noetl_dagster.storage
-              class: FastPostgresEventLogStorage
-              config:
-                postgres_url: postgresql+psycopg2://dagster:secret@db:5432/dagster
-        """
-
+    class PostgresBatches(KeptPool, PostgresEventLogStorage):
         def store_event_batch(self, events: Sequence[Any]) -> None:
             """Asset batches as dagster-postgres stores them; any other events in storage order, runs
             of plain events (neither asset nor check events) in one multi-row ``INSERT`` (one
@@ -391,6 +514,49 @@ def _define_postgres_storages() -> dict[str, type]:
                 rows = conn.execute(statement).fetchall()
                 conn.execute(db.text(f"SELECT pg_notify('{PG_CHANNEL}', n) FROM unnest(CAST(:ids AS text[])) AS n"),
                              {"ids": [f"{run_id}_{event_id}" for run_id, event_id in rows]})
+
+    class FastPostgresEventLogStorage(_StepTransactions, PostgresBatches):
+        """dagster-postgres's event log storage with a kept connection pool and a step's events
+        in one transaction (see the module doc).
+
+        Example (``dagster.yaml``)::
+
+            event_log_storage:
+              module: noetl_dagster.storage
+              class: FastPostgresEventLogStorage
+              config:
+                postgres_url: postgresql+psycopg2://dagster:secret@db:5432/dagster
+        """
+
+        def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
+                     inst_data: ConfigurableClassData | None = None, token_provider: Any = None,
+                     flush_interval: float = DEFAULT_FLUSH_INTERVAL, **pool: Any) -> None:
+            self._init_step_transactions(flush_interval)
+            super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data,
+                             token_provider=token_provider, **pool)
+
+        @classmethod
+        def config_type(cls) -> Any:
+            return {**super().config_type(), "flush_interval": db_optional(float)}
+
+        @classmethod
+        def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]) -> Any:
+            extra = {k: config_value[k] for k in ("pool_size", "max_overflow", "pool_recycle", "flush_interval")
+                     if k in config_value}
+            return cls(pg_url_from_config(config_value), config_value.get("should_autocreate_tables", True),
+                       inst_data=inst_data, token_provider=get_token_provider_from_config(config_value), **extra)
+
+        def _connect(self) -> Any:
+            self._flush_pending()  # every read and write sees the events stored before it
+            return super()._connect()
+
+        def wipe(self) -> None:
+            self._flush_pending()
+            super().wipe()
+
+        def dispose(self) -> None:
+            self._stop_flusher()
+            super().dispose()
 
     classes = {c.__name__: c for c in (FastPostgresEventLogStorage, FastPostgresRunStorage,
                                        FastPostgresScheduleStorage)}
@@ -427,6 +593,18 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _after_fork() -> None:
     for storage in list(_ALL):
         storage._pid = -1  # the next connection in the child drops the inherited engines
+        if isinstance(storage, _StepTransactions):
+            storage._reset_pending()  # the parent writes what it held; no thread runs here yet
+
+
+def _at_exit() -> None:
+    for storage in list(_ALL):
+        if isinstance(storage, _StepTransactions):
+            with contextlib.suppress(Exception):
+                storage._flush_pending()
+
+
+atexit.register(_at_exit)
 
 
 if hasattr(os, "register_at_fork"):

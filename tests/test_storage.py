@@ -361,3 +361,93 @@ def test_the_cli_default_home_uses_it(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (tmp_path / LOCAL_DAGSTER_HOME / "dagster.yaml").exists()
     assert _types(inst, fine.execute_in_process(instance=inst).run_id)[-1] == SUCCESS
     inst.dispose()
+
+
+# -- a step's events in one transaction ----------------------------------------------------------
+
+@dg.op(config_schema={"kind": str, "where": str})
+def observe_from_outside(context, x: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """What another process's storage (a second storage object on the same database) sees while
+    this step runs: the previous step's events all, then this step's log line within seconds."""
+    import time
+
+    other = _open(context.op_config["kind"], context.op_config["where"])
+    try:
+        before = [(e.step_key, e.dagster_event.event_type_value if e.dagster_event else "log")
+                  for e in other.get_logs_for_run(context.run_id)]
+        context.log.info("a long step is running")
+        deadline, seen = time.monotonic() + 20, False
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen = any(e.user_message == "a long step is running" for e in other.get_logs_for_run(context.run_id))
+        return {"before": before, "own line seen": seen}
+    finally:
+        other.dispose()
+
+
+@dg.job
+def observed() -> None:
+    observe_from_outside(materialize(ok()))
+
+
+def _where(inst: dg.DagsterInstance) -> str:
+    storage = inst.event_log_storage
+    return storage._base_dir if isinstance(storage, FastSqliteEventLogStorage) else storage.postgres_url
+
+
+@pytest.mark.parametrize("kind", ["fast", "fast postgres"])
+def test_a_finished_step_is_stored_and_a_running_one_shows_its_events(kind: str, request: pytest.FixtureRequest,
+                                                                     tmp_path: Path) -> None:
+    inst = _make(request, tmp_path / "obs", kind)
+    kind_name = "fast" if kind == "fast" else "pg"
+    config = {"ops": {"observe_from_outside": {"config": {"kind": kind_name, "where": _where(inst)}}}}
+    result = observed.execute_in_process(instance=inst, run_config=config)
+    seen = result.output_for_node("observe_from_outside")
+    before = seen["before"]
+    for step in ("ok", "materialize"):  # finished steps: every event of theirs, end included
+        assert (step, "STEP_START") in before and (step, "STEP_SUCCESS") in before, before
+    assert ("materialize", "ASSET_MATERIALIZATION") in before
+    assert seen["own line seen"]  # a running step's events reach other readers (flush_interval)
+    # and in process, a read sees every event stored before it, in storage order
+    types = _types(inst, result.run_id)
+    assert types.index("STEP_SUCCESS") < types.index("ASSET_MATERIALIZATION") and types[-1] == SUCCESS
+    inst.dispose()
+
+
+_CRASH = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import dagster as dg
+from test_storage import ok, _open
+
+@dg.op
+def killed(context, x: int) -> int:
+    context.log.info("dying now")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+@dg.job
+def crashing():
+    killed(ok())
+
+crashing.execute_in_process(instance=dg.DagsterInstance.from_config({home!r}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["fast", "fast postgres"])
+def test_a_killed_process_keeps_its_finished_steps(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    inst = _make(request, tmp_path / "crash", kind)
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH.format(tests=str(Path(__file__).parent), home=str(tmp_path / "crash")))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run = inst.get_runs()[0]
+    events = [(e.step_key, e.dagster_event.event_type_value) for e in inst.all_logs(run.run_id) if e.dagster_event]
+    ok_events = [t for s, t in events if s == "ok"]
+    assert ok_events[0] == "STEP_START" and ok_events[-1] == "STEP_SUCCESS", events
+    assert "HANDLED_OUTPUT" in ok_events
+    inst.dispose()
