@@ -75,7 +75,8 @@ values work) in place of ``storage: postgres:``::
       class: FastPostgresScheduleStorage
       config: *pg
 
-(``write_instance_config(home, postgres=...)`` writes this; ``deploy/dagster.yaml`` uses it.)
+(``write_instance_config(home, postgres=...)`` writes this. Every process that opens the instance -
+webserver, daemon, run workers - must be able to import ``noetl_dagster``.)
 """
 
 from __future__ import annotations

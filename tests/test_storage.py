@@ -451,3 +451,23 @@ def test_a_killed_process_keeps_its_finished_steps(kind: str, request: pytest.Fi
     assert ok_events[0] == "STEP_START" and ok_events[-1] == "STEP_SUCCESS", events
     assert "HANDLED_OUTPUT" in ok_events
     inst.dispose()
+
+
+def test_the_readme_postgres_configuration_opens_an_instance(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "FastPostgresEventLogStorage" in b)
+    config = yaml.safe_load(block)
+    config["run_storage"]["config"]["postgres_db"].update(_database(request.getfixturevalue("pg_server")))
+    home = tmp_path / "readme"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    inst = dg.DagsterInstance.from_config(str(home))
+    assert (type(inst.run_storage), type(inst.event_log_storage), type(inst._schedule_storage)) == (
+        FastPostgresRunStorage, FastPostgresEventLogStorage, FastPostgresScheduleStorage)
+    run_id = fine.execute_in_process(instance=inst).run_id
+    assert inst.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS and _types(inst, run_id)[-1] == SUCCESS
+    inst.dispose()
