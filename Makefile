@@ -46,6 +46,7 @@ bench: install
 	$(PY) benchmarks/export_instance.py --postgres
 	$(PY) benchmarks/event_log_storage.py --postgres
 	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/validate_startup.py
 
 clean:
 	rm -rf $(VENV) .dagster_home .pytest_cache

@@ -15,11 +15,11 @@ from pathlib import Path
 import dagster as dg
 
 from noetl_dagster import TunedTranslator, load_playbook_definitions, tuning_definitions
-from noetl_dagster.resources.arrow_io import retention_definitions
-from noetl_dagster.resources.clickhouse import ClickHouseResource
-from noetl_dagster.resources.embedder import EmbedderResource
-from noetl_dagster.resources.qdrant import QdrantResource
-from noetl_dagster.sensors import export_definitions
+from noetl_dagster.io.manager import retention_definitions
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.embedder import EmbedderResource
+from noetl_dagster.export.qdrant import QdrantResource
+from noetl_dagster.export.sensors import export_definitions
 
 HERE = Path(__file__).parent
 PLAYBOOKS = HERE / "playbooks"

@@ -2,7 +2,7 @@
 
 In one process, on one embedded ClickHouse (chdb through clickhouse-connect's ``chdb://`` DSN):
 
-* **export**: the real :class:`~noetl_dagster.sensors.exporter.Exporter` over an in-memory stand-in
+* **export**: the real :class:`~noetl_dagster.export.exporter.Exporter` over an in-memory stand-in
   for the Dagster instance (status changes, run records, ``get_records_for_run`` pages) holding
   ``--runs`` runs of ``--events-per-run`` synthetic ``EventLogRecord``s (a realistic mix: run
   start/end, step start/input/output with usage metadata/handled output/success, some failures
@@ -48,10 +48,10 @@ import dagster as dg  # noqa: E402
 from dagster._core.events.log import EventLogEntry  # noqa: E402
 from dagster._core.storage.event_log.base import EventLogCursor, EventLogRecord  # noqa: E402
 
-from noetl_dagster.resources.clickhouse import (EVENT_COLUMNS, INSERT_SETTINGS, ClickHouseSink,  # noqa: E402
+from noetl_dagster.export.clickhouse import (EVENT_COLUMNS, INSERT_SETTINGS, ClickHouseSink,  # noqa: E402
                                                 get_client, rows_to_arrow)
-from noetl_dagster.sensors.exporter import ExportCursor, Exporter  # noqa: E402
-from noetl_dagster.sensors.mapping import RunContext, map_records  # noqa: E402
+from noetl_dagster.export.exporter import ExportCursor, Exporter  # noqa: E402
+from noetl_dagster.export.mapping import RunContext, map_records  # noqa: E402
 
 
 # -- synthetic event log ---------------------------------------------------------------------
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({'met' if max(ratio, median_ratio) <= 1.5 else 'NOT met'})")
 
     # embedding throughput
-    from noetl_dagster.resources.embedder import HashingEmbedder, MiniLMEmbedder
+    from noetl_dagster.export.embedder import HashingEmbedder, MiniLMEmbedder
 
     texts = [f"step 'load_{i}' (python): ConnectionError: could not connect to server on port {5000 + i}: "
              f"connection refused | step load_{i} of playbook crm/load_{i % 13}" for i in range(args.texts)]

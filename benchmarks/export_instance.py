@@ -10,7 +10,7 @@ item, and a failing variant) recorded in a persistent instance, ``--runs`` of th
 
 Paths, in ``--repeat`` interleaved rounds (order rotating, each export into a fresh database):
 
-* ``export <storage>``: the real :class:`~noetl_dagster.sensors.exporter.Exporter` from an empty
+* ``export <storage>``: the real :class:`~noetl_dagster.export.exporter.Exporter` from an empty
   cursor to caught up: discovery, reading and deserialising the event log, mapping, step attempts,
   Arrow encoding, inserts into ``noetl_events`` and ``step_runs``;
 * ``read <storage>``: only ``get_records_for_run`` over every run (what reading costs);
@@ -46,10 +46,10 @@ import dagster as dg  # noqa: E402
 
 from noetl_dagster import build_job  # noqa: E402
 from noetl_dagster.playbook.loader import parse_text  # noqa: E402
-from noetl_dagster.resources.clickhouse import EVENT_COLUMNS, INSERT_SETTINGS, ClickHouseSink, get_client  # noqa: E402
-from noetl_dagster.resources.clickhouse import rows_to_arrow  # noqa: E402
-from noetl_dagster.sensors.exporter import ExportCursor, Exporter  # noqa: E402
-from noetl_dagster.sensors.mapping import RunContext, map_records  # noqa: E402
+from noetl_dagster.export.clickhouse import EVENT_COLUMNS, INSERT_SETTINGS, ClickHouseSink, get_client  # noqa: E402
+from noetl_dagster.export.clickhouse import rows_to_arrow  # noqa: E402
+from noetl_dagster.export.exporter import ExportCursor, Exporter  # noqa: E402
+from noetl_dagster.export.mapping import RunContext, map_records  # noqa: E402
 from noetl_dagster.storage import instance_config  # noqa: E402
 
 PLAYBOOK = """apiVersion: noetl.io/v2

@@ -151,7 +151,7 @@ def handoff_job() -> Any:
     import dagster as dg
     import pyarrow as pa
 
-    from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     kind, size_mb, workdir = _settings()
     multiprocess = os.environ.get("NOETL_BENCH_EXECUTOR") == "multiprocess"
@@ -237,7 +237,7 @@ def forward_job() -> Any:
     import dagster as dg
     import pyarrow as pa
 
-    from noetl_dagster.resources.arrow_io import ArrowRef, ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRef, ArrowRefIOManager
 
     _, size_mb, workdir = _settings()
 
@@ -290,7 +290,7 @@ def dagster_variant(kind: str, size_mb: float, workdir: str, executor: str = "in
         with dg.execute_job(job, instance=instance, run_config=LOG_CONFIG) as result:
             assert result.success
         got = stamps(workdir)
-        from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+        from noetl_dagster.io.manager import ArrowRefIOManager
 
         ArrowRefIOManager(base_uri=os.path.join(workdir, "arrow")).clean_run(result.run_id)  # /dev/shm too
         return {"rows": int(got["rows"]), "table_mb": got["nbytes"] / 2**20, "handoff": got["t_in"] - got["t_ready"],
@@ -312,7 +312,7 @@ def raw_variant(kind: str, size_mb: float, workdir: str) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from noetl_dagster.resources.arrow_ref import _dictionary_columns
+    from noetl_dagster.io.arrow_ref import _dictionary_columns
 
     sampler = RssSampler()
     t = make_table(size_mb)

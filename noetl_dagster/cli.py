@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import PlaybookError
+from noetl_dagster.errors import PlaybookError
 
 #: how much of the last step's result `run` prints
 RESULT_CHARS = 400
@@ -38,21 +38,24 @@ def _workload(text: str | None, source: str = "--workload") -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .report import catalog_around
-    from .translator.definitions import find_playbooks, load_playbooks
-    from .translator.guard import compile_issues
+    """Check playbooks with the DSL alone (no Dagster import); ``--compile`` also builds their Dagster definitions."""
+    from noetl_dagster.playbook.catalog import catalog_for
+    from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
 
     files = find_playbooks(args.paths)
     if not files:
         print(f"noetl-dagster: no playbooks (*.yaml, *.yml) under {' '.join(args.paths)}", file=sys.stderr)
         return 1
     loaded = load_playbooks(files)
-    catalog = catalog_around(*loaded.playbooks)
+    catalog = catalog_for(*loaded.playbooks)
     loaded.issues.extend(i for p in loaded.playbooks for i in catalog.missing_references(p))
-    loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
+    if args.compile:
+        from noetl_dagster.translator.guard import compile_issues
+
+        loaded.issues.extend(compile_issues(loaded.playbooks))  # valid YAML that Dagster still refuses
     for issue in loaded.issues:
         print(issue, file=sys.stderr)
-    from .playbook.references import undefined_references
+    from noetl_dagster.playbook.references import undefined_references
 
     warnings = [w for p in loaded.playbooks for w in [*p.warnings, *undefined_references(p)]]
     for warning in warnings:
@@ -66,10 +69,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .playbook.loader import load_playbook
-    from .progress import new_run_id, step_progress
-    from .recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
-    from .report import default_instance, run_playbook
+    from noetl_dagster.playbook.loader import load_playbook
+    from noetl_dagster.progress import new_run_id, step_progress
+    from noetl_dagster.recovery import cli_tags, mark_orphaned_runs, persistent_resources, resume_run
+    from noetl_dagster.storage import default_instance
+    from noetl_dagster.run import run_playbook
 
     workload = _workload(args.workload)
     if bool(args.playbook) == bool(args.resume):
@@ -106,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         last = next((n for n, s in reversed(report.steps.items()) if s.status == "success"), None)
         if last is not None and report.steps[last].result is not None:
             if sys.stdout.isatty():  # a terminal: indented, at most RESULT_LINES lines
-                from .progress import pretty_result
+                from noetl_dagster.progress import pretty_result
 
                 print(f"result of {last}:\n{pretty_result(report.steps[last].result)}")
             else:
@@ -128,11 +132,20 @@ def console() -> None:
     sys.exit(main())
 
 
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand ``argv`` names (its first argument that is not an option), if any."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="noetl-dagster", description="Run NoETL playbooks on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check playbooks; print every problem")
     validate.add_argument("paths", nargs="+", help="playbook files or folders (searched recursively)")
+    validate.add_argument("--compile", action="store_true",
+                          help="also build each playbook's Dagster definitions (imports Dagster; catches what only "
+                               "Dagster refuses, e.g. a bad metadata.dagster.k8s config)")
     validate.set_defaults(func=cmd_validate)
     run = sub.add_parser("run", help="run a playbook through Dagster, in process")
     run.add_argument("playbook", nargs="?")
@@ -151,14 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--log-level", default="CRITICAL",
                      help="Dagster console log level on stderr (default CRITICAL: the report says what failed)")
     run.set_defaults(func=cmd_run)
-    from .ai.cli import add_commands as add_tune_commands
-    from .sensors.cli import add_commands
+    if _command(argv) != "validate":  # their modules import Dagster; `validate` stays without it
+        from noetl_dagster.ai.cli import add_commands as add_tune_commands
+        from noetl_dagster.export.cli import add_commands
+        from noetl_dagster.recovery import add_commands as add_recovery_commands
 
-    add_commands(sub)
-    add_tune_commands(sub)
-    from .recovery import add_commands as add_recovery_commands
-
-    add_recovery_commands(sub)
+        add_commands(sub)
+        add_tune_commands(sub)
+        add_recovery_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,8 +1,16 @@
-"""Errors that name the file, line, step and field of a problem, and what to do about it."""
+"""Errors that name the file, line, step and field of a problem, and what to do about it.
+
+Every exception this package raises on purpose is a :class:`NoetlDagsterError`: catch that one
+class to handle them all (``except NoetlDagsterError``), or a subclass for one kind.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class NoetlDagsterError(Exception):
+    """The root of this package's errors."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class Issue:
         return text
 
 
-class PlaybookError(Exception):
+class PlaybookError(NoetlDagsterError):
     """A playbook that cannot be compiled; carries every :class:`Issue` found at once."""
 
     def __init__(self, issues: list[Issue]) -> None:
@@ -42,7 +50,7 @@ class PlaybookError(Exception):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
-class StepFailed(Exception):
+class StepFailed(NoetlDagsterError):
     """A step's tool failed at run time; the message names the step and what went wrong."""
 
     def __init__(self, step: str, message: str, *, kind: str | None = None) -> None:
@@ -51,3 +59,16 @@ class StepFailed(Exception):
         self.reason = message
         prefix = f"step '{step}'" + (f" ({kind})" if kind else "")
         super().__init__(f"{prefix}: {message}")
+
+
+class ToolError(NoetlDagsterError):
+    """A tool failed in a way the user can fix; the message is shown as is.
+
+    Raising it *fails* the step (NoETL's ``command.failed``: no arc fires). A tool that ran and
+    reports a failure as data returns an :class:`~noetl_dagster.runtime.tools.base.ErrorResult`
+    instead.
+    """
+
+
+class CredentialNotFound(ToolError):
+    """An ``auth:`` alias that no configuration or environment variable defines."""

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .contract import parse_step_key
+from noetl_dagster.contract import parse_step_key
 
 #: how much of an op's step line the progress line shows
 SUMMARY_CHARS = 150
@@ -41,7 +41,7 @@ def pretty_result(value: Any, lines: int = RESULT_LINES) -> str:
 
 
 def new_run_id() -> str:
-    from dagster._core.utils import make_new_run_id
+    from noetl_dagster.compat import make_new_run_id
 
     return make_new_run_id()
 

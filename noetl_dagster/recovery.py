@@ -1,7 +1,7 @@
 """Crash recovery for ``noetl-dagster run``: persisted outputs, orphaned runs, ``--resume``.
 
 * A CLI run stores every op output with the project's IO manager
-  (:class:`~noetl_dagster.resources.arrow_io.ArrowRefIOManager` under ``$DAGSTER_HOME/noetl_data``)
+  (:class:`~noetl_dagster.io.manager.ArrowRefIOManager` under ``$DAGSTER_HOME/noetl_data``)
   and is tagged with the process that runs it (``noetl/cli_pid``, ``noetl/cli_host``) and the
   playbook file (``noetl/file``).
 * Each CLI start marks the runs of this host whose process is gone (``kill -9``, a lost machine)
@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 import dagster as dg
 
-from .contract import FAN_OUT_SUFFIX, parse_step_key
-from .errors import Issue, PlaybookError
+from noetl_dagster.contract import FAN_OUT_SUFFIX, parse_step_key
+from noetl_dagster.errors import Issue, PlaybookError
 
 PID_TAG = "noetl/cli_pid"
 HOST_TAG = "noetl/cli_host"
@@ -49,7 +49,7 @@ LIGHT_KINDS = frozenset({"python", "noop", "http", "shell", "playbook"})
 def persistent_resources(instance: dg.DagsterInstance, playbook: Any) -> dict[str, Any]:
     """The IO manager of a CLI run of ``playbook``: op outputs stored under the instance's folder.
 
-    The project's :class:`~noetl_dagster.resources.arrow_io.ArrowRefIOManager` (Arrow tables once,
+    The project's :class:`~noetl_dagster.io.manager.ArrowRefIOManager` (Arrow tables once,
     by reference) for playbooks whose tools make tables; Dagster's pickling
     ``FilesystemIOManager`` under ``noetl_data/cli_outputs`` for plain-data playbooks (python,
     noop, http, shell, playbook), which keeps their start-up free of pyarrow; nothing for
@@ -61,13 +61,13 @@ def persistent_resources(instance: dg.DagsterInstance, playbook: Any) -> dict[st
 
 
 def _io_manager(playbook: Any, home: str) -> dict[str, Any]:
-    from .translator.emit import has_products
+    from noetl_dagster.translator.emit import has_products
 
     if has_products(playbook):
         return {}
     if all(task.kind in LIGHT_KINDS for step in playbook.workflow for task in step.tool):
         return {"io_manager": dg.FilesystemIOManager(base_dir=os.path.join(home, "noetl_data", "cli_outputs"))}
-    from .resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     return {"io_manager": ArrowRefIOManager(base_uri=os.path.join(home, "noetl_data"))}
 
@@ -99,8 +99,8 @@ def mark_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
 
 def resumable_job(file: str, home: str) -> dg.JobDefinition:
     """The job of ``file`` compiled as a CLI run compiles it (reconstructed by ``--resume``)."""
-    from .playbook.loader import load_playbook
-    from .report import compile_run_job
+    from noetl_dagster.playbook.loader import load_playbook
+    from noetl_dagster.run import compile_run_job
 
     playbook = load_playbook(file)
     return compile_run_job(playbook, home, resources=_io_manager(playbook, home))[1]
@@ -112,9 +112,9 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, tags: Mapping[str, str
     Steps that succeeded in the earlier run are reported as ``success`` with ``runs: 0`` (their
     results stay in that run). Raises :class:`PlaybookError` when the run cannot be resumed.
     """
-    from .playbook.loader import load_playbook
-    from .report import build_report
-    from .translator.plan import plan
+    from noetl_dagster.playbook.loader import load_playbook
+    from noetl_dagster.report import build_report
+    from noetl_dagster.planner import plan
 
     mark_orphaned_runs(instance)
     parent = instance.get_run_by_id(run_id)
@@ -132,7 +132,7 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, tags: Mapping[str, str
         raise _cannot(run_id, "resuming needs a persistent Dagster instance (set DAGSTER_HOME)")
     net = plan(load_playbook(file))
     job = dg.build_reconstructable_job("noetl_dagster.recovery", "resumable_job",
-                                       reconstructable_args=(file, str(home)))
+                                       reconstructable_args=(file, str(home)))  # type: ignore[arg-type]
     options = dg.ReexecutionOptions.from_failure(run_id, instance)
     run_tags = {**(tags or {}), **cli_tags(file), RESUMED_TAG: run_id}
     with dg.execute_job(job, instance, run_config=parent.run_config, tags=run_tags,
@@ -234,7 +234,7 @@ def _until_finished(instance: dg.DagsterInstance, run_id: str, seconds: float) -
 
 
 def cmd_cancel(args: Any) -> int:
-    from .report import default_instance
+    from noetl_dagster.storage import default_instance
 
     instance = default_instance()
     if instance.get_run_by_id(args.run_id) is None:

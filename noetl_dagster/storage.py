@@ -94,18 +94,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as db
-from dagster._config import IntSource, StringSource
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (SqliteEventLogStorage,
-                                                                     SqliteEventLogStorageWatchdog)
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
+from noetl_dagster.compat import (INDEX_SHARD_NAME, SQLITE_BUSY_TIMEOUT_SECONDS, ConfigurableClassData, IntSource,
+                                  SqliteEventLogStorage, SqliteEventLogStorageWatchdog, StringSource,
+                                  create_db_conn_string)
+
 __all__ = ["FastPostgresEventLogStorage", "FastPostgresRunStorage", "FastPostgresScheduleStorage",
-           "FastSqliteEventLogStorage", "instance_config", "postgres_instance_config", "write_instance_config"]
+           "FastSqliteEventLogStorage", "default_instance", "instance_config", "postgres_instance_config",
+           "write_instance_config"]
 
 #: run databases whose engines stay open at most (each keeps its pooled connections)
 DEFAULT_MAX_OPEN_SHARDS = 64
@@ -214,8 +214,9 @@ class _StepTransactions:
 
 
 def _event_sets() -> tuple[frozenset[Any], frozenset[Any]]:
-    from dagster._core.events import (ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
-                                      DagsterEventType)
+    from dagster import DagsterEventType
+
+    from noetl_dagster.compat import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 
     ends = frozenset({DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_SKIPPED,
                       DagsterEventType.STEP_UP_FOR_RETRY, DagsterEventType.STEP_RESTARTED})
@@ -236,7 +237,7 @@ class _SqliteBatches(SqliteEventLogStorage):
     def store_event_batch(self, events: Sequence[Any]) -> None:
         """Events of one run that only go to its own file: one transaction; anything else (asset,
         check and run-status events are mirrored into the index) goes through ``store_event``."""
-        from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+        from noetl_dagster.compat import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 
         mirrored = {*ASSET_EVENTS, *ASSET_CHECK_EVENTS, *EVENT_TYPE_TO_PIPELINE_RUN_STATUS}
         run_ids = {e.run_id for e in events}
@@ -461,7 +462,7 @@ def _define_postgres_storages() -> dict[str, type]:
 
         @classmethod
         def config_type(cls) -> Any:
-            from dagster._core.storage.config import pg_config
+            from noetl_dagster.compat import pg_config
 
             return {**pg_config(), "pool_size": db_optional(IntSource), "max_overflow": db_optional(IntSource),
                     "pool_recycle": db_optional(IntSource)}
@@ -488,7 +489,7 @@ def _define_postgres_storages() -> dict[str, type]:
             """Asset batches as dagster-postgres stores them; any other events in storage order, runs
             of plain events (neither asset nor check events) in one multi-row ``INSERT`` (one
             transaction), then their ``NOTIFY``s."""
-            from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, BATCH_WRITABLE_EVENTS
+            from noetl_dagster.compat import ASSET_CHECK_EVENTS, ASSET_EVENTS, BATCH_WRITABLE_EVENTS
 
             if events and all(e.is_dagster_event and e.dagster_event_type in BATCH_WRITABLE_EVENTS for e in events):
                 super().store_event_batch(events)
@@ -507,7 +508,7 @@ def _define_postgres_storages() -> dict[str, type]:
         def _insert_plain(self, events: Sequence[Any]) -> None:
             if not events:
                 return
-            from dagster._core.storage.event_log import SqlEventLogStorageTable
+            from noetl_dagster.compat import SqlEventLogStorageTable
 
             table = SqlEventLogStorageTable
             statement = self.prepare_insert_event_batch(events).returning(table.c.run_id, table.c.id)
@@ -578,7 +579,7 @@ def __getattr__(name: str) -> Any:
 
 
 def db_optional(config_type: Any) -> Any:
-    from dagster._config import Field
+    from noetl_dagster.compat import ConfigField as Field
 
     return Field(config_type, is_required=False)
 
@@ -659,3 +660,19 @@ def _yaml_string(text: str) -> str:
     import json
 
     return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+#: where `noetl-dagster run` records runs when DAGSTER_HOME is not set
+LOCAL_DAGSTER_HOME = ".dagster_home"
+
+
+def default_instance() -> dg.DagsterInstance:
+    """The instance at ``DAGSTER_HOME``, else a persistent one under ``./.dagster_home``."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    home = Path(LOCAL_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():  # the embedded default, with the event log that keeps its connections
+        write_instance_config(str(home))
+    return dg.DagsterInstance.from_config(str(home))

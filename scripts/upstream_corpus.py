@@ -94,7 +94,7 @@ def _is_template_number(value: Any) -> bool:
 def classify(rel: str, doc: Any) -> tuple[str, str]:
     """(group, reason) of a playbook from its YAML alone: does NoETL itself accept it?"""
     from noetl_dagster.playbook.loader import iter_strings
-    from noetl_dagster.runtime.templates import check_syntax, is_template
+    from noetl_dagster.core.templates import check_syntax, is_template
 
     parts = Path(rel).parts
     if parts and parts[0] == "spike":
@@ -186,7 +186,7 @@ def validate_corpus(root: Path, timeout: float) -> list[Row]:
     from noetl_dagster.errors import PlaybookError
     from noetl_dagster.playbook.catalog import PlaybookCatalog
     from noetl_dagster.playbook.loader import load_playbook
-    from noetl_dagster.translator.definitions import find_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks
 
     rows: list[Row] = []
     loaded = []

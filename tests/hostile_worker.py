@@ -27,8 +27,8 @@ def _issue(issue: Any) -> dict[str, Any]:
 
 def check(file: str, instance: Any) -> dict[str, Any]:
     from noetl_dagster.errors import PlaybookError
-    from noetl_dagster.report import catalog_around, run_playbook
-    from noetl_dagster.translator.definitions import load_playbooks
+    from noetl_dagster.run import catalog_around, run_playbook
+    from noetl_dagster.playbook.folder import load_playbooks
     from noetl_dagster.translator.guard import compile_issues
 
     out: dict[str, Any] = {"file": file, "phase": "validate", "issues": [], "run": None, "crash": None}

@@ -19,11 +19,11 @@ import yaml
 
 from noetl_dagster.ai import (NO_RETRY, STEP_STATS_KEY, TUNING_JOB, TUNING_REPORT_KEY, load_profiles,
                               tuning_definitions, tuning_run_config)
-from noetl_dagster.resources.arrow_io import ArrowRefIOManager
-from noetl_dagster.resources.clickhouse import ClickHouseResource
-from noetl_dagster.resources.embedder import EmbedderResource
-from noetl_dagster.resources.qdrant import QdrantResource
-from noetl_dagster.sensors.mapping import RunSummary, StepFailure, StepRun
+from noetl_dagster.io.manager import ArrowRefIOManager
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.embedder import EmbedderResource
+from noetl_dagster.export.qdrant import QdrantResource
+from noetl_dagster.export.mapping import RunSummary, StepFailure, StepRun
 
 PLAYBOOK = "ops/sync"
 N_RUNS = 10

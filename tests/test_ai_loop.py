@@ -25,11 +25,11 @@ from noetl_dagster.ai import (STEP_STATS_KEY, TUNING_JOB, TUNING_REPORT_KEY, TUN
                               load_profiles, step_stats, tuning_definitions, tuning_run_config)
 from noetl_dagster.ai.cli import run_tune
 from noetl_dagster.ai.report import PNG_MAGIC
-from noetl_dagster.resources.clickhouse import ClickHouseResource
-from noetl_dagster.resources.embedder import EmbedderResource
-from noetl_dagster.resources.qdrant import QdrantResource
-from noetl_dagster.sensors import CLICKHOUSE_KEY, EMBEDDER_KEY, QDRANT_KEY
-from noetl_dagster.sensors.cli import run_export
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.embedder import EmbedderResource
+from noetl_dagster.export.qdrant import QdrantResource
+from noetl_dagster.export.sensors import CLICKHOUSE_KEY, EMBEDDER_KEY, QDRANT_KEY
+from noetl_dagster.export.cli import run_export
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOK = ROOT / "playbooks" / "logistics" / "carrier_tracking.yaml"

@@ -24,9 +24,9 @@ from noetl_dagster.ai.cli import add_commands, run_tune
 from noetl_dagster.ai.profiles import load_profile
 from noetl_dagster.ai.recommend import parse_cpu, parse_memory_mb
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.resources import clickhouse as ch
-from noetl_dagster.resources.clickhouse import ClickHouseSink
-from noetl_dagster.sensors.mapping import StepRun
+from noetl_dagster.export import clickhouse as ch
+from noetl_dagster.export.clickhouse import ClickHouseSink
+from noetl_dagster.export.mapping import StepRun
 
 PLAYBOOK_PATH = "risk/tuned"
 PLAYBOOK = """apiVersion: noetl.io/v2

@@ -12,8 +12,8 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from noetl_dagster.resources.arrow_io import ArrowRefIOManager
-from noetl_dagster.resources.arrow_ref import (ArrowRef, live_table, wait_all_written, wait_written,
+from noetl_dagster.io.manager import ArrowRefIOManager
+from noetl_dagster.io.arrow_ref import (ArrowRef, live_table, wait_all_written, wait_written,
                                                write_arrow_later)
 
 SEEN: dict[str, object] = {}
@@ -88,7 +88,7 @@ def _refs(instance: dg.DagsterInstance, run_id: str, io: ArrowRefIOManager) -> A
 @pytest.fixture
 def slow_writer(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """The background writer waits until the event is set (or 10 s): a write still under way."""
-    import noetl_dagster.resources.arrow_ref as arrow_ref
+    import noetl_dagster.io.arrow_ref as arrow_ref
 
     release = threading.Event()
     real = arrow_ref._write_later

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from noetl_dagster import load_playbook_definitions
-from noetl_dagster.resources.arrow_io import (
+from noetl_dagster.io.manager import (
     RETENTION_JOB,
     retention_definitions,
     ArrowRef,
@@ -30,7 +30,7 @@ from noetl_dagster.resources.arrow_io import (
     iter_refs,
     load_refs,
 )
-from noetl_dagster.resources.arrow_ref import register_filesystem
+from noetl_dagster.io.arrow_ref import register_filesystem
 
 TABLE = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]})
 OTHER = pa.table({"x": pa.array([0.5, 1.5], pa.float64())})

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from noetl_dagster.resources import arrow_ref
-from noetl_dagster.resources.arrow_ref import ArrowRef, json_default, register_filesystem, write_arrow
-from noetl_dagster.runtime.templates import render_value
+from noetl_dagster.io import arrow_ref
+from noetl_dagster.io.arrow_ref import ArrowRef, json_default, register_filesystem, write_arrow
+from noetl_dagster.core.templates import render_value
 
 TABLE = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"],
                   "score": [0.5, None, 1.5]})

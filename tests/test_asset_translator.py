@@ -14,7 +14,7 @@ from noetl_dagster import PlaybookError, PlaybookTranslator, load_playbook_defin
 from noetl_dagster.ai import TunedTranslator
 from noetl_dagster.ai.profiles import ProfileEntry, TuningProfile
 from noetl_dagster.contract import TIMEOUT_TAG
-from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+from noetl_dagster.io.manager import ArrowRefIOManager
 from noetl_dagster.translator.emit import build_definitions
 from noetl_dagster.playbook.loader import parse_text
 

@@ -82,3 +82,10 @@ def test_export_benchmark_runs() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2,000 synthetic events" in done.stdout and "same digest" in done.stdout, done.stdout
     assert "targets: >= 100,000 events/s" in done.stdout and "texts/s" in done.stdout, done.stdout
+
+
+def test_validate_startup_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("validate_startup").main(["--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("ratio validate/(import dagster + validate) = "), out
+    assert "| validate " in out and "| import dagster + validate " in out, out

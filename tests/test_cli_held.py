@@ -24,9 +24,9 @@ CLI = Path(sys.executable).parent / "noetl-dagster"
 NOISE = ("Traceback", "Exception ignored", "Cannot lock file", "DB::Exception")
 HOLD = """
 import sys, time
-from noetl_dagster.resources.clickhouse import ClickHouseResource
-from noetl_dagster.resources.embedder import EmbedderResource
-from noetl_dagster.resources.qdrant import QdrantResource
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.embedder import EmbedderResource
+from noetl_dagster.export.qdrant import QdrantResource
 with ClickHouseResource().session(), QdrantResource().session(EmbedderResource().get()):
     print("HOLDING", flush=True)
     sys.stdin.read()  # until the test closes stdin

@@ -25,6 +25,7 @@ import yaml
 
 from noetl_dagster import PlaybookError, PlaybookTranslator, load_playbook, plan
 from noetl_dagster.components import PlaybookComponent, PlaybookScaffolder
+from noetl_dagster.components.component import JobTagsTranslator, SharedResources
 from noetl_dagster.translator.emit import workload_run_config
 
 testing = pytest.importorskip("dagster.components.testing")
@@ -62,7 +63,7 @@ def test_scaffold_example_loads_and_runs() -> None:
     with testing.create_defs_folder_sandbox() as sandbox:
         defs_path = sandbox.scaffold_component(PlaybookComponent, defs_path="greetings")
         declared = yaml.safe_load((defs_path / "defs.yaml").read_text())
-        assert declared["type"] in (TYPE, "noetl_dagster.components.playbook.PlaybookComponent")
+        assert declared["type"] in (TYPE, "noetl_dagster.components.component.PlaybookComponent")
         assert declared["attributes"] == {"path": "playbooks"}
         example = defs_path / "playbooks" / "hello.yaml"
         assert "{{ workload.greeting }}" in example.read_text()
@@ -163,7 +164,8 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
 
 def _dg(project: Path, *args: str, timeout: float = 300) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "NO_COLOR": "1",
-           "COLUMNS": "200", "PYTHONPATH": str(project / "src"), "DAGSTER_HOME": str(project / ".home")}
+           "COLUMNS": "200", "PYTHONPATH": os.pathsep.join([str(project / "src"), str(ROOT)]),
+           "DAGSTER_HOME": str(project / ".home")}  # ROOT: this checkout's package, not an installed one
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=project, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -171,7 +173,7 @@ def _dg(project: Path, *args: str, timeout: float = 300) -> str:
 
 
 def _dg_json(project: Path, *args: str, pythonpath: str | None = None) -> Any:
-    paths = [str(project / "src")] + ([pythonpath] if pythonpath else [])
+    paths = [str(project / "src"), str(ROOT)] + ([pythonpath] if pythonpath else [])
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "NO_COLOR": "1",
            "PYTHONPATH": os.pathsep.join(paths), "DAGSTER_HOME": str(project / ".home")}
     proc = subprocess.run([str(BIN / "dg"), *args, "--json"], cwd=project, env=env, capture_output=True,
@@ -275,3 +277,35 @@ def test_registry_entry_point_is_installed() -> None:
     if _installed_entry_point() is None:
         pytest.skip("entry point not in the installed metadata yet (pyproject.toml, then reinstall)")
     assert _installed_entry_point() == "noetl_dagster.components"
+
+
+def test_components_of_one_project_share_resources_and_loads_do_not() -> None:
+    """Two PlaybookComponents in one project load hand Dagster the same resource objects (so
+    their definitions merge) and one catalog holding both folders' playbooks; another load of the
+    project gets its own: nothing is kept in module state."""
+    with testing.create_defs_folder_sandbox() as sandbox:
+        first = sandbox.scaffold_component(PlaybookComponent, defs_path="one")
+        second = sandbox.scaffold_component(PlaybookComponent, defs_path="two")
+        with sandbox.build_component_tree() as tree:  # one load of the whole project
+            defs = tree.build_defs()
+            shared = vars(tree)[SharedResources.KEY]
+        with sandbox.build_all_defs() as again:
+            pass
+    assert {job.name for job in defs.jobs or []} == {"one__hello", "two__hello"}
+    assert (first.name, second.name) == ("one", "two")
+    assert set(shared.catalog.playbooks) == {"one/hello", "two/hello"}
+    assert all(defs.resources[key] is value for key, value in shared.resources.items())  # type: ignore[index]
+    assert all(again.resources[key] is not defs.resources[key] for key in shared.resources)  # type: ignore[index]
+
+
+def test_job_tags_wrap_the_translator_without_subclassing_it() -> None:
+    playbook = load_playbook(ROOT / "playbooks" / "risk" / "score_application.yaml")
+    loud = LoudTranslator()
+    tagged = PlaybookComponent(path=".", translator="test_component:LoudTranslator",
+                               tags={"team": "risk"}).get_translator()
+    assert isinstance(tagged, JobTagsTranslator) and type(tagged) is JobTagsTranslator
+    assert isinstance(tagged.translator, LoudTranslator)
+    assert tagged.get_job_tags(playbook) == {**loud.get_job_tags(playbook), "team": "risk"}
+    assert tagged.get_job_name(playbook) == loud.get_job_name(playbook) == "loud__risk__score_application"
+    step = playbook.workflow[0]
+    assert tagged.get_op_tags(playbook, step) == loud.get_op_tags(playbook, step)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from noetl_dagster.resources.credentials import (
-    CredentialNotFound,
-    CredentialsResource,
-    env_name,
-    is_secret_field,
-    redact,
-    redact_value,
-    register_secret,
-)
+from noetl_dagster.errors import CredentialNotFound
+
+from noetl_dagster.resources.credentials import CredentialsResource
+
+from noetl_dagster.core.secrets import env_name, is_secret_field, redact, redact_value, register_secret
 from noetl_dagster.runtime.tools import ToolContext, ToolError
 
 

@@ -178,7 +178,7 @@ def decision_record(home: Path, run_id: str) -> dict[str, Any]:
     """What ``risk/score_application`` decided in run ``run_id`` (DAGSTER_HOME ``home``), wherever the
     job keeps it: the ``end`` step's result (an op job; ArrowRefIOManager or Dagster's pickling IO
     manager) or the row it published as its ``risk/application_scores`` product (an asset job)."""
-    from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     io = ArrowRefIOManager(base_uri=str(home / "noetl_data"))
     runs = Path(io.run_uri(run_id))

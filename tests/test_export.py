@@ -19,11 +19,11 @@ import dagster as dg
 import pytest
 
 from noetl_dagster import run_playbook
-from noetl_dagster.resources.clickhouse import ClickHouseResource, ClickHouseSink, get_client
-from noetl_dagster.sensors import (ExportCursor, Exporter, clickhouse_export_sensor, export_definitions,
+from noetl_dagster.export.clickhouse import ClickHouseResource, ClickHouseSink, get_client
+from noetl_dagster.export.sensors import (ExportCursor, Exporter, clickhouse_export_sensor, export_definitions,
                                    register_env_secrets)
-from noetl_dagster.sensors.cli import load_cursor, run_export
-from noetl_dagster.sensors.mapping import RunContext, map_record, map_records, step_name_of
+from noetl_dagster.export.cli import load_cursor, run_export
+from noetl_dagster.export.mapping import RunContext, map_record, map_records, step_name_of
 from pg import PgServer, _run, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
 
 CASES = Path(__file__).parent / "conformance" / "cases"
@@ -538,8 +538,8 @@ def test_cli_commands_end_to_end(chdb_dsn: str, tmp_path: Path, monkeypatch: pyt
     """`noetl-dagster export` and `search` as the lead wires them: argparse + the sinks from env."""
     import argparse
 
-    from noetl_dagster.report import default_instance
-    from noetl_dagster.sensors.cli import add_commands
+    from noetl_dagster.storage import default_instance
+    from noetl_dagster.export.cli import add_commands
 
     database = f"t_{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
@@ -578,7 +578,7 @@ def test_importing_the_sensors_loads_no_sink_library() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, noetl_dagster.sensors, noetl_dagster.sensors.cli; "
+    code = ("import sys, noetl_dagster.export.sensors, noetl_dagster.export.cli; "
             "print([m for m in ('clickhouse_connect', 'chdb', 'qdrant_client', 'onnxruntime', 'tokenizers') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -588,8 +588,8 @@ def test_importing_the_sensors_loads_no_sink_library() -> None:
 CHDB_SESSIONS = r"""
 import subprocess, sys
 import clickhouse_connect
-from noetl_dagster.resources.clickhouse import ClickHouseResource
-from noetl_dagster.sensors import clickhouse_session
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.sensors import clickhouse_session
 
 dsn = sys.argv[1]
 other = '''
@@ -649,8 +649,8 @@ def test_cli_export_sinks_are_independent_and_cursors_belong_to_a_destination(
     import argparse
     import socket
 
-    from noetl_dagster.report import default_instance
-    from noetl_dagster.sensors.cli import add_commands
+    from noetl_dagster.storage import default_instance
+    from noetl_dagster.export.cli import add_commands
 
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -693,8 +693,8 @@ def test_product_playbook_steps_export_with_their_names_and_tools(tmp_path: Path
     """A product playbook runs as an asset job whose ops sit in a graph (`<job>__playbook.<step>`):
     its rows and step attempts carry the plain step name and the step's tool kind, so tuning
     applies to them."""
-    from noetl_dagster.sensors.exporter import tools_by_node
-    from noetl_dagster.sensors.mapping import build_step_runs
+    from noetl_dagster.export.exporter import tools_by_node
+    from noetl_dagster.export.mapping import build_step_runs
 
     playbook = tmp_path / "prod.yaml"
     playbook.write_text("""apiVersion: noetl.io/v2

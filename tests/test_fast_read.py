@@ -1,4 +1,4 @@
-"""The export's direct event-log reads (``sensors/fast_read.py``) map to exactly the rows Dagster's
+"""The export's direct event-log reads (``export/fast_read.py``) map to exactly the rows Dagster's
 own records map to: every conformance playbook, a retried op, an asset with a failing check, on
 Dagster's SQLite storage, the kept-connection SQLite storage and Postgres."""
 
@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 
 from noetl_dagster import run_playbook
-from noetl_dagster.sensors import ExportBatch, ExportCursor, Exporter
-from noetl_dagster.sensors.fast_read import LightRecord, read_run, read_run_page, supports
-from noetl_dagster.sensors.mapping import RunContext, map_records
+from noetl_dagster.export.sensors import ExportBatch, ExportCursor, Exporter
+from noetl_dagster.export.fast_read import LightRecord, read_run, read_run_page, supports
+from noetl_dagster.export.mapping import RunContext, map_records
 from noetl_dagster.storage import instance_config
 from pg import PgServer, _run, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
 

@@ -17,7 +17,7 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.bindings import binding_warnings
-from noetl_dagster.runtime.templates import TemplateFailure
+from noetl_dagster.core.templates import TemplateFailure
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from pg import PgServer, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
 

@@ -3,7 +3,7 @@
 * executor selection: ``metadata.dagster.executor: k8s`` (+ ``metadata.dagster.k8s``) and its errors;
 * every step's Job as the ``k8s_job_executor`` builds it (``construct_dagster_k8s_job`` with
   ``get_user_defined_k8s_config(op tags)``), schema-valid with the step's declared resources;
-* the ``container`` tool's Job (``container.manifest``) and its validation errors;
+* the ``container`` tool's Job (``translator.k8s.manifest``) and its validation errors;
 * the raw manifests shipped in ``deploy/k8s/``.
 """
 
@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import noetl_dagster.runtime.tools.container as container
+import noetl_dagster.translator.k8s as k8s
 from noetl_dagster import PlaybookError, load_playbook, load_playbook_definitions, validate_file
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -177,7 +178,7 @@ FULL = {
 
 
 def test_container_manifest_full_form() -> None:
-    manifest = container.manifest(FULL, name="noetl-load-abc")
+    manifest = k8s.manifest(FULL, name="noetl-load-abc")
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
     assert manifest["metadata"]["namespace"] == "etl" and manifest["spec"]["backoffLimit"] == 2
     pod = manifest["spec"]["template"]["spec"]
@@ -194,7 +195,7 @@ def test_container_manifest_full_form() -> None:
 
 
 def test_container_manifest_short_forms_and_runtime_block() -> None:
-    manifest = container.manifest({
+    manifest = k8s.manifest({
         "kind": "container", "command": "sh -c 'echo hi'",
         "runtime": {"provider": "kubernetes", "image": "busybox", "namespace": "jobs"},
         "resources": {"cpu": "250m", "memory": "128Mi", "memory_limit": "256Mi", "gpu": 1},
@@ -227,6 +228,37 @@ def test_container_job_names_are_unique_and_dns_safe() -> None:
         assert len(name) <= 57 and name.startswith("noetl-load-orders-")
         assert name.replace("-", "").isalnum() and name == name.lower()
     assert container.job_name({"name": "My_Job!"}, ctx, "run-1") == "my-job"
+
+
+def test_container_tool_runs_jobs_through_the_hosts_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's container tool builds the Job's arguments and leaves running it to the host
+    (``ToolContext.run_k8s_job``); without a runner the step fails with a ToolError."""
+    from noetl_dagster import ToolContext, ToolError
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", "/etc/kube/config")
+    config = {"image": "busybox:1.36", "command": ["sh", "-c"], "args": ["echo '{{ workload.msg }}'"],
+              "runtime": {"provider": "kubernetes", "namespace": "etl"}, "name": "echo-job"}
+    bare = ToolContext(step="echo", execution_id=1, scope={"workload": {"msg": "hi"}}, run_id="run-9")
+    with pytest.raises(ToolError, match="needs a Kubernetes job runner from its host"):
+        container.ContainerTool().run(config, bare)
+    seen: list[dict[str, Any]] = []
+
+    def runner(kwargs: dict[str, Any], log: Any) -> dict[str, Any]:
+        seen.append(kwargs)
+        return {"job_name": kwargs["k8s_job_name"], "namespace": kwargs["namespace"], "pod": "echo-job-x",
+                "logs": 'starting\n{"rows": 3}\n'}
+
+    ctx = ToolContext(step="echo", execution_id=1, scope={"workload": {"msg": "hi"}}, run_id="run-9",
+                      run_k8s_job=runner)
+    result = container.ContainerTool().run(config, ctx)
+    assert {k: v for k, v in result.items() if k != "duration_seconds"} == {
+        "status": "succeeded", "job_name": "echo-job", "namespace": "etl", "pod": "echo-job-x",
+        "image": "busybox:1.36", "logs": 'starting\n{"rows": 3}\n', "output": {"rows": 3}}
+    (kwargs,) = seen
+    assert kwargs["args"] == ["echo 'hi'"] and kwargs["command"] == ["sh", "-c"]
+    assert kwargs["load_incluster_config"] is False and kwargs["kubeconfig_file"] == "/etc/kube/config"
+    assert kwargs["job_spec_config"] == {"backoff_limit": 0}
 
 
 def test_example_playbooks_load_with_the_container_tool_registered() -> None:

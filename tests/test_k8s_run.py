@@ -494,7 +494,7 @@ def step_result(home: Path, run_id: str, step: str) -> Any:
     default pickling filesystem IO manager (``storage/<run>/<step>/result``)."""
     import pickle
 
-    from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     io = ArrowRefIOManager(base_uri=str(home / "noetl_data"))
     if Path(io.run_uri(run_id, step, "result")).exists():

@@ -24,11 +24,11 @@ from noetl_dagster.playbook.catalog import PlaybookCatalog
 from noetl_dagster.playbook.loader import load_playbook, parse_text
 from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.context import Context
-from noetl_dagster.runtime.cursor import run_cursor_loop
-from noetl_dagster.runtime.step import RunInfo, run_step
-from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.step import RunInfo, run_cursor_loop, run_step
+from noetl_dagster.playbook.kinds import check_tool_config
+from noetl_dagster.runtime.tools import ToolContext, ToolError
 from noetl_dagster.runtime.tools.python_script import load_script_source
-from noetl_dagster.translator.plan import plan
+from noetl_dagster.planner import plan
 
 HEAD = "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: p}\nworkflow:\n  - {step: start, tool: {kind: noop}}\n"
 
@@ -339,7 +339,7 @@ def test_validate_cli_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_flat_code_wins_over_script() -> None:
     config = {"code": "result = 1", "script": {"source": {"type": "ftp"}}}
-    assert get_tool("python").validate(config) == []
+    assert check_tool_config("python", config) == []
     assert run(step("  - step: s\n    tool: {kind: python, code: 'result = 1', script: {source: {type: ftp}}}\n")).result == 1
 
 
@@ -418,7 +418,8 @@ def test_cursor_loop_validation(change: tuple[str, str], message: str | None) ->
     assert any(message in i and "step 'drain'" in i for i in found), found
 
 
-def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  # noqa: F811
+def fresh_cursor_jobs(pg_server: PgServer) -> None:  # noqa: F811
+    """A queue of five pending jobs (each cursor test starts from its own, in any order or worker)."""
     import psycopg
 
     with psycopg.connect(pg_server.dsn(), autocommit=True) as con:
@@ -426,6 +427,12 @@ def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  
         con.execute("CREATE TABLE cursor_jobs (id int PRIMARY KEY, payload int, status text DEFAULT 'pending', "
                     "result int)")
         con.execute("INSERT INTO cursor_jobs (id, payload) SELECT g, g * 10 FROM generate_series(1, 5) g")
+
+
+def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  # noqa: F811
+    import psycopg
+
+    fresh_cursor_jobs(pg_server)
     playbook = parse_text(HEAD + CURSOR, "p.yaml")
     creds = CredentialsResource(use_env=False, credentials={"pg": {"type": "postgres", **pg_server.fields()}})
     info = RunInfo("run-1", resources={"credentials": creds})
@@ -444,6 +451,7 @@ def test_cursor_loop_claims_frames_until_drained(pg_server: PgServer) -> None:  
 
 
 def test_cursor_loop_that_never_drains_is_bounded(pg_server: PgServer) -> None:  # noqa: F811
+    fresh_cursor_jobs(pg_server)
     text = CURSOR.replace("UPDATE cursor_jobs SET status = 'claimed'", "UPDATE cursor_jobs SET status = status")
     text = text.replace("WHERE status = 'pending'", "WHERE true")
     playbook = parse_text(HEAD + text.replace("SET status = 'done', ", "SET "), "p.yaml")
@@ -454,6 +462,7 @@ def test_cursor_loop_that_never_drains_is_bounded(pg_server: PgServer) -> None: 
 
 
 def test_cursor_claim_without_rows_is_an_error(pg_server: PgServer) -> None:  # noqa: F811
+    fresh_cursor_jobs(pg_server)
     text = CURSOR.replace("RETURNING id, payload", "")
     playbook = parse_text(HEAD + text, "p.yaml")
     creds = CredentialsResource(use_env=False, credentials={"pg": {"type": "postgres", **pg_server.fields()}})

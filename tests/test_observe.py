@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from noetl_dagster import load_playbook_definitions
-from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+from noetl_dagster.io.manager import ArrowRefIOManager
 from noetl_dagster.translator.observe import measured, preview, size_of
 
 HERE = Path(__file__).parent / "observe"

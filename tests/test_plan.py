@@ -6,7 +6,8 @@ import pytest
 
 from noetl_dagster.errors import PlaybookError
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.translator.plan import op_safe, plan, unguarded_cycles
+from noetl_dagster.planner import op_safe, plan
+from noetl_dagster.playbook.graph import unguarded_cycles
 
 HEAD = "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: p, path: dom/p}\nworkflow:\n"
 

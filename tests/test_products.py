@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from noetl_dagster import PlaybookError, load_playbook_definitions, run_playbook
+from noetl_dagster import PlaybookError, PlaybookTranslator, load_playbook_definitions, run_playbook
 from noetl_dagster.playbook.loader import parse_text
 
 CUSTOMERS = """apiVersion: noetl.io/v2
@@ -191,3 +191,46 @@ def test_final_steps_after_a_product_become_the_run_outcome_asset(tmp_path, inst
     assert report.status == "success"
     assert report.steps["end"].result == {"published": 2}
     assert instance.get_latest_materialization_event(dg.AssetKey(["ops", "middle__outcome"])) is not None
+
+
+class Lake(PlaybookTranslator):
+    """Every product key under ``lake``: ``[lake, marketing, customer_360]``."""
+
+    def get_asset_key(self, playbook, step):  # type: ignore[no-untyped-def]
+        return super().get_asset_key(playbook, step).with_prefix("lake")
+
+
+TOTAL = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: spend_total, path: risk/spend_total}
+workflow:
+  - step: start
+    tool: {kind: duckdb, query: "SELECT sum(spend) AS total FROM {{ product('marketing/customer_360') }}"}
+"""
+
+
+def test_a_consumer_run_alone_reads_products_by_the_translators_keys(tree, instance):
+    """run_playbook of one consumer (a product of its own, or none) finds what a producer run
+    stored under the key a key-changing translator gives it."""
+    (tree / "risk" / "big_spenders.yaml").write_text(READER)
+    (tree / "risk" / "spend_total.yaml").write_text(TOTAL)
+    producer = run_playbook(tree / "marketing" / "customer_360.yaml", instance=instance, translator=Lake())
+    assert producer.status == "success"
+    data = Path(instance.root_directory) / "noetl_data"
+    assert any(p.suffix == ".parquet" for p in (data / "lake" / "marketing" / "customer_360").rglob("*"))
+    assert not (data / "marketing").exists()
+
+    report = run_playbook(tree / "risk" / "big_spenders.yaml", instance=instance, translator=Lake())
+    assert report.status == "success", report.steps["start"].error
+    assert report.steps["start"].result == [{"n": 2, "total": 50.0}]
+    assert any(p.suffix == ".parquet" for p in (data / "lake" / "risk" / "big_spenders").rglob("*"))
+    total = run_playbook(tree / "risk" / "spend_total.yaml", instance=instance, translator=Lake())
+    assert total.status == "success", total.steps["start"].error
+    assert total.steps["start"].result["rows"] == [{"total": 60.0}]
+
+    plain = run_playbook(tree / "risk" / "spend_total.yaml", instance=instance)  # the plain key holds nothing
+    assert plain.status == "failure" and "has no stored data yet" in plain.steps["start"].error
+    assert run_playbook(tree / "marketing" / "customer_360.yaml", instance=instance).status == "success"
+    plain = run_playbook(tree / "risk" / "spend_total.yaml", instance=instance)  # a consumer without products
+    assert plain.status == "success", plain.steps["start"].error  # used to lack the ArrowRefIOManager
+    assert plain.steps["start"].result["rows"] == [{"total": 60.0}]

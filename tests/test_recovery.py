@@ -162,7 +162,7 @@ workflow:
 def test_cancel_ends_the_detached_children_of_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """A fire-and-forget child is tracked by its parent run: `noetl-dagster cancel PARENT` ends it."""
-    from noetl_dagster.report import run_playbook
+    from noetl_dagster.run import run_playbook
 
     home = tmp_path / "home"
     home.mkdir()

@@ -18,8 +18,8 @@ from noetl_dagster.playbook import catalog as catalog_module
 from noetl_dagster.playbook import source
 from noetl_dagster.playbook.catalog import FolderCatalog, catalog_root
 from noetl_dagster.playbook.loader import load_playbook, parse_text
-from noetl_dagster.report import catalog_around, run_playbook
-from noetl_dagster.runtime import limits
+from noetl_dagster.run import catalog_around, run_playbook
+from noetl_dagster.core import limits
 
 HERE = Path(__file__).parent
 HOSTILE = sorted((HERE / "hostile").glob("*.yaml"))
@@ -98,9 +98,9 @@ def test_validate_reports_playbooks_dagster_refuses(tmp_path: Path, capsys: pyte
                                               "metadata:\n  name: bad\n  path: t/bad\n  dagster: {executor: k8s, "
                                               "k8s: {max_concurrent: lots}}"))
     (tmp_path / "good.yaml").write_text(_playbook("t/good"))
-    assert main(["validate", str(tmp_path)]) == 1
+    assert main(["validate", "--compile", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert f"{bad}:4:1: metadata.dagster.k8s: Invalid scalar at path root:max_concurrent" in err
+    assert f"{bad}:6:1: metadata.dagster.k8s: Invalid scalar at path root:max_concurrent" in err
     assert "1 problem(s) in 1 of 2 playbook(s)" in err and "Traceback" not in err
 
 

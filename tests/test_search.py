@@ -13,11 +13,11 @@ import pytest
 from qdrant_client import QdrantClient
 
 from noetl_dagster import run_playbook
-from noetl_dagster.resources.embedder import (EmbedderResource, HashingEmbedder, MiniLMEmbedder, get_embedder)
-from noetl_dagster.resources.qdrant import QdrantResource, QdrantSink, playbook_documents
-from noetl_dagster.sensors import ExportCursor, Exporter, export_definitions, index_playbooks
-from noetl_dagster.sensors.cli import format_hit, run_export, search
-from noetl_dagster.sensors.hints import HINT_TAG, hint_pass
+from noetl_dagster.export.embedder import (EmbedderResource, HashingEmbedder, MiniLMEmbedder, get_embedder)
+from noetl_dagster.export.qdrant import QdrantResource, QdrantSink, playbook_documents
+from noetl_dagster.export.sensors import ExportCursor, Exporter, export_definitions, index_playbooks
+from noetl_dagster.export.cli import format_hit, run_export, search
+from noetl_dagster.export.hints import HINT_TAG, hint_pass
 
 CASES = Path(__file__).parent / "conformance" / "cases"
 

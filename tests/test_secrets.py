@@ -23,8 +23,8 @@ import pytest
 
 from conftest import _serve
 from noetl_dagster import run_playbook
-from noetl_dagster.resources.clickhouse import ClickHouseSink, get_client
-from noetl_dagster.runtime.templates import TemplateFailure
+from noetl_dagster.export.clickhouse import ClickHouseSink, get_client
+from noetl_dagster.core.templates import TemplateFailure
 
 PLAYBOOK = """
 apiVersion: noetl.io/v2
@@ -127,9 +127,9 @@ def test_a_keychain_value_never_leaks(echo_server: str, chdb_dsn: str, tmp_path:
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from qdrant_client import QdrantClient
 
-    from noetl_dagster.resources.embedder import HashingEmbedder
-    from noetl_dagster.resources.qdrant import QdrantSink
-    from noetl_dagster.sensors import ExportCursor, Exporter
+    from noetl_dagster.export.embedder import HashingEmbedder
+    from noetl_dagster.export.qdrant import QdrantSink
+    from noetl_dagster.export.sensors import ExportCursor, Exporter
 
     secret = "Sk/" + uuid.uuid4().hex[:20] + "+Qz=w"
     monkeypatch.setenv("NOETL_CREDENTIAL_VAULT__TOKEN", secret)
@@ -210,7 +210,7 @@ def test_templates_cannot_dump_the_keychain(template: str, message: str, tmp_pat
 def test_masking_covers_encodings_and_arrow_tables() -> None:
     import pyarrow as pa
 
-    from noetl_dagster.resources.credentials import redact, redact_value, register_secret
+    from noetl_dagster.core.secrets import redact, redact_value, register_secret
 
     secret = "Mask-" + uuid.uuid4().hex[:12] + "/+"
     register_secret(secret)
@@ -225,8 +225,8 @@ def test_masking_covers_encodings_and_arrow_tables() -> None:
 
 
 def test_template_errors_never_quote_values() -> None:
-    from noetl_dagster.resources.credentials import register_secret
-    from noetl_dagster.runtime.templates import render_text
+    from noetl_dagster.core.secrets import register_secret
+    from noetl_dagster.core.templates import render_text
 
     secret = "Quote-" + uuid.uuid4().hex
     register_secret(secret)

@@ -39,7 +39,7 @@ def home(tmp_path: Path) -> Path:
 def test_import_loads_no_heavy_module(tmp_path: Path, home: Path) -> None:
     done = _python("import sys, noetl_dagster\n"
                    "print('dagster' in sys.modules)\n"
-                   "import noetl_dagster.ai, noetl_dagster.sensors\n"
+                   "import noetl_dagster.ai, noetl_dagster.export.sensors\n"
                    f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n", cwd=tmp_path, home=home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "[]"], done.stdout
@@ -72,13 +72,13 @@ def test_public_names_resolve_lazily() -> None:
     import noetl_dagster.ai.recommend  # noqa: F401 - the submodule must not shadow the function
 
     assert callable(ai.recommend) and ai.recommend.__name__ == "recommend"
-    from noetl_dagster.translator.plan import plan
+    from noetl_dagster.planner import plan
 
     assert noetl_dagster.plan is plan
 
 
 def test_find_playbooks_skips_hidden_folders_and_follows_links_once(tmp_path: Path) -> None:
-    from noetl_dagster.translator.definitions import find_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks
 
     (tmp_path / "risk").mkdir()
     (tmp_path / "risk" / "a.yaml").write_text(ONE_STEP)

@@ -352,7 +352,7 @@ def test_instance_config_points_at_the_default_event_log_folder(tmp_path: Path) 
 
 
 def test_the_cli_default_home_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from noetl_dagster.report import LOCAL_DAGSTER_HOME, default_instance
+    from noetl_dagster.storage import LOCAL_DAGSTER_HOME, default_instance
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -103,3 +103,58 @@ def test_unknown_sub_playbook_is_a_load_error(tree, capsys):
     assert [j.name for j in load_playbook_definitions(tree).jobs] == ["dom__child"]
     assert main(["validate", str(tree)]) == 1
     assert "sub-playbook 'dom/nope' is not among the loaded playbooks" in capsys.readouterr().err
+
+
+AWAITING = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: parent, path: dom/parent}
+workflow:
+  - step: start
+    tool: {kind: playbook, path: dom/child, args: {x: 4}, return_result: true}
+"""
+
+
+def test_the_runtime_alone_has_no_sub_playbook_runner(tree):
+    """The runtime imports no runner: a host passes one in RunInfo, and without one an awaited
+    child is a clear step failure, not an import of the Dagster adapter."""
+    from noetl_dagster import load_playbook
+    from noetl_dagster.errors import StepFailed
+    from noetl_dagster.playbook.catalog import PlaybookCatalog
+    from noetl_dagster.runtime.context import Context
+    from noetl_dagster.runtime.step import RunInfo, run_step
+
+    (tree / "dom" / "parent.yaml").write_text(AWAITING)
+    parent, child = load_playbook(tree / "dom" / "parent.yaml"), load_playbook(tree / "dom" / "child.yaml")
+    resources = {"catalog": PlaybookCatalog.of([parent, child])}
+    with pytest.raises(StepFailed, match=r"'dom/child': awaiting a child needs a host that runs playbooks"):
+        run_step(parent.step("start"), Context.initial({}), RunInfo(1, resources=resources))
+    # a host's runner gets the child, its workload and the parent's tags; its report is the result
+    calls = []
+
+    def runner(playbook, workload, **kwargs):
+        calls.append((playbook.metadata.path, dict(workload), kwargs["tags"]["noetl/parent_step"]))
+        return run_playbook(playbook, workload)
+
+    outcome = run_step(parent.step("start"), Context.initial({}), RunInfo(1, resources=resources, run_playbook=runner))
+    assert outcome.result == {"answer": 8}
+    assert calls == [("dom/child", {"x": 4}, "start")]
+
+
+def test_definitions_run_children_without_importing_run_first(tree, tmp_path):
+    """What `dagster dev` loads (load_playbook_definitions) runs an awaited child in a fresh process:
+    the package installs run.run_playbook as the adapter's runner; run.py loads with the first child."""
+    import subprocess
+    import sys
+
+    (tree / "dom" / "parent.yaml").write_text(AWAITING)
+    code = ("import sys, dagster as dg\n"
+            "from noetl_dagster.translator.definitions import load_playbook_definitions\n"
+            f"defs = load_playbook_definitions({str(tree)!r}, strict=True)\n"
+            "before = 'noetl_dagster.run' in sys.modules\n"
+            "result = defs.resolve_job_def('dom__parent').execute_in_process(instance=dg.DagsterInstance.ephemeral())\n"
+            "print(before, result.success, result.output_for_node('start', 'result'))\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "False True {'answer': 8}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from noetl_dagster.runtime.context import Context
-from noetl_dagster.runtime.templates import TemplateFailure, check_syntax, condition, is_true, render_value
+from noetl_dagster.core.templates import TemplateFailure, check_syntax, condition, is_true, render_value
 
 
 def scope(**workload):

@@ -18,7 +18,7 @@ import pytest
 
 from noetl_dagster import PlaybookError, run_playbook
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.resources.arrow_ref import ArrowRef
+from noetl_dagster.io.arrow_ref import ArrowRef
 from noetl_dagster.resources.credentials import CredentialsResource
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 

@@ -10,6 +10,7 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 
 
@@ -64,7 +65,7 @@ def test_bad_table_and_sql_errors() -> None:
         run({"tables": {"x": "{{ n }}"}, "query": "SELECT 1"}, {"n": 5})
     with pytest.raises(ToolError, match="DuckDB: .*syntax error"):
         run({"query": "SELEC 1"})
-    assert get_tool("duckdb").validate({"query": "SELECT 1", "tables": {"bad name": 1}})[0][0] == "tables"
+    assert check_tool_config("duckdb", {"query": "SELECT 1", "tables": {"bad name": 1}})[0][0] == "tables"
 
 
 def test_playbook_python_arrow_table_into_duckdb() -> None:
@@ -104,7 +105,7 @@ def test_an_arrow_ref_is_queried_by_reference(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from noetl_dagster.resources.arrow_ref import ArrowRef
+    from noetl_dagster.io.arrow_ref import ArrowRef
     from noetl_dagster.runtime.tools import ToolContext
     from noetl_dagster.runtime.tools.duckdb import DuckDBTool
 

@@ -17,7 +17,9 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import PlaybookError, parse_text
-from noetl_dagster.resources.credentials import CredentialNotFound, CredentialsResource
+from noetl_dagster.errors import CredentialNotFound
+from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
 
 TOKEN = "bearer-Secret-T0ken-123"
@@ -214,7 +216,7 @@ def test_unknown_credential_alias(server: str) -> None:
 def test_unsupported_auth_type(server: str) -> None:
     with pytest.raises(ToolError, match="auth type 'gcp_adc' .* not supported"):
         run({"url": f"{server}/json", "auth": {"type": "gcp_adc"}})
-    assert get_tool("http").validate({"url": "x", "auth": {"type": "kerberos"}})[0][0] == "auth.type"
+    assert check_tool_config("http", {"url": "x", "auth": {"type": "kerberos"}})[0][0] == "auth.type"
 
 
 # ---------------------------------------------------------------------------------------- auth

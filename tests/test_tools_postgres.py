@@ -12,14 +12,16 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.resources.credentials import CredentialNotFound, CredentialsResource
+from noetl_dagster.errors import CredentialNotFound
+from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
     connection_from_config,
     query_arrow,
-    split_statements,
 )
+from noetl_dagster.core.binding import split_statements
 from pg import PgServer, free_port, pg_server  # noqa: F401  (tests/pg.py; pg_server is a fixture)
 
 WRONG_PASSWORD = "Wr0ng-Pa55word!x"
@@ -235,8 +237,8 @@ def test_malformed_connection_string_hides_password() -> None:
 
 
 def test_validate() -> None:
-    assert {p[0] for p in get_tool("postgres").validate({"auth": 5})} == {"query", "auth"}
-    assert get_tool("postgres").validate({"auth": "pg", "query": "SELECT 1"}) == []
+    assert {p[0] for p in check_tool_config("postgres", {"auth": 5})} == {"query", "auth"}
+    assert check_tool_config("postgres", {"auth": "pg", "query": "SELECT 1"}) == []
 
 
 def test_split_statements() -> None:

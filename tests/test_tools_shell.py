@@ -11,7 +11,9 @@ import pytest
 
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
-from noetl_dagster.resources.credentials import CredentialsResource, register_secret
+from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.core.secrets import register_secret
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
 
 
@@ -88,8 +90,8 @@ def test_secrets_are_redacted_in_failures() -> None:
 
 
 def test_validate() -> None:
-    assert get_tool("shell").validate({})[0][0] == "command"
-    assert get_tool("shell").validate({"command": "true"}) == []
+    assert check_tool_config("shell", {})[0][0] == "command"
+    assert check_tool_config("shell", {"command": "true"}) == []
 
 
 def test_playbook_shell_then_python() -> None:

@@ -17,6 +17,7 @@ import pytest
 from noetl_dagster import run_playbook
 from noetl_dagster.playbook.loader import parse_text
 from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.playbook.kinds import check_tool_config
 from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 from noetl_dagster.runtime.tools.transfer import rechunk
 from pg import PgServer, pg_server  # noqa: F401  (tests/pg.py; pg_server is a fixture)
@@ -254,7 +255,8 @@ def test_config_errors(tmp_path: Path) -> None:
         transfer({"source": source, "target": {**target, "mode": "merge"}}, ctx_for())
     with pytest.raises(ToolError, match="source duckdb: .*SELEC"):
         transfer({"source": {**source, "query": "SELEC 1"}, "target": target}, ctx_for())
-    problems = get_tool("transfer").validate({"source": {"type": "ftp"}, "target": {"type": "duckdb", "mode": "upsert"}})
+    problems = check_tool_config("transfer", {"source": {"type": "ftp"},
+                                              "target": {"type": "duckdb", "mode": "upsert"}})
     assert {p[0] for p in problems} == {"source.type", "target.table", "target.key"}
 
 

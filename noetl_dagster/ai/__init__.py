@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 # eager: the submodule `recommend` would otherwise shadow the function of that name once imported
-from .recommend import NO_RETRY, Recommendation, TuningBounds, markdown_table, recommend
+from noetl_dagster.ai.recommend import NO_RETRY, Recommendation, TuningBounds, markdown_table, recommend
 
 #: public name -> the module of this package that defines it (loaded on first use: importing
 #: ``noetl_dagster.ai`` for the translator does not import the report's charts or ClickHouse)

@@ -33,15 +33,15 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..resources.clickhouse import ClickHouseResource
-from ..resources.embedder import EmbedderResource
-from ..resources.qdrant import QdrantResource
-from ..sensors import CLICKHOUSE_KEY, EMBEDDER_KEY, QDRANT_KEY
-from .cli import run_tune
-from .evidence import evidence_sink
-from .recommend import TuningBounds
-from .report import chart_markdown, chart_png, report_markdown
-from .stats import StepStats, step_stats
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.embedder import EmbedderResource
+from noetl_dagster.export.qdrant import QdrantResource
+from noetl_dagster.export.sensors import CLICKHOUSE_KEY, EMBEDDER_KEY, QDRANT_KEY
+from noetl_dagster.ai.cli import run_tune
+from noetl_dagster.ai.evidence import evidence_sink
+from noetl_dagster.ai.recommend import TuningBounds
+from noetl_dagster.ai.report import chart_markdown, chart_png, report_markdown
+from noetl_dagster.ai.stats import StepStats, step_stats
 
 STEP_STATS_KEY = dg.AssetKey(["observability", "step_stats"])
 TUNING_REPORT_KEY = dg.AssetKey(["observability", "tuning_report"])
@@ -195,7 +195,7 @@ def tuning_definitions(*, profiles: str | os.PathLike = "tuning", playbooks: str
     and its ``noetl_tuning_daily`` schedule.
 
     ``clickhouse`` is added as the ``noetl_clickhouse`` resource when given; otherwise the
-    definitions this is merged with provide it (:func:`~noetl_dagster.sensors.export_definitions`
+    definitions this is merged with provide it (:func:`~noetl_dagster.export.sensors.export_definitions`
     does). Likewise ``qdrant`` (``noetl_qdrant``) and ``embedder`` (``noetl_embedder``; default
     :class:`EmbedderResource` when ``qdrant`` is given): with them retry recommendations carry
     similar past failures. ``similar_failures`` defaults to ``qdrant is not None``; ``True``

@@ -16,20 +16,21 @@ it warns and recommends as without. Wire with ``add_commands(subparsers)``.
 from __future__ import annotations
 
 import argparse
+import os
 from contextlib import nullcontext
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .evidence import add_similar_failures, evidence_sink
-from .profiles import apply_recommendations, load_profiles, save_profile
-from .recommend import TuningBounds, recommend
-from .report import report_markdown
-from .stats import StepStats, step_stats
+from noetl_dagster.ai.evidence import add_similar_failures, evidence_sink
+from noetl_dagster.ai.profiles import apply_recommendations, load_profiles, save_profile
+from noetl_dagster.ai.recommend import TuningBounds, recommend
+from noetl_dagster.ai.report import report_markdown
+from noetl_dagster.ai.stats import StepStats, step_stats
 
 
-def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str, Any]],
+def declared(folder: str | os.PathLike[str] | None) -> tuple[dict[tuple[str, str], dict[str, Any]],
                                                   dict[tuple[str, str], dict[str, Any]]]:
     """What the playbooks under ``folder`` declare, read once (broken ones skipped):
     ``{(playbook path, step): hardware}`` and, for parallel loops,
@@ -38,15 +39,14 @@ def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str,
     loops: dict[tuple[str, str], dict[str, Any]] = {}
     if not folder or not Path(folder).exists():
         return hardware, loops
-    from ..translator.definitions import find_playbooks, load_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks, load_playbooks
 
-    for pb in load_playbooks(find_playbooks([folder])).playbooks:
-        executor = str(pb.metadata.dagster.get("executor") or "in_process")
+    for pb in load_playbooks(find_playbooks([Path(folder)])).playbooks:
+        executor = pb.metadata.dagster.executor or "in_process"
         for step in pb.workflow:
             key = (pb.metadata.catalog_path, step.step)
-            hw = (step.model_extra or {}).get("hardware")
-            if isinstance(hw, dict):
-                hardware[key] = dict(hw)
+            if step.hardware is not None:
+                hardware[key] = step.hardware.declared()
             if step.loop is not None and step.loop.mode == "parallel":
                 loops[key] = {"chunk_size": step.loop.chunk_size, "max_in_flight": step.loop.max_in_flight,
                               "executor": executor}
@@ -54,12 +54,12 @@ def declared(folder: str | Path | None) -> tuple[dict[tuple[str, str], dict[str,
 
 
 def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds: TuningBounds | None = None,
-             playbooks_dir: str | Path | None = None, stats: Sequence[StepStats] | None = None,
+             playbooks_dir: str | os.PathLike[str] | None = None, stats: Sequence[StepStats] | None = None,
              qdrant: Any = None) -> tuple[list, list[Path]]:
     """Stats -> recommendations -> profiles; returns (recommendations added, files written).
 
     ``stats``: already read (the ``observability/step_stats`` asset); else read from ``client``.
-    ``qdrant``: a :class:`~noetl_dagster.resources.qdrant.QdrantSink` whose similar past failures
+    ``qdrant``: a :class:`~noetl_dagster.export.qdrant.QdrantSink` whose similar past failures
     become evidence of retry recommendations (:mod:`.evidence`); None: no such evidence.
     """
     if stats is None:
@@ -75,11 +75,11 @@ def run_tune(client: Any, profiles_dir: str | Path, apply: bool = False, bounds:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from ..resources.clickhouse import ClickHouseResource
+    from noetl_dagster.export.clickhouse import ClickHouseResource
 
     playbooks = args.playbooks or ("playbooks" if Path("playbooks").is_dir() else None)
-    from ..resources.embedder import EmbedderResource
-    from ..resources.qdrant import QdrantResource
+    from noetl_dagster.export.embedder import EmbedderResource
+    from noetl_dagster.export.qdrant import QdrantResource
 
     sink = ClickHouseResource().sink()
     stats = step_stats(sink)
@@ -91,7 +91,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            "evidence": r.evidence, "expected_effect": r.expected_effect,
                            "within_bounds": r.within_bounds, "flags": list(r.flags)} for r in added], default=str))
     else:
-        from .terminal import summary, write_report
+        from noetl_dagster.ai.terminal import summary, write_report
 
         verb = "approved (within bounds)" if args.apply else "proposed"
         markdown = report_markdown(stats, added, approved=args.apply)

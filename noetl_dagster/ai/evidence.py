@@ -3,7 +3,7 @@
 A retry policy (or an explicit *no retry*) for a step is explained by the failures behind it:
 the step's latest failure message (from ClickHouse, :attr:`StepStats.last_error`) is searched
 in the Qdrant ``failures`` collection with the failure hints' own search
-(:func:`noetl_dagster.sensors.hints.find_similar`), and the best matches are added to the
+(:func:`noetl_dagster.export.hints.find_similar`), and the best matches are added to the
 recommendation's evidence as ``similar_failures``: run id, playbook, step, message, similarity
 and whether a later run of that step succeeded (``later_succeeded``, ``resolved_by_run``).
 Many failures later resolved by plain re-runs support a retry; an unresolved identical error
@@ -15,8 +15,8 @@ unchanged too.
 
 Example::
 
-    from noetl_dagster.resources.embedder import EmbedderResource
-    from noetl_dagster.resources.qdrant import QdrantResource
+    from noetl_dagster.export.embedder import EmbedderResource
+    from noetl_dagster.export.qdrant import QdrantResource
 
     sink = QdrantResource().sink(EmbedderResource().get())
     recs = add_similar_failures(recommend(stats), stats, sink, limit=3)
@@ -31,8 +31,8 @@ import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Sequence
 
-from .recommend import Recommendation
-from .stats import StepStats
+from noetl_dagster.ai.recommend import Recommendation
+from noetl_dagster.ai.stats import StepStats
 
 log = logging.getLogger("noetl_dagster.ai")
 
@@ -42,7 +42,7 @@ EXPLAINED_PARAMETERS = ("retry_policy",)
 
 @contextmanager
 def evidence_sink(qdrant: Any, embedder: Any, logger: Any = None) -> Iterator[Any]:
-    """The :class:`~noetl_dagster.resources.qdrant.QdrantSink` of these resources for a ``with``
+    """The :class:`~noetl_dagster.export.qdrant.QdrantSink` of these resources for a ``with``
     block (local mode's folder is released after it), or None with a warning on ``logger``
     (default: this module's) when it cannot be opened - a server down, or local mode's folder held
     by another process (an export sensor's tick)."""
@@ -59,8 +59,8 @@ def evidence_sink(qdrant: Any, embedder: Any, logger: Any = None) -> Iterator[An
 def similar_failures(sink: Any, stats: StepStats, limit: int = 3, min_score: float | None = None,
                      now: float | None = None) -> list[dict[str, Any]]:
     """The failures in Qdrant most similar to ``stats``' latest failure (any run, up to ``now``), best first."""
-    from ..sensors.hints import DEFAULT_MIN_SCORE, find_similar
-    from ..sensors.mapping import StepFailure
+    from noetl_dagster.export.hints import DEFAULT_MIN_SCORE, find_similar
+    from noetl_dagster.export.mapping import StepFailure
 
     if not stats.last_error:
         return []
@@ -76,7 +76,7 @@ def add_similar_failures(recommendations: Sequence[Recommendation], stats: Seque
                          limit: int = 3, min_score: float | None = None) -> list[Recommendation]:
     """``recommendations`` with ``evidence["similar_failures"]`` on the retry ones that have matches.
 
-    ``sink``: a :class:`~noetl_dagster.resources.qdrant.QdrantSink`, or None (nothing added).
+    ``sink``: a :class:`~noetl_dagster.export.qdrant.QdrantSink`, or None (nothing added).
     """
     if sink is None:
         return list(recommendations)

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from ..translator.plan import op_safe
+from noetl_dagster.planner import op_safe
 
 log = logging.getLogger("noetl_dagster.ai")
 

@@ -40,8 +40,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .profiles import TuningProfile
-from .stats import StepStats
+from noetl_dagster.ai.profiles import TuningProfile
+from noetl_dagster.ai.stats import StepStats
 
 
 @dataclass(frozen=True)

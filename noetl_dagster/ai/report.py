@@ -17,8 +17,8 @@ import base64
 import io
 from typing import Sequence
 
-from .recommend import Recommendation, markdown_table
-from .stats import StepStats
+from noetl_dagster.ai.recommend import Recommendation, markdown_table
+from noetl_dagster.ai.stats import StepStats
 
 #: the chart shows at most this many steps (the slowest and the failing ones first)
 CHART_MAX_STEPS = 30

@@ -19,7 +19,7 @@ duration (a chunk's duration divided by its items) and cores of those ops ``item
 
 Example::
 
-    from noetl_dagster.resources.clickhouse import ClickHouseResource
+    from noetl_dagster.export.clickhouse import ClickHouseResource
     from noetl_dagster.ai.stats import step_stats
 
     for s in step_stats(ClickHouseResource().sink()):
@@ -32,7 +32,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..resources.clickhouse import DEFAULT_DATABASE, STEP_RUNS_TABLE
+from noetl_dagster.export.clickhouse import DEFAULT_DATABASE, STEP_RUNS_TABLE
 
 #: how many run ids each evidence list keeps
 MAX_RUN_IDS = 10
@@ -210,7 +210,7 @@ def _query(client: Any, sql: str) -> list[tuple]:
 def step_stats(client: Any, database: str | None = None) -> list[StepStats]:
     """One :class:`StepStats` per (playbook, step) in ``step_runs``.
 
-    ``client`` is a :class:`~noetl_dagster.resources.clickhouse.ClickHouseSink` (its database) or a
+    ``client`` is a :class:`~noetl_dagster.export.clickhouse.ClickHouseSink` (its database) or a
     clickhouse-connect client (``database``, default ``observability``).
     """
     sql = STATS_SQL

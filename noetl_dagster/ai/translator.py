@@ -28,10 +28,10 @@ from typing import Any
 
 import dagster as dg
 
-from ..playbook.models import Playbook, Step
-from ..contract import TIMEOUT_TAG
-from ..translator.translator import PlaybookTranslator
-from .profiles import TuningProfile, load_profiles
+from noetl_dagster.playbook.models import Playbook, Step
+from noetl_dagster.contract import TIMEOUT_TAG
+from noetl_dagster.translator.translator import PlaybookTranslator
+from noetl_dagster.ai.profiles import TuningProfile, load_profiles
 
 PROFILE_VERSION_TAG = "noetl/tuning_profile_version"
 

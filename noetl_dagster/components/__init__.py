@@ -11,8 +11,12 @@ Scaffold one with ``dg scaffold defs noetl_dagster.components.PlaybookComponent 
 
 This module is the package's ``dagster_dg_cli.registry_modules`` entry, so ``dg list
 components`` shows :class:`PlaybookComponent` once ``noetl-dagster`` is installed.
+
+``component.py`` holds the component (and the resources its instances share in one project load),
+``scaffolder.py`` what ``dg scaffold defs`` writes.
 """
 
-from .playbook import PlaybookComponent, PlaybookScaffolder, PlaybookScaffoldParams
+from noetl_dagster.components.component import PlaybookComponent
+from noetl_dagster.components.scaffolder import PlaybookScaffolder, PlaybookScaffoldParams
 
 __all__ = ["PlaybookComponent", "PlaybookScaffolder", "PlaybookScaffoldParams"]

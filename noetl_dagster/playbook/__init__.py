@@ -1,1 +1,1 @@
-"""Parse and validate playbooks (pydantic models with YAML line numbers)."""
+"""The DSL: playbook models with YAML line numbers, parsing and validation, references and the sub-playbook catalog."""

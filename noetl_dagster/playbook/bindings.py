@@ -1,7 +1,7 @@
 """``validate`` warnings: templates in shell commands and SQL that cannot be bound.
 
 At run time every ``{{ }}`` in a shell ``command`` is a positional parameter and every ``{{ }}``
-in a postgres/duckdb ``query`` a bound placeholder (:mod:`noetl_dagster.runtime.binding`).
+in a postgres/duckdb ``query`` a bound placeholder (:mod:`noetl_dagster.core.binding`).
 That keeps values from becoming syntax, and it is why a template that must *produce* syntax
 needs marking. This module finds, without running anything, the templates that:
 
@@ -29,8 +29,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import Issue
-from .source import SourceList, SourceMap, load_yaml_text
+from noetl_dagster.errors import Issue
+from noetl_dagster.playbook.source import SourceList, SourceMap, load_yaml_text
 
 _EXPR = re.compile(r"\{\{-?(.*?)-?\}\}", re.DOTALL)
 _STATEMENT = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import Issue
-from ..runtime.templates import is_template
-from .models import Playbook
+from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.core.templates import is_template
+from noetl_dagster.playbook.models import Playbook
+from noetl_dagster.playbook.loader import load_playbook
 
 logger = logging.getLogger("noetl_dagster")
 #: the configured catalog root (a folder of playbooks laid out by metadata.path)
@@ -45,6 +46,10 @@ class PlaybookCatalog:
 
     def get(self, path: str) -> Playbook | None:
         return self.playbooks.get(str(path).strip("/"))
+
+    def scan(self) -> list[Playbook]:
+        """Every playbook the catalog holds (a folder catalog reads its folder first)."""
+        return list(self.playbooks.values())
 
     def missing_references(self, playbook: Playbook) -> list[Issue]:
         """Sub-playbook paths in ``playbook`` that name no playbook of this catalog."""
@@ -135,19 +140,21 @@ class FolderCatalog(PlaybookCatalog):
                     self.playbooks.setdefault(playbook.metadata.catalog_path.strip("/"), playbook)
                     if playbook.metadata.catalog_path.strip("/") == key:
                         return playbook
+        self.scan()
+        return self.playbooks.get(key)
+
+    def scan(self) -> list[Playbook]:
+        """Every playbook under the folder (read once, bounded; broken files skipped)."""
         if not self.scanned:
             self.scanned = True
             for file in _walk(self.root):
                 playbook = _load(file)
                 if playbook is not None:
                     self.playbooks.setdefault(playbook.metadata.catalog_path.strip("/"), playbook)
-        return self.playbooks.get(key)
+        return list(self.playbooks.values())
 
 
 def _load(file: Path) -> Playbook | None:
-    from ..errors import PlaybookError
-    from .loader import load_playbook
-
     try:
         return load_playbook(file)
     except PlaybookError:
@@ -212,3 +219,6 @@ class _Several(PlaybookCatalog):
                 break
             found = part.get(path)
         return found
+
+    def scan(self) -> list[Playbook]:
+        return list({id(p): p for part in [PlaybookCatalog(self.playbooks), *self.parts] for p in part.scan()}.values())

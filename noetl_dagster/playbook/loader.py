@@ -13,15 +13,18 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..errors import Issue, PlaybookError
-from ..runtime.templates import check_syntax, is_template
-from ..runtime.tools import NOETL_KINDS, get_tool, supported_kinds
-from ..runtime.tools.python_script import BASE_DIR_KEY, uses_script, validate_script
-from .extensions import check_extensions, describe_value
-from .models import Playbook, Step, Task, else_without_then, never_matches, normalise_tool
-from .source import SourceList, SourceMap, YamlError, load_yaml_text
+from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.core.cron import is_valid_cron
+from noetl_dagster.core.templates import check_syntax, is_template
+from noetl_dagster.playbook.kinds import BASE_DIR_KEY, NOETL_KINDS, check_tool_config, supported_kinds, uses_script
+from noetl_dagster.playbook.graph import cyclic_steps, reachable, unguarded_cycles
+from noetl_dagster.playbook.extension_models import DagsterMetadata, Hardware, describe_value, known_keys
+from noetl_dagster.playbook.extensions import check_extensions
+from noetl_dagster.playbook.models import (Playbook, Product, ProductCheck, Step, Task, else_without_then,
+                                           never_matches, normalise_tool)
+from noetl_dagster.playbook.source import SourceList, SourceMap, YamlError, load_yaml_text
 
 API_VERSION = "noetl.io/v2"
 ROOT_KEYS = {"apiVersion", "kind", "metadata", "workload", "keychain", "workbook", "workflow",
@@ -51,6 +54,9 @@ FIELD_HINTS = {
     "max_in_flight": "at most this many iterations run at once; use 1 or more",
     "chunk_size": "how many consecutive items one op of a parallel loop runs: a whole number, 1 (default) or more",
 }
+#: extension blocks that refuse unknown keys, by the name of the key that holds them
+EXTENSION_BLOCKS: dict[str, type[BaseModel]] = {"dagster": DagsterMetadata, "hardware": Hardware,
+                                                "product": Product, "checks": ProductCheck}
 
 
 class _Issues:
@@ -172,16 +178,31 @@ def _pydantic_message(err: Any) -> str:
         return f"must be at least {ctx.get('ge')}, got {_describe(value)}"
     if kind == "greater_than":
         return f"must be greater than {ctx.get('gt')}, got {_describe(value)}"
+    if kind == "extra_forbidden":
+        return f"unknown key {err['loc'][-1]!r}"
     return str(err["msg"]).removeprefix("Value error, ")
 
 
-def _pydantic_issues(issues: _Issues, raw: Any, exc: ValidationError, step: str | None,
+def _unknown_key_hint(loc: tuple[Any, ...]) -> str | None:
+    """For an unknown key of an extension block: the closest known key, and the known ones."""
+    block = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)
+    model = EXTENSION_BLOCKS.get(block) if block else None
+    if model is None:
+        return None
+    known = known_keys(model)
+    close = _close(loc[-1], known)
+    return (f"did you mean {close!r}? " if close else "") + "known: " + ", ".join(known)
+
+
+def _pydantic_issues(issues: _Issues, raw: Any, exc: ValidationError | list[Any], step: str | None,
                      prefix: tuple[Any, ...] = ()) -> None:
-    for err in exc.errors():
+    for err in exc.errors() if isinstance(exc, ValidationError) else exc:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         name = next((p for p in reversed(loc) if isinstance(p, str)), None)
         message = _pydantic_message(err)
-        hint = FIELD_HINTS.get(name) if name else None
+        hint = (err.get("ctx") or {}).get("hint") or (FIELD_HINTS.get(name) if name else None)
+        if err["type"] == "extra_forbidden":
+            hint = _unknown_key_hint(loc)
         if err["type"] == "missing":
             message = f"`{loc[-1]}` is required" if loc else "a required field is missing"
             if name == "kind":
@@ -281,7 +302,7 @@ def parse_text(text: str, file: str = "<string>") -> Playbook:
     if issues.items or playbook is None:
         raise PlaybookError(sorted(issues.items, key=lambda i: (i.line, i.col)))
     playbook.warnings.extend(issues.warnings)
-    from .bindings import binding_issues  # shell/SQL templates that cannot be bound, or produce syntax
+    from noetl_dagster.playbook.bindings import binding_issues  # shell/SQL templates that cannot be bound, or produce syntax
 
     playbook.warnings.extend(binding_issues(raw, file))
     return playbook
@@ -321,7 +342,9 @@ def _note_script_folders(playbook: Playbook, file: str) -> None:
         for task in step.tool:
             if task.kind in ("python", "script") and uses_script(task.config):
                 folder = folder or str(Path(file).resolve().parent)
-                task.__pydantic_extra__[BASE_DIR_KEY] = folder
+                extra = task.__pydantic_extra__  # a dict: tool configs allow extra keys
+                if extra is not None:
+                    extra[BASE_DIR_KEY] = folder
 
 
 def _missing_root(raw: SourceMap, key: str) -> str:
@@ -373,21 +396,20 @@ def _check_root_model(raw: SourceMap, issues: _Issues) -> None:
         covered = {"apiVersion", "kind", "workflow", "workbook", "workload"}
         errors = [e for e in exc.errors() if e["loc"] and e["loc"][0] not in covered
                   and not (e["loc"][0] == "metadata" and e["loc"][1:2] in ((), ("name",), ("path",)))]
-        if errors:
-            _pydantic_issues(issues, raw, ValidationError.from_exception_data(exc.title, errors), None)
+        _pydantic_issues(issues, raw, errors, None)
 
 
-def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, dict[str, Any] | None]:
+def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, SourceMap | None]:
     """Workbook entries by name; a broken entry maps to None (already reported, not reported again)."""
     entries = raw.get("workbook") or []
-    out: dict[str, dict[str, Any] | None] = {}
+    out: dict[str, SourceMap | None] = {}
     first: dict[str, int] = {}
     if not isinstance(entries, list):
         issues.add(raw, "workbook", f"workbook must be a list of {{name, tool}}, got {_describe(entries)}",
                    field="workbook", hint="write `workbook: [{name: my_task, tool: {kind: python, code: ...}}]`")
         return out
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        if not isinstance(entry, SourceMap) or not isinstance(entry.get("name"), str):
             issues.add(entries, i, "a workbook entry needs `name:` and `tool:`",
                        field=f"workbook[{i}]", hint="write `- {name: my_task, tool: {kind: python, code: ...}}`")
             continue
@@ -413,10 +435,10 @@ def _parse_workbook(raw: SourceMap, issues: _Issues) -> dict[str, dict[str, Any]
     return out
 
 
-def _resolve_workbook(raw_step: SourceMap, workbook: dict[str, dict[str, Any] | None], issues: _Issues,
+def _resolve_workbook(raw_step: SourceMap, workbook: dict[str, SourceMap | None], issues: _Issues,
                       name: str) -> Any:
     tool = raw_step.get("tool")
-    if not (isinstance(tool, dict) and tool.get("kind") == "workbook"):
+    if not (isinstance(tool, SourceMap) and tool.get("kind") == "workbook"):
         return tool
     ref = tool.get("name")
     if "name" not in tool:
@@ -454,7 +476,7 @@ def _resolve_workbook(raw_step: SourceMap, workbook: dict[str, dict[str, Any] | 
     return merged
 
 
-def _parse_steps(raw: SourceMap, issues: _Issues, workbook: dict[str, dict[str, Any] | None]) -> list[Step]:
+def _parse_steps(raw: SourceMap, issues: _Issues, workbook: dict[str, SourceMap | None]) -> list[Step]:
     workflow = raw.get("workflow")
     if not isinstance(workflow, list):
         return []
@@ -584,7 +606,9 @@ def _check_step(step: Step, raw: SourceMap, issues: _Issues) -> None:
 
 def _check_cursor(step: Step, raw: SourceMap, issues: _Issues) -> None:
     """``loop.cursor`` of a cursor loop: a claim in a SQL tool kind, valid template syntax."""
-    cursor = step.loop.cursor  # type: ignore[union-attr]
+    cursor = step.loop.cursor if step.loop is not None else None
+    if cursor is None:
+        return
     if cursor.kind not in CURSOR_KINDS:
         issues.add(raw, ("loop", "cursor", "kind"), f"a cursor claim runs on a SQL tool, not {cursor.kind!r}",
                    step=step.step, field="loop.cursor.kind", hint="kind: " + " or ".join(CURSOR_KINDS))
@@ -627,10 +651,7 @@ def _check_task(task: Task, raw: SourceMap, tpath: tuple[Any, ...], fname: str, 
                    hint="copy the workbook tool into the pipeline task")
         return
     config = task.config
-    if task.kind == "python" and uses_script(config):
-        problems = validate_script(config, Path(issues.file).parent)
-    else:
-        problems = get_tool(task.kind).validate(config)
+    problems = check_tool_config(task.kind, config, Path(issues.file).parent)
     for field, message, hint in problems:
         match = re.search(r"code line (\d+)", message) if field == "code" else None
         issues.add(raw, tpath + (field,), message, step=name, field=f"{fname}.{field}", hint=hint,
@@ -758,8 +779,6 @@ def _check_references(raw: SourceMap, steps: list[Step], issues: _Issues) -> Non
 
 
 def _check_cycles(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
-    from ..translator.plan import unguarded_cycles
-
     raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
     for cycle in unguarded_cycles(playbook):
         first = cycle[0]
@@ -813,26 +832,16 @@ def _check_keychain(raw: SourceMap, issues: _Issues) -> None:
 
 
 def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None:
-    from dagster._utils.schedules import is_valid_cron_string
-
-    from ..translator.plan import plan
-
     raw_steps = {s.get("step"): s for s in raw["workflow"] if isinstance(s, SourceMap)}
     meta = raw.get("metadata")
     schedule = playbook.metadata.schedule
-    if schedule is not None and not is_valid_cron_string(schedule):
+    if schedule is not None and not is_valid_cron(schedule):
         issues.add(meta, "schedule", f"schedule {schedule!r} is not a cron expression", field="metadata.schedule",
                    hint='five fields, e.g. "0 * * * *" for hourly')
     elif schedule is not None and playbook.metadata.partitions and not _DAILY_CRON.match(schedule):
         issues.add(meta, "schedule", f"schedule {schedule!r} of a daily-partitioned playbook must run once a day "
                    "(each tick fills the partition of the day before)", field="metadata.schedule",
                    hint='minute and hour only, e.g. "0 2 * * *"')
-    on_error = playbook.metadata.dagster.get("on_error")
-    if on_error is not None and on_error not in ("complete", "fail"):
-        block = meta.get("dagster") if isinstance(meta, SourceMap) else None
-        issues.add(block if isinstance(block, SourceMap) else meta, "on_error",
-                   f"on_error {on_error!r} is not `complete` or `fail`", field="metadata.dagster.on_error",
-                   hint="complete (NoETL: an error result completes the step) or fail (strict)")
     for path in product_references(playbook):
         if len(path.split("/")) != 2:
             issues.add(meta, "uses", f"product reference {path!r} must be `domain/product`",
@@ -840,19 +849,19 @@ def _check_products(playbook: Playbook, raw: SourceMap, issues: _Issues) -> None
     products = [s for s in playbook.workflow if s.product is not None]
     if not products:
         return
-    net = plan(playbook)
+    reached, in_cycles = set(reachable(playbook)), cyclic_steps(playbook)
     seen: dict[str, str] = {}
     for step in products:
+        assert step.product is not None  # products holds the steps that have one
         name = step.product.name
         raw_step = raw_steps[step.step]
         if name in seen:
             issues.add(raw_step, ("product", "name"), f"product {name!r} is already published by step "
                        f"{seen[name]!r}", step=step.step, field="product.name", hint="product names are unique per playbook")
         seen[name] = step.step
-        node = net.node_of_step.get(step.step)
-        if node is None:
+        if step.step not in reached:
             issues.add(raw_step, "product", "this product step is never reached from `start`", step=step.step,
                        field="product", hint="route an arc to it, or remove `product:`")
-        elif net.node(node).kind == "region":
+        elif step.step in in_cycles:
             issues.add(raw_step, "product", "a product step cannot be part of a cycle", step=step.step,
                        field="product", hint="publish the product from a step after the cycle")

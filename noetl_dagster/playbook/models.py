@@ -14,12 +14,14 @@ Each model keeps ``line`` (1-based) of the YAML it came from.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
-from .source import SourceMap
+from noetl_dagster.playbook.extension_models import DagsterMetadata, Hardware, is_owner, mapping, problem
+from noetl_dagster.playbook.source import SourceMap
 
 SCOPE_PREFIXES = ("ctx.", "iter.", "step.")
 
@@ -286,8 +288,10 @@ class ProductCheck(_Model):
 
     ``{columns: {id: int64}}``, ``{not_null: score}``, ``{unique: [id]}``,
     ``{row_count: {min: 1, max: 1000}}``, ``{sql: "SELECT count(*) FROM product WHERE x < 0",
-    expect: 0}``; optional ``name``, ``description`` and ``blocking``.
+    expect: 0}``; optional ``name``, ``description`` and ``blocking``. Unknown keys are errors.
     """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     columns: dict[str, str] | None = None
     not_null: str | list[str] | None = None
@@ -328,7 +332,11 @@ class ProductCheck(_Model):
 
 
 class Product(_Model):
-    """The ``product:`` step extension: the step's result is published as a data product."""
+    """The ``product:`` step extension: the step's result is published as a data product.
+
+    ``owners`` are email addresses or ``team:<name>``; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str
     kind: Literal["table", "file", "features", "embeddings"] = "table"
@@ -341,6 +349,14 @@ class Product(_Model):
     def _name(cls, value: str) -> str:
         if not value.replace("_", "a").isalnum() or value[0].isdigit():
             raise ValueError(f"product name {value!r} must be a plain name such as `application_scores`")
+        return value
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not is_owner(owner):
+                raise problem(f"owner {owner!r} must be an email address or `team:<name>`")
         return value
 
 
@@ -359,6 +375,9 @@ class Step(_Model):
     when: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     product: Product | None = None
+    #: the ``hardware:`` extension (pod resources under the k8s executor)
+    hardware: Annotated[Hardware | None, BeforeValidator(mapping(
+        "hardware must be a mapping, got {shown}", 'e.g. `hardware: {cpu: "2", memory: 4Gi}`'))] = None
 
     _set = field_validator("set", mode="before")(lambda cls, v: _normalise_set(v))
 
@@ -454,6 +473,10 @@ class Metadata(_Model):
     uses: list[str] = Field(default_factory=list)
     owners: list[str] = Field(default_factory=list)
     partitions: dict[str, Any] | None = None
+    #: the ``metadata.dagster`` extension block (executor, tags, ...)
+    dagster: Annotated[DagsterMetadata, BeforeValidator(mapping(
+        "metadata.dagster must be a mapping, got {shown}",
+        "e.g. `dagster: {executor: multiprocess, max_concurrent: 4}`"))] = Field(default_factory=DagsterMetadata)
 
     @field_validator("uses")
     @classmethod
@@ -480,12 +503,6 @@ class Metadata(_Model):
     def catalog_path(self) -> str:
         """``metadata.path``, falling back to ``name`` as NoETL's catalog does."""
         return self.path or self.name
-
-    @property
-    def dagster(self) -> dict[str, Any]:
-        """The ``metadata.dagster`` extension block (executor, tags, ...)."""
-        block = (self.model_extra or {}).get("dagster")
-        return dict(block) if isinstance(block, dict) else {}
 
 
 class KeychainEntry(_Model):

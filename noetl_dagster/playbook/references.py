@@ -27,8 +27,8 @@ import difflib
 import re
 from typing import Any, Iterable, Iterator, Mapping
 
-from ..errors import Issue
-from .models import Playbook, Step
+from noetl_dagster.errors import Issue
+from noetl_dagster.playbook.models import Playbook, Step
 
 #: names the engine and MiniJinja provide (and template keywords)
 BUILTINS = frozenset({

@@ -1,1 +1,1 @@
-"""Dagster resources (Arrow/Parquet IO manager, credentials, sinks) — see the issues that build them."""
+"""Dagster resources the compiled jobs require: ``noetl_credentials`` (:class:`~noetl_dagster.resources.credentials.CredentialsResource`)."""

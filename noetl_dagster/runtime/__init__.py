@@ -1,1 +1,1 @@
-"""What runs inside an op: templates, tools, steps, pipelines, cycles."""
+"""What runs inside an op, without Dagster: the step interpreter (loops, pipelines, cycles) and the tool executors."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .templates import ReadOnlyMap, freeze
+from noetl_dagster.core.templates import ReadOnlyMap, freeze
 
 
 def _clock() -> int:

@@ -28,29 +28,36 @@ lease/heartbeat fields are advisory there too: the claim SQL itself reclaims sta
 frame bound (``metadata.dagster.max_iterations``, default :data:`MAX_FRAMES`) stops a claim that
 never drains. The loop's body must consume what it claims (mark rows done, or the claim must
 skip claimed rows), or the loop would claim the same rows forever.
+
+This module claims frames; :func:`noetl_dagster.runtime.step.run_cursor_loop` runs the loop
+(its rows through the step's body, then the step's ``set:`` and arcs).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import StepFailed
-from ..playbook.models import Step
-from .context import Context
-from .step import Body, RunInfo, StepOutcome, finish_step, run_iteration
-from .templates import TemplateFailure
-from .tools import ToolContext, ToolError, get_tool
+from noetl_dagster.core.templates import TemplateFailure
+from noetl_dagster.errors import StepFailed
+from noetl_dagster.playbook.models import Step
+from noetl_dagster.runtime.tools import ToolContext, ToolError, get_tool
 
 #: default bound on the frames one cursor loop claims
 MAX_FRAMES = 10_000
 
 
-def claim_rows(step: Step, context: Context, run: RunInfo, max_rows: int) -> list[Any]:
-    """Run the step's ``loop.cursor.claim`` once; the rows it returned (possibly none)."""
+def frame_size(step: Step) -> int:
+    """Rows one claim asks for: ``loop.spec.frame.max_rows``, default 1."""
+    assert step.loop is not None
+    frame = step.loop.frame
+    return max(1, frame.max_rows) if frame is not None and frame.max_rows else 1
+
+
+def claim_rows(step: Step, ctx: ToolContext) -> list[Any]:
+    """Run the step's ``loop.cursor.claim`` once with ``ctx`` (whose scope has
+    ``__frame_max_rows``); the rows it returned (possibly none), each a mapping of its columns."""
     assert step.loop is not None and step.loop.cursor is not None
     cursor = step.loop.cursor
-    scope = context.scope(run.execution_id, {**run.globals, "__frame_max_rows": max_rows})
-    ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources, run_id=run.run_id)
     config: dict[str, Any] = {"query": cursor.claim}
     if cursor.auth is not None:
         config["auth"] = cursor.auth
@@ -66,29 +73,8 @@ def claim_rows(step: Step, context: Context, run: RunInfo, max_rows: int) -> lis
     return [row if isinstance(row, dict) else dict(zip(columns, row)) for row in rows]
 
 
-def run_cursor_loop(step: Step, context: Context, run: RunInfo, max_frames: int = MAX_FRAMES) -> StepOutcome:
-    """Run a ``mode: cursor`` loop step to its drain, then route it (see the module docstring)."""
-    assert step.loop is not None and step.loop.mode == "cursor"
-    frame = step.loop.frame
-    max_rows = max(1, frame.max_rows) if frame is not None and frame.max_rows else 1
-    bodies: list[Body] = []
-    frames = 0
-    while True:
-        rows = claim_rows(step, context, run, max_rows)
-        if not rows:
-            break
-        if frames >= max_frames:
-            raise StepFailed(step.step, f"cursor loop claimed more than {max_frames} frames without draining "
-                             "(the body must consume the rows it claims); raise metadata.dagster.max_iterations "
-                             "if that many frames are expected")
-        frames += 1
-        bodies.extend(run_iteration(step, context, run, row, i, len(rows)) for i, row in enumerate(rows))
-    updates: dict[str, Any] = {}
-    for body in bodies:
-        updates.update(body.ctx_updates)
-    errors = [f"row {i}: {b.error}" for i, b in enumerate(bodies) if b.error is not None]
-    error = (errors[0] + (f" (and {len(errors) - 1} more rows)" if len(errors) > 1 else "")) if errors else None
-    outcome = finish_step(step, context, run, [Body({"cursor": "drained", "frames": frames}, updates, error)],
-                          looped=False)
-    outcome.runs = len(bodies)
-    return outcome
+def too_many_frames(step: Step, max_frames: int) -> StepFailed:
+    """The failure of a cursor loop that claimed more than ``max_frames`` frames."""
+    return StepFailed(step.step, f"cursor loop claimed more than {max_frames} frames without draining "
+                      "(the body must consume the rows it claims); raise metadata.dagster.max_iterations "
+                      "if that many frames are expected")

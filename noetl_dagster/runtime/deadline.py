@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..contract import TIMEOUT_TAG  # the op tag showing the limit in seconds
+from noetl_dagster.contract import TIMEOUT_TAG  # the op tag showing the limit in seconds
 
 
 class StepTimedOut(BaseException):

@@ -31,9 +31,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Iterator
 
-from ..resources.credentials import env_name, register_secret
-from .templates import ReadOnlyMap, TemplateFailure, Unserialisable, render_value
-from .tools.base import ToolError
+from noetl_dagster.core.secrets import env_name, register_secret
+from noetl_dagster.core.templates import ReadOnlyMap, TemplateFailure, Unserialisable, render_value
+from noetl_dagster.runtime.tools.base import ToolError
 
 
 class KeychainError(ToolError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..playbook.models import ProductCheck
+from noetl_dagster.playbook.models import ProductCheck
 
 if TYPE_CHECKING:  # pyarrow loads on first use: a python-only run never imports it
     import pyarrow as pa
@@ -85,10 +85,10 @@ def evaluate_check(check: ProductCheck, value: Any) -> tuple[bool, dict[str, Any
             cols = ", ".join(_quote(c) for c in columns)
             if check.kind == "not_null":
                 where = " OR ".join(f"{_quote(c)} IS NULL" for c in columns)
-                bad = con.execute(f"SELECT count(*) FROM product WHERE {where}").fetchone()[0]
+                bad = (con.execute(f"SELECT count(*) FROM product WHERE {where}").fetchone() or (0,))[0]
             else:
-                bad = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM product "
-                                  f"GROUP BY {cols}) WHERE n > 1").fetchone()[0]
+                bad = (con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM product "
+                                   f"GROUP BY {cols}) WHERE n > 1").fetchone() or (0,))[0]
             return bad == 0, {"offending_rows": int(bad)}
         statements = con.extract_statements(check.sql or "")
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:

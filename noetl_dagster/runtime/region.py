@@ -13,10 +13,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import StepFailed
-from ..playbook.models import Step
-from .context import Context
-from .step import RunInfo, run_step
+from noetl_dagster.errors import StepFailed
+from noetl_dagster.playbook.models import Step
+from noetl_dagster.runtime.context import Context
+from noetl_dagster.runtime.step import RunInfo, run_step
 
 #: default bound on step executions inside one region (``metadata.dagster.max_iterations``)
 MAX_REGION_STEPS = 10_000

@@ -7,6 +7,7 @@ step, and the arcs that fired. Ops, the region interpreter and loops all call it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,13 +15,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..errors import StepFailed
-from ..playbook.models import Arc, Step, Task, strip_scope
-from .context import Context
-from .limits import too_many_items
-from .templates import TemplateFailure, condition, freeze, render_value
-from .tools import ErrorResult, ToolContext, ToolError, get_tool
-from ..resources.credentials import redact_value as _mask  # registered secrets never leave a step
+from noetl_dagster.errors import StepFailed
+from noetl_dagster.playbook.models import Arc, Step, Task, strip_scope
+from noetl_dagster.runtime.context import Context
+from noetl_dagster.core.limits import too_many_items
+from noetl_dagster.core.templates import TemplateFailure, condition, freeze, render_value
+from noetl_dagster.runtime.cursor import MAX_FRAMES, claim_rows, frame_size, too_many_frames
+from noetl_dagster.runtime.tools import ErrorResult, ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools.artifact import externalize
+from noetl_dagster.core.secrets import redact_value as _mask  # registered secrets never leave a step
 
 #: a pipeline jump loop stops after this many task executions (NoETL's cap is 1e6)
 MAX_PIPELINE_ITERATIONS = 100_000
@@ -46,6 +49,10 @@ class RunInfo:
     on_error: str = "complete"
     #: the Dagster run id (sub-playbook runs are tagged with it)
     run_id: str = ""
+    #: the host's sub-playbook runner and Kubernetes job runner, passed to every tool (see
+    #: :class:`~noetl_dagster.runtime.tools.base.ToolContext`); ``None`` without a host
+    run_playbook: Callable[..., Any] | None = None
+    run_k8s_job: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
 
 def numeric_execution_id(run_id: str) -> int:
@@ -91,8 +98,6 @@ def run_step(step: Step, context: Context, run: RunInfo, *, items: list[Any] | N
         after = context.without_arc()
         return StepOutcome(step.step, "skipped", None, 0, after, _route(step, after, None, run, first_only=True))
     if step.loop is not None and step.loop.mode == "cursor":
-        from .cursor import run_cursor_loop  # cursor.py builds on this module
-
         return run_cursor_loop(step, context, run)
     if step.loop is not None:
         if items is None:
@@ -122,8 +127,6 @@ def finish_step(step: Step, context: Context, run: RunInfo, bodies: list["Body"]
     result = [b.value for b in bodies] if looped else bodies[0].value
     spec = (step.model_extra or {}).get("output")
     if isinstance(spec, Mapping) and error is None:  # NoETL's result externalisation (artifact.py)
-        from .tools.artifact import externalize
-
         try:
             result = externalize(spec, result, run.execution_id, step.step)
         except ToolError as exc:
@@ -235,13 +238,44 @@ def run_body(step: Step, context: Context, run: RunInfo, scope: Mapping[str, Any
     :class:`ErrorResult` gives a body carrying the error (the step completes with it).
     """
     tool_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources,
-                           step_args=step.args, iteration=iteration or {}, run_id=run.run_id)
+                           step_args=step.args, iteration=iteration or {}, run_id=run.run_id,
+                           run_playbook=run.run_playbook, run_k8s_job=run.run_k8s_job)
     if not step.pipeline and not step.tool[0].rules:
         value, error = _call_tool(step, step.tool[0], tool_ctx)
         return Body(flatten_result(_mask(value)), error=None if error is None else _mask(error))
     body = run_pipeline(step, tool_ctx, run)
     return Body(flatten_result(_mask(body.value)), _mask(body.ctx_updates),
                 None if body.error is None else _mask(body.error))
+
+
+def run_cursor_loop(step: Step, context: Context, run: RunInfo, max_frames: int = MAX_FRAMES) -> StepOutcome:
+    """Run a ``mode: cursor`` loop step to its drain, then route it (see :mod:`~noetl_dagster.runtime.cursor`):
+    claim a frame, run the body once per row, repeat until a claim returns no rows. The result is
+    ``{cursor: drained, frames: N}``; ``runs`` counts the rows."""
+    assert step.loop is not None and step.loop.mode == "cursor"
+    max_rows = frame_size(step)
+    scope = context.scope(run.execution_id, {**run.globals, "__frame_max_rows": max_rows})
+    claim_ctx = ToolContext(step.step, run.execution_id, scope, run.log, run.resources, run_id=run.run_id,
+                            run_playbook=run.run_playbook, run_k8s_job=run.run_k8s_job)
+    bodies: list[Body] = []
+    frames = 0
+    while True:
+        rows = claim_rows(step, claim_ctx)
+        if not rows:
+            break
+        if frames >= max_frames:
+            raise too_many_frames(step, max_frames)
+        frames += 1
+        bodies.extend(run_iteration(step, context, run, row, i, len(rows)) for i, row in enumerate(rows))
+    updates: dict[str, Any] = {}
+    for body in bodies:
+        updates.update(body.ctx_updates)
+    errors = [f"row {i}: {b.error}" for i, b in enumerate(bodies) if b.error is not None]
+    error = (errors[0] + (f" (and {len(errors) - 1} more rows)" if len(errors) > 1 else "")) if errors else None
+    outcome = finish_step(step, context, run, [Body({"cursor": "drained", "frames": frames}, updates, error)],
+                          looped=False)
+    outcome.runs = len(bodies)
+    return outcome
 
 
 def flatten_result(value: Any) -> Any:
@@ -370,8 +404,7 @@ def _run_task(step: Step, task: Task, tool_ctx: ToolContext, running: Mapping[st
         raise _fail(step, f"{_task_label(step, task)}{exc}", task.kind) from None
     except Exception as exc:  # noqa: BLE001 - an input that cannot be rendered fails the step with its message
         raise _fail(step, f"{_task_label(step, task)}{type(exc).__name__}: {exc}", task.kind) from None
-    ctx = ToolContext(tool_ctx.step, tool_ctx.execution_id, scope, tool_ctx.log,
-                      tool_ctx.resources, tool_ctx.step_args, tool_ctx.iteration, tool_ctx.run_id)
+    ctx = dataclasses.replace(tool_ctx, scope=scope)
     return _call_tool(step, task, ctx)
 
 

@@ -1,1 +1,1 @@
-"""Plan (pure) and emit (Dagster) a playbook."""
+"""The Dagster adapter: the translator (names, asset specs, timeouts), the emitter that wires ops, jobs and assets, and the definitions loader."""

@@ -11,73 +11,21 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import dagster as dg
 
-from ..errors import Issue, PlaybookError
-from ..playbook.loader import load_playbook, product_references
-from ..playbook.models import Playbook
-from ..playbook.catalog import PlaybookCatalog
-from .guard import clashes, compiling
-from .emit import build_definitions, default_resources
-from .translator import PlaybookTranslator, product_asset_keys, reference_key
+from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.playbook.folder import load_playbooks
+from noetl_dagster.playbook.loader import product_references
+from noetl_dagster.playbook.models import Playbook
+from noetl_dagster.playbook.catalog import PlaybookCatalog
+from noetl_dagster.translator.guard import clashes, compiling
+from noetl_dagster.translator.emit import build_definitions, default_resources
+from noetl_dagster.translator.translator import PlaybookTranslator, product_asset_keys, reference_key
 
 logger = logging.getLogger("noetl_dagster")
-PLAYBOOK_SUFFIXES = (".yaml", ".yml")
-
-
-def find_playbooks(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Playbook files under ``paths`` (folders are searched recursively), sorted."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    found: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(_walk_playbooks(path)))
-        else:
-            found.append(path)
-    return found
-
-
-def _walk_playbooks(root: Path) -> Iterator[Path]:
-    """``*.yaml``/``*.yml`` files under ``root``; hidden folders (``.venv``, ``.git``,
-    ``.dagster_home``) are never entered, hidden files never returned. Linked folders are
-    followed once each."""
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name.endswith(PLAYBOOK_SUFFIXES):
-                yield Path(folder) / name
-
-
-@dataclass
-class LoadedPlaybooks:
-    playbooks: list[Playbook] = field(default_factory=list)
-    issues: list[Issue] = field(default_factory=list)
-
-
-def load_playbooks(paths: str | Path | Sequence[str | Path], strict: bool = False) -> LoadedPlaybooks:
-    """Parse every playbook; collect the issues of broken ones (raise them when ``strict``)."""
-    loaded = LoadedPlaybooks()
-    for path in find_playbooks(paths):
-        try:
-            loaded.playbooks.append(load_playbook(path))
-        except PlaybookError as exc:
-            loaded.issues.extend(exc.issues)
-    if strict and loaded.issues:
-        raise PlaybookError(loaded.issues)
-    return loaded
-
-
 def playbook_asset_specs(paths_or_playbooks: str | os.PathLike | Playbook | Iterable[str | os.PathLike | Playbook],
                          translator: PlaybookTranslator | None = None) -> list[dg.AssetSpec]:
     """The products of playbooks as :class:`~dagster.AssetSpec` objects, for composition: with other

@@ -22,28 +22,29 @@ from typing import Any, Callable, Iterator, Mapping
 
 import dagster as dg
 
-from ..errors import Issue, PlaybookError, StepFailed
-from ..playbook.catalog import PlaybookCatalog
-from ..playbook.loader import product_references
-from ..playbook.models import Playbook, ProductCheck, Step
-from ..resources.arrow_io import ArrowRefIOManager
-from ..resources.credentials import CredentialsResource, redact
-from ..runtime.context import Context
-from ..runtime.deadline import StepTimedOut, deadline, enforceable
-from ..runtime.keychain import Keychain
-from ..runtime.products import as_table, evaluate_check
-from ..runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
-from ..runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
+from noetl_dagster.errors import Issue, PlaybookError, StepFailed
+from noetl_dagster.playbook.catalog import PlaybookCatalog
+from noetl_dagster.playbook.loader import product_references
+from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
+from noetl_dagster.io.manager import ArrowRefIOManager
+from noetl_dagster.resources.credentials import CredentialsResource
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.runtime.context import Context
+from noetl_dagster.runtime.deadline import StepTimedOut, deadline, enforceable
+from noetl_dagster.runtime.keychain import Keychain
+from noetl_dagster.runtime.products import as_table, evaluate_check
+from noetl_dagster.runtime.region import MAX_REGION_STEPS, RegionFailed, run_region
+from noetl_dagster.runtime.step import (ON_ERROR_MODES, Body, RunInfo, finish_step, loop_items, numeric_execution_id,
                             run_iteration, run_step)
-from ..runtime.templates import TemplateFailure, condition, render_text, render_value
-from . import observe
-from .plan import Net, Node, plan
-from ..contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG,
+from noetl_dagster.core.templates import TemplateFailure, condition, render_text, render_value
+from noetl_dagster.translator import k8s, observe, subplaybooks
+from noetl_dagster.planner import Net, Node, plan
+from noetl_dagster.contract import (COLLECT_SUFFIX, COMPLETED_WITH_ERRORS, CPU_SECONDS_KEY, ERROR_KEY, ERROR_STEPS_TAG,
                         EXECUTION_ID_TAG, FAILED_STEP_KEY, FAN_OUT_SUFFIX, LOOP_CONTEXT_OUTPUT, LOOP_ITEMS_KEY,
                         LOOP_ITEMS_OUTPUT, LOOP_STEP_TAG, OUTCOME_TAG, PEAK_RSS_KEY, PLAYBOOK_TAG, REGION_TAG,
                         RESULT_OUTPUT, ROLE_TAG, RUN_OUTCOME, STATUS_KEY, STEP_TAG, STEPS_KEY, TIMEOUT_TAG,
                         TOOL_KEY, asset_graph_name)
-from .translator import PlaybookTranslator, code_reference, reference_key
+from noetl_dagster.translator.translator import PlaybookTranslator, code_reference, reference_key
 
 CREDENTIALS = "noetl_credentials"
 CATALOG = "noetl_catalog"
@@ -466,6 +467,7 @@ class _Emitter:
         if self.uses:
             globals_["product"] = _product_function(context.resources.io_manager, self.product_keys)
         return RunInfo(execution_id=numeric_execution_id(context.run_id), run_id=context.run_id,
+                       run_playbook=subplaybooks.runner(), run_k8s_job=k8s.job_runner(context),
                        on_error=self.on_error, log=context.log, globals=globals_, resources={
             "credentials": credentials, "catalog": getattr(context.resources, CATALOG),
             "instance": context.instance, "dagster_resources": {CREDENTIALS: credentials}})
@@ -535,7 +537,7 @@ class _Emitter:
     def _region_op(self, node: Node, config: Any) -> Any:
         members = {name: self.playbook.steps[name] for name in node.steps}
         entry_step = members.get(node.name) or members[node.steps[0]]
-        limit = int(self.playbook.metadata.dagster.get("max_iterations", MAX_REGION_STEPS))
+        limit = self.playbook.metadata.dagster.max_iterations or MAX_REGION_STEPS
         names = {(a.source, a.index): a.output for a in node.outbound}
         common = self._common(entry_step, f"\n\nCycle over steps: {', '.join(node.steps)}")
         common["tags"] = {**common["tags"], REGION_TAG: ",".join(node.steps)}

@@ -17,8 +17,9 @@ import re
 import sys
 from typing import Any, Iterator
 
-from ..errors import Issue, PlaybookError
-from ..playbook.models import Playbook
+from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.playbook.models import Playbook
+from noetl_dagster.translator.emit import build_definitions
 
 #: Python frames Dagster needs per op when it walks a graph recursively (with headroom)
 FRAMES_PER_STEP = 4
@@ -77,8 +78,6 @@ def compile_issue(playbook: Playbook, exc: BaseException) -> Issue:
 
 def compile_issues(playbooks: list[Playbook], translator: Any = None) -> list[Issue]:
     """The issues of ``playbooks`` that pass validation but cannot be compiled (``validate`` runs this)."""
-    from .emit import build_definitions
-
     found: list[Issue] = []
     for playbook in playbooks:
         try:

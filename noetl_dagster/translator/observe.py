@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from ..resources.credentials import redact
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.playbook.references import undefined_in
+from noetl_dagster.runtime.context import Context
 
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 #: how much of a target / a result the log line shows
@@ -211,8 +213,6 @@ def _explain(exc: Exception, diagnose: Any, context: Any, inputs: Mapping[str, A
 
 def with_undefined(step: Any, error: str | None, scope: Mapping[str, Any]) -> str | None:
     """An error result's message, plus the step's undefined template variables if any."""
-    from ..playbook.references import undefined_in
-
     try:
         names = {**scope, **({step.loop.iterator: None} if step.loop is not None else {}),
                  **{t.name: None for t in step.tool if t.name}}
@@ -230,9 +230,6 @@ def diagnoser(step: Any, start: Callable[[Any, Mapping[str, Any]], Any]) -> Call
     loop ops carry theirs in ``work``/``loop_context``)."""
 
     def diagnose(context: Any, inputs: Mapping[str, Any]) -> list[str]:
-        from ..playbook.references import undefined_in
-        from ..runtime.context import Context
-
         carried = inputs.get("work") or inputs.get("loop_context")
         start_ctx = Context.merge([carried["token"]]) if carried else start(context, inputs)
         scope = start_ctx.scope(context.run_id)

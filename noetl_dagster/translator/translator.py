@@ -21,9 +21,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import dagster as dg
 
-from ..playbook.models import Playbook, ProductCheck, Step
-from ..contract import DOMAIN_TAG, LOOP_STEP_TAG, LOOP_TAG, PLAYBOOK_TAG, STEP_TAG, TOOL_TAG
-from .plan import op_safe
+from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
+from noetl_dagster.contract import DOMAIN_TAG, LOOP_STEP_TAG, LOOP_TAG, PLAYBOOK_TAG, STEP_TAG, TOOL_TAG
+from noetl_dagster.planner import op_safe
+from noetl_dagster.errors import Issue, PlaybookError
 
 #: executors a playbook may choose with ``metadata.dagster.executor``
 EXECUTORS = ("in_process", "multiprocess", "k8s")
@@ -84,9 +85,7 @@ class PlaybookTranslator:
                         return {**super().get_job_tags(playbook), "cost_centre": "data"}
         """
         tags = {PLAYBOOK_TAG: playbook.metadata.catalog_path, DOMAIN_TAG: self.get_domain(playbook)}
-        extra = playbook.metadata.dagster.get("tags")
-        if isinstance(extra, Mapping):
-            tags.update({str(k): str(v) for k, v in extra.items()})
+        tags.update({str(k): str(v) for k, v in playbook.metadata.dagster.tags.items()})
         return tags
 
     def get_job_metadata(self, playbook: Playbook) -> dict[str, Any]:
@@ -155,13 +154,13 @@ class PlaybookTranslator:
                         config = super().get_k8s_config(playbook, step) or {}
                         return {**config, "pod_spec_config": {"service_account_name": "etl"}}
         """
-        hardware = (step.model_extra or {}).get("hardware")
-        if not isinstance(hardware, Mapping) or not hardware:
+        hardware = step.hardware
+        if hardware is None:
             return None
-        requests = {k: str(hardware[k]) for k in ("cpu", "memory") if hardware.get(k) is not None}
-        limits = {k: str(hardware[f"{k}_limit"]) for k in ("cpu", "memory") if hardware.get(f"{k}_limit")}
-        if hardware.get("gpu"):
-            limits["nvidia.com/gpu"] = str(hardware["gpu"])
+        requests = {k: v for k, v in (("cpu", hardware.cpu), ("memory", hardware.memory)) if v is not None}
+        limits = {k: v for k, v in (("cpu", hardware.cpu_limit), ("memory", hardware.memory_limit)) if v}
+        if hardware.gpu:
+            limits["nvidia.com/gpu"] = str(hardware.gpu)
         config: dict[str, Any] = {}
         if requests or limits:
             resources: dict[str, Any] = {}
@@ -170,7 +169,8 @@ class PlaybookTranslator:
             if limits:
                 resources["limits"] = limits
             config["container_config"] = {"resources": resources}
-        pod_spec = {k: hardware[k] for k in ("node_selector", "tolerations") if hardware.get(k)}
+        pod_spec = {k: v for k, v in (("node_selector", hardware.node_selector),
+                                      ("tolerations", hardware.tolerations)) if v}
         if pod_spec:
             config["pod_spec_config"] = pod_spec
         return config or None
@@ -200,7 +200,7 @@ class PlaybookTranslator:
                     def get_on_error(self, playbook):
                         return "fail"
         """
-        return str(playbook.metadata.dagster.get("on_error") or "complete")
+        return playbook.metadata.dagster.on_error or "complete"
 
     def get_loop_chunk_size(self, playbook: Playbook, step: Step) -> int:
         """How many consecutive items one body op of a parallel loop runs (default: the step's
@@ -255,7 +255,7 @@ class PlaybookTranslator:
                     def get_automation_condition(self, playbook, step):
                         return dg.AutomationCondition.on_cron("0 1 * * *")
         """
-        if playbook.metadata.dagster.get("automation") == "eager":
+        if playbook.metadata.dagster.automation == "eager":
             return dg.AutomationCondition.eager()
         return None
 
@@ -457,7 +457,7 @@ class PlaybookTranslator:
                         return dg.multiprocess_executor.configured({"max_concurrent": 4})
         """
         block = playbook.metadata.dagster
-        choice = block.get("executor", "in_process")
+        choice = block.executor
         if choice in (None, "in_process"):
             return dg.in_process_executor
         loop_limits = self.loop_concurrency_limits(playbook)
@@ -465,8 +465,8 @@ class PlaybookTranslator:
             config: dict[str, Any] = {
                 "start_method": {"forkserver": {"preload_modules": ["dagster", "noetl_dagster"]}}
             }
-            if block.get("max_concurrent"):
-                config["max_concurrent"] = int(block["max_concurrent"])
+            if block.max_concurrent:
+                config["max_concurrent"] = block.max_concurrent
             if loop_limits:
                 config["tag_concurrency_limits"] = loop_limits
                 top = max(limit["limit"] for limit in loop_limits)
@@ -474,33 +474,22 @@ class PlaybookTranslator:
                     config["max_concurrent"] = top  # an IO-bound loop may run more ops than cores
             return dg.multiprocess_executor.configured(config)
 
-        from ..errors import Issue, PlaybookError
-
-        def problem(message: str, field: str, hint: str | None = None) -> PlaybookError:
-            return PlaybookError([Issue(playbook.file, playbook.metadata.line or 1, 1, message, field=field, hint=hint)])
-
-        if choice not in ("k8s", "kubernetes"):
-            raise problem(f"unknown executor {choice!r}", "metadata.dagster.executor",
-                          "use in_process (default), multiprocess or k8s")
-        from dagster._config import process_config
+        from noetl_dagster.compat import process_config
         from dagster_k8s import k8s_job_executor
 
-        k8s = block.get("k8s") or {}
-        if not isinstance(k8s, Mapping):
-            raise problem("`k8s` must be a mapping of k8s_job_executor settings", "metadata.dagster.k8s",
-                          "e.g. `k8s: {job_namespace: etl, max_concurrent: 4}`")
-        k8s = dict(k8s)
-        if block.get("max_concurrent") and "max_concurrent" not in k8s:
-            k8s["max_concurrent"] = int(block["max_concurrent"])
+        k8s = dict(block.k8s or {})  # executor k8s (or kubernetes); the block's type is checked at load
+        if block.max_concurrent and "max_concurrent" not in k8s:
+            k8s["max_concurrent"] = block.max_concurrent
         if loop_limits:
             given = k8s.get("tag_concurrency_limits") or []
             k8s["tag_concurrency_limits"] = [*given, *loop_limits] if isinstance(given, list) else given
         if not k8s:
             return k8s_job_executor
         checked = process_config(k8s_job_executor.config_schema.config_type, k8s)
-        if not checked.success:
-            raise problem("; ".join(e.message for e in checked.errors), "metadata.dagster.k8s",
-                          "see dagster_k8s.k8s_job_executor's config")
+        if not checked.success:  # the settings' names and types are the executor's own: checked here
+            raise PlaybookError([Issue(playbook.file, block.line or playbook.metadata.line or 1, 1,
+                                       "; ".join(e.message for e in checked.errors), field="metadata.dagster.k8s",
+                                       hint="see dagster_k8s.k8s_job_executor's config")])
         return k8s_job_executor.configured(k8s)
 
 

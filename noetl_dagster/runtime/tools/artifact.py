@@ -10,7 +10,7 @@ NoETL's get (the shape of its e2e fixtures ``test_output_select``/``test_storage
         input: {result_ref: "{{ save._ref }}"}   # alias `args:`; or `result_ref:` / `ref:` directly
 
 returns the stored value as it was put (a mapping stays a mapping; a stored table comes back as
-an :class:`~noetl_dagster.resources.arrow_ref.ArrowRef`, loaded lazily by whoever needs rows).
+an :class:`~noetl_dagster.io.arrow_ref.ArrowRef`, loaded lazily by whoever needs rows).
 
 Put (NoETL's Python worker had it; its Rust tool leaves putting to the result store)::
 
@@ -46,9 +46,13 @@ import posixpath
 import re
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact, register_connection_secret, register_secret, secret_safe
+from noetl_dagster.io.arrow_ref import ArrowRef, is_local, json_default, local_path, resolve_uri, schema_strings
+from noetl_dagster.io.codec import as_arrow, check_segment, decode_value, encode_value, is_arrow_data, resolve_root
+from noetl_dagster.playbook.kinds import ARTIFACT_ACTIONS, artifact_inputs
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
+from noetl_dagster.runtime.tools.nats import _run_sync
 
-ACTIONS = ("get", "put")
 FOLDER = "artifacts"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _STORE_NAMES = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -58,23 +62,12 @@ def _templated(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
-def _inputs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    value = cfg.get("input", cfg.get("args"))
-    merged = dict(value) if isinstance(value, Mapping) else {}
-    for key in ("result_ref", "ref", "data", "name", "select"):
-        if key in cfg and key not in merged:
-            merged[key] = cfg[key]
-    return merged
-
-
 def default_root(kind: str | None = None) -> str:
     """The artifact root: for ``kind`` ``gcs``/``s3`` ``$NOETL_ARTIFACT_GCS_URI``/``..._S3_URI``
     when set; else ``$NOETL_ARTIFACT_URI``, else the IO manager's default root."""
-    from ...resources.arrow_io import ArrowRefIOManager
-
     if kind in ("gcs", "s3") and os.environ.get(f"NOETL_ARTIFACT_{kind.upper()}_URI"):
         return os.environ[f"NOETL_ARTIFACT_{kind.upper()}_URI"]
-    return os.environ.get("NOETL_ARTIFACT_URI") or ArrowRefIOManager().root
+    return os.environ.get("NOETL_ARTIFACT_URI") or resolve_root()
 
 
 def _root_for_ref(ref: Any) -> str:
@@ -94,8 +87,6 @@ class _Store:
     def __init__(self, root: str, cfg: Mapping[str, Any], ctx: ToolContext) -> None:
         import pyarrow.fs as pafs
 
-        from ...resources.arrow_ref import is_local, local_path, resolve_uri
-
         root = str(root).strip()
         if not root:
             raise ToolError("artifact: `store` rendered empty")
@@ -106,7 +97,7 @@ class _Store:
             self.fs, self.base = pafs.LocalFileSystem(), self.root
             return
         self.root = root.rstrip("/")
-        rest = self.root[len(scheme) + 3:]
+        rest = self.root[len(scheme or "") + 3:]
         if not rest or rest.startswith("/"):
             raise ToolError(f"artifact: store {root!r} names no bucket")
         endpoint = cfg.get("endpoint")
@@ -130,8 +121,6 @@ class _Store:
 
     def path_of(self, uri: str) -> str:
         """The filesystem path of a reference, which must lie inside ``<root>/artifacts/``."""
-        from ...resources.arrow_ref import is_local, local_path
-
         uri = str(uri).strip()
         if uri.startswith("noetl://"):
             raise ToolError(f"artifact: {uri!r} is a NoETL result-store reference; this package "
@@ -178,8 +167,6 @@ def _credential(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
         "region": ("region", "aws_region"), "endpoint": ("endpoint", "endpoint_url"),
     }
     out = {k: next((fields[n] for n in names if fields.get(n)), None) for k, names in pick.items()}
-    from ...resources.credentials import register_secret
-
     register_secret(out["secret_access_key"])
     register_secret(out["session_token"])
     return {k: v for k, v in out.items() if v}
@@ -188,37 +175,15 @@ def _credential(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
 class ArtifactTool(Tool):
     kind = "artifact"
 
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        problems: list[tuple[str, str, str | None]] = []
-        action = config.get("action", "get")
-        if not _templated(action) and action not in ACTIONS:
-            problems.append(("action", f"unknown artifact action {action!r}", "action: get | put"))
-            return problems
-        inputs = _inputs(config)
-        where = "input" if isinstance(config.get("input", config.get("args")), Mapping) else "action"
-        if action == "get" and not (inputs.get("result_ref") or inputs.get("ref")):
-            problems.append((where, "artifact get needs `input: {result_ref: ...}`",
-                             'input: {result_ref: "{{ step._ref }}"}'))
-        if action == "put" and "data" not in inputs:
-            problems.append((where, "artifact put needs `input: {data: ...}`", 'input: {data: "{{ step }}"}'))
-        select = inputs.get("select")
-        if select is not None and not _templated(select) and not isinstance(select, list):
-            problems.append(("input.select", "`select` must be a list of field names", None))
-        return problems
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import secret_safe
-
         return secret_safe(self._run)(config, ctx)
 
     def _run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import redact
-
         cfg = ctx.render({k: v for k, v in config.items() if k != "kind"})
         action = str(cfg.get("action") or "get")
-        if action not in ACTIONS:
+        if action not in ARTIFACT_ACTIONS:
             raise ToolError(f"artifact: unknown action {action!r}; use get or put")
-        inputs = _inputs(cfg)
+        inputs = artifact_inputs(cfg)
         ref = inputs.get("result_ref") or inputs.get("ref")
         ref = ref.get("_ref") if isinstance(ref, Mapping) else ref
         if action == "get" and isinstance(ref, str) and ref.startswith(KV_SCHEME):
@@ -235,9 +200,6 @@ class ArtifactTool(Tool):
 
 
 def _put(store: _Store, inputs: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    from ...resources.arrow_io import check_segment, encode_value, is_arrow_data
-    from ...resources.arrow_ref import ArrowRef
-
     name = str(inputs.get("name") or ctx.step)
     try:
         segments = [check_segment(ctx.execution_id, "execution id"), check_segment(ctx.step, "step"),
@@ -248,9 +210,7 @@ def _put(store: _Store, inputs: Mapping[str, Any], ctx: ToolContext) -> dict[str
     if is_arrow_data(data) or isinstance(data, ArrowRef):
         import pyarrow.parquet as pq
 
-        from ...resources.arrow_io import _as_arrow
-
-        table = data.to_table() if isinstance(data, ArrowRef) else _as_arrow(data)
+        table = data.to_table() if isinstance(data, ArrowRef) else as_arrow(data)
         if not hasattr(table, "schema") or not hasattr(table, "num_rows"):
             import pyarrow as pa
 
@@ -273,10 +233,11 @@ def _put(store: _Store, inputs: Mapping[str, Any], ctx: ToolContext) -> dict[str
     select = inputs.get("select") or []
     if select and not isinstance(data, Mapping):
         raise ToolError("artifact: put: `select` needs `data` to be a mapping")
+    fields: Mapping[Any, Any] = data if isinstance(data, Mapping) else {}
     for field in select:
-        if field not in data:
+        if field not in fields:
             raise ToolError(f"artifact: put: selected field {field!r} is not in the data")
-        result[str(field)] = data[field]
+        result[str(field)] = fields[field]
     return result
 
 
@@ -288,9 +249,6 @@ def _make_parent(store: _Store, path: str) -> None:
 
 
 def _get(store: _Store, inputs: Mapping[str, Any]) -> Any:
-    from ...resources.arrow_io import decode_value
-    from ...resources.arrow_ref import ArrowRef
-
     ref = inputs.get("result_ref") or inputs.get("ref")
     if isinstance(ref, Mapping):  # a whole put result passed instead of its `_ref`
         ref = ref.get("_ref")
@@ -301,8 +259,6 @@ def _get(store: _Store, inputs: Mapping[str, Any]) -> Any:
     path = store.path_of(ref)
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
-
-        from ...resources.arrow_ref import schema_strings
 
         try:
             with store.fs.open_input_file(path) as handle:
@@ -334,14 +290,9 @@ def _kv_bucket() -> str:
 
 def _kv_call(op: str, key: str, value: bytes | None = None) -> bytes | None:
     """One KV operation on the artifact bucket of ``$NOETL_ARTIFACT_NATS_URL`` (nats-py)."""
-    from ...resources.credentials import redact, register_connection_secret
-    from .nats import _run_sync
-
     url = os.environ["NOETL_ARTIFACT_NATS_URL"]
     register_connection_secret(url)
     from urllib.parse import urlsplit
-
-    from ...resources.credentials import register_secret
 
     parts = urlsplit(url)
     if parts.username and not parts.password:  # nats://<token>@host: the token is the user part
@@ -382,8 +333,6 @@ def _kv_call(op: str, key: str, value: bytes | None = None) -> bytes | None:
 
 
 def _kv_put(result: Any, ctx: ToolContext) -> str:
-    from ...resources.arrow_io import encode_value
-
     text = encode_value(result)
     if text is None:
         raise ToolError("artifact: the result is not JSON-able")
@@ -393,8 +342,6 @@ def _kv_put(result: Any, ctx: ToolContext) -> str:
 
 
 def _kv_get(ref: str) -> Any:
-    from ...resources.arrow_io import decode_value
-
     bucket, _, key = ref[len(KV_SCHEME):].partition("/")
     if bucket != _kv_bucket() or not key or _KV_KEY.sub("", key.replace(".", "")) != key.replace(".", ""):
         raise ToolError(f"artifact: reference {ref!r} is outside the artifact KV bucket {_kv_bucket()!r}")
@@ -417,8 +364,6 @@ def externalize(spec: Mapping[str, Any], result: Any, execution_id: Any, step: s
     untouched.
     """
     import json
-
-    from ...resources.arrow_ref import json_default
 
     if "store" not in spec and "output_select" not in spec:
         return result  # another use of `output:`: not a storage directive

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
-from ..templates import render_value
+from noetl_dagster.core.templates import render_value
+from noetl_dagster.errors import ToolError
+from noetl_dagster.playbook.kinds import RESULT_FORMATS, register_kind, result_format, supported_kinds
 
-
-class ToolError(Exception):
-    """A tool failed in a way the user can fix; the message is shown as is.
-
-    Raising it *fails* the step (NoETL's ``command.failed``: no arc fires). A tool that ran and
-    reports a failure as data returns an :class:`ErrorResult` instead.
-    """
+__all__ = ["RESULT_FORMATS", "ErrorResult", "Tool", "ToolContext", "ToolError", "get_tool", "register_tool",
+           "result_format", "supported_kinds"]
 
 
 @dataclass
@@ -59,24 +56,6 @@ class ErrorResult:
     message: str
 
 
-#: ``format:`` of the SQL tools: ``rows`` (NoETL's ``{columns, rows, row_count}``) or ``arrow``
-#: (a ``pyarrow.Table`` built by the driver: for products, DuckDB ``tables:`` and python steps)
-RESULT_FORMATS = ("rows", "arrow")
-
-
-def result_format(config: Mapping[str, Any]) -> str:
-    """The (unrendered) ``format:`` of a SQL tool config, ``rows`` by default."""
-    return str(config.get("format") or "rows")
-
-
-def format_problems(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """Validation problems of ``format:`` (for a tool's ``validate``)."""
-    if result_format(config) in RESULT_FORMATS:
-        return []
-    return [("format", f"format {config.get('format')!r} is not one of {', '.join(RESULT_FORMATS)}",
-             "format: arrow")]
-
-
 @dataclass
 class ToolContext:
     """What a tool may use: the render scope, the step's identity, resources and a logger."""
@@ -92,6 +71,14 @@ class ToolContext:
     iteration: Mapping[str, Any] = field(default_factory=dict)
     #: the Dagster run id (what sub-playbook runs are tagged with)
     run_id: str = ""
+    #: what the host provides (the Dagster adapter sets both; ``None`` when the runtime runs on
+    #: its own, and the tools that need them fail with a ToolError):
+    #: ``run_playbook(child, workload, *, instance, tags, catalog, resources, log_level)`` runs a
+    #: sub-playbook to its end and returns its report (``status``, ``run_id``, ``steps``)
+    run_playbook: Callable[..., Any] | None = None
+    #: ``run_k8s_job(execute_k8s_job kwargs, log)`` runs a Kubernetes Job and returns
+    #: ``{job_name, namespace, pod, logs}`` (``kind: container``)
+    run_k8s_job: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
     def credential(self, alias: str) -> dict[str, Any]:
         """The fields of credential ``alias`` (from the ``noetl_credentials`` resource).
@@ -119,7 +106,30 @@ class Tool:
         raise NotImplementedError
 
     def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        """Problems with a config found before running: ``(field, message, hint)`` tuples."""
+        """Problems of a config found before running: ``(field, message, hint)`` tuples.
+
+        Override it in a custom tool: :func:`register_tool` hands it to the DSL, so ``noetl-dagster
+        validate`` and every load report each problem at the line of its field (``config`` is the
+        unrendered task config: leave templated values to :meth:`run`). The built-in kinds' checks
+        live in :mod:`noetl_dagster.playbook.kinds`; a tool registered for a built-in kind without
+        its own ``validate`` keeps them.
+
+        Examples:
+            A custom ``kind: echo`` that needs ``text:``::
+
+                class EchoTool(Tool):
+                    kind = "echo"
+
+                    def validate(self, config):
+                        if "text" not in config:
+                            return [("text", "an echo tool needs `text:`", "text: hello")]
+                        return []
+
+                    def run(self, config, ctx):
+                        return {"said": ctx.render(config["text"])}
+
+                register_tool(EchoTool())
+        """
         return []
 
 
@@ -127,15 +137,16 @@ _REGISTRY: dict[str, Tool] = {}
 
 
 def register_tool(tool: Tool) -> Tool:
-    """Make ``tool`` available as ``tool: {kind: <tool.kind>}`` in every playbook."""
+    """Make ``tool`` available as ``tool: {kind: <tool.kind>}`` in every playbook.
+
+    Its own :meth:`Tool.validate` (when the class defines one) becomes the kind's load-time check.
+    """
     _REGISTRY[tool.kind] = tool
+    own = type(tool).validate is not Tool.validate
+    register_kind(tool.kind, tool.validate if own else None)
     return tool
 
 
 def get_tool(kind: str) -> Tool:
     return _REGISTRY[kind]
 
-
-def supported_kinds() -> list[str]:
-    """Tool kinds this package runs (``workbook`` is resolved at load time)."""
-    return sorted({*_REGISTRY, "workbook"})

@@ -1,4 +1,4 @@
-"""``kind: container``: run a container as a Kubernetes Job through dagster-k8s.
+"""``kind: container``: run a container as a Kubernetes Job (through dagster-k8s, in the adapter).
 
 NoETL's contract (rendered as templates)::
 
@@ -25,10 +25,13 @@ NoETL's contract (rendered as templates)::
 
 NoETL's nested form ``runtime: {provider: kubernetes, image, namespace, ...}`` is accepted too.
 
-The step runs :func:`dagster_k8s.execute_k8s_job` from inside its op, so the Job carries the
-run's labels and, under a ``K8sRunLauncher``, the launcher's namespace, env and secrets (the
-step's own values win). Where NoETL parks the step until a callback, this op simply waits for
-the Job. Result ``{status: succeeded, job_name, namespace, pod, logs, output}``: ``logs`` is the
+This module turns the config into :func:`dagster_k8s.execute_k8s_job` arguments and names the
+Job; it imports neither Dagster nor dagster-k8s. The Job is run by the host's job runner,
+``ToolContext.run_k8s_job``: the Dagster adapter's (:mod:`noetl_dagster.translator.k8s`) runs
+:func:`dagster_k8s.execute_k8s_job` from inside the step's op, so the Job carries the run's labels
+and, under a ``K8sRunLauncher``, the launcher's namespace, env and secrets (the step's own values
+win). Without a runner (the runtime used on its own) the step fails with a :class:`ToolError`.
+Where NoETL parks the step until a callback, this op simply waits for the Job. Result ``{status: succeeded, job_name, namespace, pod, logs, output}``: ``logs`` is the
 tail of the pod's log, ``output`` the last log line parsed as JSON when it is JSON (else null).
 A failed or timed-out Job fails the step with dagster-k8s's diagnosis (exit code, log tail).
 
@@ -48,7 +51,8 @@ import shlex
 import time
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.playbook.kinds import container_fields
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 #: how much of the pod log the result keeps
 LOG_TAIL_CHARS = 20000
@@ -59,74 +63,24 @@ _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 class ContainerTool(Tool):
     kind = "container"
 
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        cfg = _flatten(config)
-        problems: list[tuple[str, str, str | None]] = []
-        if not cfg.get("image"):
-            problems.append(("image", "a container tool needs `image:`", "add `image: python:3.12-slim`"))
-        for key in ("command", "args"):
-            value = cfg.get(key)
-            if value is not None and not isinstance(value, (str, list)):
-                problems.append((key, f"`{key}` must be a list of strings (or one string)", None))
-        env = cfg.get("env")
-        if env is not None and not isinstance(env, (dict, list, str)):
-            problems.append(("env", "`env` must be a mapping of NAME: value or a list of k8s EnvVars", None))
-        for key in ("resources", "node_selector", "labels"):
-            value = cfg.get(key)
-            if value is not None and not isinstance(value, (dict, str)):
-                problems.append((key, f"`{key}` must be a mapping", None))
-        for key in ("tolerations", "volumes", "volume_mounts"):
-            value = cfg.get(key)
-            if value is not None and not isinstance(value, (list, str)):
-                problems.append((key, f"`{key}` must be a list", None))
-        policy = cfg.get("restart_policy")
-        if isinstance(policy, str) and "{{" not in policy and policy not in ("Never", "OnFailure"):
-            problems.append(("restart_policy", f"restart_policy {policy!r} is not allowed for a Job",
-                             "use Never (default) or OnFailure"))
-        return problems
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        return self.run_rendered(_flatten(ctx.render(config)), ctx)
+        return self.run_rendered(container_fields(ctx.render(config)), ctx)
 
     def run_rendered(self, cfg: dict[str, Any], ctx: ToolContext) -> Any:
         """Run an already rendered (and flattened) config: ``kind: script`` passes its script's
         text this way, so a ``{{`` in it stays text."""
+        if ctx.run_k8s_job is None:
+            raise ToolError("container: a container step needs a Kubernetes job runner from its host "
+                            "(steps run by the Dagster adapter have one; this ToolContext has none)")
         kwargs = execute_kwargs(cfg)
-        context = _op_context()
-        kwargs["k8s_job_name"] = job_name(cfg, ctx, context.run_id)
+        kwargs["k8s_job_name"] = job_name(cfg, ctx, ctx.run_id)
         kwargs.update(_cluster_access(cfg))
-        import warnings
-
-        from dagster_k8s import execute_k8s_job
-
         started = time.monotonic()
-        try:
-            with warnings.catch_warnings():  # superseded by PipesK8sClient, which needs dagster-pipes in the image
-                warnings.simplefilter("ignore")
-                execute_k8s_job(context, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - dagster-k8s raises plain Exceptions too
-            from ...resources import credentials as creds
-
-            message = str(exc).strip() or type(exc).__name__
-            raise ToolError(creds.redact(f"container: Kubernetes job {kwargs['k8s_job_name']} failed: "
-                                         f"{message[-4000:]}")) from None
-        job = kwargs["k8s_job_name"] + (f"-{context.retry_number}" if context.retry_number else "")
-        namespace = _namespace(context, kwargs.get("namespace"))
-        pod, logs = _pod_logs(job, namespace, ctx)
-        return {"status": "succeeded", "job_name": job, "namespace": namespace, "pod": pod,
-                "image": kwargs["image"], "logs": logs, "output": _last_json_line(logs),
+        ran = ctx.run_k8s_job(kwargs, ctx.log)
+        logs = ran.get("logs") or ""
+        return {"status": "succeeded", "job_name": ran["job_name"], "namespace": ran["namespace"],
+                "pod": ran.get("pod"), "image": kwargs["image"], "logs": logs, "output": _last_json_line(logs),
                 "duration_seconds": round(time.monotonic() - started, 3)}
-
-
-def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
-    """NoETL's nested ``runtime:`` block merged under the top-level keys."""
-    cfg = dict(config)
-    runtime = cfg.pop("runtime", None)
-    if isinstance(runtime, Mapping):
-        merged = {k: v for k, v in runtime.items() if k != "provider"}
-        merged.update(cfg)
-        cfg = merged
-    return cfg
 
 
 def _listify(value: Any, key: str) -> list[str] | None:
@@ -251,49 +205,6 @@ def job_name(cfg: Mapping[str, Any], ctx: ToolContext, run_id: str) -> str:
     return f"noetl-{step}-{digest}"
 
 
-def manifest(cfg: Mapping[str, Any], *, name: str = "noetl-step", run_id: str = "",
-             job: str = "", op: str = "") -> dict[str, Any]:
-    """The Job :func:`execute_k8s_job` would create for ``cfg`` outside any run launcher, as a dict
-    (``kubectl``-shaped, for review and schema validation). Built by dagster-k8s's own functions."""
-    import kubernetes
-    from dagster_k8s.container_context import K8sContainerContext
-    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
-
-    kw = execute_kwargs(_flatten(cfg))
-    container_config = dict(kw.get("container_config") or {})
-    if kw.get("command"):
-        container_config["command"] = kw["command"]
-    context = K8sContainerContext(
-        image_pull_policy=kw.get("image_pull_policy"), image_pull_secrets=kw.get("image_pull_secrets"),
-        service_account_name=kw.get("service_account_name"), env_config_maps=kw.get("env_config_maps"),
-        env_secrets=kw.get("env_secrets"), volume_mounts=kw.get("volume_mounts"), volumes=kw.get("volumes"),
-        labels=kw.get("labels"), namespace=kw.get("namespace"), resources=kw.get("resources"),
-        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict({
-            "container_config": container_config, "pod_spec_config": kw.get("pod_spec_config") or {},
-            "job_spec_config": kw.get("job_spec_config") or {}, "merge_behavior": "DEEP"}),
-    )
-    job_obj = construct_dagster_k8s_job(
-        job_config=DagsterK8sJobConfig(job_image=kw["image"], dagster_home=None),
-        args=kw.get("args"), job_name=name, pod_name=name, component="k8s_job_op",
-        user_defined_k8s_config=context.run_k8s_config,
-        labels={"dagster/job": job or "noetl", "dagster/op": op or "step", "dagster/run-id": run_id or "none"},
-    )
-    out = kubernetes.client.ApiClient().sanitize_for_serialization(job_obj)
-    out.setdefault("apiVersion", "batch/v1")
-    out.setdefault("kind", "Job")
-    out["metadata"]["namespace"] = context.namespace or "default"
-    return out
-
-
-def _op_context():  # type: ignore[no-untyped-def]
-    import dagster as dg
-
-    try:
-        return dg.OpExecutionContext.get()
-    except Exception:  # noqa: BLE001
-        raise ToolError("container: a container step runs inside a Dagster op (no op context here)") from None
-
-
 def _cluster_access(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if "load_incluster_config" in cfg:
         incluster = bool(cfg["load_incluster_config"])
@@ -313,39 +224,6 @@ def _default_kubeconfig() -> str | None:
     if value:
         return value.split(os.pathsep)[0]
     return None
-
-
-def _namespace(context: Any, explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    try:
-        from dagster_k8s.launcher import K8sRunLauncher
-
-        launcher = context.instance.run_launcher
-        if isinstance(launcher, K8sRunLauncher) and launcher.job_namespace:
-            return launcher.job_namespace
-    except Exception:  # noqa: BLE001
-        pass
-    return "default"
-
-
-def _pod_logs(job: str, namespace: str, ctx: ToolContext) -> tuple[str | None, str]:
-    """The first pod of ``job`` and the tail of its log (best effort: "" when unavailable)."""
-    try:
-        from dagster_k8s.client import DagsterKubernetesClient
-
-        client = DagsterKubernetesClient.production_client()
-        pods = client.get_pod_names_in_job(job, namespace)
-        if not pods:
-            return None, ""
-        # raw bytes: the client's str deserialisation turns them into "b'...'" text
-        response = client.core_api.read_namespaced_pod_log(pods[0], namespace, container="dagster",
-                                                           _preload_content=False)
-        text = response.data.decode("utf-8", "replace")
-        return pods[0], text[-LOG_TAIL_CHARS:]
-    except Exception as exc:  # noqa: BLE001
-        ctx.log.warning(f"container: could not read the log of job {job}: {type(exc).__name__}")
-        return None, ""
 
 
 def _last_json_line(logs: str) -> Any:

@@ -7,7 +7,7 @@ Result ``{columns, rows: [{col: value}], row_count}`` for queries (a ``pyarrow.T
 
 ``params`` (a list for ``?``/``$1``, a mapping for ``$name``) are bound by DuckDB, never
 formatted into the SQL. So are the ``{{ }}`` values of ``query`` (each becomes a ``$n``
-placeholder, see :mod:`noetl_dagster.runtime.binding`); ``| sql_identifier`` and ``| raw_sql``
+placeholder, see :mod:`noetl_dagster.core.binding`); ``| sql_identifier`` and ``| raw_sql``
 mark the templates that must produce SQL text.
 
 Arrow data from earlier steps can be queried as tables:
@@ -33,9 +33,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ...resources.arrow_ref import ArrowRef
-from ..products import as_table
-from .base import Tool, ToolContext, ToolError, format_problems, result_format
+from noetl_dagster.io.arrow_ref import ArrowRef
+from noetl_dagster.runtime.products import as_table
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, result_format
+from noetl_dagster.runtime.tools.postgres import bind_query, split_bound
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -61,20 +62,6 @@ def _as_relation(name: str, value: Any) -> Any:
 class DuckDBTool(Tool):
     kind = "duckdb"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        if not (config.get("query") or config.get("command")):
-            problems.append(("query", "a duckdb tool needs `query:` (or `command:`)", None))
-        tables = config.get("tables")
-        if tables is not None:
-            if not isinstance(tables, Mapping):
-                problems.append(("tables", "`tables` must map table names to values", None))
-            else:
-                for name in tables:
-                    if not _NAME.match(str(name)):
-                        problems.append(("tables", f"table name {name!r} is not an identifier", None))
-        return problems + format_problems(config)
-
     def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
         """The connection a query runs on (``db_path``, in memory by default); ``ducklake`` overrides it."""
         import duckdb
@@ -84,8 +71,6 @@ class DuckDBTool(Tool):
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         import duckdb
         import pyarrow as pa
-
-        from .postgres import bind_query, split_bound
 
         # every {{ }} value in the query is a bound parameter ($n), never SQL text
         query, params = bind_query(config.get("query") or config.get("command"),
@@ -124,7 +109,7 @@ class DuckDBTool(Tool):
         if columns == ["Count"] and len(rows) <= 1 and _is_statement(str(query)):
             return {"affected_rows": int(rows[0][0]) if rows else 0}
         if config.get("as_objects", True):
-            data = [dict(zip(columns, row)) for row in rows]
+            data: list[Any] = [dict(zip(columns, row)) for row in rows]
         else:
             data = [list(row) for row in rows]
         return {"columns": columns, "rows": data, "row_count": len(data)}

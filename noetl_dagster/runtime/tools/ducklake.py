@@ -35,15 +35,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .base import ToolContext, ToolError
-from .duckdb import DuckDBTool
+from noetl_dagster.playbook.kinds import ducklake_commands
+from noetl_dagster.runtime.tools.base import ToolContext, ToolError
+from noetl_dagster.runtime.tools.duckdb import DuckDBTool
+from noetl_dagster.core.secrets import redact, register_connection_secret, secret_safe
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CATALOG = "lake"
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def _literal(text: str) -> str:
@@ -93,37 +91,11 @@ def _postgres_conninfo(fields: Mapping[str, Any]) -> str:
 class DuckLakeTool(DuckDBTool):
     kind = "ducklake"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        config = _with_commands(config)
-        problems = [p for p in super().validate(config) if p[0] != "query"]
-        if not (config.get("query") or config.get("command")):
-            problems.insert(0, ("command", "a ducklake tool needs `command:` (or `query:`, `commands:`)", None))
-        sources = [k for k in ("catalog_connection", "catalog_auth", "auth", "catalog_path") if config.get(k)]
-        if not sources:
-            problems.append(("catalog_connection", "a ducklake tool needs its metadata catalog",
-                             "catalog_connection: <postgres URL>, catalog_auth (or auth): <credential alias> "
-                             "or catalog_path: <file>.ducklake"))
-        elif len(sources) > 1:
-            problems.append((sources[1], f"give one catalog, not {' and '.join(sources)}", None))
-        schema = config.get("metadata_schema")
-        if schema and not _templated(schema) and not _IDENT.match(str(schema)):
-            problems.append(("metadata_schema", f"metadata_schema {schema!r} is not an identifier", None))
-        name = config.get("catalog_name")
-        if name is not None and not _templated(name) and not _IDENT.match(str(name)):
-            problems.append(("catalog_name", f"catalog_name {name!r} is not an identifier", "e.g. sales_lake"))
-        commands = config.get("commands")
-        return problems + ([("commands", "`commands` must be a list of SQL statements", None)]
-                           if commands is not None and not isinstance(commands, (list, str)) else [])
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import secret_safe
-
-        return secret_safe(super().run)(_with_commands(config), ctx)
+        return secret_safe(super().run)(ducklake_commands(config), ctx)
 
     def connect(self, config: Mapping[str, Any], ctx: ToolContext) -> Any:
         import duckdb
-
-        from ...resources.credentials import redact, register_connection_secret
 
         name = str(ctx.render(config.get("catalog_name")) or DEFAULT_CATALOG)
         if not _IDENT.match(name):
@@ -164,11 +136,3 @@ class DuckLakeTool(DuckDBTool):
             con.close()
             raise ToolError(redact(f"ducklake: cannot attach the catalog ({who}): {exc}")) from None
         return con
-
-
-def _with_commands(config: Mapping[str, Any]) -> dict[str, Any]:
-    """NoETL's ``commands: [...]`` as the duckdb tool's ``query`` list (run as one script)."""
-    config = dict(config)
-    if config.get("commands") and not (config.get("query") or config.get("command")):
-        config["query"] = config["commands"]
-    return config

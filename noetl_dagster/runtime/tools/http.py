@@ -34,47 +34,30 @@ The mapping form names the type; ``credential`` is the alias, or ``token``/``use
 ``Authorization``, ``Cookie``, ``X-API-Key``) are masked as ``***`` in everything the tool
 returns (a server that echoes the request cannot leak them into results) and in error
 messages; they are also registered for
-:func:`noetl_dagster.resources.credentials.redact`.
+:func:`noetl_dagster.core.secrets.redact`.
 """
 
 from __future__ import annotations
 
-import functools
 import base64
 import json
 import re
 from typing import Any, Mapping
 
-from .base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.playbook.kinds import HTTP_AUTH_TYPES as _TYPES
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core import secrets as creds
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_KEY_HEADER = "X-API-Key"
 _SENSITIVE_HEADER = re.compile(
     r"^(authorization|proxy-authorization|cookie|set-cookie)$|token|secret|api-?key|apikey|password"
     r"|auth", re.IGNORECASE)
-_TYPES = {
-    "bearer": "bearer", "bearer_token": "bearer", "token": "bearer", "oauth2": "bearer",
-    "basic": "basic", "http_basic": "basic",
-    "api_key": "api_key", "apikey": "api_key", "api-key": "api_key", "header": "api_key",
-    "none": "none",
-}
 _TOKEN_FIELDS = ("token", "bearer_token", "access_token", "api_token", "value", "secret")
 _USER_FIELDS = ("username", "user", "login", "client_id")
 _PASSWORD_FIELDS = ("password", "passwd", "secret", "client_secret")
 _KEY_FIELDS = ("api_key", "key", "apikey", "token", "value", "secret")
-_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
-
-
-def secret_safe(func: Any) -> Any:
-    """:func:`noetl_dagster.resources.credentials.secret_safe`, imported when first called."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ...resources.credentials import secret_safe as safe
-
-        return safe(func)(*args, **kwargs)
-
-    return wrapper
 
 
 class _Auth:
@@ -199,8 +182,6 @@ class _Scrubber:
     """Masks one request's secrets in returned values and messages."""
 
     def __init__(self, secrets: set[str]) -> None:
-        from ...resources import credentials as creds
-
         self._creds = creds
         usable = sorted({s for s in secrets if s and len(s) >= creds.MIN_SECRET_LENGTH},
                         key=len, reverse=True)
@@ -230,26 +211,6 @@ class _Scrubber:
 
 class HttpTool(Tool):
     kind = "http"
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        if not config.get("url") and not config.get("endpoint"):
-            problems.append(("url", "an http tool needs `url:`", None))
-        method = config.get("method")
-        if isinstance(method, str) and "{{" not in method and method.upper() not in _METHODS:
-            problems.append(("method", f"unknown HTTP method {method!r}", ", ".join(sorted(_METHODS))))
-        rtype = config.get("response_type")
-        if isinstance(rtype, str) and "{{" not in rtype and rtype not in ("json", "text", "binary"):
-            problems.append(("response_type", f"unknown response_type {rtype!r}", "json, text or binary"))
-        auth = config.get("auth")
-        if isinstance(auth, Mapping):
-            kind = auth.get("type")
-            if isinstance(kind, str) and "{{" not in kind and kind.lower() not in _TYPES:
-                problems.append(("auth.type", f"auth type {kind!r} is not supported",
-                                 "bearer, basic or api_key"))
-        elif auth is not None and not isinstance(auth, str):
-            problems.append(("auth", "`auth` must be a credential alias or a mapping", None))
-        return problems
 
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:

@@ -54,34 +54,19 @@ import json
 import threading
 from typing import Any, Mapping
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.playbook.kinds import NATS_OPERATIONS as OPERATIONS
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact, register_connection_secret, register_secret, secret_safe
 
 #: NoETL's bounds of js_consume (tools/src/tools/source/mod.rs)
 BATCH_DEFAULT, BATCH_MAX = 100, 1000
 TIMEOUT_DEFAULT_MS, TIMEOUT_MAX_MS = 1000, 5000
 CONNECT_TIMEOUT_SECONDS = 5
 
-#: operation -> the fields it needs (checked at load time when not templated)
-OPERATIONS: dict[str, tuple[str, ...]] = {
-    "kv_get": ("bucket", "key"), "kv_put": ("bucket", "key"), "kv_delete": ("bucket", "key"),
-    "kv_keys": ("bucket",), "kv_purge": ("bucket", "key"),
-    "object_get": ("bucket", "name"), "object_put": ("bucket", "name"),
-    "object_delete": ("bucket", "name"), "object_list": ("bucket",),
-    "object_info": ("bucket", "name"),
-    "js_publish": ("subject",), "js_consume": ("stream", "consumer"), "js_get_msg": ("stream",),
-    "js_stream_info": ("stream",),
-    "publish": ("subject",), "request": ("subject",),
-}
-ENCODINGS = ("utf-8", "base64")
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def _secret_safe(func):  # type: ignore[no-untyped-def]
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from ...resources.credentials import secret_safe
 
         return secret_safe(func)(*args, **kwargs)
 
@@ -90,34 +75,6 @@ def _secret_safe(func):  # type: ignore[no-untyped-def]
 
 class NatsTool(Tool):
     kind = "nats"
-
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        problems: list[tuple[str, str, str | None]] = []
-        op = config.get("operation")
-        if not op:
-            problems.append(("operation", "a nats tool needs `operation:`",
-                             "one of " + ", ".join(OPERATIONS)))
-        elif not _templated(op):
-            if op not in OPERATIONS:
-                problems.append(("operation", f"unknown nats operation {op!r}",
-                                 "one of " + ", ".join(OPERATIONS)))
-            else:
-                for name in OPERATIONS[op]:
-                    if config.get(name) in (None, ""):
-                        problems.append((name, f"nats operation {op!r} needs `{name}:`", None))
-                if op == "js_get_msg" and not (config.get("seq") is not None or config.get("last")
-                                               or config.get("subject")):
-                    problems.append(("seq", "js_get_msg needs one of `seq:`, `last: true` or `subject:`", None))
-        if not (config.get("url") or config.get("auth")):
-            problems.append(("url", "a nats tool needs `url:` or an `auth:` credential alias with a `url` field",
-                             "url: nats://127.0.0.1:4222"))
-        encoding = config.get("encoding")
-        if encoding is not None and not _templated(encoding) and encoding not in ENCODINGS:
-            problems.append(("encoding", f"encoding {encoding!r} is not one of {', '.join(ENCODINGS)}", None))
-        headers = config.get("headers")
-        if headers is not None and not _templated(headers) and not isinstance(headers, Mapping):
-            problems.append(("headers", "`headers` must map header names to values", None))
-        return problems
 
     @_secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
@@ -137,8 +94,6 @@ class NatsTool(Tool):
 # ------------------------------------------------------------------------------- connection
 def _connection(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """``{url, user, password, token}`` from ``auth:`` or explicit fields (NoETL's order)."""
-    from ...resources.credentials import register_connection_secret, register_secret
-
     alias = cfg.get("auth")
     if alias:
         if not isinstance(alias, str):
@@ -198,8 +153,6 @@ def _run_sync(coro: Any) -> Any:
 async def _execute(op: str, cfg: Mapping[str, Any], conn: Mapping[str, Any]) -> Any:
     import nats
     from nats.errors import Error as NatsError
-
-    from ...resources.credentials import redact
 
     options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "allow_reconnect": False,
                                "max_reconnect_attempts": 0}

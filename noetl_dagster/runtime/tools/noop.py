@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Tool, ToolContext
+from noetl_dagster.runtime.tools.base import Tool, ToolContext
 
 
 class NoopTool(Tool):

@@ -28,20 +28,14 @@ import sys
 import uuid
 from typing import Any
 
-from .base import Tool, ToolContext, ToolError
+from noetl_dagster.core.limits import MAX_SUBPLAYBOOK_DEPTH
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError
 
 
 class PlaybookTool(Tool):
     kind = "playbook"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        if not config.get("path"):
-            return [("path", "a playbook tool needs `path:` (the child's metadata.path)", None)]
-        return []
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...report import run_playbook
-
         path = str(ctx.render(config.get("path")))
         catalog = ctx.resources.get("catalog")
         child = catalog.get(path) if catalog is not None else None
@@ -54,8 +48,11 @@ class PlaybookTool(Tool):
         tags = {"noetl/parent_run_id": ctx.run_id, "noetl/parent_step": ctx.step,
                 **_call_tags(instance, ctx.run_id, path)}
         if config.get("return_result") or config.get("return_step"):
-            report = run_playbook(child, workload, instance=instance, tags=tags, catalog=catalog,
-                                  resources=ctx.resources.get("dagster_resources"), log_level="WARNING")
+            if ctx.run_playbook is None:
+                raise ToolError(f"sub-playbook {path!r}: awaiting a child needs a host that runs playbooks "
+                                "(the Dagster adapter gives its steps one; this ToolContext has no run_playbook)")
+            report = ctx.run_playbook(child, workload, instance=instance, tags=tags, catalog=catalog,
+                                      resources=ctx.resources.get("dagster_resources"), log_level="WARNING")
             failed = [f"{name}: {s.error}" for name, s in report.steps.items() if s.status == "failed"]
             if report.status != "success" and config.get("return_result"):
                 raise ToolError(f"sub-playbook {path!r} failed (run {report.run_id}): {'; '.join(failed)}")
@@ -71,7 +68,8 @@ class PlaybookTool(Tool):
         launched = _launch(child.file, path, workload, tags, instance)
         pid = launched.pop("_pid")
         try:  # the parent run lists its detached children (run id -> pid)
-            instance.add_run_tags(ctx.run_id, {f"noetl/detached/{launched['execution_id']}": str(pid)})
+            instance.add_run_tags(  # type: ignore[union-attr]  # no instance raises: caught below
+                ctx.run_id, {f"noetl/detached/{launched['execution_id']}": str(pid)})
         except Exception:  # noqa: BLE001 - no run record (an ephemeral parent): the child still runs
             pass
         return launched
@@ -103,8 +101,6 @@ def _launch(file: str, path: str, workload: dict[str, Any], tags: dict[str, str]
 
 def _call_tags(instance: Any, run_id: str, path: str) -> dict[str, str]:
     """``noetl/call_depth`` and ``noetl/call_chain`` of a child of run ``run_id`` calling ``path``."""
-    from ..limits import MAX_SUBPLAYBOOK_DEPTH
-
     run = None
     try:
         run = instance.get_run_by_id(run_id) if instance is not None else None

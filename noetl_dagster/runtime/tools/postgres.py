@@ -40,7 +40,7 @@ arrays lists, ``interval`` and ranges PostgreSQL's text.
 at or near "SELEC" (SQLSTATE 42601)``); a server that cannot be reached or refuses the login
 fails it naming ``host:port``, the user and the credential alias. Passwords never appear in
 messages: they are removed from every message (and registered for
-:func:`noetl_dagster.resources.credentials.redact`).
+:func:`noetl_dagster.core.secrets.redact`).
 
 **Driver choice.** The tool runs on **psycopg 3** (``psycopg[binary]``): it binds ``$n``
 placeholders natively (``RawCursor``) as well as ``%s``/``%(name)s``, runs multi-statement
@@ -58,7 +58,6 @@ Arrow) for scripts, mapping params, composite/opaque types, or when ADBC is not 
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -68,7 +67,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import quote, quote_plus
 from uuid import UUID
 
-from .base import Tool, ToolContext, ToolError, format_problems, result_format
+from noetl_dagster.core.binding import render_sql, split_statements
+from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.runtime.tools.base import Tool, ToolContext, ToolError, result_format
+from noetl_dagster.core import secrets as creds
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -93,21 +95,6 @@ _READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|values|table|show|explain)\b"
 _TEXT_TYPES = ("interval", "record", "int4range", "int8range", "numrange", "daterange", "tsrange",
                "tstzrange", "int4multirange", "int8multirange", "nummultirange",
                "datemultirange", "tsmultirange", "tstzmultirange")
-
-
-def secret_safe(func: Any) -> Any:
-    """:func:`noetl_dagster.resources.credentials.secret_safe`, imported when first called.
-
-    (Imported lazily: ``credentials`` imports ``tools.base``, which loads this package.)
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ...resources.credentials import secret_safe as safe
-
-        return safe(func)(*args, **kwargs)
-
-    return wrapper
 
 
 # --------------------------------------------------------------------------------- connection
@@ -139,8 +126,6 @@ class PgConnection:
 
     def scrub(self, text: Any) -> str:
         """``text`` without this connection's password (nor any secret resolved so far)."""
-        from ...resources import credentials as creds
-
         out = str(text)
         for secret in sorted(self.secrets, key=len, reverse=True):
             out = out.replace(secret, creds.MASK)
@@ -156,8 +141,6 @@ def connection_from_config(cfg: Mapping[str, Any], ctx: ToolContext | None = Non
     ``connection_string``/``dsn``/``url``.
     """
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    from ...resources import credentials as creds
 
     alias = _alias(cfg.get("auth"))
     cred: Mapping[str, Any] = {}
@@ -208,8 +191,8 @@ def connection_from_config(cfg: Mapping[str, Any], ctx: ToolContext | None = Non
         forms.update({s, quote(s, safe=""), quote_plus(s)})
     host = str(parts.get("hostaddr") or parts.get("host") or os.environ.get("PGHOST") or "localhost")
     port = str(parts.get("port") or os.environ.get("PGPORT") or 5432)
-    user = parts.get("user") or os.environ.get("PGUSER")
-    database = parts.get("dbname") or os.environ.get("PGDATABASE")
+    user = str(parts.get("user") or os.environ.get("PGUSER") or "") or None
+    database = str(parts.get("dbname") or os.environ.get("PGDATABASE") or "") or None
     return PgConnection(conninfo, host, port, user, database, alias,
                         tuple(f for f in forms if f))
 
@@ -279,60 +262,6 @@ def _query_message(conn: PgConnection, exc: Exception, params: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------ running
-def split_statements(sql: str) -> list[str]:
-    """Top-level statements of ``sql`` (quotes, dollar quotes and comments respected)."""
-    statements: list[str] = []
-    current: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c == "'" or c == '"':
-            j = i + 1
-            while j < n:
-                if sql[j] == c:
-                    if j + 1 < n and sql[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            current.append(sql[i:j + 1])
-            i = j + 1
-        elif c == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            j = n if j < 0 else j
-            current.append(sql[i:j])
-            i = j
-        elif c == "/" and sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-            current.append(sql[i:j])
-            i = j
-        elif c == "$":
-            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])
-            if m:
-                tag = m.group(0)
-                j = sql.find(tag, i + len(tag))
-                j = n if j < 0 else j + len(tag)
-                current.append(sql[i:j])
-                i = j
-            else:
-                current.append(c)
-                i += 1
-        elif c == ";":
-            stmt = "".join(current).strip()
-            if stmt:
-                statements.append(stmt)
-            current = []
-            i += 1
-        else:
-            current.append(c)
-            i += 1
-    stmt = "".join(current).strip()
-    if stmt:
-        statements.append(stmt)
-    return statements
-
-
 def _bind_params(params: Any) -> Any:
     """Rendered ``params`` as psycopg parameters: dicts as jsonb, lists as arrays."""
     from psycopg.types.json import Jsonb
@@ -465,7 +394,7 @@ def split_bound(query: str, params: list[Any]) -> list[tuple[str, list[Any]]]:
             return f"${numbers[n]}"
 
         text = _replace_outside_literals(statement, _DOLLAR_PARAM, renumber)
-        values = [params[n - 1] for n in sorted(numbers, key=numbers.get)] if numbers else []
+        values = [params[n - 1] for n in sorted(numbers, key=lambda n: numbers[n])] if numbers else []
         if any(n > len(params) for n in numbers):
             raise ToolError(f"postgres: placeholder ${max(numbers)} has no value "
                             f"({len(params)} params)")
@@ -720,18 +649,6 @@ def _to_arrow_column(values: Sequence[Any], type_name: str | None) -> "pa.Array"
 class PostgresTool(Tool):
     kind = "postgres"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        if not (config.get("query") or config.get("command")):
-            problems.append(("query", "a postgres tool needs `query:` (or `command:`)", None))
-        auth = config.get("auth")
-        if auth is not None and not isinstance(auth, (str, Mapping)):
-            problems.append(("auth", "`auth` must be a credential alias", "auth: pg_main"))
-        params = config.get("params")
-        if params is not None and not isinstance(params, (list, dict, str)):
-            problems.append(("params", "`params` must be a list or a mapping", None))
-        return problems + format_problems(config)
-
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         key = "query" if config.get("query") is not None else "command"
@@ -757,8 +674,6 @@ def bind_query(source: Any, params: Any, scope: Mapping[str, Any], *, script: bo
     templates bind values cannot also use ``%s``/``%(name)s`` or ``$name`` params (one
     placeholder style per statement): that is a ToolError naming the fix.
     """
-    from ..binding import render_sql
-
     if source is None:
         return None, params
     own = params

@@ -23,29 +23,15 @@ import contextlib
 import inspect
 import io
 import json
-import textwrap
 import traceback
 from functools import lru_cache
 from types import CodeType
 from typing import Any, Iterator, Mapping
 
-from ..templates import thaw
-from .base import ErrorResult, Tool, ToolContext, ToolError
-
-_WRAPPER = "__noetl_body__"
-
-
-@lru_cache(maxsize=1024)
-def compile_code(source: str, filename: str) -> tuple[CodeType, bool]:
-    """Compile step code; a body with a top-level ``return`` is wrapped in a function."""
-    try:
-        return compile(source, filename, "exec"), False
-    except SyntaxError as exc:
-        if "'return' outside function" not in str(exc):
-            raise
-    wrapped = f"def {_WRAPPER}():\n" + textwrap.indent(source, "    ") + "\n"
-    return compile(wrapped, filename, "exec"), True
-
+from noetl_dagster.core.templates import thaw
+from noetl_dagster.playbook.kinds import WRAPPED_BODY, compile_code
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact
 
 def _code_line(exc: BaseException, filename: str, wrapped: bool) -> int | None:
     line = None
@@ -57,21 +43,6 @@ def _code_line(exc: BaseException, filename: str, wrapped: bool) -> int | None:
 
 class PythonTool(Tool):
     kind = "python"
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        code = config.get("code")
-        if code is None:
-            if "script" in config:
-                return [("script", "external `script:` sources are not supported",
-                         "inline the code under `code:`")]
-            return [("code", "a python tool needs `code:`", "add `code: | result = ...`")]
-        if not isinstance(code, str):
-            return [("code", "`code` must be a string", None)]
-        try:
-            compile_code(code, "<check>")
-        except SyntaxError as exc:
-            return [("code", f"Python syntax error at code line {exc.lineno}: {exc.msg}", None)]
-        return []
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         raw_args = config.get("input", config.get("args"))
@@ -115,8 +86,6 @@ class PythonTool(Tool):
                     data = json.loads(stdout)
             return ErrorResult(data, f"{type(exc).__name__}: {exc}{where}")
         finally:
-            from ...resources.credentials import redact  # (it imports the tools: not at module level)
-
             for name, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
                 if text.strip():
                     ctx.log.info(redact(f"step {ctx.step} python {name}:\n{text.rstrip()}"))
@@ -125,7 +94,7 @@ class PythonTool(Tool):
     def _call(code: CodeType, wrapped: bool, env: dict[str, Any], args: dict[str, Any]) -> Any:
         exec(code, env)  # noqa: S102 - running the playbook's own code is the tool's purpose
         if wrapped:
-            return _finish(env[_WRAPPER]())
+            return _finish(env[WRAPPED_BODY]())
         if "result" in env:
             return env["result"]
         main = env.get("main")

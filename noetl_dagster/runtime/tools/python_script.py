@@ -30,101 +30,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..templates import is_template
-from .base import ToolContext, ToolError
-from .python import PythonTool, compile_code
+from noetl_dagster.playbook.kinds import (BASE_DIR_KEY, SCRIPT_SCHEMES, check_script, compile_code, script_path,
+                                          script_source, uses_script)
+from noetl_dagster.runtime.tools.base import ToolContext, ToolError
+from noetl_dagster.runtime.tools.python import PythonTool
 
-SOURCE_TYPES = ("inline", "file", "http", "gcs", "s3")
-#: config key the loader sets on python tasks with a ``script:``: the playbook file's folder
-BASE_DIR_KEY = "_playbook_dir"
-#: config key set on the config PythonTool receives when its ``code`` came from ``script:``
 LOADED_KEY = "_script_loaded"
 #: the largest script file or download read (bytes)
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
-_SCHEMES = {"gcs": "gs://", "s3": "s3://"}
-_SHAPE = "script: {uri: scripts/job.py, source: {type: file}}"
-
-Problem = tuple[str, str, "str | None"]
-
-
-def uses_script(config: Mapping[str, Any]) -> bool:
-    """True when the code comes from ``script:`` (a flat ``code:`` wins, as in NoETL)."""
-    return config.get("code") is None and "script" in config
-
-
-def _source(config: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    script = config.get("script")
-    source = script.get("source") if isinstance(script, dict) else None
-    kind = (source.get("type") if isinstance(source, dict) else None) or "inline"
-    return script, source, kind
-
-
-def validate_script(config: Mapping[str, Any], playbook_dir: str | Path | None = None) -> list[Problem]:
-    """Problems of a ``script:`` block, as ``(field, message, hint)`` (a tool's ``validate``)."""
-    script, source, kind = _source(config)
-    if not isinstance(script, dict):
-        return [("script", "`script` must be a mapping `{uri, source: {type: ...}}`", _SHAPE)]
-    if source is not None and not isinstance(source, dict):
-        return [("script", "`script.source` must be a mapping such as `{type: file}`", _SHAPE)]
-    if kind not in SOURCE_TYPES:
-        return [("script", f"script source type {kind!r} is not one of {', '.join(SOURCE_TYPES)}", _SHAPE)]
-    uri = script.get("uri")
-    if uri is not None and not isinstance(uri, str):
-        return [("script", "`script.uri` must be a string", None)]
-    source = source or {}
-    if kind == "inline":
-        code = source.get("code")
-        if not isinstance(code, str):
-            return [("script", "an inline script needs `script.source.code` (a string)",
-                     "script: {source: {type: inline, code: 'result = 1'}}")]
-        if not is_template(code):
-            try:
-                compile_code(code, "<check>")
-            except SyntaxError as exc:
-                return [("script", f"Python syntax error at script line {exc.lineno}: {exc.msg}", None)]
-        return []
-    if kind == "http":
-        url = source.get("endpoint") or uri
-        if not isinstance(url, str) or not url:
-            return [("script", "an http script needs `script.source.endpoint` (or `script.uri`): the URL to GET",
-                     None)]
-        if not is_template(url) and not url.startswith(("http://", "https://")):
-            return [("script", f"http script URL {url!r} must start with http:// or https://", None)]
-        timeout = source.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or timeout <= 0):
-            return [("script", "`script.source.timeout` must be a number of seconds above 0", None)]
-        return []
-    if not uri:
-        return [("script", f"a {kind} script needs `script.uri`", _SHAPE if kind == "file" else
-                 f"script: {{uri: {_SCHEMES[kind]}bucket/path/job.py, source: {{type: {kind}}}}}")]
-    if is_template(uri):
-        return []
-    if kind in _SCHEMES:
-        scheme = _SCHEMES[kind]
-        bucket, _, key = uri.removeprefix(scheme).partition("/")
-        if not uri.startswith(scheme) or not bucket or not key:
-            return [("script", f"a {kind} script uri must be {scheme}<bucket>/<object>, got {uri!r}", None)]
-        return []
-    if playbook_dir is not None:
-        try:
-            path = script_path(uri, playbook_dir)
-        except ToolError as exc:
-            return [("script", str(exc), "keep scripts in the playbook's folder or below")]
-        if not path.is_file():
-            return [("script", f"script file {uri!r} not found (looked for {path})",
-                     "the path is relative to the playbook's folder")]
-    return []
-
-
-def script_path(uri: str, playbook_dir: str | Path) -> Path:
-    """``uri`` resolved against ``playbook_dir``; :class:`ToolError` when it leaves that folder."""
-    base = Path(playbook_dir).resolve()
-    path = (base / uri).resolve()  # an absolute uri stays itself, then must be inside base too
-    if path != base and base not in path.parents:
-        raise ToolError(f"script file {uri!r} is outside the playbook's folder {base}")
-    return path
 
 
 def load_script_source(config: Mapping[str, Any], playbook_dir: str | Path | None, ctx: ToolContext) -> str:
@@ -134,10 +48,10 @@ def load_script_source(config: Mapping[str, Any], playbook_dir: str | Path | Non
     templates in ``uri``/``endpoint``/inline ``code`` render against ``ctx``. Raises
     :class:`ToolError` with a message naming the source.
     """
-    problems = validate_script(config)
+    problems = check_script(config)
     if problems:
         raise ToolError(problems[0][1])
-    script, source, kind = _source(config)
+    script, source, kind = script_source(config)
     source = source or {}
     if kind == "inline":
         code = ctx.render(source["code"])
@@ -168,7 +82,7 @@ def _load_object(uri: Any, kind: str) -> str:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    scheme = _SCHEMES[kind]
+    scheme = SCRIPT_SCHEMES[kind]
     if not isinstance(uri, str) or not uri.startswith(scheme) or "/" not in uri.removeprefix(scheme).strip("/"):
         raise ToolError(f"a {kind} script uri must render to {scheme}<bucket>/<object>")
     try:
@@ -215,11 +129,6 @@ def _text(data: bytes, what: str) -> str:
 
 class PythonScriptTool(PythonTool):
     """``kind: python``: :class:`PythonTool` plus ``script:`` sources (the code is loaded first)."""
-
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        if uses_script(config):
-            return validate_script(config, config.get(BASE_DIR_KEY))
-        return super().validate(config)
 
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         if uses_script(config):

@@ -41,14 +41,16 @@ import json
 import re
 from typing import Any, Mapping
 
-from .base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.playbook.kinds import BASE_DIR_KEY, normalize_script, script_job
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import redact
+from noetl_dagster.runtime.tools.container import ContainerTool
+from noetl_dagster.runtime.tools.python_script import load_script_source
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_NAMESPACE = "noetl"
 DEFAULT_TIMEOUT = 600
 DEFAULT_BACKOFF_LIMIT = 3
-_RUST_TYPES = {"inline": "inline", "local": "inline", "http": "http", "gcs": "gcs", "s3": "s3"}
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 #: the pod's entry point: install the dependencies, write the script, run it with the args JSON
 BOOTSTRAP = """\
@@ -64,69 +66,17 @@ runpy.run_path(path, run_name="__main__")
 """
 
 
-def _job(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    job = config.get("job")
-    return job if isinstance(job, Mapping) else {}
-
-
 def _pick(job: Mapping[str, Any], *names: str, default: Any = None) -> Any:
     return next((job[n] for n in names if job.get(n) not in (None, "")), default)
-
-
-def normalize_script(script: Any) -> Any:
-    """NoETL's Rust form ``{type, content, uri}`` as the python tool's ``{uri, source: {type}}``."""
-    if not isinstance(script, Mapping) or "source" in script or "type" not in script:
-        return script
-    kind = _RUST_TYPES.get(str(script.get("type")), str(script.get("type")))
-    if kind == "inline":
-        return {"source": {"type": "inline", "code": script.get("content")}}
-    return {"uri": script.get("uri"), "source": {"type": kind}}
 
 
 class ScriptTool(Tool):
     kind = "script"
 
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        from .python_script import BASE_DIR_KEY, validate_script
-
-        problems: list[tuple[str, str, str | None]] = []
-        if "script" not in config:
-            return [("script", "a script tool needs `script:` (where the script comes from)",
-                     "script: {uri: gs://bucket/job.py, source: {type: gcs}}")]
-        problems += validate_script({"script": normalize_script(config["script"])}, config.get(BASE_DIR_KEY))
-        job = config.get("job")
-        if job is not None and not isinstance(job, Mapping):
-            return problems + [("job", "`job` must be a mapping (image, namespace, resources, env...)", None)]
-        job = _job(config)
-        deps = job.get("install_dependencies")
-        if deps is not None and not (isinstance(deps, list) and all(isinstance(d, str) for d in deps)):
-            problems.append(("job.install_dependencies", "`install_dependencies` must be a list of package names",
-                             "install_dependencies: [requests]"))
-        env = job.get("env")
-        if env is not None and not isinstance(env, Mapping):
-            problems.append(("job.env", "`job.env` must map NAME: value", None))
-        elif isinstance(env, Mapping):
-            bad = [k for k in env if not _ENV_NAME.match(str(k))]
-            if bad:
-                problems.append(("job.env", f"environment variable name {bad[0]!r} is not valid", None))
-        for key in ("timeout", "backoffLimit", "backoff_limit"):
-            value = job.get(key)
-            if value is not None and not isinstance(value, str) and (
-                    isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                problems.append((f"job.{key}", f"`job.{key}` must be a whole number >= 0", None))
-        args = config.get("input", config.get("args"))
-        if args is not None and not isinstance(args, (Mapping, str)):
-            problems.append(("input", "`input` (or `args`) must be a mapping", None))
-        return problems
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import redact
-        from .container import ContainerTool
-        from .python_script import BASE_DIR_KEY, load_script_source
-
         script = normalize_script(config.get("script"))
         source = load_script_source({"script": script}, config.get(BASE_DIR_KEY), ctx)
-        job = ctx.render(dict(_job(config)))
+        job = ctx.render(dict(script_job(config)))
         args = ctx.render(config.get("input", config.get("args")) or {})
         deps = [str(d) for d in (job.get("install_dependencies") or [])]
         env = {str(k): "" if v is None else (v if isinstance(v, str) else json.dumps(v))

@@ -14,7 +14,7 @@ Config (rendered as templates)::
 
 **Templates in** ``command`` never become shell syntax: each ``{{ }}`` value is passed as a
 positional parameter (``sh -c 'echo "${1}"' noetl-shell <value>``) and referenced where the
-template stood, whatever quotes surround it (see :mod:`noetl_dagster.runtime.binding`).
+template stood, whatever quotes surround it (see :mod:`noetl_dagster.core.binding`).
 ``{{ x | raw_shell }}`` inserts a trusted value as syntax (``validate`` lists each use).
 ``env:`` values are environment variables, never syntax either.
 
@@ -27,30 +27,20 @@ the limit. The command runs as ``<shell> -c <command>`` in a new process group.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal
 import subprocess
 from typing import Any, Mapping
 
-from .base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
+from noetl_dagster.core import secrets as creds
+from noetl_dagster.core.binding import render_shell
 
 #: how much of stderr a failure message shows
 TAIL_LINES = 20
 TAIL_CHARS = 2000
-
-
-def secret_safe(func: Any) -> Any:
-    """:func:`noetl_dagster.resources.credentials.secret_safe`, imported when first called."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ...resources.credentials import secret_safe as safe
-
-        return safe(func)(*args, **kwargs)
-
-    return wrapper
 
 
 def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
@@ -63,23 +53,8 @@ def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
 class ShellTool(Tool):
     kind = "shell"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        command = config.get("command", config.get("cmds"))
-        if command is None or command == "" or command == []:
-            return [("command", "a shell tool needs `command:`", "add `command: echo hello`")]
-        if not isinstance(command, (str, list)):
-            return [("command", "`command` must be a string or a list of strings", None)]
-        env = config.get("env")
-        if env is not None and not isinstance(env, (dict, str)):
-            return [("env", "`env` must be a mapping of NAME: value", None)]
-        return []
-
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources import credentials as creds
-
-        from ..binding import render_shell
-
         source = config.get("command", config.get("cmds"))
         cfg = ctx.render({k: v for k, v in config.items() if k not in ("command", "cmds")})
         # each {{ }} value reaches the shell as a positional parameter, never as syntax

@@ -47,8 +47,11 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from .base import ErrorResult, Tool, ToolContext, ToolError, format_problems, result_format
-from .postgres import json_value
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, result_format
+from noetl_dagster.runtime.tools.postgres import json_value
+from noetl_dagster.core.binding import render_sql
+from noetl_dagster.core.templates import TemplateFailure
+from noetl_dagster.core.secrets import redact, register_secret, secret_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -61,10 +64,6 @@ _FIELDS = ("account", "user", "password", "private_key", "private_key_passphrase
 _SECRETS = ("password", "private_key", "private_key_passphrase")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _UPPER_IDENT = re.compile(r"^[A-Z_][A-Z0-9_$]*$")
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def split_statements(sql: str) -> list[str]:
@@ -101,14 +100,11 @@ _DOLLAR_N = re.compile(r"\$(\d+)")
 
 def bound_statements(config: Mapping[str, Any], ctx: ToolContext, params: Any) -> list[tuple[str, Any]]:
     """``(statement, its bound values)`` pairs: every ``{{ }}`` value in ``command``/``commands``
-    becomes a ``?`` bound by Snowflake (:mod:`noetl_dagster.runtime.binding`), never SQL text.
+    becomes a ``?`` bound by Snowflake (:mod:`noetl_dagster.core.binding`), never SQL text.
 
     ``params`` (the tool's own list) go to the statements with ``?`` placeholders of their own;
     a statement cannot use both. ``command_b64`` is decoded after rendering and not templated.
     """
-    from ..binding import render_sql
-    from ..templates import TemplateFailure
-
     b64 = config.get("command_b64") or config.get("commands_b64")
     if b64:
         return [(st, params if "?" in st else None) for st in statements_of({"command_b64": ctx.render(b64)})]
@@ -143,8 +139,6 @@ def bound_statements(config: Mapping[str, Any], ctx: ToolContext, params: Any) -
 # ---------------------------------------------------------------------------------- connection
 def connection_fields(cfg: Mapping[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Connection fields from ``auth:`` (``sf_``-prefixed or plain) overlaid by the tool's own."""
-    from ...resources.credentials import register_secret
-
     fields: dict[str, Any] = {}
     alias = cfg.get("auth") or cfg.get("credential")
     who = "the tool's fields"
@@ -186,8 +180,6 @@ def connect(fields: Mapping[str, Any]) -> Any:
     """A snowflake-connector-python connection (qmark binding: parameters go to the server)."""
     import snowflake.connector
 
-    from ...resources.credentials import redact
-
     logging.getLogger("snowflake.connector").setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {
         "account": str(fields["account"]), "user": str(fields["user"]),
@@ -223,29 +215,10 @@ def _execute(cur: Any, statement: str, params: Any) -> None:
 class SnowflakeTool(Tool):
     kind = "snowflake"
 
-    def validate(self, config: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-        problems: list[tuple[str, str, str | None]] = []
-        if not any(config.get(k) for k in ("command", "commands", "query", "command_b64", "commands_b64")):
-            problems.append(("command", "a snowflake tool needs `command:` (or `commands:`, `command_b64:`)", None))
-        if not (config.get("auth") or config.get("credential") or config.get("account")):
-            problems.append(("auth", "a snowflake tool needs `auth: <credential alias>` (or `account`, `user`...)",
-                             "auth: sf_test"))
-        params = config.get("params")
-        if params is not None and not _templated(params) and not isinstance(params, list):
-            problems.append(("params", "`params` must be a list (bound to `?` placeholders)", "params: [1, 'x']"))
-        commands = config.get("commands")
-        if commands is not None and not _templated(commands) and not isinstance(commands, list):
-            problems.append(("commands", "`commands` must be a list of SQL statements", None))
-        return problems + format_problems(config)
-
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import secret_safe
-
         return secret_safe(self._run)(config, ctx)
 
     def _run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
-        from ...resources.credentials import redact
-
         cfg = ctx.render({k: v for k, v in config.items() if k not in ("kind", *_SQL_KEYS)})
         params = cfg.get("params")
         if params is not None and not isinstance(params, (list, tuple)):
@@ -324,8 +297,6 @@ def source_batches(cfg: Mapping[str, Any], ctx: ToolContext) -> tuple[Iterator["
     """A transfer source: the query's Arrow batches (JSON result sets converted per batch)."""
     import pyarrow as pa
 
-    from ...resources.credentials import redact
-
     query = cfg.get("query") if cfg.get("query") is not None else cfg.get("command")
     if not isinstance(query, str) or not query.strip():
         raise ToolError("transfer: snowflake source needs `query`")
@@ -403,8 +374,6 @@ class SnowflakeTarget:
     """A transfer target: bound ``INSERT``s in one transaction (autocommit off)."""
 
     def __init__(self, cfg: Mapping[str, Any], ctx: ToolContext, table: str, mode: str, keys: list[str]) -> None:
-        from ...resources.credentials import redact
-
         self.redact = redact
         self.table, self.ref, self.mode, self.keys = table, _table_ref(table), mode, keys
         self.con = connect(connection_fields(cfg, ctx))

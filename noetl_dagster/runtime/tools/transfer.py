@@ -61,8 +61,12 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from .base import Tool, ToolContext, ToolError
-from .postgres import (
+from noetl_dagster.core.binding import split_statements
+from noetl_dagster.core.secrets import secret_safe
+from noetl_dagster.playbook.kinds import TRANSFER_MODES as MODES, TRANSFER_SOURCE_TYPES as SOURCE_TYPES, \
+    TRANSFER_TARGET_TYPES as TARGET_TYPES
+from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError, get_tool
+from noetl_dagster.runtime.tools.postgres import (
     PgConnection,
     _adbc_available,
     _connect_message,
@@ -71,18 +75,15 @@ from .postgres import (
     _plain_arrow,
     _query_message,
     _storage_is_string,
+    bind_query,
     connection_from_config,
     query_arrow,
-    secret_safe,
-    split_statements,
 )
+from noetl_dagster.runtime.tools.snowflake import SnowflakeTarget, source_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-SOURCE_TYPES = ("postgres", "duckdb", "http", "snowflake")
-TARGET_TYPES = ("postgres", "duckdb", "snowflake")
-MODES = ("append", "replace", "upsert")
 DEFAULT_CHUNK_SIZE = 10000
 _STAGE = "_noetl_transfer_stage"
 _SOURCE_ONLY_KEYS = ("type", "data_path", "query", "command")
@@ -302,8 +303,6 @@ def _json_at(data: Any, path: str | None) -> Any:
 
 def _http_source(raw: Mapping[str, Any], cfg: Mapping[str, Any], ctx: ToolContext) -> _Source:
     import pyarrow as pa
-
-    from .base import ErrorResult, get_tool
 
     if not cfg.get("url") and not cfg.get("endpoint"):
         raise ToolError("transfer: http source needs `url`")
@@ -535,30 +534,6 @@ class _DuckDBTarget:
 class TransferTool(Tool):
     kind = "transfer"
 
-    def validate(self, config):  # type: ignore[no-untyped-def]
-        problems = []
-        source, target = config.get("source"), config.get("target")
-        if not isinstance(source, Mapping):
-            problems.append(("source", "a transfer needs `source: {type, query | url, ...}`", None))
-        else:
-            stype = source.get("type")
-            if isinstance(stype, str) and "{{" not in stype and stype.lower() not in SOURCE_TYPES:
-                problems.append(("source.type", f"unknown source type {stype!r}", ", ".join(SOURCE_TYPES)))
-        if not isinstance(target, Mapping):
-            problems.append(("target", "a transfer needs `target: {type, table, ...}`", None))
-        else:
-            ttype = target.get("type")
-            if isinstance(ttype, str) and "{{" not in ttype and ttype.lower() not in TARGET_TYPES:
-                problems.append(("target.type", f"unknown target type {ttype!r}", ", ".join(TARGET_TYPES)))
-            if not target.get("table"):
-                problems.append(("target.table", "a transfer target needs `table`", None))
-            mode = target.get("mode", config.get("mode"))
-            if isinstance(mode, str) and "{{" not in mode and mode.lower() not in MODES:
-                problems.append(("target.mode", f"unknown mode {mode!r}", ", ".join(MODES)))
-            if mode == "upsert" and not (target.get("key") or target.get("keys") or target.get("primary_key")):
-                problems.append(("target.key", "upsert needs `key: [columns]`", "key: [id]"))
-        return problems
-
     @secret_safe
     def run(self, config: dict[str, Any], ctx: ToolContext) -> Any:
         raw_source = config.get("source")
@@ -573,8 +548,6 @@ class TransferTool(Tool):
                              if not (sql_source and k in ("query", "command"))})
         if sql_source and raw_source.get(sql_key) is not None:
             # the source query's {{ }} values are bound parameters, never SQL text
-            from .postgres import bind_query
-
             source[sql_key], params = bind_query(
                 raw_source[sql_key], source.get("params"), ctx.scope, script=bool(source.get("script")),
                 tool="transfer", text_type="text" if str(source.get("type")).strip().lower() == "postgres"
@@ -616,8 +589,6 @@ class TransferTool(Tool):
         elif stype == "duckdb":
             src = _duckdb_source(source, chunk_size)
         elif stype == "snowflake":
-            from .snowflake import source_batches
-
             src = _Source(*source_batches(source, ctx))
         else:
             src = _http_source(raw_source, source, ctx)
@@ -625,8 +596,6 @@ class TransferTool(Tool):
         if ttype == "postgres":
             sink: Any = _PostgresTarget(target, ctx, table, mode, keys)
         elif ttype == "snowflake":
-            from .snowflake import SnowflakeTarget
-
             sink = SnowflakeTarget(target, ctx, table, mode, keys)
         else:
             sink = _DuckDBTarget(target, table, mode, keys)

@@ -13,7 +13,7 @@ Two embedders behind one small interface (:class:`Embedder`: ``model_id``, ``dim
 
 Example::
 
-    from noetl_dagster.resources.embedder import EmbedderResource
+    from noetl_dagster.export.embedder import EmbedderResource
 
     embedder = EmbedderResource().get()            # MiniLM, loaded once per process
     vectors = embedder.embed(["connection refused by postgres", "db is down"])
@@ -27,7 +27,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import dagster as dg
 from pydantic import Field
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # numpy loads on first embedding: the CLI's `run` never pays 
     import numpy as np
 
 #: the tokenizer of all-MiniLM-L6-v2 (bert-base-uncased WordPiece), vendored with the package
-TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "sensors" / "data" / "all-MiniLM-L6-v2" / "tokenizer.json"
+TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "all-MiniLM-L6-v2" / "tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 #: environment variable choosing the embedder of :class:`EmbedderResource` (``minilm`` | ``hashing``)
 ENV_EMBEDDER = "NOETL_EMBEDDER"
@@ -93,8 +93,8 @@ class MiniLMEmbedder:
         self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else TOKENIZER_PATH
         self.batch_size = batch_size
         self._threads = threads
-        self._session = None
-        self._tokenizer = None
+        self._session: Any = None
+        self._tokenizer: Any = None
         self._inputs: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
@@ -145,13 +145,13 @@ class MiniLMEmbedder:
     def _encode(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
-        encodings = self._tokenizer.encode_batch(texts)  # type: ignore[union-attr]
+        encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden = self._session.run(None, feeds)[0]  # type: ignore[union-attr]
+        hidden = self._session.run(None, feeds)[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         return _normalise(pooled)

@@ -36,7 +36,7 @@ def cursor_name(sink: str, destination: str) -> str:
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (secrets masked), for an export that failed."""
-    from ..resources.credentials import redact
+    from noetl_dagster.core.secrets import redact
 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -25,7 +25,7 @@ class ClientPool:
     """Clients by key, each with a lock for callers to share it across threads and a set of
     marks for work done once per client (a schema migrated, a collection created)."""
 
-    def __init__(self, releasable: Callable[[Hashable], bool]) -> None:
+    def __init__(self, releasable: Callable[[Any], bool]) -> None:
         self._releasable = releasable
         self._guard = threading.Lock()
         self._clients: dict[Hashable, Any] = {}

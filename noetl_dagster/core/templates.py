@@ -31,7 +31,8 @@ from typing import Any
 
 import minijinja
 
-from .limits import too_large
+from noetl_dagster.core.limits import too_large
+from noetl_dagster.core.secrets import redact
 
 _LONE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 _FALSY = frozenset({"", "false", "0", "no", "none", "null", "off", "{}", "[]"})
@@ -157,16 +158,53 @@ def _fromjson(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _plain_text(value: Any) -> str:
-    from .binding import _text
+class Raw:
+    """A value an author marked as syntax (``| raw_shell``, ``| raw_sql``)."""
 
-    return _text(value)
+    __slots__ = ("text", "kind")
+
+    def __init__(self, text: str, kind: str) -> None:
+        self.text, self.kind = text, kind
+
+    def __str__(self) -> str:
+        return self.text
 
 
-def _sql_identifier(value: Any) -> str:
-    from .binding import sql_identifier
+_SIMPLE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-    return sql_identifier(value)
+
+def sql_identifier(value: Any) -> str:
+    """``value`` as SQL identifier text: simple names as they are, others double-quoted.
+
+    ``a.b`` is two names; a list gives ``a, b``. Raises :class:`TemplateFailure` for an empty
+    name or a NUL character.
+    """
+    value = thaw(value)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise TemplateFailure("sql_identifier: an empty list is not a column list")
+        return ", ".join(sql_identifier(v) for v in value)
+    text = "" if value is None else str(value)
+    parts = text.split(".") if text else [""]
+    out = []
+    for part in parts:
+        if not part or "\x00" in part:
+            raise TemplateFailure("sql_identifier: a name part is empty or holds a NUL character")
+        out.append(part if _SIMPLE_IDENT.match(part) else '"' + part.replace('"', '""') + '"')
+    return ".".join(out)
+
+
+def plain_text(value: Any) -> str:
+    """The text a value renders to in a template (containers as JSON, None as empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, Raw):
+        return value.text
+    if isinstance(value, minijinja.Markup):
+        return str(value)
+    if isinstance(value, (Mapping, Sequence)) and not isinstance(value, (str, bytes)):
+        return json.dumps(thaw(value), default=str)
+    return str(value)
 
 
 def _make_env(typed: bool = False) -> minijinja.Environment:
@@ -182,10 +220,10 @@ def _make_env(typed: bool = False) -> minijinja.Environment:
     if not typed:
         env.add_filter("tojson", lambda v, indent=None: json.dumps(thaw(v), default=str, indent=indent))
     env.add_filter("fromjson", _fromjson)
-    # outside shell commands and SQL (runtime/binding.py) these only render text
-    env.add_filter("raw_shell", lambda v: _plain_text(v))
-    env.add_filter("raw_sql", lambda v: _plain_text(v))
-    env.add_filter("sql_identifier", lambda v: _sql_identifier(v))
+    # outside shell commands and SQL (core/binding.py) these only render text
+    env.add_filter("raw_shell", lambda v: plain_text(v))
+    env.add_filter("raw_sql", lambda v: plain_text(v))
+    env.add_filter("sql_identifier", lambda v: sql_identifier(v))
     env.add_filter("b64encode", _b64encode)
     env.add_filter("b64decode", _b64decode)
     env.add_filter("len", lambda v: 0 if v is None else len(v))
@@ -229,8 +267,6 @@ _QUOTED_NAME = re.compile(r"(template|include|import|extends)([^']*)'[^']*'", re
 
 def _message(exc: Exception) -> str:
     """The error of ``exc`` without values: names of missing templates are dropped, secrets masked."""
-    from ..resources.credentials import redact
-
     if isinstance(exc, TemplateFailure):
         return redact(str(exc))
     if isinstance(exc, minijinja.TemplateError):

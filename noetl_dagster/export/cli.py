@@ -27,15 +27,15 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .destination import cursor_name, one_line
-from .exporter import ExportCursor, ExportStats
-from .held import SinkHeld, open_sink
+from noetl_dagster.export.destination import cursor_name, one_line
+from noetl_dagster.export.exporter import ExportCursor, ExportStats
+from noetl_dagster.export.held import SinkHeld, open_sink
 
 SINKS = ("clickhouse", "qdrant")
 
 
 def cursor_dir() -> Path:
-    from ..resources.clickhouse import default_home
+    from noetl_dagster.export.clickhouse import default_home
 
     return default_home() / "noetl_export"
 
@@ -73,9 +73,9 @@ def open_sinks(stack: ExitStack, names: list[str], *, wait_seconds: float = 15.0
 
 def make_sinks(names: list[str], clickhouse: Any = None, qdrant: Any = None, embedder: Any = None) -> list[Any]:
     """Sinks from the resources (default: configured by environment, embedded otherwise)."""
-    from ..resources.clickhouse import ClickHouseResource
-    from ..resources.embedder import EmbedderResource
-    from ..resources.qdrant import QdrantResource
+    from noetl_dagster.export.clickhouse import ClickHouseResource
+    from noetl_dagster.export.embedder import EmbedderResource
+    from noetl_dagster.export.qdrant import QdrantResource
 
     sinks = []
     for name in names:
@@ -90,7 +90,7 @@ def run_export(instance: Any, sinks: list[Any], *, full: bool = False, playbooks
                budget_seconds: float | None = None, lag_seconds: float | None = None,
                folder: Path | None = None) -> dict[str, ExportStats]:
     """One export pass per sink from its saved cursor (or from the start with ``full``); saves cursors."""
-    from . import Exporter, index_playbooks, register_env_secrets
+    from noetl_dagster.export.sensors import Exporter, index_playbooks, register_env_secrets
 
     register_env_secrets()
     out: dict[str, ExportStats] = {}
@@ -127,7 +127,7 @@ def export_status(sink: str, *, enabled: bool) -> Iterator[None]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..report import default_instance
+    from noetl_dagster.storage import default_instance
 
     names = list(SINKS) if args.sink == "all" else [args.sink]
     playbooks = args.playbooks if args.playbooks is not None else ("playbooks" if Path("playbooks").is_dir() else None)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 
 import dagster as dg
 
-from ..contract import COMPLETED_WITH_ERRORS, OUTCOME_TAG, PLAYBOOK_TAG
-from .exporter import default_lag
-from .mapping import RunContext, StepFailure, build_run_summary, map_records
+from noetl_dagster.contract import COMPLETED_WITH_ERRORS, OUTCOME_TAG, PLAYBOOK_TAG
+from noetl_dagster.export.exporter import default_lag
+from noetl_dagster.export.mapping import RunContext, StepFailure, build_run_summary, map_records
 
 HINT_TAG = "noetl/similar_failures"
 #: cosine below which a past failure is not called similar (MiniLM scale)
@@ -91,7 +91,7 @@ def record_hints(instance: dg.DagsterInstance, run: Any, hints: Sequence[Hint]) 
             "similar_failures": dg.MetadataValue.json([asdict(h) for h in hints]),
             "summary": dg.MetadataValue.md("\n".join(f"{i}. {h.line()}" for i, h in enumerate(hints, 1))),
         }
-        from dagster._core.events import EngineEventData
+        from noetl_dagster.compat import EngineEventData
 
         instance.report_engine_event(f"Similar past failures:\n{lines}", dagster_run=run,
                                      engine_event_data=EngineEventData(metadata=metadata))
@@ -126,7 +126,7 @@ def _hint_stream(instance: dg.DagsterInstance, sink: Any, event_type: Any, water
     """One run status's changes after ``watermark``: hint the playbook runs with failures in them."""
     import time
 
-    from dagster._core.event_api import RunStatusChangeRecordsFilter
+    from noetl_dagster.compat import RunStatusChangeRecordsFilter
 
     scan_from, contiguous, handled = watermark, True, 0
     while deadline is None or time.monotonic() < deadline:
@@ -138,7 +138,7 @@ def _hint_stream(instance: dg.DagsterInstance, sink: Any, event_type: Any, water
                       and (event_type == dg.DagsterEventType.RUN_FAILURE
                            or run.tags.get(OUTCOME_TAG) == COMPLETED_WITH_ERRORS))
             if wanted:
-                run, failures = failures_of_run(instance, run.run_id)
+                run, failures = failures_of_run(instance, rec.event_log_entry.run_id)
                 record_hints(instance, run, find_similar(sink, failures, limit, min_score) if failures else [])
                 handled += 1
             if contiguous and rec.event_log_entry.timestamp <= safe_ts:

@@ -1,7 +1,7 @@
 """``ArrowRef``: a small, immutable reference to an Arrow table stored as Parquet or Arrow IPC.
 
 Tokens and step results never carry table data: the IO manager
-(:class:`noetl_dagster.resources.arrow_io.ArrowRefIOManager`) writes every table once and puts an
+(:class:`noetl_dagster.io.manager.ArrowRefIOManager`) writes every table once and puts an
 ``ArrowRef`` in its place. A ref is a frozen dataclass of plain values, so it pickles, hashes,
 compares by value and round-trips through JSON (:meth:`ArrowRef.to_dict` /
 :meth:`ArrowRef.from_dict`). A consumer that only forwards a ref reads nothing; one that needs the
@@ -539,7 +539,8 @@ def _forget(path: str, future: Any) -> None:
     """A finished write: the file serves loads from now on. A failed one stays pending (its
     error is what :func:`wait_written` raises) and keeps the table: this process can still load it."""
     with _LIVE_LOCK:
-        if _PENDING.get(path) is future and future.exception() is None:
+        pending = _PENDING.get(path)
+        if pending is not None and pending is future and pending.exception() is None:
             _PENDING.pop(path, None)
             _LIVE.pop(path, None)
 

@@ -13,7 +13,7 @@ server holds it while it runs sensors; stop it before ``noetl-dagster export`` o
 
 Example::
 
-    from noetl_dagster.resources.clickhouse import ClickHouseResource
+    from noetl_dagster.export.clickhouse import ClickHouseResource
 
     sink = ClickHouseResource(dsn="chdb:///tmp/ch").sink()     # migrates on first use
     sink.query("SELECT EventType, count() FROM {db}.noetl_events FINAL GROUP BY EventType")
@@ -30,8 +30,8 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 import dagster as dg
 from pydantic import Field
 
-from .credentials import register_connection_secret, register_secret
-from .pool import ClientPool
+from noetl_dagster.core.secrets import register_connection_secret, register_secret
+from noetl_dagster.export.pool import ClientPool
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -185,7 +185,7 @@ def rows_to_arrow(rows: Sequence[tuple], columns: dict[str, str]) -> Any:
     import pyarrow as pa
 
     plain = {"str": pa.string(), "u64": pa.uint64(), "u16": pa.uint16(), "i64": pa.int64(), "f64": pa.float64()}
-    fields = type(rows[0])._fields if rows else ()
+    fields = type(rows[0])._fields if rows else ()  # type: ignore[attr-defined]  # NamedTuple rows
     transposed = list(zip(*rows))
     arrays = {}
     for column, attr in columns.items():
@@ -207,7 +207,9 @@ def _map_array(dicts: Sequence[Mapping[str, str]]) -> Any:
     """``Map(String, String)`` values as an Arrow map array, built from flat keys, values and offsets."""
     import pyarrow as pa
 
-    offsets, keys, values, total = [0], [], [], 0
+    offsets, total = [0], 0
+    keys: list[Any] = []
+    values: list[Any] = []
     for item in dicts:
         keys.extend(item)
         values.extend(item.values())
@@ -244,6 +246,8 @@ class ClickHouseSink:
     wants_events = True
     wants_runs = False  # step attempts only: run summaries go to Qdrant
     thread_safe = True  # writes take the client's lock: the exporter may write from its writer thread
+    #: where the sink writes, without credentials (set by the resource; names the export cursor)
+    destination = ""
 
     def __init__(self, client: Any, database: str = DEFAULT_DATABASE) -> None:
         if not _IDENTIFIER.match(database):  # formatted into the SQL (identifiers cannot be bound)
@@ -294,7 +298,7 @@ class ClickHouseSink:
             self.client.insert_arrow(table, data, database=self.database, settings=INSERT_SETTINGS)
 
     def prepare(self, batch: Any) -> "ArrowBatch":
-        """An :class:`~noetl_dagster.sensors.exporter.ExportBatch` as Arrow tables: the CPU work of a
+        """An :class:`~noetl_dagster.export.exporter.ExportBatch` as Arrow tables: the CPU work of a
         write, which the exporter does in its own thread so that its writer thread only inserts
         (ClickHouse works without holding the interpreter).
 
@@ -376,7 +380,7 @@ class ClickHouseResource(dg.ConfigurableResource):
     def destination(self) -> str:
         """Where rows go, without credentials: ``clickhouse:<dsn or host:port>/<database>`` (export cursors
         belong to it)."""
-        from ..sensors.destination import without_credentials
+        from noetl_dagster.export.destination import without_credentials
 
         where = f"{self.host}:{self.port or ''}" if self.host else (self.dsn or os.environ.get(ENV_DSN) or default_dsn())
         return f"clickhouse:{without_credentials(where)}/{self._database()}"

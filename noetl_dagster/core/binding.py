@@ -39,67 +39,17 @@ Example::
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import minijinja
 
-from .templates import FUEL, TemplateFailure, _finalize, _make_env, _message, thaw
+from noetl_dagster.core.templates import Raw, TemplateFailure, _finalize, _make_env, _message, plain_text, sql_identifier, thaw
 
 _OPEN, _CLOSE = "\ue000", "\ue001"
 _MARKER = re.compile(_OPEN + r"(\d+)" + _CLOSE)
-
-
-class Raw:
-    """A value an author marked as syntax (``| raw_shell``, ``| raw_sql``)."""
-
-    __slots__ = ("text", "kind")
-
-    def __init__(self, text: str, kind: str) -> None:
-        self.text, self.kind = text, kind
-
-    def __str__(self) -> str:
-        return self.text
-
-
-_SIMPLE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def sql_identifier(value: Any) -> str:
-    """``value`` as SQL identifier text: simple names as they are, others double-quoted.
-
-    ``a.b`` is two names; a list gives ``a, b``. Raises :class:`TemplateFailure` for an empty
-    name or a NUL character.
-    """
-    value = thaw(value)
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise TemplateFailure("sql_identifier: an empty list is not a column list")
-        return ", ".join(sql_identifier(v) for v in value)
-    text = "" if value is None else str(value)
-    parts = text.split(".") if text else [""]
-    out = []
-    for part in parts:
-        if not part or "\x00" in part:
-            raise TemplateFailure("sql_identifier: a name part is empty or holds a NUL character")
-        out.append(part if _SIMPLE_IDENT.match(part) else '"' + part.replace('"', '""') + '"')
-    return ".".join(out)
-
-
-def _text(value: Any) -> str:
-    """The text a value renders to in a template (containers as JSON, None as empty)."""
-    if value is None:
-        return ""
-    if isinstance(value, Raw):
-        return value.text
-    if isinstance(value, minijinja.Markup):
-        return str(value)
-    if isinstance(value, (Mapping, Sequence)) and not isinstance(value, (str, bytes)):
-        return json.dumps(thaw(value), default=str)
-    return str(value)
 
 
 # ------------------------------------------------------------------------ capturing renderer
@@ -128,12 +78,12 @@ def _bound_env() -> minijinja.Environment:
 def install_filters(env: minijinja.Environment, capturing: bool) -> None:
     """``raw_shell``, ``raw_sql``, ``sql_identifier`` (outside shell/SQL they render plain text)."""
     if capturing:
-        env.add_filter("raw_shell", lambda v: Raw(_text(v), "shell"))
-        env.add_filter("raw_sql", lambda v: Raw(_text(v), "sql"))
+        env.add_filter("raw_shell", lambda v: Raw(plain_text(v), "shell"))
+        env.add_filter("raw_sql", lambda v: Raw(plain_text(v), "sql"))
         env.add_filter("sql_identifier", lambda v: Raw(sql_identifier(v), "sql"))
     else:
-        env.add_filter("raw_shell", _text)
-        env.add_filter("raw_sql", _text)
+        env.add_filter("raw_shell", plain_text)
+        env.add_filter("raw_sql", plain_text)
         env.add_filter("sql_identifier", sql_identifier)
 
 
@@ -164,8 +114,9 @@ def render_captured(source: str, scope: Mapping[str, Any],
             raise TemplateFailure(_message(exc)) from None
         _TEMPLATES[source] = name
     previous = getattr(_CAPTURE, "values", None), getattr(_CAPTURE, "raw", None)
-    _CAPTURE.values = values = []
-    _CAPTURE.raw = raw = []
+    values: list[Any] = []
+    raw: list[Raw] = []
+    _CAPTURE.values, _CAPTURE.raw = values, raw
     try:
         text = _ENV.render_template(name, **scope)
     except TemplateFailure:
@@ -196,7 +147,7 @@ def render_shell(source: str | list[Any], scope: Mapping[str, Any]) -> tuple[str
     text, values = render_captured(str(source), scope)
     if not values:
         return text, []
-    return _place_shell(text, [_text(v) for v in values])
+    return _place_shell(text, [plain_text(v) for v in values])
 
 
 def _place_shell(text: str, values: list[str]) -> tuple[str, list[str]]:
@@ -375,7 +326,6 @@ def render_sql(source: str | list[Any], scope: Mapping[str, Any], first: int = 1
     raw: list[Raw] = []
     text, values = render_captured(str(source), scope, raw)
     if not script:
-        from .tools.postgres import split_statements
 
         for value in raw:
             if len(split_statements(value.text + " x")) > 1:
@@ -413,7 +363,9 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
                         and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_"))):
             escape = c in "eE"
             start = i + 1 if escape else i
-            j, pieces, current = start + 1, [], []
+            j = start + 1
+            pieces: list[tuple[str, Any]] = []
+            current: list[str] = []
             while j < n:
                 mm = _MARKER.match(text, j)
                 if mm:
@@ -445,15 +397,14 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
                 only = [v for kind, v in pieces if kind == "value"]
                 texts = [t for kind, t in pieces if kind == "text"]
                 if len(only) == 1 and not "".join(texts):
-                    expression = None
-                    parts.append(bind(_text(only[0])))
+                    parts.append(bind(plain_text(only[0])))
                 else:
                     for kind, piece in pieces:
                         if kind == "text":
                             if piece:
                                 parts.append(f"{prefix}'{piece}'")
                         else:
-                            parts.append(f"CAST({bind(_text(piece))} AS {text_type})")
+                            parts.append(f"CAST({bind(plain_text(piece))} AS {text_type})")
                 head = "".join(out)
                 typed = _TYPED_LITERAL.search(head)
                 if typed and not head[:typed.start()].rstrip().endswith("::"):
@@ -467,22 +418,22 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
             continue
         if c == '"':
             j = i + 1
-            piece = []
+            quoted: list[str] = []
             while j < n:
                 mm = _MARKER.match(text, j)
                 if mm:
-                    piece.append(_text(values[int(mm.group(1))]).replace('"', '""'))
+                    quoted.append(plain_text(values[int(mm.group(1))]).replace('"', '""'))
                     j = mm.end()
                     continue
                 if text[j] == '"':
                     if text.startswith('""', j):
-                        piece.append('""')
+                        quoted.append('""')
                         j += 2
                         continue
                     break
-                piece.append(text[j])
+                quoted.append(text[j])
                 j += 1
-            out.append('"' + "".join(piece) + '"')
+            out.append('"' + "".join(quoted) + '"')
             i = j + 1
             continue
         if text.startswith("--", i):
@@ -519,9 +470,9 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
                     texts = [t for kind, t in pieces if kind == "text"]
                     found = [v for kind, v in pieces if kind == "value"]
                     if len(found) == 1 and not "".join(texts):
-                        out.append(bind(_text(found[0])))
+                        out.append(bind(plain_text(found[0])))
                     else:
-                        parts = [mark + t + mark if kind == "text" else f"CAST({bind(_text(t))} AS {text_type})"
+                        parts = [mark + t + mark if kind == "text" else f"CAST({bind(plain_text(t))} AS {text_type})"
                                  for kind, t in pieces if kind == "value" or t]
                         out.append("(" + " || ".join(parts) + ")")
                 i = close
@@ -549,7 +500,7 @@ def _inline_body(body: str, values: list[Any], mark: str) -> str:
         m = _MARKER.match(body, i)
         if m:
             value = values[int(m.group(1))]
-            text = _text(value)
+            text = plain_text(value)
             if mark in text:
                 raise TemplateFailure(f"a template value would end the dollar-quoted body ({mark}) it sits in")
             if in_string:
@@ -579,3 +530,57 @@ def has_markers(text: str) -> bool:
 
 
 __all__ = ["Raw", "render_captured", "render_shell", "render_sql", "sql_identifier"]
+
+
+def split_statements(sql: str) -> list[str]:
+    """Top-level statements of ``sql`` (quotes, dollar quotes and comments respected)."""
+    statements: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "'" or c == '"':
+            j = i + 1
+            while j < n:
+                if sql[j] == c:
+                    if j + 1 < n and sql[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            current.append(sql[i:j + 1])
+            i = j + 1
+        elif c == "-" and sql.startswith("--", i):
+            j = sql.find("\n", i)
+            j = n if j < 0 else j
+            current.append(sql[i:j])
+            i = j
+        elif c == "/" and sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            current.append(sql[i:j])
+            i = j
+        elif c == "$":
+            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])
+            if m:
+                tag = m.group(0)
+                j = sql.find(tag, i + len(tag))
+                j = n if j < 0 else j + len(tag)
+                current.append(sql[i:j])
+                i = j
+            else:
+                current.append(c)
+                i += 1
+        elif c == ";":
+            stmt = "".join(current).strip()
+            if stmt:
+                statements.append(stmt)
+            current = []
+            i += 1
+        else:
+            current.append(c)
+            i += 1
+    stmt = "".join(current).strip()
+    if stmt:
+        statements.append(stmt)
+    return statements

@@ -70,9 +70,9 @@ def open_sink(stack: ExitStack, name: str, *, clickhouse: Any = None, qdrant: An
               wait_seconds: float = 15.0, sleep: Callable[[float], None] = time.sleep) -> Any:
     """The sink ``name`` (``clickhouse`` | ``qdrant``) as a session closed with ``stack``;
     retries for ``wait_seconds`` while its folder is held, then raises :class:`SinkHeld`."""
-    from ..resources.clickhouse import ClickHouseResource, default_dsn
-    from ..resources.embedder import EmbedderResource
-    from ..resources.qdrant import QdrantResource, default_path
+    from noetl_dagster.export.clickhouse import ClickHouseResource, default_dsn
+    from noetl_dagster.export.embedder import EmbedderResource
+    from noetl_dagster.export.qdrant import QdrantResource, default_path
 
     if name == "clickhouse":
         resource = clickhouse or ClickHouseResource()

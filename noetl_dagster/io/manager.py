@@ -5,7 +5,7 @@ What it stores
 Every output (a step's ``result``, a token ``to_<step>``, an asset) is walked: each
 ``pyarrow.Table``, ``RecordBatch``, ``RecordBatchReader`` (streamed batch by batch, never fully
 materialised), pandas or polars DataFrame is written once and replaced by an
-:class:`~noetl_dagster.resources.arrow_ref.ArrowRef`: as Parquet in asset outputs (data products:
+:class:`~noetl_dagster.io.arrow_ref.ArrowRef`: as Parquet in asset outputs (data products:
 compact, readable by every engine; ``format``) and as uncompressed Arrow IPC in op outputs (a
 run's intermediates: loads are zero-copy memory maps; ``intermediate_format``). The small remainder (the
 token or result, with refs in it) is stored as JSON (``value.json``: refs, tuples and dicts whose
@@ -67,7 +67,7 @@ than the window in which runs are re-executed. Asset data is never deleted by re
 
 Example::
 
-    from noetl_dagster.resources.arrow_io import ArrowRefIOManager
+    from noetl_dagster.io.manager import ArrowRefIOManager
 
     defs = dg.Definitions(assets=[...], resources={
         "io_manager": ArrowRefIOManager(base_uri="s3://lake/noetl", format="parquet")})
@@ -79,7 +79,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -91,12 +90,12 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import dagster as dg
 from pydantic import Field
 
-from .arrow_ref import (
+from noetl_dagster.io.arrow_ref import (
     EXTENSIONS,
     ArrowRef,
     canonical_format,
@@ -107,6 +106,20 @@ from .arrow_ref import (
     wait_written,
     write_arrow,
     write_arrow_later,
+)
+from noetl_dagster.io.codec import (
+    ArrowRefPathError,
+    _walk,
+    as_arrow,
+    check_segment,
+    decode_value,
+    encode_value,
+    is_arrow_data,
+    iter_refs,
+    join_uri,
+    load_refs,
+    replace_refs,
+    resolve_root,
 )
 
 __all__ = [
@@ -123,52 +136,19 @@ __all__ = [
     "replace_refs",
 ]
 
-REF_MARKER = "__noetl_arrow_ref__"
-TUPLE_MARKER = "__noetl_tuple__"
-DICT_MARKER = "__noetl_dict__"
-_MARKERS = frozenset({REF_MARKER, TUPLE_MARKER, DICT_MARKER})
 VALUE_JSON = "value.json"
 VALUE_PICKLE = "value.pkl"
 RUNS = "runs"
-DEFAULT_DIRNAME = "noetl_data"
 #: where ``shared_memory`` intermediates live (a tmpfs: files there are RAM)
 SHM_BASE = "/dev/shm"
 _TABLE_SUFFIXES = tuple(EXTENSIONS.values())
-
-
-class ArrowRefPathError(ValueError):
-    """A name would put a stored object outside the IO manager's root (or into ``runs/``)."""
-
-
-# --------------------------------------------------------------------------------- paths
-
-_BAD_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-def check_segment(value: Any, what: str) -> str:
-    """``value`` as one safe path segment, or :class:`ArrowRefPathError`.
-
-    Rejected: empty, ``.``, ``..``, anything with ``/``, ``\\``, NUL or control characters.
-    """
-    text = str(value)
-    if not text or text in (".", "..") or _BAD_SEGMENT.search(text):
-        raise ArrowRefPathError(
-            f"{what} {text!r} is not a safe path segment: names used in storage paths may not be "
-            "empty, '.', '..', or contain '/', '\\\\' or control characters (they would escape the "
-            "IO manager's root folder)")
-    return text
-
-
-def join_uri(root: str, *segments: str) -> str:
-    """``root/seg1/seg2``; segments must already be checked with :func:`check_segment`."""
-    return "/".join([root.rstrip("/"), *segments]) if segments else root
 
 
 def _asset_parts(asset_key: Any) -> list[str]:
     if isinstance(asset_key, dg.AssetKey):
         parts = list(asset_key.path)
     elif isinstance(asset_key, str):
-        parts = dg.AssetKey.from_user_string(asset_key).path if "/" in asset_key else [asset_key]
+        parts = list(dg.AssetKey.from_user_string(asset_key).path) if "/" in asset_key else [asset_key]
     else:
         parts = list(asset_key)
     checked = [check_segment(p, "asset key part") for p in parts]
@@ -196,180 +176,6 @@ def _table_name(path: Sequence[Any]) -> str:
         return "data"
     parts = [(_NAME_CHARS.sub("_", str(p)) or "_")[:40] for p in path]
     return ".".join(parts)[-120:].lstrip(".") or "data"
-
-
-# ------------------------------------------------------------------------- walking values
-
-def is_arrow_data(obj: Any) -> bool:
-    """Whether the IO manager writes ``obj`` as a table (Arrow table/batch/reader, pandas or
-    polars DataFrame). Does not import pandas or polars."""
-    import sys
-
-    pa = sys.modules.get("pyarrow")
-    if pa is not None and isinstance(obj, (pa.Table, pa.RecordBatch, pa.RecordBatchReader)):
-        return True
-    module = type(obj).__module__
-    if module.startswith("pandas"):
-        pd = sys.modules.get("pandas")
-        return pd is not None and isinstance(obj, pd.DataFrame)
-    if module.startswith("polars"):
-        pl = sys.modules.get("polars")
-        return pl is not None and isinstance(obj, pl.DataFrame)
-    return False
-
-
-def _as_arrow(obj: Any) -> Any:
-    """A pyarrow Table or RecordBatchReader for any :func:`is_arrow_data` object."""
-    import pyarrow as pa
-
-    if isinstance(obj, (pa.Table, pa.RecordBatchReader)):
-        return obj
-    if isinstance(obj, pa.RecordBatch):
-        return pa.Table.from_batches([obj])
-    if type(obj).__module__.startswith("polars"):
-        return obj.to_arrow()
-    return pa.Table.from_pandas(obj)
-
-
-def _walk(obj: Any, leaf: Callable[[Any, tuple], Any], is_leaf: Callable[[Any], bool]) -> Any:
-    """Rebuild ``obj`` with every leaf replaced by ``leaf(obj, path)``.
-
-    Containers (dict, list, tuple, namedtuple, other Mappings -> dict) are copied only when
-    something inside them changed; shared sub-objects stay shared; cycles are left alone.
-    """
-    memo: dict[int, Any] = {}
-    active: set[int] = set()
-
-    def walk(value: Any, path: tuple) -> Any:
-        key = id(value)
-        if key in memo:
-            return memo[key]
-        if is_leaf(value):
-            result = leaf(value, path)
-            memo[key] = result
-            return result
-        if value is None or isinstance(value, (str, bytes, int, float, bool)) or key in active:
-            return value
-        kind = type(value)
-        if kind is dict or (isinstance(value, Mapping) and not isinstance(value, ArrowRef)):
-            active.add(key)
-            items = [(k, walk(v, (*path, k))) for k, v in value.items()]
-            active.discard(key)
-            changed = kind is not dict or any(nv is not v for (_, nv), v in zip(items, value.values()))
-            result = dict(items) if changed else value
-        elif kind is list or kind is tuple or (isinstance(value, tuple) and hasattr(value, "_fields")):
-            active.add(key)
-            new = [walk(v, (*path, i)) for i, v in enumerate(value)]
-            active.discard(key)
-            if not any(n is not v for n, v in zip(new, value)):
-                result = value
-            elif kind is list:
-                result = new
-            elif kind is tuple:
-                result = tuple(new)
-            else:
-                result = kind(*new)
-        else:
-            return value
-        memo[key] = result
-        return result
-
-    return walk(obj, ())
-
-
-def iter_refs(obj: Any) -> Iterator[ArrowRef]:
-    """Every distinct :class:`ArrowRef` inside ``obj`` (dicts, lists, tuples), in order."""
-    seen: set[ArrowRef] = set()
-    found: list[ArrowRef] = []
-
-    def note(ref: ArrowRef, path: tuple) -> ArrowRef:
-        if ref not in seen:
-            seen.add(ref)
-            found.append(ref)
-        return ref
-
-    _walk(obj, note, lambda v: isinstance(v, ArrowRef))
-    return iter(found)
-
-
-def replace_refs(obj: Any, fn: Callable[[ArrowRef], Any]) -> Any:
-    """``obj`` with every ArrowRef replaced by ``fn(ref)`` (containers copied where changed)."""
-    return _walk(obj, lambda ref, path: fn(ref), lambda v: isinstance(v, ArrowRef))
-
-
-def load_refs(obj: Any) -> Any:
-    """``obj`` with every ArrowRef replaced by its (memory-mapped) ``pyarrow.Table``.
-
-    Keep refs in tokens and contexts; resolve them only where a tool needs the data, or every
-    downstream step writes the table again.
-    """
-    return replace_refs(obj, lambda ref: ref.to_table())
-
-
-# ------------------------------------------------------------------------ the JSON codec
-
-class _NotJson(Exception):
-    pass
-
-
-def _to_jsonable(value: Any, depth: int = 0) -> Any:
-    if depth > 400:
-        raise _NotJson("too deep")
-    kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int or kind is float:
-        return value
-    if kind is ArrowRef:
-        return {REF_MARKER: value.to_dict()}
-    if kind is dict:
-        if not all(type(k) is str for k in value):
-            raise _NotJson("non-string key")
-        if len(value) == 1 and next(iter(value)) in _MARKERS:
-            return {DICT_MARKER: [[k, _to_jsonable(v, depth + 1)] for k, v in value.items()]}
-        return {k: _to_jsonable(v, depth + 1) for k, v in value.items()}
-    if kind is list:
-        return [_to_jsonable(v, depth + 1) for v in value]
-    if kind is tuple:
-        return {TUPLE_MARKER: [_to_jsonable(v, depth + 1) for v in value]}
-    # subclasses of the plain types (the loader's SourceMap/SourceList carrying YAML lines in a
-    # workload, str/int enums) are stored as the plain type: tokens stay JSON, not a pickle
-    if isinstance(value, dict):
-        return _to_jsonable(dict(value), depth)
-    if isinstance(value, list):
-        return _to_jsonable(list(value), depth)
-    if isinstance(value, bool):
-        return bool(value)
-    for plain in (str, int, float):
-        if isinstance(value, plain):
-            return plain(value)
-    raise _NotJson(kind.__name__)
-
-
-def _from_json_object(obj: dict) -> Any:
-    if len(obj) == 1:
-        key, payload = next(iter(obj.items()))
-        if key == REF_MARKER:
-            return ArrowRef.from_dict(payload)
-        if key == TUPLE_MARKER:
-            return tuple(payload)
-        if key == DICT_MARKER:
-            return {k: v for k, v in payload}
-    return obj
-
-
-def encode_value(value: Any) -> str | None:
-    """The JSON text the IO manager stores for ``value`` (refs and tuples marked), or ``None``
-    when ``value`` is not JSON-able (then it is pickled)."""
-    try:
-        body = _to_jsonable(value)
-    except (_NotJson, RecursionError):
-        return None
-    return json.dumps({"noetl_value": 1, "value": body}, ensure_ascii=False, allow_nan=True)
-
-
-def decode_value(text: str | bytes) -> Any:
-    """Reverse of :func:`encode_value`."""
-    data = json.loads(text, object_hook=_from_json_object)
-    return data["value"]
 
 
 # -------------------------------------------------------------------- one write per step
@@ -541,13 +347,7 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
     @property
     def root(self) -> str:
         """The resolved root: an absolute local path or a remote URI (no trailing slash)."""
-        base = self.base_uri
-        if not base:
-            home = os.environ.get("DAGSTER_HOME")
-            base = os.path.join(home, DEFAULT_DIRNAME) if home else ".noetl_data"
-        if is_local(base):
-            return os.path.abspath(local_path(base)).rstrip("/") or "/"
-        return base.rstrip("/")
+        return resolve_root(self.base_uri)
 
     @property
     def table_format(self) -> str:
@@ -663,7 +463,7 @@ class ArrowRefIOManager(dg.ConfigurableIOManager):
                     _WRITES.put(step, data, ref)
                     return ref
             target = join_uri(tables_at, unique_name(path) + ext)
-            table = _as_arrow(data)
+            table = as_arrow(data)
             if later and not _is_reader(table):
                 ref = write_arrow_later(table, target)
             else:
@@ -958,7 +758,7 @@ def _adopt(ref: ArrowRef, target: str) -> ArrowRef:
     if ref.uri == target:
         return ref
     if ref.is_local and is_local(target):
-        src, dst = ref.path, local_path(target)
+        src, dst = str(ref.path), local_path(target)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.{uuid.uuid4().hex[:12]}.tmp"
         try:

@@ -2,7 +2,7 @@
 
 ``instance.get_records_for_run`` turns every stored event back into Dagster's objects (serdes:
 an ``EventLogEntry``, a ``DagsterEvent``, handles, metadata...): that is most of an export's
-time. The mapping (:func:`~noetl_dagster.sensors.mapping.map_records`) reads only a few fields
+time. The mapping (:func:`~noetl_dagster.export.mapping.map_records`) reads only a few fields
 of most events. Here the stored JSON is parsed with ``orjson`` into plain
 dicts, wrapped in light records offering the same attributes the mapping reads; an event's
 ``event_specific_data`` and an entry's ``error_info`` are turned into Dagster's objects only when
@@ -191,7 +191,7 @@ def supports(instance: Any) -> bool:
     read directly (a stand-in or a wrapper of an instance is read through its own methods)."""
     try:
         import dagster as dg
-        from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+        from noetl_dagster.compat import SqlEventLogStorage
 
         return isinstance(instance, dg.DagsterInstance) and isinstance(instance.event_log_storage,
                                                                         SqlEventLogStorage)
@@ -206,7 +206,7 @@ def read_run_page(instance: Any, run_id: str, after: int, limit: int | None
     if not supports(instance):
         return None
     import sqlalchemy as sa
-    from dagster._core.storage.event_log.schema import SqlEventLogStorageTable as table
+    from noetl_dagster.compat import SqlEventLogStorageTable as table
 
     query = (sa.select(table.c.id, table.c.event).where(table.c.run_id == run_id)
              .order_by(table.c.id.asc()))

@@ -7,7 +7,7 @@
 
 The identity of an event is ``(run id, storage id)``: storage ids restart per run on SQLite and
 are global on Postgres, so the pair is unique on both. Texts (errors, log messages) go through
-:func:`noetl_dagster.resources.credentials.redact`; only chosen metadata keys are copied, never
+:func:`noetl_dagster.core.secrets.redact`; only chosen metadata keys are copied, never
 arbitrary values, so secrets do not reach the rows.
 
 Example::
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ..contract import (CPU_SECONDS_KEY, DOMAIN_TAG, ERROR_KEY, FAILED_STEP_KEY, PEAK_RSS_KEY, PLAYBOOK_TAG,
+from noetl_dagster.contract import (CPU_SECONDS_KEY, DOMAIN_TAG, ERROR_KEY, FAILED_STEP_KEY, PEAK_RSS_KEY, PLAYBOOK_TAG,
                         RESULT_OUTPUT, STATUS_KEY, STEPS_KEY, TOOL_KEY, parse_step_key)
-from ..resources.credentials import redact
+from noetl_dagster.core.secrets import redact
 
 #: Dagster event type value -> (NoETL event type, status)
 EVENT_TYPES: dict[str, tuple[str, str]] = {
@@ -61,8 +61,9 @@ RUN_TERMINAL = {"PIPELINE_SUCCESS": "success", "PIPELINE_FAILURE": "failure", "P
 _SKIP_LOG = re.compile(r"^Dependencies for step (\S+) (?:failed|were not executed)")
 _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
-_C_ENCODER = (json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False,
-                                          False, True) if json.encoder.c_make_encoder else None)
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # CPython's C encoder, when built
+_C_ENCODER = (_MAKE_ENCODER(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+              if _MAKE_ENCODER else None)
 
 
 def _json_text(value: Any) -> str:
@@ -442,7 +443,7 @@ def map_records(records: Sequence[Any], ctx: RunContext,
     outputs: dict[tuple[Any, str], dict[str, str]] = {}  # metadata of outputs without metadata of their own
     retried = False
     last_key: tuple[str, int | None] | None = None
-    parts = ("", "", {}, 0, "")
+    parts: tuple[str, str, dict[str, Any], int, str] = ("", "", {}, 0, "")
     for record in records:
         entry = record.event_log_entry
         event = entry.dagster_event
@@ -477,8 +478,8 @@ def map_records(records: Sequence[Any], ctx: RunContext,
                     reported = _copy_metadata(data.metadata, meta)
                     if meta.get("status") == "error":  # the step completed with an error result
                         status, error = "ERROR", meta.get("error", "")
-            elif (meta := outputs.get((key, output))) is None:
-                meta = outputs[(key, output)] = {**parts[2], "output": output}
+            else:
+                meta = outputs.get((key, output)) or outputs.setdefault((key, output), {**parts[2], "output": output})
         elif dtype == "STEP_SUCCESS":
             etype, status = _SUCCESS_TYPE
             duration = int(round(event.event_specific_data.duration_ms or 0))

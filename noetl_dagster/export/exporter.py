@@ -46,9 +46,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import dagster as dg
 
-from ..contract import PLAYBOOK_TAG, TOOL_TAG
-from .fast_read import read_run_page, shared_connection
-from .mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
+from noetl_dagster.contract import PLAYBOOK_TAG, TOOL_TAG
+from noetl_dagster.export.fast_read import read_run_page, shared_connection
+from noetl_dagster.export.mapping import (EventRow, RunContext, RunSummary, StepRun, build_run_summary, build_step_runs,
                       map_records, relevant_rows)
 
 _RETRY = "STEP_UP_FOR_RETRY"
@@ -216,7 +216,7 @@ def _done(fn: Callable[..., Any], *args: Any) -> Future:
 
 
 def _id_cursor(storage_id: int) -> str | None:
-    from dagster._core.storage.event_log.base import EventLogCursor
+    from noetl_dagster.compat import EventLogCursor
 
     return None if storage_id < 0 else EventLogCursor.from_storage_id(storage_id).to_string()
 
@@ -340,7 +340,7 @@ class Exporter:
     # -- discovery -----------------------------------------------------------------------
     def _discover(self, cur: ExportCursor, safe_ts: float, stats: ExportStats, over: Callable[[], bool]) -> bool:
         """Add newly started/finished runs to ``active``; returns whether more remain."""
-        from dagster._core.event_api import RunStatusChangeRecordsFilter
+        from noetl_dagster.compat import RunStatusChangeRecordsFilter
 
         types = ((_START,) if self.live else ()) + _TERMINAL_TYPES
         scan_from = cur.watermark

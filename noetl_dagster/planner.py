@@ -24,8 +24,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..contract import arc_output_name
-from ..playbook.models import Arc, Playbook, Step
+from noetl_dagster.contract import arc_output_name
+from noetl_dagster.playbook.graph import arcs_of, is_cycle, reachable, strongly_connected
+from noetl_dagster.playbook.models import Playbook
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 
@@ -80,120 +81,16 @@ class Net:
         return next(n for n in self.nodes if n.name == name)
 
 
-def arcs_of(step: Step) -> list[Arc]:
-    return list(step.next.arcs) if step.next else []
-
-
-def _reachable(playbook: Playbook) -> list[str]:
-    steps = playbook.steps
-    order: list[str] = []
-    seen: set[str] = set()
-    stack = ["start"] if "start" in steps else []
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in steps:
-            continue
-        seen.add(name)
-        order.append(name)
-        stack.extend(reversed([a.step for a in arcs_of(steps[name])]))
-    return [s.step for s in playbook.workflow if s.step in seen]
-
-
-def strongly_connected(playbook: Playbook, names: list[str]) -> list[list[str]]:
-    """Tarjan's SCCs over ``names`` (iterative), each in YAML order."""
-    steps = playbook.steps
-    allowed = set(names)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
-    counter = 0
-    position = {n: i for i, n in enumerate(names)}
-    for root in names:
-        if root in index:
-            continue
-        work = [(root, iter([a.step for a in arcs_of(steps[root]) if a.step in allowed]))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            advanced = False
-            for child in children:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter([a.step for a in arcs_of(steps[child]) if a.step in allowed])))
-                    advanced = True
-                    break
-                if child in on_stack:
-                    low[node] = min(low[node], index[child])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                out.append(sorted(component, key=position.__getitem__))
-    return out
-
-
-def _is_cycle(playbook: Playbook, component: list[str]) -> bool:
-    if len(component) > 1:
-        return True
-    only = component[0]
-    return any(a.step == only for a in arcs_of(playbook.steps[only]))
-
-
-def unguarded_cycles(playbook: Playbook) -> list[list[str]]:
-    """Cycles in which no arc can stop the looping (each would run forever)."""
-    names = [s.step for s in playbook.workflow]
-    bad = []
-    for component in strongly_connected(playbook, names):
-        if not _is_cycle(playbook, component):
-            continue
-        members = set(component)
-        guarded = False
-        for name in component:
-            step = playbook.steps[name]
-            if step.when is not None:
-                guarded = True
-            mode = step.next.mode if step.next else "exclusive"
-            arcs = arcs_of(step)
-            for i, arc in enumerate(arcs):
-                if arc.step not in members:
-                    continue
-                earlier_exit = any(a.when is not None for a in arcs[:i]) and mode == "exclusive"
-                if arc.when is not None or earlier_exit:
-                    guarded = True
-        if not guarded:
-            bad.append(component)
-    return bad
-
-
 def plan(playbook: Playbook) -> Net:
     """Condense the playbook's arc graph into a DAG of op nodes (pure)."""
     steps = playbook.steps
-    reachable = _reachable(playbook)
-    components = strongly_connected(playbook, reachable)
+    components = strongly_connected(playbook, reachable(playbook))
     node_of: dict[str, str] = {}
     taken: set[str] = set()
     raw_nodes: list[tuple[str, str, list[str]]] = []
     yaml_pos = {s.step: i for i, s in enumerate(playbook.workflow)}
     for component in sorted(components, key=lambda c: yaml_pos[c[0]]):
-        if _is_cycle(playbook, component):
+        if is_cycle(playbook, component):
             kind = "region"
             entry = _region_entry(playbook, component)
             name = _unique(op_safe(entry), taken)

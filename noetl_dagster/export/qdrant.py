@@ -1,7 +1,7 @@
 """Qdrant sink and semantic search: playbooks and steps, run summaries, failures.
 
 Three collections (names ``<prefix>playbooks``, ``<prefix>runs``, ``<prefix>failures``; prefix
-``noetl_``), cosine distance, vectors from an :class:`~noetl_dagster.resources.embedder.Embedder`.
+``noetl_``), cosine distance, vectors from an :class:`~noetl_dagster.export.embedder.Embedder`.
 Point ids are UUIDv5 of the point's identity plus the embedder's model id, so replays overwrite
 instead of adding, and two embedders can share a collection (searches filter on ``embedder``).
 
@@ -14,8 +14,8 @@ folder); production: ``url`` + ``api_key``.
 
 Example::
 
-    from noetl_dagster.resources.qdrant import QdrantResource
-    from noetl_dagster.resources.embedder import EmbedderResource
+    from noetl_dagster.export.qdrant import QdrantResource
+    from noetl_dagster.export.embedder import EmbedderResource
 
     sink = QdrantResource(path=":memory:").sink(EmbedderResource(kind="hashing").get())
     hits = sink.search("failures", "division by zero in the divide step", limit=3)
@@ -36,9 +36,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import dagster as dg
 from pydantic import Field
 
-from .credentials import is_secret_field, redact, register_connection_secret, register_secret
-from .pool import ClientPool
-from .clickhouse import default_home
+from noetl_dagster.core.secrets import is_secret_field, redact, register_connection_secret, register_secret
+from noetl_dagster.export.pool import ClientPool
+from noetl_dagster.export.clickhouse import default_home
 
 ENV_URL = "NOETL_QDRANT_URL"
 ENV_API_KEY = "NOETL_QDRANT_API_KEY"
@@ -154,6 +154,8 @@ class QdrantSink:
     name = "qdrant"
     wants_events = False
     wants_runs = True
+    #: where the sink writes, without credentials (set by the resource; names the export cursor)
+    destination = ""
 
     def __init__(self, client: Any, embedder: Any, prefix: str = "noetl_") -> None:
         self.client = client
@@ -283,7 +285,8 @@ class QdrantSink:
             ],
             must_not=[models.FieldCondition(key="run_id", match=models.MatchValue(value=run.run_id))],
         )
-        ids, offset = [], None
+        ids: list[Any] = []
+        offset = None
         while True:
             points, offset = self.client.scroll(self.collection("failures"), scroll_filter=flt, limit=256,
                                                 offset=offset, with_payload=["step"])
@@ -296,7 +299,7 @@ class QdrantSink:
                                     points=ids, wait=True)
 
     def write(self, batch: Any) -> None:
-        """Write an :class:`~noetl_dagster.sensors.exporter.ExportBatch` (its finished runs)."""
+        """Write an :class:`~noetl_dagster.export.exporter.ExportBatch` (its finished runs)."""
         self.write_runs(batch.runs)
 
     def index_playbooks(self, playbooks: Iterable[Any]) -> int:
@@ -402,7 +405,7 @@ class QdrantResource(dg.ConfigurableResource):
 
     def destination(self) -> str:
         """Where points go, without credentials: ``qdrant:<url or path>/<prefix>`` (export cursors belong to it)."""
-        from ..sensors.destination import without_credentials
+        from noetl_dagster.export.destination import without_credentials
 
         where = self._where()
         return f"qdrant:{without_credentials(str(where.get('url') or where.get('path')))}/{self.prefix}"

@@ -3,9 +3,9 @@
 Three sensors, each with its own cursor (a sink that is down holds back only itself):
 
 * ``noetl_export_clickhouse``: every event of every playbook run -> ``noetl_events``; each step
-  attempt of a finished run -> ``step_runs`` (:mod:`noetl_dagster.resources.clickhouse`);
+  attempt of a finished run -> ``step_runs`` (:mod:`noetl_dagster.export.clickhouse`);
 * ``noetl_export_qdrant``: finished runs -> ``runs`` and ``failures``; the playbook folder ->
-  ``playbooks`` when its files change (:mod:`noetl_dagster.resources.qdrant`);
+  ``playbooks`` when its files change (:mod:`noetl_dagster.export.qdrant`);
 * ``noetl_failure_hints``: a failed playbook run gets its most similar past failures in its log
   and the ``noetl/similar_failures`` tag (:mod:`.hints`).
 
@@ -13,7 +13,7 @@ Example (``definitions.py``)::
 
     import dagster as dg
     from noetl_dagster import load_playbook_definitions
-    from noetl_dagster.sensors import export_definitions
+    from noetl_dagster.export.sensors import export_definitions
 
     defs = dg.Definitions.merge(load_playbook_definitions("playbooks/"),
                                 export_definitions(playbooks="playbooks/"))
@@ -27,13 +27,13 @@ from typing import Any, Callable, Iterator
 
 import dagster as dg
 
-from ..resources.clickhouse import ClickHouseResource
-from ..resources.embedder import EmbedderResource
-from ..resources.qdrant import QdrantResource
-from .held import quiet_native_stderr
-from .exporter import ExportBatch, ExportCursor, Exporter, ExportStats, default_lag
-from .hints import HINT_TAG, find_similar, hint_pass, record_hints
-from .mapping import EventRow, RunContext, RunSummary, StepFailure, StepRun, map_record
+from noetl_dagster.export.clickhouse import ClickHouseResource
+from noetl_dagster.export.embedder import EmbedderResource
+from noetl_dagster.export.qdrant import QdrantResource
+from noetl_dagster.export.held import quiet_native_stderr
+from noetl_dagster.export.exporter import ExportBatch, ExportCursor, Exporter, ExportStats, default_lag
+from noetl_dagster.export.hints import HINT_TAG, find_similar, hint_pass, record_hints
+from noetl_dagster.export.mapping import EventRow, RunContext, RunSummary, StepFailure, StepRun, map_record
 
 #: resource keys the sensors use
 CLICKHOUSE_KEY = "noetl_clickhouse"
@@ -45,7 +45,8 @@ DEFAULT_BUDGET_SECONDS = 40.0  # under the daemon's 60 s sensor gRPC timeout
 def register_env_secrets() -> None:
     """Teach :func:`redact` the secrets of ``NOETL_CREDENTIAL_*`` in this process (the sensor
     daemon's process has not resolved them, but messages may quote them)."""
-    from ..resources.credentials import ENV_PREFIX, CredentialsResource
+    from noetl_dagster.core.secrets import ENV_PREFIX
+    from noetl_dagster.resources.credentials import CredentialsResource
 
     aliases = {name[len(ENV_PREFIX):].split("__")[0] for name in os.environ if name.startswith(ENV_PREFIX)}
     resource = CredentialsResource()
@@ -59,7 +60,7 @@ def register_env_secrets() -> None:
 
 def playbook_fingerprint(folder: str | Path) -> str:
     """Changes when a playbook file under ``folder`` is added, removed or edited."""
-    from ..translator.definitions import find_playbooks
+    from noetl_dagster.playbook.folder import find_playbooks
 
     digest = hashlib.sha1()
     for path in find_playbooks(folder):
@@ -70,7 +71,7 @@ def playbook_fingerprint(folder: str | Path) -> str:
 
 def index_playbooks(sink: Any, folder: str | Path) -> int:
     """Upsert the valid playbooks under ``folder`` into the ``playbooks`` collection."""
-    from ..translator.definitions import load_playbooks
+    from noetl_dagster.playbook.folder import load_playbooks
 
     return sink.index_playbooks(load_playbooks(folder).playbooks)
 
@@ -145,7 +146,7 @@ def export_tick(context: dg.SensorEvaluationContext, sink: Any, *, budget_second
         observe_export(context.instance, sink.name, stats)
     finished = finished_this_tick(cursor, new_cursor) if react else []
     if finished:
-        from dagster._core.definitions.run_request import DagsterRunReaction
+        from noetl_dagster.compat import DagsterRunReaction
 
         runs = context.instance.get_runs(dg.RunsFilter(run_ids=finished[:MAX_REACTIONS]))
         if runs:
@@ -264,8 +265,8 @@ def export_definitions(*, playbooks: str | Path | None = None, clickhouse: Click
 
         dg.Definitions.merge(playbook_defs, export_definitions(playbooks="playbooks/"))
     """
-    common = {"minimum_interval_seconds": minimum_interval_seconds, "budget_seconds": budget_seconds,
-              "default_status": default_status}
+    common: dict[str, Any] = {"minimum_interval_seconds": minimum_interval_seconds,
+                              "budget_seconds": budget_seconds, "default_status": default_status}
     sensors = [clickhouse_export_sensor(lag_seconds=lag_seconds, **common),
                qdrant_export_sensor(playbooks=playbooks, lag_seconds=lag_seconds, **common)]
     if hints:

@@ -1,0 +1,1 @@
+"""The core every layer builds on: secrets and their redaction, template syntax and rendering, value binding for shell and SQL, and input bounds. Imports nothing of Dagster, the DSL or the runtime."""

@@ -1,0 +1,1 @@
+"""The event-log export to ClickHouse and Qdrant: record mapping, the exporter and its fast reads, the sinks (ClickHouse, Qdrant, the embedder), sensors, similar-failure hints and the ``export`` CLI. Never imports the runtime."""
