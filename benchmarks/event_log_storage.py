@@ -4,9 +4,10 @@
 Shapes (compiled NoETL playbooks from ``step_overhead.py``): python chains of ``--chains`` steps
 (10, 50, 200) and a ``--width`` (20) fan-out + join. Each runs with ``execute_in_process`` on a
 persistent instance: ``sqlite`` (Dagster's default ``dagster.yaml``), ``fast sqlite`` (the same
-with ``event_log_storage: noetl_dagster.storage.FastSqliteEventLogStorage``) and ``postgres``
-(dagster-postgres storage). Every shape is warmed up once per instance, then the instances take
-turns for ``--runs`` rounds. Figures: process CPU (and wall) milliseconds per step (run time /
+with ``event_log_storage: noetl_dagster.storage.FastSqliteEventLogStorage``), ``postgres``
+(dagster-postgres storage) and ``fast postgres`` (``FastPostgres{Run,EventLog,Schedule}Storage``:
+kept connection pools; its own database on the same server). Every shape is warmed up once per
+instance, then the instances take turns for ``--runs`` rounds. Figures: process CPU (and wall) milliseconds per step (run time /
 steps), median and best; ratios per round. NoETL's distributed runtime publishes 65-105 ms per step.
 
 Run: ``.venv/bin/python benchmarks/event_log_storage.py [--quick] [--postgres]``. Never asserts times.
@@ -45,15 +46,28 @@ def sqlite_instance(home: Path, fast: bool) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
-def postgres_instance(home: Path, dsn_fields: dict[str, Any]) -> dg.DagsterInstance:
+def postgres_instance(home: Path, dsn_fields: dict[str, Any], fast: bool = False) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     f = dsn_fields
-    (home / "dagster.yaml").write_text(
-        "storage:\n  postgres:\n    postgres_db:\n"
-        f"      hostname: {f['db_host']}\n      port: {f['db_port']}\n      username: {f['db_user']}\n"
-        f"      password: {f['db_password']}\n      db_name: {f['db_name']}\n      scheme: postgresql+psycopg2\n"
-        "telemetry:\n  enabled: false\n")
+    db = {"hostname": f["db_host"], "port": int(f["db_port"]), "username": f["db_user"],
+          "password": f["db_password"], "db_name": f["db_name"], "scheme": "postgresql+psycopg2"}
+    if fast:
+        text = instance_config(str(home), postgres=db)
+    else:
+        import yaml
+
+        text = yaml.safe_dump({"storage": {"postgres": {"postgres_db": db}}, "telemetry": {"enabled": False}})
+    (home / "dagster.yaml").write_text(text)
     return dg.DagsterInstance.from_config(str(home))
+
+
+def second_database(server: Any, name: str) -> dict[str, Any]:
+    """``server``'s fields with a new database ``name`` owned by its user."""
+    from pg import SUPERUSER, _run
+
+    _run([f"{server.bindir}/psql", "-h", server.datadir, "-p", str(server.port), "-U", SUPERUSER, "-d", "postgres",
+          "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name} OWNER {server.user}"], timeout=60)
+    return {**server.fields(), "db_name": name}
 
 
 def run_once(job: dg.JobDefinition, instance: dg.DagsterInstance) -> tuple[float, float]:
@@ -91,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
             server = start_postgres()
             instances["postgres"] = postgres_instance(tmp / "pg", server.fields())
+            instances["fast postgres"] = postgres_instance(tmp / "fast_pg", second_database(server, "fast_events"),
+                                                           fast=True)
         print(environment_line())
         print(f"{args.runs} interleaved rounds; CPU (wall) ms per step = a run's time / its steps")
         times: dict[tuple[str, str], list[tuple[float, float]]] = {}

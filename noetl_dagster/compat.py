@@ -21,8 +21,8 @@ from dagster._config import IntSource, StringSource, process_config
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 from dagster._core.definitions.run_request import DagsterRunReaction
 from dagster._core.event_api import RunStatusChangeRecordsFilter
-from dagster._core.events import (ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
-                                  EngineEventData)
+from dagster._core.events import (ASSET_CHECK_EVENTS, ASSET_EVENTS, BATCH_WRITABLE_EVENTS,
+                                  EVENT_TYPE_TO_PIPELINE_RUN_STATUS, EngineEventData)
 from dagster._core.utils import make_new_run_id
 from dagster._record import copy as copy_record
 from dagster._serdes import ConfigurableClassData
@@ -34,6 +34,10 @@ _LAZY = {
     "SqlEventLogStorage": "dagster._core.storage.event_log.sql_event_log",
     "SqliteEventLogStorage": "dagster._core.storage.event_log.sqlite.sqlite_event_log",
     "SQLITE_BUSY_TIMEOUT_SECONDS": "dagster._core.storage.sqlite",
+    "create_db_conn_string": "dagster._core.storage.sqlite",
+    "INDEX_SHARD_NAME": "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "SqliteEventLogStorageWatchdog": "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "pg_config": "dagster._core.storage.config",
 }
 
 
@@ -51,11 +55,15 @@ if TYPE_CHECKING:
     from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
     from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
     from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-    from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+    from dagster._core.storage.config import pg_config
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import (INDEX_SHARD_NAME,
+                                                                         SqliteEventLogStorageWatchdog)
+    from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 
-__all__ = ["ASSET_CHECK_EVENTS", "ASSET_EVENTS", "ConfigField", "ConfigurableClassData", "DagsterRunReaction",
-           "DynamicCollectDependencyDefinition",
-           "EVENT_TYPE_TO_PIPELINE_RUN_STATUS", "EngineEventData", "EventLogCursor", "IntSource",
-           "RunStatusChangeRecordsFilter", "SQLITE_BUSY_TIMEOUT_SECONDS", "SqlEventLogStorage",
-           "SqlEventLogStorageTable", "SqliteEventLogStorage", "StringSource", "copy_record",
-           "make_new_run_id", "process_config"]
+__all__ = ["ASSET_CHECK_EVENTS", "ASSET_EVENTS", "BATCH_WRITABLE_EVENTS", "ConfigField",
+           "ConfigurableClassData", "copy_record", "create_db_conn_string", "DagsterRunReaction",
+           "DynamicCollectDependencyDefinition", "EngineEventData", "EVENT_TYPE_TO_PIPELINE_RUN_STATUS",
+           "EventLogCursor", "INDEX_SHARD_NAME", "IntSource", "make_new_run_id", "pg_config",
+           "process_config", "RunStatusChangeRecordsFilter", "SqlEventLogStorage", "SqlEventLogStorageTable",
+           "SQLITE_BUSY_TIMEOUT_SECONDS", "SqliteEventLogStorage", "SqliteEventLogStorageWatchdog",
+           "StringSource"]

@@ -35,15 +35,21 @@ PREVIEW_CHARS = 160
 
 
 def _status_kb(field_name: str) -> int | None:
+    return _status_kbs(field_name)[0]
+
+
+def _status_kbs(*field_names: str) -> list[int | None]:
+    """Fields of ``/proc/self/status`` in kB, from one read (None when missing)."""
     try:
         with open("/proc/self/status", "rb") as f:
             text = f.read()
     except OSError:
-        return None
-    start = text.find(b"\n" + field_name.encode() + b":")
-    if start < 0:
-        return None
-    return int(text[start:text.find(b"\n", start + 1)].split()[1])
+        return [None] * len(field_names)
+    values: list[int | None] = []
+    for name in field_names:
+        start = text.find(b"\n" + name.encode() + b":")
+        values.append(None if start < 0 else int(text[start:text.find(b"\n", start + 1)].split()[1]))
+    return values
 
 
 def _rss_kb() -> int:
@@ -97,6 +103,7 @@ class Usage:
     nested_peak_kb: int = 0
     sampler: _Sampler | None = None
     paused: float = 0.0  # seconds spent outside the op's code (Dagster storing outputs)
+    reported: dict[str, Any] | None = None  # the measurement its log line showed (:meth:`report`)
     _pause_start: float | None = None
 
     def start(self) -> None:
@@ -107,10 +114,10 @@ class Usage:
 
     def peak_kb(self) -> int:
         if self.sampler is not None:
-            peak = self.sampler.peak_kb
-        else:
-            peak = _status_kb("VmHWM") or _rss_kb()
-        return max(peak, self.nested_peak_kb, _rss_kb())
+            return max(self.sampler.peak_kb, self.nested_peak_kb, _rss_kb())
+        hwm, rss = _status_kbs("VmHWM", "VmRSS")  # one read of /proc/self/status
+        rss = rss or _rss_kb()
+        return max(hwm or rss, self.nested_peak_kb, rss)
 
     def seconds(self) -> float:
         return time.monotonic() - self.started - self.paused
@@ -127,6 +134,12 @@ class Usage:
         if children > self.children_start_kb:
             meta["noetl/child_rss_mb"] = round(children / 1024, 1)
         return meta
+
+    def report(self) -> dict[str, Any]:
+        """:meth:`metadata` taken once the step's work is done: the step's log line and its
+        output metadata show the same measurement (and the process is read once, not twice)."""
+        self.reported = self.metadata()
+        return self.reported
 
     def stop(self) -> None:
         if self.sampler is not None:
@@ -248,6 +261,9 @@ def usage_metadata(cpu_start: float) -> dict[str, Any]:
     """The op's usage metadata: CPU seconds and memory (see the module doc)."""
     usage = current()
     if usage is not None:
+        if usage.reported is not None:  # measured for the step's line just before: the same figures
+            meta, usage.reported = usage.reported, None
+            return meta
         return usage.metadata()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # unmeasured: the process's peak
     return {"noetl/cpu_seconds": round(time.process_time() - cpu_start, 4),
@@ -376,7 +392,7 @@ def step_line(step: Any, status: str, result: Any, fired: list[tuple[int, Any, M
     if size:
         parts.append(size)
     if usage is not None:
-        meta = usage.metadata()
+        meta = usage.report()
         parts.append(f"{usage.seconds():.3f}s, +{meta['noetl/step_rss_mb']:.0f} MB")
     parts.append(arcs_text(step, fired))
     if status == "success":
