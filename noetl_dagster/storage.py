@@ -387,11 +387,13 @@ class FastSqliteEventLogStorage(_StepTransactions, _SqliteBatches):
         watcher, looking at ``<run>.db`` alone, would see a live run's events only then)."""
         from watchdog.observers import Observer
 
-        if not self._obs:
-            self._obs = Observer()
-            self._obs.start()
+        observer: Any = self._obs
+        if not observer:
+            observer = Observer()
+            observer.start()
+            self._obs = observer  # Dagster declares it None until it watches
         watchdog = _WalWatchdog(self, run_id, callback, cursor)
-        self._watchers[run_id][callback] = (watchdog, self._obs.schedule(watchdog, self._base_dir, recursive=True))
+        self._watchers[run_id][callback] = (watchdog, observer.schedule(watchdog, self._base_dir, recursive=True))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def wipe(self) -> None:
@@ -433,6 +435,8 @@ def _define_postgres_storages() -> dict[str, type]:
 
         postgres_url: str
         _token_provider: Any
+        _pid: int
+        _engine_value: Engine
 
         def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
                      inst_data: ConfigurableClassData | None = None, token_provider: Any = None,
@@ -447,7 +451,7 @@ def _define_postgres_storages() -> dict[str, type]:
                                             **self._pool_args)
             _ALL.add(self)
 
-        @property
+        @property  # type: ignore[no-redef]  # dagster-postgres assigns `_engine`: the setter below takes it
         def _engine(self) -> Engine:
             if self._pid != os.getpid():
                 self._engine_value.dispose(close=False)  # the parent's sockets: leave them open
@@ -466,11 +470,12 @@ def _define_postgres_storages() -> dict[str, type]:
         def config_type(cls) -> Any:
             from noetl_dagster.compat import pg_config
 
-            return {**pg_config(), "pool_size": db_optional(IntSource), "max_overflow": db_optional(IntSource),
+            fields: dict[str, Any] = dict(pg_config())  # type: ignore[arg-type]  # a mapping of config fields
+            return {**fields, "pool_size": db_optional(IntSource), "max_overflow": db_optional(IntSource),
                     "pool_recycle": db_optional(IntSource)}
 
         @classmethod
-        def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]) -> Any:
+        def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
             pool = {k: config_value[k] for k in ("pool_size", "max_overflow", "pool_recycle") if k in config_value}
             return cls(pg_url_from_config(config_value), config_value.get("should_autocreate_tables", True),
                        inst_data=inst_data, token_provider=get_token_provider_from_config(config_value), **pool)
@@ -544,7 +549,7 @@ def _define_postgres_storages() -> dict[str, type]:
             return {**super().config_type(), "flush_interval": db_optional(float)}
 
         @classmethod
-        def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]) -> Any:
+        def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
             extra = {k: config_value[k] for k in ("pool_size", "max_overflow", "pool_recycle", "flush_interval")
                      if k in config_value}
             return cls(pg_url_from_config(config_value), config_value.get("should_autocreate_tables", True),
@@ -562,7 +567,7 @@ def _define_postgres_storages() -> dict[str, type]:
             self._stop_flusher()
             super().dispose()
 
-    classes = {c.__name__: c for c in (FastPostgresEventLogStorage, FastPostgresRunStorage,
+    classes: dict[str, type] = {c.__name__: c for c in (FastPostgresEventLogStorage, FastPostgresRunStorage,
                                        FastPostgresScheduleStorage)}
     for name, cls in classes.items():
         cls.__module__, cls.__qualname__ = __name__, name
