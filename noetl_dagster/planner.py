@@ -22,14 +22,12 @@ from __future__ import annotations
 import difflib
 import keyword
 import re
-import textwrap
 from dataclasses import dataclass, field, replace
-from types import CodeType
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
-from noetl_dagster.contract import arc_output_name
 from noetl_dagster.core.templates import is_template, template_reads
 from noetl_dagster.playbook.graph import arcs_of, is_cycle, reachable, strongly_connected
+from noetl_dagster.playbook.kinds import compile_code, reads_context
 from noetl_dagster.playbook.models import Playbook, Step, strip_scope
 from noetl_dagster.playbook.references import _strings, step_templates
 
@@ -243,19 +241,11 @@ def _reads_context(code: str) -> bool:
         return False
     if is_template(code):
         return True  # rendered first: what it becomes is not known here
-    try:  # as the python tool compiles it: a top-level `return` makes the body a function
-        compiled = compile(f"def _body():\n{textwrap.indent(code, '    ')}\n", "<plan>", "exec")
+    try:  # as the python tool compiles it
+        compiled, _ = compile_code(code, "<plan>")
     except SyntaxError:
         return True
-    return not {"context", "variables"}.isdisjoint(_global_names(compiled))
-
-
-def _global_names(code: CodeType) -> Iterator[str]:
-    """Every global name ``code`` (and the functions it defines) refers to."""
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            yield from _global_names(const)
+    return reads_context(compiled)
 
 
 def _producers(playbook: Playbook) -> dict[str, set[str]]:

@@ -25,7 +25,7 @@ import textwrap
 from functools import lru_cache
 from pathlib import Path
 from types import CodeType
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from noetl_dagster.core.templates import is_template
 from noetl_dagster.errors import ToolError
@@ -90,6 +90,22 @@ def compile_code(source: str, filename: str) -> tuple[CodeType, bool]:
             raise
     wrapped = f"def {WRAPPED_BODY}():\n" + textwrap.indent(source, "    ") + "\n"
     return compile(wrapped, filename, "exec"), True
+
+
+#: the globals through which python step code reads the whole render scope (NoETL's wrapper)
+CONTEXT_GLOBALS = frozenset({"context", "variables"})
+
+
+def reads_context(code: CodeType) -> bool:
+    """Does compiled step code (or a function it defines) read ``context``/``variables``?"""
+    return not CONTEXT_GLOBALS.isdisjoint(_global_names(code))
+
+
+def _global_names(code: CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _global_names(const)
 
 
 #: script source types of ``kind: python`` (and ``kind: script``): ``script: {source: {type}}``

@@ -26,10 +26,10 @@ import json
 import traceback
 from functools import lru_cache
 from types import CodeType
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from noetl_dagster.core.templates import thaw
-from noetl_dagster.playbook.kinds import WRAPPED_BODY, compile_code
+from noetl_dagster.playbook.kinds import WRAPPED_BODY, compile_code, reads_context
 from noetl_dagster.runtime.tools.base import ErrorResult, Tool, ToolContext, ToolError
 from noetl_dagster.core.secrets import redact
 
@@ -137,15 +137,7 @@ def _plain_variables(scope: Mapping[str, Any]) -> dict[str, Any]:
 @lru_cache(maxsize=1024)
 def _wants_context(code: CodeType) -> bool:
     """Does the code read NoETL's ``variables``/``context`` globals (built only when it does)?"""
-    return not {"variables", "context"}.isdisjoint(_names(code))
-
-
-def _names(code: CodeType) -> Iterator[str]:
-    """Every global name the code (and the functions it defines) refers to."""
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            yield from _names(const)
+    return reads_context(code)
 
 
 def _finish(value: Any) -> Any:
