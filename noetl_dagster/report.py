@@ -91,8 +91,8 @@ def build_report(net: Net, result: dg.ExecuteInProcessResult | dg.JobExecutionRe
             failure_meta = data.user_failure_data.metadata if data.user_failure_data else {}
             for name, partial in steps_metadata(failure_meta).items():
                 steps[name].status, steps[name].runs = partial["status"], partial["runs"]
-            failed = meta.get(FAILED_STEP_KEY)
-            failed_name = getattr(failed, "value", failed) or node.steps[0]
+            failed = failure_meta.get(FAILED_STEP_KEY)
+            failed_name = str(getattr(failed, "value", failed) or node.steps[0])
             report = steps[failed_name]
             report.status = "failed"
             report.runs = max(report.runs, 1)

@@ -95,9 +95,12 @@ class DuckDBTool(Tool):
                 if result_format(config) == "arrow":  # the relation API: no extra copy of the rows
                     relation = con.sql(str(query), params=params or None)
                     return {"affected_rows": 0} if relation is None else relation.to_arrow_table()
-                if params and isinstance(params, list) and len(split_bound(str(query), params)) > 1:
-                    for text, values in split_bound(str(query), params):  # a script binding values
-                        cursor = con.execute(text, values) if values else con.execute(text)
+                parts = split_bound(str(query), params) if params and isinstance(params, list) else []
+                if len(parts) > 1:  # a script binding values: statement by statement, the last one's rows
+                    for text, values in parts[:-1]:
+                        con.execute(text, values) if values else con.execute(text)
+                    text, values = parts[-1]
+                    cursor = con.execute(text, values) if values else con.execute(text)
                 else:
                     cursor = con.execute(str(query), params) if params else con.execute(str(query))
                 if cursor.description is None:
