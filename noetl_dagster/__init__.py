@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from noetl_dagster.core.version import __version__
 from noetl_dagster.translator import subplaybooks as _subplaybooks
 
 #: public name -> the module (relative to this package) that defines it
@@ -41,16 +42,6 @@ _EXPORTS = {
 __all__ = sorted({*_EXPORTS, "__version__"})
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("noetl-dagster")
-    except PackageNotFoundError:  # a source tree that is not installed
-        return "0+unknown"
-
-
-__version__ = _version()
 
 
 def __getattr__(name: str) -> Any:

@@ -52,6 +52,11 @@ def test_package_face() -> None:
 
     assert (PACKAGE / "py.typed").is_file()
     assert noetl_dagster.__version__ == version("noetl-dagster")
+    from dagster_shared.libraries import DagsterLibraryRegistry
+
+    import noetl_dagster.translator.translator  # noqa: F401 - the Dagster adapter registers the library
+
+    assert DagsterLibraryRegistry.get()["noetl-dagster"] == noetl_dagster.__version__
     missing = [n for n in noetl_dagster.__all__ if getattr(noetl_dagster, n, None) is None]
     assert not missing
     assert {"ArrowRefIOManager", "PlaybookComponent", "ClickHouseResource", "export_definitions",

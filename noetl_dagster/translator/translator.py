@@ -20,11 +20,17 @@ import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import dagster as dg
+from dagster_shared.libraries import DagsterLibraryRegistry
 
-from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
 from noetl_dagster.contract import DOMAIN_TAG, LOOP_STEP_TAG, LOOP_TAG, PLAYBOOK_TAG, STEP_TAG, TOOL_TAG
-from noetl_dagster.planner import op_safe
+from noetl_dagster.core.version import __version__
 from noetl_dagster.errors import Issue, PlaybookError
+from noetl_dagster.planner import op_safe
+from noetl_dagster.playbook.models import Playbook, ProductCheck, Step
+
+# listed with Dagster's libraries (a code location's libraries, telemetry), as dagster-dbt is; every
+# Dagster definition this package builds goes through this module
+DagsterLibraryRegistry.register("noetl-dagster", __version__, is_dagster_package=False)
 
 #: executors a playbook may choose with ``metadata.dagster.executor``
 EXECUTORS = ("in_process", "multiprocess", "k8s")
