@@ -436,24 +436,15 @@ def _place_sql(text: str, values: list[Any], first: int, text_type: str) -> tupl
             out.append('"' + "".join(quoted) + '"')
             i = j + 1
             continue
-        if text.startswith("--", i):
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-            out.append(_MARKER.sub("", text[i:end]))
-            i = end
-            continue
-        if text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            end = n if end < 0 else end + 2
+        end = _comment_end(text, i)
+        if end >= 0:
             out.append(_MARKER.sub("", text[i:end]))
             i = end
             continue
         if c == "$":
-            tag = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
-            if tag:
-                mark = tag.group(0)
-                close = text.find(mark, i + len(mark))
-                close = n if close < 0 else close + len(mark)
+            quote = _dollar_quote(text, i)
+            if quote:
+                mark, close = quote
                 if not _MARKER.search(text, i, close):
                     out.append(text[i:close])
                 elif _BODY_BEFORE.search("".join(out[-40:])):  # DO $$ / AS $$: code, not a string
@@ -532,6 +523,30 @@ def has_markers(text: str) -> bool:
 __all__ = ["Raw", "render_captured", "render_shell", "render_sql", "sql_identifier"]
 
 
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def _comment_end(text: str, i: int) -> int:
+    """Where the SQL comment (``--`` to the line's end, ``/* */``) starting at ``i`` ends; -1: none starts there."""
+    if text.startswith("--", i):
+        end = text.find("\n", i)
+        return len(text) if end < 0 else end
+    if text.startswith("/*", i):
+        end = text.find("*/", i + 2)
+        return len(text) if end < 0 else end + 2
+    return -1
+
+
+def _dollar_quote(text: str, i: int) -> tuple[str, int] | None:
+    """The tag (``$$``, ``$body$``) of a dollar quote opening at ``i`` and where it closes (the text's end if never)."""
+    tag = _DOLLAR_TAG.match(text, i)
+    if tag is None:
+        return None
+    mark = tag.group(0)
+    close = text.find(mark, i + len(mark))
+    return mark, len(text) if close < 0 else close + len(mark)
+
+
 def split_statements(sql: str) -> list[str]:
     """Top-level statements of ``sql`` (quotes, dollar quotes and comments respected)."""
     statements: list[str] = []
@@ -550,27 +565,13 @@ def split_statements(sql: str) -> list[str]:
                 j += 1
             current.append(sql[i:j + 1])
             i = j + 1
-        elif c == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            j = n if j < 0 else j
+        elif c in "-/" and (j := _comment_end(sql, i)) >= 0:
             current.append(sql[i:j])
             i = j
-        elif c == "/" and sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            j = n if j < 0 else j + 2
+        elif c == "$" and (quote := _dollar_quote(sql, i)):
+            j = quote[1]
             current.append(sql[i:j])
             i = j
-        elif c == "$":
-            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])
-            if m:
-                tag = m.group(0)
-                j = sql.find(tag, i + len(tag))
-                j = n if j < 0 else j + len(tag)
-                current.append(sql[i:j])
-                i = j
-            else:
-                current.append(c)
-                i += 1
         elif c == ";":
             stmt = "".join(current).strip()
             if stmt:
