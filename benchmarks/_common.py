@@ -8,7 +8,9 @@ import io
 import os
 import platform
 import pstats
+import resource
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -43,6 +45,32 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     start, cpu = time.perf_counter(), time.process_time()
     value = fn()
     return time.perf_counter() - start, time.process_time() - cpu, value
+
+
+def child(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one process run to its end."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child is reaped: its usage is counted
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def interleaved_processes(variants: dict[str, list[str]], env: dict[str, str], cwd: str,
+                          runs: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each variant's command per round: one warm-up each (bytecode caches),
+    then ``runs`` rounds, each starting one variant later so no variant always runs first."""
+    for cmd in variants.values():
+        child(cmd, env, cwd)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    order = list(variants)
+    for r in range(runs):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            times[name].append(child(variants[name], env, cwd))
+    return times
 
 
 def best(values: Sequence[float]) -> float:

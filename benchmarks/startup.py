@@ -24,12 +24,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import median, table  # noqa: E402
+from _common import interleaved_processes, median, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1
@@ -63,20 +62,6 @@ PROBE = ("import runpy, sys\n"
          f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n")
 
 
-def child(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds: user + system) of one process run to its end."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child is reaped: its usage is counted
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=9, help="interleaved rounds (default 9)")
@@ -99,16 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             "dagster": [python, "one_dagster.py"],
             "import dagster": [python, "-c", "import dagster"],
         }
-        for name, cmd in variants.items():  # warm-up: bytecode caches, the instance's tables
-            child(cmd, env, str(work))
+        times = interleaved_processes(variants, env, str(work), runs)  # warm-up too: the instance's tables
         probe = subprocess.run([python, "-c", PROBE, "one.yaml"], env=env, cwd=str(work), capture_output=True,
                                text=True)
         heavy = next((line for line in probe.stderr.splitlines() if line.startswith("HEAVY")), "HEAVY ?")
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-        order = list(variants)
-        for r in range(runs):
-            for name in order[r % len(order):] + order[:r % len(order)]:
-                times[name].append(child(variants[name], env, str(work)))
         rows = []
         for name, values in times.items():
             walls, cpus = [v[0] for v in values], [v[1] for v in values]

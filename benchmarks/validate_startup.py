@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import median, table  # noqa: E402
-from startup import child  # noqa: E402
+from _common import interleaved_processes, median, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOK = ROOT / "playbooks" / "payments" / "settle_merchants.yaml"
@@ -52,13 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "import dagster + validate": [python, "-c", OLD, playbook],
         "python": [python, "-c", "pass"],
     }
-    for cmd in variants.values():  # warm-up: bytecode caches
-        child(cmd, env, args.root)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    order = list(variants)
-    for r in range(runs):
-        for name in order[r % len(order):] + order[:r % len(order)]:
-            times[name].append(child(variants[name], env, args.root))
+    times = interleaved_processes(variants, env, args.root, runs)
     rows = []
     for name, values in times.items():
         walls, cpus = [v[0] for v in values], [v[1] for v in values]
