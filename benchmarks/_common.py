@@ -9,12 +9,15 @@ import os
 import platform
 import pstats
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 
@@ -120,3 +123,24 @@ def profiled(enabled: bool, title: str, limit: int = 30, sort: str = "cumulative
             stats.strip_dirs().sort_stats(sort).print_stats(limit)
         print(f"\n===== profile: {title} (sorted by {sort}) =====", file=sys.stderr)
         print(buf.getvalue(), file=sys.stderr)
+
+
+@contextmanager
+def scratch(prefix: str, postgres: bool = False) -> Iterator[tuple[Path, Any]]:
+    """A scratch folder and (``postgres``) a PostgreSQL 15 on loopback as the tests start it
+    (``tests/pg.py``), both gone afterwards; the server is None without ``postgres``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = None
+    try:
+        if postgres:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from pg import start_postgres
+
+            server = start_postgres()
+        yield tmp, server
+    finally:
+        if server is not None:
+            from pg import stop_postgres
+
+            stop_postgres(server)
+        shutil.rmtree(tmp, ignore_errors=True)

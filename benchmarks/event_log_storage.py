@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment_line, median, quiet_warnings, table  # noqa: E402
+from _common import environment_line, median, quiet_warnings, scratch, table  # noqa: E402
 
 quiet_warnings()
 
@@ -94,16 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         shapes[f"chain {n}"] = (build_job(parse_text(linear_yaml(n, "python"), f"/bench/chain{n}.yaml")), n)
     shapes[f"fan-out {args.width} + join"] = (
         build_job(parse_text(fanout_yaml(args.width), "/bench/fanout.yaml")), args.width + 2)
-    tmp = Path(tempfile.mkdtemp(prefix="noetl-eventlog-bench-"))
-    server = None
-    try:
+    with scratch("noetl-eventlog-bench-", postgres=args.postgres) as (tmp, server):
         instances = {"sqlite": sqlite_instance(tmp / "sqlite", False),
                      "fast sqlite": sqlite_instance(tmp / "fast", True)}
         if args.postgres:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from pg import start_postgres
-
-            server = start_postgres()
             instances["postgres"] = postgres_instance(tmp / "pg", server.fields())
             instances["fast postgres"] = postgres_instance(tmp / "fast_pg", second_database(server, "fast_events"),
                                                            fast=True)
@@ -135,12 +127,6 @@ def main(argv: list[str] | None = None) -> int:
                      "NoETL 65-105 ms / this"], rows, aligns="llrrrr"))
         for instance in instances.values():
             instance.dispose()
-    finally:
-        if server is not None:
-            from pg import stop_postgres
-
-            stop_postgres(server)
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment_line, median, profiled, quiet_warnings, table  # noqa: E402
+from _common import environment_line, median, profiled, quiet_warnings, scratch, table  # noqa: E402
 
 quiet_warnings()
 
@@ -176,14 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs, args.items, args.repeat = 8, 40, 2
     kinds = [k for k in args.storages.split(",") if k] + (["postgres"] if args.postgres else [])
-    tmp = Path(tempfile.mkdtemp(prefix="noetl-export-instance-"))
-    server = None
-    try:
-        if "postgres" in kinds:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from pg import start_postgres
-
-            server = start_postgres()
+    with scratch("noetl-export-instance-", postgres="postgres" in kinds) as (tmp, server):
         print(environment_line())
         instances, totals = {}, {}
         source = None
@@ -271,12 +264,6 @@ def main(argv: list[str] | None = None) -> int:
             rate = totals[kind] / median(times[f"export {kind}"])
             print(f"export from {kind}: {rate:,.0f} events/s median; target >= 50,000 "
                   f"({'met' if rate >= 50_000 else 'NOT met'})")
-    finally:
-        if server is not None:
-            from pg import stop_postgres
-
-            stop_postgres(server)
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
