@@ -61,11 +61,7 @@ def postgres_instance(home: Path, dsn_fields: dict[str, Any], fast: bool = False
 
 def second_database(server: Any, name: str) -> dict[str, Any]:
     """``server``'s fields with a new database ``name`` owned by its user."""
-    from pg import SUPERUSER, _run
-
-    _run([f"{server.bindir}/psql", "-h", server.datadir, "-p", str(server.port), "-U", SUPERUSER, "-d", "postgres",
-          "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name} OWNER {server.user}"], timeout=60)
-    return {**server.fields(), "db_name": name}
+    return {**server.fields(), "db_name": server.create_database(name)}
 
 
 def run_once(job: dg.JobDefinition, instance: dg.DagsterInstance) -> tuple[float, float]:

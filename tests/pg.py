@@ -59,6 +59,15 @@ class PgServer:
         return {"db_host": self.host, "db_port": str(self.port), "db_user": self.user,
                 "db_password": self.password, "db_name": self.database}
 
+    def create_database(self, name: str) -> str:
+        """A new database ``name`` owned by the test user (the superuser creates it); returns ``name``."""
+        import psycopg
+
+        with psycopg.connect(host=self.host, port=self.port, user=SUPERUSER, password=SUPERUSER_PASSWORD,
+                             dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" OWNER "{self.user}"')
+        return name
+
 
 def find_bindir() -> str | None:
     candidates = [os.environ.get("NOETL_TEST_PGBIN"), "/usr/lib/postgresql/15/bin"]
@@ -169,3 +178,14 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
 
         request.config.add_cleanup(_stop)
     yield _SERVER
+
+
+@pytest.fixture
+def pg_instance(pg_server: PgServer) -> Iterator[object]:
+    """A Dagster instance on dagster-postgres storage in a fresh database of the test server."""
+    import dagster as dg
+
+    name = pg_server.create_database(f"dagster_{os.urandom(4).hex()}")
+    url = pg_server.dsn(database=name).replace("postgresql://", "postgresql+psycopg2://")
+    with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+        yield instance

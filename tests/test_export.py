@@ -24,7 +24,7 @@ from noetl_dagster.export.sensors import (ExportCursor, Exporter, clickhouse_exp
                                    register_env_secrets)
 from noetl_dagster.export.cli import load_cursor, run_export
 from noetl_dagster.export.mapping import RunContext, map_record, map_records, step_name_of
-from pg import PgServer, _run, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
+from pg import PgServer, pg_instance, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
 
 CASES = Path(__file__).parent / "conformance" / "cases"
 
@@ -485,15 +485,6 @@ def test_mapping_helpers() -> None:
 
 # --- Postgres instance storage (global, possibly out-of-order storage ids) ---------------------
 
-
-@pytest.fixture
-def pg_instance(pg_server: PgServer) -> Iterator[dg.DagsterInstance]:
-    name = f"dagster_{uuid.uuid4().hex[:8]}"
-    _run([f"{pg_server.bindir}/psql", "-h", pg_server.datadir, "-p", str(pg_server.port), "-U", "postgres",
-          "-d", "postgres", "-qc", f"CREATE DATABASE {name} OWNER {pg_server.user}"], timeout=60)
-    url = pg_server.dsn(database=name).replace("postgresql://", "postgresql+psycopg2://")
-    with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
-        yield instance
 
 
 def test_postgres_storage_every_event_once_and_replays_add_nothing(pg_instance: dg.DagsterInstance,

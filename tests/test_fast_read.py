@@ -4,9 +4,7 @@ Dagster's SQLite storage, the kept-connection SQLite storage and Postgres."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import dagster as dg
 import pytest
@@ -16,7 +14,7 @@ from noetl_dagster.export.sensors import ExportBatch, ExportCursor, Exporter, _s
 from noetl_dagster.export.fast_read import LightRecord, read_run, read_run_page, supports
 from noetl_dagster.export.mapping import RunContext, map_records
 from noetl_dagster.storage import instance_config
-from pg import PgServer, _run, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
+from pg import PgServer, pg_instance, pg_server  # noqa: F401  (tests/pg.py: a real PostgreSQL 15)
 
 CASES = Path(__file__).resolve().parent / "conformance" / "cases"
 SOME = ["01_linear_chain", "12_loop_parallel", "15_cycle_counter", "17_pipeline_retry", "19_pipeline_fail",
@@ -83,15 +81,6 @@ def test_sqlite_direct_reads_map_to_the_same_rows(tmp_path: Path, kind: str) -> 
     assert [r.storage_id for r in page] == [records[-1].storage_id] and not more
     instance.dispose()
 
-
-@pytest.fixture
-def pg_instance(pg_server: PgServer) -> Iterator[dg.DagsterInstance]:  # noqa: F811
-    name = f"dagster_{uuid.uuid4().hex[:8]}"
-    _run([f"{pg_server.bindir}/psql", "-h", pg_server.datadir, "-p", str(pg_server.port), "-U", "postgres",
-          "-d", "postgres", "-qc", f"CREATE DATABASE {name} OWNER {pg_server.user}"], timeout=60)
-    url = pg_server.dsn(database=name).replace("postgresql://", "postgresql+psycopg2://")
-    with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
-        yield instance
 
 
 def test_postgres_direct_reads_map_to_the_same_rows(pg_instance: dg.DagsterInstance) -> None:

@@ -406,7 +406,7 @@ def test_k8s_executor_end_to_end_with_job_launch(tmp_path: Path, pg_server: PgSe
     home = tmp_path / "home"
     home.mkdir()
     database = f"dagster_k8s_{uuid.uuid4().hex[:8]}"
-    _create_database(pg_server, database)
+    pg_server.create_database(database)
     kube = FakeKube(tmp_path / "kube", dagster_home=str(home), cwd=str(code)).start()
     try:
         (home / "dagster.yaml").write_text(textwrap.dedent(f"""\
@@ -503,11 +503,3 @@ def step_result(home: Path, run_id: str, step: str) -> Any:
         return pickle.load(f)
 
 
-def _create_database(pg: PgServer, name: str) -> None:
-    """A fresh database owned by the test user (created as the superuser)."""
-    import pg as pgmod
-    import psycopg
-
-    with psycopg.connect(host=pg.host, port=pg.port, user=pgmod.SUPERUSER, password=pgmod.SUPERUSER_PASSWORD,
-                         dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" OWNER "{pg.user}"')

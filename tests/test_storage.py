@@ -34,12 +34,7 @@ START, SUCCESS = DagsterEventType.RUN_START.value, DagsterEventType.RUN_SUCCESS.
 
 def _database(pg: PgServer) -> dict[str, Any]:
     """A fresh database on the test server: dagster-postgres's ``postgres_db`` fields."""
-    import psycopg
-
-    name = f"events_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(host=pg.host, port=pg.port, user=SUPERUSER, password=SUPERUSER_PASSWORD,
-                         dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" OWNER "{pg.user}"')
+    name = pg.create_database(f"events_{uuid.uuid4().hex[:10]}")
     return {"hostname": pg.host, "port": pg.port, "username": pg.user, "password": pg.password,
             "db_name": name, "scheme": "postgresql+psycopg2"}
 
